@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Local PostgreSQL and RabbitMQ for SEmigrate, on 127.0.0.1 and private ports, with all state under
+# one folder. Idempotent: `up` installs what is missing, starts what is stopped, and prints the
+# connection settings (stdout, as SEMIGRATE__ variables); everything else goes to stderr.
+#
+#   deploy/services.sh up|down|status|env
+#
+# Settings (environment): SEMIGRATE_STATE_DIR (default /opt/semigrate), SEMIGRATE_PG_PORT (15433),
+# SEMIGRATE_AMQP_PORT (16672), SEMIGRATE_RABBIT_DIST_PORT (16673), SEMIGRATE_EPMD_PORT (16369).
+# Facts behind the choices: shared/notes/services.md (initdb refuses root; RabbitMQ's default
+# distribution port is AMQP + 20000; epmd outlives the node).
+set -euo pipefail
+
+STATE=${SEMIGRATE_STATE_DIR:-/opt/semigrate}
+PG_PORT=${SEMIGRATE_PG_PORT:-15433}
+AMQP_PORT=${SEMIGRATE_AMQP_PORT:-16672}
+DIST_PORT=${SEMIGRATE_RABBIT_DIST_PORT:-16673}
+EPMD_PORT=${SEMIGRATE_EPMD_PORT:-16369}
+
+PG_DIR=$STATE/postgres
+RMQ_DIR=$STATE/rabbitmq
+RMQ_PID=$RMQ_DIR/rabbit.pid
+
+log() { echo "services: $*" >&2; }
+die() { echo "services: error: $*" >&2; exit 1; }
+
+pg_bin() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
+}
+
+ensure_packages() {
+  local missing=()
+  pg_bin >/dev/null || missing+=(postgresql)
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}) and not root: install them first"
+  log "installing ${missing[*]} (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  mkdir -p "$STATE"
+  local aptlog=$STATE/apt.log
+  apt-get update >"$aptlog" 2>&1 || { tail -n 20 "$aptlog" >&2; die "apt-get update failed (log: $aptlog)"; }
+  # The rabbitmq-server package does not start its service here (no init system); it exits 0.
+  apt-get install -y --no-install-recommends "${missing[@]}" >>"$aptlog" 2>&1 \
+    || { tail -n 20 "$aptlog" >&2; die "apt-get install ${missing[*]} failed (log: $aptlog)"; }
+  pg_bin >/dev/null || die "PostgreSQL binaries not found after install"
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || die "rabbitmq-server not found after install"
+}
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+# 9>&-: the daemons must not inherit the lock below, or they would hold it for ever.
+pg() { local bin; bin=$(pg_bin); su postgres -s /bin/sh -c "$bin/$*" 9>&-; }
+
+pg_running() { [ -f "$PG_DIR/data/PG_VERSION" ] && pg "pg_ctl status -D '$PG_DIR/data'" >/dev/null 2>&1; }
+
+pg_up() {
+  mkdir -p "$PG_DIR/log" "$PG_DIR/run"
+  # postgres must traverse every folder above its data folder.
+  local d=$STATE
+  while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
+  chown -R postgres:postgres "$PG_DIR"
+  chmod 755 "$STATE" "$PG_DIR"
+  if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+    log "postgres: initdb in $PG_DIR/data"
+    rm -rf "$PG_DIR/data"
+    pg "initdb -D '$PG_DIR/data' -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >"$PG_DIR/log/initdb.log" 2>&1 \
+      || die "initdb failed: see $PG_DIR/log/initdb.log"
+  fi
+  if pg_running; then
+    log "postgres: already running on 127.0.0.1:$PG_PORT"
+  else
+    log "postgres: starting on 127.0.0.1:$PG_PORT"
+    pg "pg_ctl start -w -t 60 -D '$PG_DIR/data' -l '$PG_DIR/log/postgres.log' -o \"-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PG_DIR/run -c max_connections=200\"" >&2 \
+      || die "postgres did not start: see $PG_DIR/log/postgres.log"
+  fi
+  local i
+  for i in $(seq 1 60); do
+    pg "pg_isready -q -h 127.0.0.1 -p $PG_PORT -U postgres" && return 0
+    sleep 0.5
+  done
+  die "postgres is running but not accepting connections on 127.0.0.1:$PG_PORT"
+}
+
+pg_down() {
+  if pg_running; then
+    log "postgres: stopping"
+    pg "pg_ctl stop -m fast -w -D '$PG_DIR/data'" >&2
+  else
+    log "postgres: not running"
+  fi
+}
+
+# --- RabbitMQ ---------------------------------------------------------------------------------
+
+rmq_env() {
+  export HOME=$RMQ_DIR/home
+  export RABBITMQ_NODENAME=semigrate@localhost
+  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+  export RABBITMQ_NODE_PORT=$AMQP_PORT
+  export RABBITMQ_DIST_PORT=$DIST_PORT
+  export RABBITMQ_MNESIA_BASE=$RMQ_DIR/mnesia
+  export RABBITMQ_LOG_BASE=$RMQ_DIR/log
+  export RABBITMQ_PID_FILE=$RMQ_PID
+  export RABBITMQ_CONFIG_FILE=$RMQ_DIR/rabbitmq.conf
+  export RABBITMQ_ENABLED_PLUGINS_FILE=$RMQ_DIR/enabled_plugins
+  export RABBITMQ_CONF_ENV_FILE=$RMQ_DIR/rabbitmq-env.conf
+  export ERL_EPMD_PORT=$EPMD_PORT
+  export ERL_EPMD_ADDRESS=127.0.0.1
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+  export RABBITMQ_CTL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+}
+
+rmq() { (rmq_env; "/usr/lib/rabbitmq/bin/$@" 9>&-); }
+
+rmq_running() {
+  [ -f "$RMQ_PID" ] && kill -0 "$(cat "$RMQ_PID")" 2>/dev/null && rmq rabbitmq-diagnostics -q ping >/dev/null 2>&1
+}
+
+rmq_up() {
+  mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
+  [ -f "$RMQ_DIR/home/.erlang.cookie" ] || {
+    head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$RMQ_DIR/home/.erlang.cookie"
+    chmod 400 "$RMQ_DIR/home/.erlang.cookie"
+  }
+  [ -f "$RMQ_DIR/rabbitmq.conf" ] || printf 'log.console = false\nlog.file.level = warning\n' >"$RMQ_DIR/rabbitmq.conf"
+  [ -f "$RMQ_DIR/enabled_plugins" ] || echo '[].' >"$RMQ_DIR/enabled_plugins"
+  [ -f "$RMQ_DIR/rabbitmq-env.conf" ] || : >"$RMQ_DIR/rabbitmq-env.conf"
+  if rmq_running; then
+    log "rabbitmq: already running on 127.0.0.1:$AMQP_PORT"
+    return 0
+  fi
+  rm -f "$RMQ_PID"
+  log "rabbitmq: starting on 127.0.0.1:$AMQP_PORT"
+  (rmq_env; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/log/server.out" 2>&1 </dev/null 9>&- &)
+  local i
+  for i in $(seq 1 120); do [ -s "$RMQ_PID" ] && break; sleep 0.5; done
+  rmq rabbitmqctl -q wait --timeout 120 "$RMQ_PID" >&2 \
+    || die "rabbitmq did not start: see $RMQ_DIR/log/server.out and $RMQ_DIR/log"
+  rmq rabbitmq-diagnostics -q ping >/dev/null || die "rabbitmq started but does not answer ping"
+}
+
+rmq_down() {
+  if [ -f "$RMQ_PID" ] && kill -0 "$(cat "$RMQ_PID")" 2>/dev/null; then
+    log "rabbitmq: stopping"
+    rmq rabbitmqctl -q stop "$RMQ_PID" >&2 || kill "$(cat "$RMQ_PID")" 2>/dev/null || true
+  else
+    log "rabbitmq: not running"
+  fi
+  rm -f "$RMQ_PID"
+  # epmd outlives the node; ours listens on a private port only.
+  if [ -x "$(command -v epmd)" ] || [ -x /usr/lib/erlang/bin/epmd ]; then
+    PATH=$PATH:/usr/lib/erlang/bin epmd -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
+  fi
+}
+
+# --- commands ---------------------------------------------------------------------------------
+
+print_env() {
+  echo "SEMIGRATE__Postgres__ConnectionString='Host=127.0.0.1;Port=$PG_PORT;Username=postgres;Database=postgres'"
+  echo "SEMIGRATE__RabbitMq__Uri='amqp://guest:guest@127.0.0.1:$AMQP_PORT/'"
+}
+
+status() {
+  local rc=0
+  if pg_running; then log "postgres: running on 127.0.0.1:$PG_PORT"; else log "postgres: stopped"; rc=3; fi
+  if [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && rmq_running; then
+    log "rabbitmq: running on 127.0.0.1:$AMQP_PORT"
+  else
+    log "rabbitmq: stopped"; rc=3
+  fi
+  log "state: $STATE"
+  return $rc
+}
+
+# One `up` or `down` at a time: test processes start in parallel and all ask for the services.
+lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock"; flock 9; }
+
+case "${1:-}" in
+  up) lock; ensure_packages; pg_up; rmq_up; log "state: $STATE"; print_env ;;
+  down) lock; pg_bin >/dev/null && pg_down; [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && rmq_down; true ;;
+  status) status ;;
+  env) print_env ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

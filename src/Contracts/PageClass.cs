@@ -1,0 +1,15 @@
+namespace SEmigrate.Contracts;
+
+/// <summary>What travels for a guest page. The numeric values are wire format (page headers,
+/// classification maps): never renumber.</summary>
+public enum PageClass : byte
+{
+    /// <summary>Free in the guest: travels as a marker, its bytes never leave the source.</summary>
+    Zero = 0,
+
+    /// <summary>Owned only by processes whose data is already encrypted: travels as-is.</summary>
+    Plain = 1,
+
+    /// <summary>May hold secrets: sealed with AES-GCM at the source.</summary>
+    Sealed = 2,
+}

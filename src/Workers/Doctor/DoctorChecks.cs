@@ -1,0 +1,128 @@
+using JasperFx;
+using Marten;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using RabbitMQ.Client;
+using SEmigrate.Workers.Settings;
+using Temporalio.Client;
+
+namespace SEmigrate.Workers.Doctor;
+
+/// <summary>Checks that this host can reach what its roles need; each check turns every failure
+/// into a line of text, so one broken service never hides the others.</summary>
+public sealed class DoctorChecks(
+    IOptions<PostgresOptions> postgres, IOptions<RabbitMqOptions> rabbitMq, IOptions<TemporalOptions> temporal)
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(15);
+
+    public async Task<IReadOnlyList<CheckResult>> RunAsync(CancellationToken ct) =>
+    [
+        await Guarded("postgres", () => true, PostgresAsync, ct),
+        await Guarded("rabbitmq", () => true, RabbitMqAsync, ct),
+        await Guarded("temporal", () => temporal.Value.IsConfigured, TemporalAsync, ct),
+        await Guarded("qemu", () => false, _ => Task.FromResult(Qemu()), ct),
+    ];
+
+    // isRequired is read inside the guard: reading options validates them, and a check whose
+    // settings are invalid counts as required.
+    private static async Task<CheckResult> Guarded(
+        string name, Func<bool> isRequired, Func<CancellationToken, Task<string>> check, CancellationToken ct)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(Timeout);
+        var required = true;
+        try
+        {
+            required = isRequired();
+            return new CheckResult(name, true, required, await check(cts.Token));
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            return new CheckResult(name, false, required, $"no answer within {Timeout.TotalSeconds:0} s");
+        }
+#pragma warning disable CA1031 // any failure of a check is its result, not a crash
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            return new CheckResult(name, false, required, Describe(e));
+        }
+    }
+
+    private async Task<string> PostgresAsync(CancellationToken ct)
+    {
+        var o = postgres.Value;
+        var csb = new NpgsqlConnectionStringBuilder(o.ConnectionString) { Timeout = 5 };
+        await using (var connection = new NpgsqlConnection(csb.ConnectionString))
+        {
+            await connection.OpenAsync(ct);
+        }
+        await using var store = DocumentStore.For(m =>
+        {
+            m.Connection(csb.ConnectionString);
+            m.DatabaseSchemaName = o.Schema;
+            m.AutoCreateSchemaObjects = AutoCreate.CreateOrUpdate;
+        });
+        await store.Storage.ApplyAllConfiguredChangesToDatabaseAsync();
+        return $"{csb.Host}:{csb.Port}, Marten store ready (schema {o.Schema})";
+    }
+
+    private async Task<string> RabbitMqAsync(CancellationToken ct)
+    {
+        var uri = rabbitMq.Value.Uri!;
+        var factory = new ConnectionFactory
+        {
+            Uri = uri,
+            RequestedConnectionTimeout = TimeSpan.FromSeconds(5),
+            AutomaticRecoveryEnabled = false,
+            ClientProvidedName = "semigrate doctor",
+        };
+        await using var connection = await factory.CreateConnectionAsync(ct);
+        await using var channel = await connection.CreateChannelAsync(cancellationToken: ct);
+        var version = connection.ServerProperties?.TryGetValue("version", out var v) == true && v is byte[] b
+            ? System.Text.Encoding.UTF8.GetString(b)
+            : "unknown version";
+        return $"{uri.Host}:{uri.Port}, RabbitMQ {version}";
+    }
+
+    private async Task<string> TemporalAsync(CancellationToken ct)
+    {
+        var o = temporal.Value;
+        if (!o.IsConfigured)
+        {
+            return "not configured: the embedded engine will run migrations";
+        }
+        var client = await TemporalClient.ConnectAsync(new TemporalClientConnectOptions(o.Address!) { Namespace = o.Namespace })
+            .WaitAsync(ct);
+        var info = await client.Connection.WorkflowService.GetSystemInfoAsync(
+            new Temporalio.Api.WorkflowService.V1.GetSystemInfoRequest(), new() { CancellationToken = ct });
+        return $"{o.Address}, namespace {o.Namespace}, server {info.ServerVersion}";
+    }
+
+    private static string Qemu()
+    {
+        var path = FindOnPath("qemu-system-x86_64")
+            ?? throw new InvalidOperationException("qemu-system-x86_64 not found (`semigrate guest boot` installs it)");
+        return path;
+    }
+
+    internal static string? FindOnPath(string program) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "")
+            .Split(':', StringSplitOptions.RemoveEmptyEntries)
+            .Select(dir => Path.Combine(dir, program))
+            .FirstOrDefault(File.Exists);
+
+    /// <summary>The chain of messages, outermost first, without repeats: "Failed to connect: Connection refused".</summary>
+    internal static string Describe(Exception e)
+    {
+        var messages = new List<string>();
+        for (var x = e; x is not null; x = x.InnerException)
+        {
+            var m = x.Message.Trim().TrimEnd('.');
+            if (m.Length > 0 && !messages.Any(seen => seen.Contains(m, StringComparison.Ordinal)))
+            {
+                messages.Add(m);
+            }
+        }
+        return string.Join(": ", messages);
+    }
+}

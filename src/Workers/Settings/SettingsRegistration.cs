@@ -1,0 +1,52 @@
+using System.Text.RegularExpressions;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Npgsql;
+
+namespace SEmigrate.Workers.Settings;
+
+/// <summary>Binds and validates every options record; a bad value fails with one line naming the key.</summary>
+public static partial class SettingsRegistration
+{
+    public static IHostApplicationBuilder AddSettings(this IHostApplicationBuilder builder)
+    {
+        builder.Services.AddOptions<PostgresOptions>().BindConfiguration(PostgresOptions.Section)
+            .Validate(o => IsPostgresConnectionString(o.ConnectionString),
+                "Postgres:ConnectionString is missing or is not a PostgreSQL connection string (Host=...;Port=...;Username=...)")
+            .Validate(o => SqlIdentifier().IsMatch(o.Schema),
+                "Postgres:Schema must be a lower-case SQL identifier (letters, digits, _)")
+            .ValidateOnStart();
+        builder.Services.AddOptions<RabbitMqOptions>().BindConfiguration(RabbitMqOptions.Section)
+            .Validate(o => o.Uri is { IsAbsoluteUri: true, Scheme: "amqp" or "amqps" },
+                "RabbitMq:Uri is missing or is not an amqp:// or amqps:// URI")
+            .ValidateOnStart();
+        builder.Services.AddOptions<TemporalOptions>().BindConfiguration(TemporalOptions.Section)
+            .Validate(o => !o.IsConfigured || HostPort().IsMatch(o.Address!),
+                "Temporal:Address must be host:port (or empty to use the embedded engine)")
+            .Validate(o => !string.IsNullOrWhiteSpace(o.Namespace), "Temporal:Namespace must not be empty")
+            .ValidateOnStart();
+        return builder;
+    }
+
+    private static bool IsPostgresConnectionString(string value)
+    {
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            return false;
+        }
+        try
+        {
+            return !string.IsNullOrEmpty(new NpgsqlConnectionStringBuilder(value).Host);
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+
+    [GeneratedRegex("^[a-z_][a-z0-9_]{0,62}$")]
+    private static partial Regex SqlIdentifier();
+
+    [GeneratedRegex(@"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")]
+    private static partial Regex HostPort();
+}

@@ -1,0 +1,20 @@
+using System.Reflection;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>References point one way: Contracts at the bottom, Workers on top (DESIGN.md).</summary>
+public class ArchitectureTests
+{
+    [Theory]
+    [InlineData("SEmigrate.Contracts", new string[0])]
+    [InlineData("SEmigrate.MemoryServer", new[] { "SEmigrate.Contracts" })]
+    [InlineData("SEmigrate.Activities", new[] { "SEmigrate.Contracts", "SEmigrate.MemoryServer" })]
+    [InlineData("SEmigrate.Workflows", new[] { "SEmigrate.Contracts", "SEmigrate.Activities", "SEmigrate.MemoryServer" })]
+    public void Project_references_only_the_layers_below(string project, string[] allowed)
+    {
+        var references = Assembly.Load(project).GetReferencedAssemblies()
+            .Select(a => a.Name!)
+            .Where(n => n.StartsWith("SEmigrate.", StringComparison.Ordinal) || n == "semigrate");
+        Assert.All(references, r => Assert.Contains(r, allowed));
+    }
+}

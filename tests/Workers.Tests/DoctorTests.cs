@@ -1,0 +1,74 @@
+using SEmigrate.TestSupport;
+
+namespace SEmigrate.Workers.Tests;
+
+public class DoctorTests
+{
+    private static async Task<Dictionary<string, string>> RunningServices() =>
+        new(await ServicesScript.SettingsAsync());
+
+    private static string Line(string stdout, string check) =>
+        stdout.Split('\n').SingleOrDefault(l => l.StartsWith(check + " ", StringComparison.Ordinal))
+        ?? throw new Xunit.Sdk.XunitException($"no '{check}' line in:\n{stdout}");
+
+    [Fact]
+    public async Task Reports_every_service_ok_when_they_run()
+    {
+        var env = await RunningServices();
+        env["SEMIGRATE__Postgres__Schema"] = "doctor_ok";
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}\n{r.Stdout}\n{r.Stderr}");
+        Assert.Matches(@"^postgres\s+ok\s+127\.0\.0\.1:\d+, Marten store ready \(schema doctor_ok\)", Line(r.Stdout, "postgres"));
+        Assert.Matches(@"^rabbitmq\s+ok\s+127\.0\.0\.1:\d+, RabbitMQ \d", Line(r.Stdout, "rabbitmq"));
+        Assert.Matches("^temporal\\s+ok\\s+not configured: the embedded engine will run migrations", Line(r.Stdout, "temporal"));
+        Assert.Contains("qemu", r.Stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_stopped_RabbitMQ_is_reported_failed_with_a_nonzero_exit_code()
+    {
+        var env = await RunningServices();
+        env["SEMIGRATE__RabbitMq__Uri"] = $"amqp://guest:guest@127.0.0.1:{SemigrateProcess.ClosedPort()}/";
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"^rabbitmq\s+FAILED\s+.*Connection refused", Line(r.Stdout, "rabbitmq"));
+        Assert.Matches(@"^postgres\s+ok", Line(r.Stdout, "postgres"));
+    }
+
+    [Fact]
+    public async Task A_stopped_PostgreSQL_is_reported_failed_with_a_nonzero_exit_code()
+    {
+        var env = await RunningServices();
+        env["SEMIGRATE__Postgres__ConnectionString"] = $"Host=127.0.0.1;Port={SemigrateProcess.ClosedPort()};Username=postgres";
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"^postgres\s+FAILED\s+.*refused", Line(r.Stdout, "postgres"));
+        Assert.Matches(@"^rabbitmq\s+ok", Line(r.Stdout, "rabbitmq"));
+    }
+
+    [Fact]
+    public async Task A_configured_but_unreachable_Temporal_fails_the_check()
+    {
+        var env = await RunningServices();
+        env["SEMIGRATE__Temporal__Address"] = $"127.0.0.1:{SemigrateProcess.ClosedPort()}";
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"^temporal\s+FAILED\s+.*refused", Line(r.Stdout, "temporal"));
+    }
+
+    [Theory]
+    [InlineData("SEMIGRATE__Postgres__ConnectionString", "Bogus=1", "postgres", "Postgres:ConnectionString")]
+    [InlineData("SEMIGRATE__Postgres__Schema", "Drop Table", "postgres", "Postgres:Schema")]
+    [InlineData("SEMIGRATE__RabbitMq__Uri", "http://127.0.0.1/", "rabbitmq", "RabbitMq:Uri")]
+    [InlineData("SEMIGRATE__Temporal__Address", "not an address", "temporal", "Temporal:Address")]
+    public async Task A_wrong_setting_is_one_clear_line_naming_the_key_not_a_stack_trace(
+        string variable, string value, string check, string key)
+    {
+        var env = await RunningServices();
+        env[variable] = value;
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains(key, Line(r.Stdout, check), StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", r.Stdout + r.Stderr, StringComparison.Ordinal);
+    }
+}
