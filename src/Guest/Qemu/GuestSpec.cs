@@ -1,0 +1,32 @@
+using System.Text.RegularExpressions;
+
+namespace SEmigrate.Guest.Qemu;
+
+/// <summary>A process the guest's init starts: it fills MiB of memory with Marker and stays, or, when
+/// Freed, frees that memory and exits (so free pages hold stale markers).</summary>
+public sealed partial record GuestProcess(string Name, int MiB, string Marker, bool Freed = false)
+{
+    /// <summary>NAME:MIB:MARKER, as on the command line.</summary>
+    public static GuestProcess Parse(string text, bool freed = false)
+    {
+        var parts = text.Split(':');
+        if (parts.Length != 3 || !NamePattern().IsMatch(parts[0]) || !int.TryParse(parts[1], out var mib) || mib is < 1 or > 65536
+            || !MarkerPattern().IsMatch(parts[2]))
+        {
+            throw new FormatException(
+                $"'{text}' is not NAME:MIB:MARKER (NAME 1-15 of A-Za-z0-9_.-, MIB 1-65536, MARKER of A-Za-z0-9_.-)");
+        }
+        return new GuestProcess(parts[0], mib, parts[2], freed);
+    }
+
+    public string KitArgument => Freed ? $"free:{Name}:{MiB}:{Marker}" : $"{Name}:{MiB}:{Marker}";
+
+    [GeneratedRegex("^[A-Za-z0-9_.-]{1,15}$")]
+    private static partial Regex NamePattern();
+
+    [GeneratedRegex("^[A-Za-z0-9_.-]{1,64}$")]
+    private static partial Regex MarkerPattern();
+}
+
+/// <summary>What to boot: guest memory size and the processes its init starts.</summary>
+public sealed record GuestSpec(int MemoryMiB, IReadOnlyList<GuestProcess> Processes);

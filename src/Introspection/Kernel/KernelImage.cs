@@ -1,0 +1,105 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
+using System.Text;
+using K4os.Compression.LZ4;
+using SEmigrate.Guest.Memory;
+using SharpCompress.Compressors.Xz;
+
+namespace SEmigrate.Introspection.Kernel;
+
+/// <summary>What introspection needs from the kernel binary itself: its BTF (structure layouts), its
+/// GNU build id (to match a dump's VMCOREINFO BUILD-ID) and its release string. Reads a bzImage
+/// (vmlinuz; LZ4 as in Debian's cloud kernel, XZ, gzip) or an uncompressed vmlinux.</summary>
+public sealed record KernelImage(byte[] BtfData, string BuildId, string Release)
+{
+    public static KernelImage Load(string path)
+    {
+        var file = File.ReadAllBytes(path);
+        var vmlinux = Elf64.IsElf64(file) ? file : Decompress(file, path);
+        var sections = Elf64.Sections(vmlinux);
+        var btf = sections.FirstOrDefault(s => s.Name == ".BTF")
+            ?? throw new InvalidDataException($"{path}: the kernel has no .BTF section (built without CONFIG_DEBUG_INFO_BTF)");
+        var buildId = sections.Where(s => s.Type == 7 /* SHT_NOTE */)
+            .SelectMany(s => Elf64.Notes(vmlinux, s.Offset, s.Size))
+            .Where(n => n.Name == "GNU" && n.Type == 3 /* NT_GNU_BUILD_ID */)
+            .Select(n => Convert.ToHexStringLower(vmlinux, (int)n.DescriptorOffset, n.DescriptorSize))
+            .FirstOrDefault() ?? "";
+        return new KernelImage(vmlinux.AsSpan((int)btf.Offset, (int)btf.Size).ToArray(), buildId, Banner(vmlinux));
+    }
+
+    /// <summary>The release from linux_banner ("Linux version 6.1.0-56-cloud-amd64 (...").</summary>
+    private static string Banner(ReadOnlySpan<byte> vmlinux)
+    {
+        var marker = "Linux version "u8;
+        var at = vmlinux.IndexOf(marker);
+        if (at < 0)
+        {
+            return "";
+        }
+        var rest = vmlinux.Slice(at + marker.Length, Math.Min(128, vmlinux.Length - at - marker.Length));
+        var end = rest.IndexOf((byte)' ');
+        return Encoding.ASCII.GetString(end < 0 ? rest : rest[..end]);
+    }
+
+    private static byte[] Decompress(byte[] bz, string path)
+    {
+        if (bz.Length < 0x250 || BinaryPrimitives.ReadUInt32LittleEndian(bz.AsSpan(0x202)) != 0x53726448 /* "HdrS" */)
+        {
+            throw new InvalidDataException($"{path}: neither a vmlinux (ELF) nor a bzImage kernel");
+        }
+        var setupSectors = bz[0x1f1] == 0 ? 4 : bz[0x1f1];
+        var payloadOffset = BinaryPrimitives.ReadUInt32LittleEndian(bz.AsSpan(0x248));
+        var payloadLength = BinaryPrimitives.ReadUInt32LittleEndian(bz.AsSpan(0x24c));
+        var start = (long)(setupSectors + 1) * 512 + payloadOffset;
+        if (start + payloadLength > bz.Length)
+        {
+            throw new InvalidDataException($"{path}: the bzImage payload lies outside the file");
+        }
+        var payload = bz.AsSpan((int)start, (int)payloadLength);
+        if (payload.StartsWith(new byte[] { 0x02, 0x21, 0x4c, 0x18 }))
+        {
+            return Lz4Legacy(payload, path);
+        }
+        using var input = new MemoryStream(bz, (int)start, (int)payloadLength);
+        using Stream decompressor = payload switch
+        {
+            [0x1f, 0x8b, ..] => new GZipStream(input, CompressionMode.Decompress),
+            [0xfd, (byte)'7', (byte)'z', (byte)'X', (byte)'Z', ..] => new XZStream(input),
+            _ => throw new InvalidDataException($"{path}: unsupported kernel compression (not LZ4, XZ or gzip)"),
+        };
+        using var output = new MemoryStream();
+        decompressor.CopyTo(output);
+        return output.ToArray();
+    }
+
+    /// <summary>The LZ4 "legacy" format the kernel uses: a magic, then blocks of (u32 compressed size,
+    /// data), each at most 8 MiB decompressed.</summary>
+    private static byte[] Lz4Legacy(ReadOnlySpan<byte> payload, string path)
+    {
+        const int blockMax = 8 << 20;
+        var output = new MemoryStream();
+        var block = new byte[blockMax];
+        var at = 4;
+        while (at + 4 <= payload.Length)
+        {
+            var size = BinaryPrimitives.ReadUInt32LittleEndian(payload[at..]);
+            if (size == 0x184c2102)
+            {
+                at += 4; // a new frame's magic
+                continue;
+            }
+            if (size == 0 || at + 4 + size > payload.Length)
+            {
+                break; // the trailer (uncompressed size) or padding
+            }
+            var n = LZ4Codec.Decode(payload.Slice(at + 4, (int)size), block);
+            if (n < 0)
+            {
+                throw new InvalidDataException($"{path}: corrupt LZ4 block at payload offset {at}");
+            }
+            output.Write(block, 0, n);
+            at += 4 + (int)size;
+        }
+        return output.ToArray();
+    }
+}

@@ -1,0 +1,99 @@
+using System.Text.Json;
+
+namespace SEmigrate.Introspection.Kernel;
+
+/// <summary>The structure offsets and sizes a walk needs, all read from the kernel's BTF (nothing
+/// hard-coded), plus the build id and release that tie them to one kernel build. Small enough to
+/// cache as JSON next to the kernel (vmlinuz.layout.json).</summary>
+public sealed record KernelLayout(
+    string BuildId,
+    string Release,
+    int ListNext,
+    int ListPrev,
+    int PageStructSize,
+    int PageBuddyList,
+    int PagePrivate,
+    int PageType,
+    int TaskTasks,
+    int TaskPid,
+    int TaskComm,
+    int TaskCommSize,
+    int TaskMm,
+    int MmPgd,
+    int NodeZones,
+    int MaxNrZones,
+    int ZoneSize,
+    int ZoneName,
+    int ZoneFreeArea,
+    int MaxOrder,
+    int FreeAreaSize,
+    int FreeAreaFreeList,
+    int MigrateTypes,
+    int ZoneVmStat,
+    int NrFreePagesIndex)
+{
+    public static KernelLayout FromImage(KernelImage image)
+    {
+        var btf = new Btf(image.BtfData);
+        return new KernelLayout(
+            image.BuildId,
+            image.Release,
+            ListNext: btf.OffsetOf("list_head", "next"),
+            ListPrev: btf.OffsetOf("list_head", "prev"),
+            PageStructSize: btf.SizeOf("page"),
+            PageBuddyList: btf.OffsetOf("page", "buddy_list"),
+            PagePrivate: btf.OffsetOf("page", "private"),
+            PageType: btf.OffsetOf("page", "page_type"),
+            TaskTasks: btf.OffsetOf("task_struct", "tasks"),
+            TaskPid: btf.OffsetOf("task_struct", "pid"),
+            TaskComm: btf.OffsetOf("task_struct", "comm"),
+            TaskCommSize: btf.MemberSize("task_struct", "comm"),
+            TaskMm: btf.OffsetOf("task_struct", "mm"),
+            MmPgd: btf.OffsetOf("mm_struct", "pgd"),
+            NodeZones: btf.OffsetOf("pglist_data", "node_zones"),
+            MaxNrZones: btf.ArrayLength("pglist_data", "node_zones"),
+            ZoneSize: btf.SizeOf("zone"),
+            ZoneName: btf.OffsetOf("zone", "name"),
+            ZoneFreeArea: btf.OffsetOf("zone", "free_area"),
+            MaxOrder: btf.ArrayLength("zone", "free_area"),
+            FreeAreaSize: btf.SizeOf("free_area"),
+            FreeAreaFreeList: btf.OffsetOf("free_area", "free_list"),
+            MigrateTypes: btf.ArrayLength("free_area", "free_list"),
+            ZoneVmStat: btf.OffsetOf("zone", "vm_stat"),
+            NrFreePagesIndex: (int)btf.EnumValue("zone_stat_item", "NR_FREE_PAGES"));
+    }
+
+    /// <summary>The layout of the kernel at <paramref name="kernelPath"/>, from its cache file when
+    /// that is newer than the kernel, else from the kernel's BTF (and then cached, if writable).</summary>
+    public static KernelLayout Load(string kernelPath)
+    {
+        var cache = kernelPath + ".layout.json";
+        if (File.Exists(cache) && File.GetLastWriteTimeUtc(cache) >= File.GetLastWriteTimeUtc(kernelPath))
+        {
+            try
+            {
+                if (JsonSerializer.Deserialize<KernelLayout>(File.ReadAllText(cache)) is { } cached)
+                {
+                    return cached;
+                }
+            }
+            catch (JsonException)
+            {
+                // A damaged cache is rebuilt below.
+            }
+        }
+        var layout = FromImage(KernelImage.Load(kernelPath));
+        try
+        {
+            File.WriteAllText(cache, JsonSerializer.Serialize(layout));
+        }
+        catch (IOException)
+        {
+            // Read-only folder: the cache is an optimisation.
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        return layout;
+    }
+}
