@@ -7,6 +7,7 @@
 #     SPEC = NAME:MIB:MARKER        a process NAME that fills MIB MiB with MARKER and stays
 #          | free:NAME:MIB:MARKER   a process that fills, frees the memory, and exits (stale markers)
 #   Writes OUTDIR/vmlinuz, OUTDIR/initrd.gz, OUTDIR/kernel-release; prints OUTDIR.
+#   deploy/guest/guest-kit.sh --kernel FLAVOUR   prints the path of that flavour's cached vmlinuz
 #   Cache: $SEMIGRATE_STATE_DIR/guest-cache (default /opt/semigrate/guest-cache).
 set -euo pipefail
 
@@ -19,12 +20,12 @@ die() { echo "guest-kit: error: $*" >&2; exit 1; }
 
 [ $# -ge 1 ] || die "usage: $0 OUTDIR SPEC..."
 out=$1; shift
-mkdir -p "$out" "$CACHE"
+mkdir -p "$CACHE"
 
 # --- packages ---------------------------------------------------------------------------------
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx cpio || missing+=(busybox-static)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} (apt)"
@@ -33,27 +34,41 @@ if [ ${#missing[@]} -gt 0 ]; then
     || { tail -n 20 "$CACHE/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
 fi
 
-# --- kernel: the current cloud kernel, by the metapackage's dependency, cached -----------------
-exec 9>"$CACHE/.lock"; flock 9
-kdir=$(cat "$CACHE/kernel-current" 2>/dev/null || true)
-if [ -z "$kdir" ] || [ ! -f "$kdir/vmlinuz" ]; then
+# --- kernel: the current kernel of a flavour, by the metapackage's dependency, cached ----------
+# Only boot/ and the qemu_fw_cfg module are unpacked (the standard flavour's modules are 400 MB).
+fetch_kernel() {
+  local flavour=$1 pointer=$CACHE/kernel-$1 kdir pkg release
+  kdir=$(cat "$pointer" 2>/dev/null || true)
+  if [ -n "$kdir" ] && [ -f "$kdir/vmlinuz" ]; then echo "$kdir"; return 0; fi
   apt-get update >"$CACHE/apt.log" 2>&1 || true
-  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-  [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64 to a kernel package"
+  pkg=$(apt-cache depends "linux-image-$flavour" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  [ -n "$pkg" ] || die "cannot resolve linux-image-$flavour to a kernel package"
   kdir=$CACHE/$pkg
   log "fetching $pkg"
-  rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp/deb"
+  rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp/deb" "$kdir.tmp/x"
   (cd "$kdir.tmp/deb" && apt-get download "$pkg" >"$CACHE/download.log" 2>&1) || die "apt-get download $pkg failed"
-  dpkg -x "$kdir.tmp"/deb/*.deb "$kdir.tmp/x"
   release=${pkg#linux-image-}
+  dpkg-deb --fsys-tarfile "$kdir.tmp"/deb/*.deb \
+    | tar -x -C "$kdir.tmp/x" --wildcards "./boot/vmlinuz-$release" '*/qemu_fw_cfg.ko*' \
+    || die "unpacking $pkg failed"
   cp "$kdir.tmp/x/boot/vmlinuz-$release" "$kdir.tmp/vmlinuz"
-  cp "$kdir.tmp/x/boot/System.map-$release" "$kdir.tmp/System.map"
-  cp "$(find "$kdir.tmp/x/lib/modules" -name 'qemu_fw_cfg.ko*' | head -n 1)" "$kdir.tmp/qemu_fw_cfg.ko" || true
+  cp "$(find "$kdir.tmp/x" -name 'qemu_fw_cfg.ko*' | head -n 1)" "$kdir.tmp/qemu_fw_cfg.ko" 2>/dev/null || true
   echo "$release" >"$kdir.tmp/release"
   rm -rf "$kdir.tmp/x" "$kdir.tmp/deb" "$kdir"
   mv "$kdir.tmp" "$kdir"
-  echo "$kdir" >"$CACHE/kernel-current"
+  echo "$kdir" >"$pointer"
+  echo "$kdir"
+}
+
+exec 9>"$CACHE/.lock"; flock 9
+if [ "$out" = --kernel ]; then
+  # deploy/guest/guest-kit.sh --kernel FLAVOUR: just the kernel (e.g. amd64, to test a wrong profile).
+  [[ "${1:-}" =~ ^[a-z0-9-]+$ ]] || die "usage: $0 --kernel FLAVOUR"
+  echo "$(fetch_kernel "$1")/vmlinuz"
+  exit 0
 fi
+mkdir -p "$out"
+kdir=$(fetch_kernel cloud-amd64)
 
 # --- in-guest programs, cached by source hash ---------------------------------------------------
 tools=$CACHE/tools-$(cat "$here/marker.c" "$here/pagemap.c" | sha256sum | cut -c1-12)
@@ -107,7 +122,6 @@ chmod +x "$root/init"
 
 (cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$out/initrd.gz"
 cp "$kdir/vmlinuz" "$out/vmlinuz"
-cp "$kdir/System.map" "$out/System.map"
 cp "$kdir/release" "$out/kernel-release"
 log "guest ready in $out (kernel $(cat "$kdir/release"), $# processes)"
 echo "$out"

@@ -16,3 +16,15 @@ catch (OptionsValidationException e)
     await Console.Error.WriteLineAsync($"semigrate: invalid configuration: {string.Join("; ", e.Failures)}");
     return 2;
 }
+catch (OperationCanceledException)
+{
+    await Console.Error.WriteLineAsync("semigrate: cancelled");
+    return 130;
+}
+#pragma warning disable CA1031 // the last line of defence: one clear line, never a stack trace
+catch (Exception e)
+#pragma warning restore CA1031
+{
+    await Console.Error.WriteLineAsync($"semigrate: {e.GetType().Name}: {e.Message}");
+    return 1;
+}

@@ -3,7 +3,7 @@ using System.IO.Compression;
 using System.Text;
 using K4os.Compression.LZ4;
 using SEmigrate.Guest.Memory;
-using SharpCompress.Compressors.Xz;
+using System.Diagnostics;
 
 namespace SEmigrate.Introspection.Kernel;
 
@@ -60,16 +60,59 @@ public sealed record KernelImage(byte[] BtfData, string BuildId, string Release)
         {
             return Lz4Legacy(payload, path);
         }
-        using var input = new MemoryStream(bz, (int)start, (int)payloadLength);
-        using Stream decompressor = payload switch
+        if (payload is [0xfd, (byte)'7', (byte)'z', (byte)'X', (byte)'Z', ..])
         {
-            [0x1f, 0x8b, ..] => new GZipStream(input, CompressionMode.Decompress),
-            [0xfd, (byte)'7', (byte)'z', (byte)'X', (byte)'Z', ..] => new XZStream(input),
-            _ => throw new InvalidDataException($"{path}: unsupported kernel compression (not LZ4, XZ or gzip)"),
-        };
+            return Xz(bz.AsMemory((int)start, (int)payloadLength), path);
+        }
+        if (payload is not [0x1f, 0x8b, ..])
+        {
+            throw new InvalidDataException($"{path}: unsupported kernel compression (not LZ4, XZ or gzip)");
+        }
+        using var gzip = new GZipStream(new MemoryStream(bz, (int)start, (int)payloadLength), CompressionMode.Decompress);
         using var output = new MemoryStream();
-        decompressor.CopyTo(output);
+        gzip.CopyTo(output);
         return output.ToArray();
+    }
+
+    /// <summary>XZ with the x86 BCJ filter, as kernels use it: .NET has no XZ decoder and the managed
+    /// ones we tried mishandle BCJ, so this uses the machine's xz (xz-utils, in every Debian).</summary>
+    private static byte[] Xz(ReadOnlyMemory<byte> payload, string path)
+    {
+        var start = new ProcessStartInfo("xz", ["-dc"])
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        Process xz;
+        try
+        {
+            xz = Process.Start(start) ?? throw new InvalidDataException("could not start xz");
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            throw new InvalidDataException($"{path} is XZ-compressed and xz is not installed (apt-get install xz-utils)");
+        }
+        using (xz)
+        {
+            var writer = Task.Run(async () =>
+            {
+                await xz.StandardInput.BaseStream.WriteAsync(payload);
+                xz.StandardInput.Close();
+            });
+            using var output = new MemoryStream();
+            var stderr = xz.StandardError.ReadToEndAsync();
+            xz.StandardOutput.BaseStream.CopyTo(output);
+            xz.WaitForExit();
+            writer.GetAwaiter().GetResult();
+            // Exit code 2 with output is "trailing garbage" after the stream: the kernel's size trailer.
+            if (output.Length == 0)
+            {
+                throw new InvalidDataException($"{path}: xz could not decompress the kernel: {stderr.GetAwaiter().GetResult().Trim()}");
+            }
+            return output.ToArray();
+        }
     }
 
     /// <summary>The LZ4 "legacy" format the kernel uses: a magic, then blocks of (u32 compressed size,

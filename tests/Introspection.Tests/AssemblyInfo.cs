@@ -1,0 +1,3 @@
+using SEmigrate.TestSupport;
+
+[assembly: AssemblyFixture(typeof(RealGuestFixture))]
