@@ -127,4 +127,32 @@ public sealed class RealGuestTests(RealGuestFixture fixture) : IDisposable
         Assert.Equal(guest.Memory.GuestPages, map.GuestPages);
         Assert.True(map.Zero > 0 && map.Plain > 0 && map.Sealed > 0);
     }
+
+    [Fact]
+    public void A_raw_image_without_the_ELF_note_is_read_the_same_through_a_RAM_scan()
+    {
+        var dir = Directory.CreateTempSubdirectory("semigrate-raw-").FullName;
+        var raw = Path.Combine(dir, "memory.img");
+        using (var output = new FileStream(raw, FileMode.CreateNew))
+        {
+            output.SetLength((long)guest.Memory.PfnLimit << 12);
+            foreach (var range in guest.Memory.Ranges)
+            {
+                output.Position = (long)range.FirstPfn << 12;
+                for (var pfn = range.FirstPfn; pfn < range.EndPfn; pfn++)
+                {
+                    output.Write(guest.Memory.Page(pfn));
+                }
+            }
+        }
+        using (var image = new Introspected(raw, guest.Layout))
+        {
+            Assert.Empty(image.Result.Diagnostics);
+            Assert.StartsWith("RAM scan at 0x", image.Result.Symbols!.VmcoreInfoSource, StringComparison.Ordinal);
+            Assert.Equal(guest.Result.Zones, image.Result.Zones);
+            Assert.Equal(guest.Process("vaultdb").Pfns, image.Process("vaultdb").Pfns);
+            Assert.Equal(guest.Classify("vaultdb").Plain, image.Classify("vaultdb").Plain);
+        }
+        Directory.Delete(dir, recursive: true);
+    }
 }

@@ -13,6 +13,7 @@ public class CommandLineTests
         Assert.Equal(0, r.ExitCode);
         Assert.Matches(@"\n\s+services\s+\S.+\n", r.Stdout);
         Assert.Matches(@"\n\s+doctor\s+\S.+\n", r.Stdout);
+        Assert.Matches(@"\n\s+guest\s+\S.+\n", r.Stdout);
     }
 
     [Theory]
@@ -21,6 +22,9 @@ public class CommandLineTests
     [InlineData("services", "up")]
     [InlineData("services", "down")]
     [InlineData("services", "status")]
+    [InlineData("guest")]
+    [InlineData("guest", "boot")]
+    [InlineData("guest", "introspect")]
     public async Task Every_subcommand_has_help(params string[] command)
     {
         var r = await SemigrateProcess.RunAsync(NoEnvironment, [.. command, "--help"]);

@@ -1,0 +1,184 @@
+using System.Diagnostics;
+using SEmigrate.Contracts;
+using SEmigrate.Guest.Memory;
+using SEmigrate.Introspection.Kernel;
+using SEmigrate.TestSupport;
+
+namespace SEmigrate.Introspection.Tests;
+
+/// <summary>A compromised guest can forge its kernel's structures. Each case must end with a clear
+/// diagnostic, the affected pages sealed (fail closed), and no crash or hang.</summary>
+public sealed class CorruptGuestTests(RealGuestFixture fixture)
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
+
+    private KernelLayout Layout => KernelLayout.Load(fixture.Guest.KernelPath);
+
+    /// <summary>The first, second and third entries (list_head addresses) of a free list with at
+    /// least three, in the named zone, and that zone's struct zone address.</summary>
+    private (ulong Zone, ulong[] Entries) FreeListWithThreeEntries(AddressSpace space, KernelSymbols symbols, string zoneName)
+    {
+        var layout = Layout;
+        Assert.True(space.TryReadUInt64(symbols.NodeData, out var pgdat));
+        for (var z = 0; z < layout.MaxNrZones; z++)
+        {
+            var zone = pgdat + (ulong)layout.NodeZones + (ulong)(z * layout.ZoneSize);
+            Assert.True(space.TryReadUInt64(zone + (ulong)layout.ZoneName, out var namePtr));
+            if (!space.TryReadString(namePtr, 16, out var name) || name != zoneName)
+            {
+                continue;
+            }
+            for (var order = 0; order < layout.MaxOrder; order++)
+            {
+                for (var mt = 0; mt < layout.MigrateTypes; mt++)
+                {
+                    var head = zone + (ulong)layout.ZoneFreeArea + (ulong)(order * layout.FreeAreaSize) + (ulong)layout.FreeAreaFreeList + (ulong)(mt * 16);
+                    var entries = new List<ulong>();
+                    var current = head;
+                    while (entries.Count < 3 && space.TryReadUInt64(current, out current) && current != head && current != 0)
+                    {
+                        entries.Add(current);
+                    }
+                    if (entries.Count == 3)
+                    {
+                        return (zone, [.. entries]);
+                    }
+                }
+            }
+        }
+        throw new InvalidOperationException($"no free list with three entries in zone {zoneName}");
+    }
+
+    [Fact]
+    public async Task A_cycle_in_a_free_list_untrusts_that_zone_only()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        using (var memory = GuestMemory.OpenElfDump(fixture.Guest.DumpPath))
+        {
+            var (symbols, space) = KernelSymbols.Resolve(memory, Layout);
+            var (_, entries) = FreeListWithThreeEntries(space, symbols, "DMA32");
+            // third.next -> first: the list never comes back to its head.
+            Assert.True(space.TryTranslate(entries[2] + (ulong)Layout.ListNext, out var pa));
+            copy.WriteUInt64(pa, entries[0]);
+        }
+
+        using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
+        var dma32 = guest.Result.Zones.Single(z => z.Name == "DMA32");
+        Assert.False(dma32.Trusted);
+        Assert.Contains("cycle", dma32.Problem, StringComparison.Ordinal);
+        Assert.Contains(guest.Result.Diagnostics, d => d.Contains("zone DMA32", StringComparison.Ordinal) && d.Contains("cycle", StringComparison.Ordinal));
+        Assert.True(guest.Result.Zones.Single(z => z.Name == "DMA").Trusted);
+
+        var map = guest.Classify("vaultdb", "webapp");
+        // DMA32 starts at 16 MiB: none of its pages may be zero any more; DMA's free pages still are.
+        for (var pfn = 4096UL; pfn < guest.Memory.PfnLimit; pfn++)
+        {
+            if (map.IsGuestPage(pfn))
+            {
+                Assert.NotEqual(PageClass.Zero, map[pfn]);
+            }
+        }
+        Assert.True(map.Zero > 0);
+        Assert.Equal(guest.Memory.GuestPages, map.GuestPages);
+    }
+
+    [Fact]
+    public async Task A_task_list_pointer_outside_memory_ends_the_walk_and_nothing_is_plain()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (_, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            var vault = good.Result.Tasks.Single(t => t.Comm == "vaultdb");
+            Assert.True(space.TryTranslate(vault.Address + (ulong)Layout.TaskTasks + (ulong)Layout.ListNext, out var pa));
+            copy.WriteUInt64(pa, 0xffff_dead_beef_0000);
+        }
+
+        using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
+        Assert.False(guest.Result.TaskListComplete);
+        Assert.Contains(guest.Result.Diagnostics, d => d.StartsWith("task list:", StringComparison.Ordinal)
+            && d.Contains("0xffffdeadbeef0000 after pid", StringComparison.Ordinal) && d.Contains("outside guest memory", StringComparison.Ordinal));
+        Assert.Contains(guest.Result.Tasks, t => t.Comm == "vaultdb");
+        Assert.DoesNotContain(guest.Result.Tasks, t => t.Comm == "webapp");
+        // We cannot know who else maps a page: nothing travels as-is. Free memory is still free.
+        var map = guest.Classify("vaultdb", "webapp");
+        Assert.Equal(0UL, map.Plain);
+        Assert.True(map.Zero > 0);
+    }
+
+    [Fact]
+    public async Task A_truncated_dump_seals_what_is_missing_and_says_so()
+    {
+        // 128 MiB of the 256: the kernel image (loaded higher) is gone, so the walks cannot start.
+        using var copy = new DumpCopy(fixture.Guest.DumpPath, truncateTo: 128L << 20);
+        using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
+        Assert.Contains(guest.Result.Diagnostics, d => d.StartsWith("dump truncated", StringComparison.Ordinal));
+        Assert.True(guest.Result.Diagnostics.Count >= 2, string.Join("\n", guest.Result.Diagnostics));
+        var map = guest.Classify("vaultdb");
+        Assert.Equal(guest.Memory.GuestPages, map.GuestPages);
+        for (var pfn = 0UL; pfn < guest.Memory.PfnLimit; pfn++)
+        {
+            if (map.IsGuestPage(pfn) && !guest.Memory.IsPresent(pfn))
+            {
+                Assert.Equal(PageClass.Sealed, map[pfn]);
+            }
+        }
+        Assert.Equal(map.GuestPages, map.Sealed);
+    }
+
+    [Fact]
+    public async Task Another_kernels_profile_is_refused_and_everything_sealed()
+    {
+        var other = await OtherKernelAsync();
+        var layout = KernelLayout.Load(other);
+        Assert.NotEqual(Layout.BuildId, layout.BuildId);
+        using var guest = await Introspected.WithinAsync(Bound, fixture.Guest.DumpPath, layout);
+        Assert.StartsWith("wrong kernel profile: it is for build", Assert.Single(guest.Result.Diagnostics), StringComparison.Ordinal);
+        var map = guest.Classify("vaultdb", "webapp");
+        Assert.Equal(map.GuestPages, map.Sealed);
+    }
+
+    [Fact]
+    public async Task A_forged_profile_with_the_right_build_id_breaks_walks_not_the_program()
+    {
+        var forged = Layout with { TaskTasks = Layout.TaskTasks + 64, ZoneFreeArea = Layout.ZoneFreeArea + 8 };
+        using var guest = await Introspected.WithinAsync(Bound, fixture.Guest.DumpPath, forged);
+        Assert.Contains(guest.Result.Diagnostics, d => d.StartsWith("task list:", StringComparison.Ordinal));
+        Assert.Contains(guest.Result.Diagnostics, d => d.Contains("zone DMA32", StringComparison.Ordinal));
+        var map = guest.Classify("vaultdb", "webapp");
+        Assert.Equal(0UL, map.Plain);
+        Assert.Equal(0UL, map.Zero);
+    }
+
+    [Fact]
+    public async Task Memory_that_is_not_a_Linux_guest_is_all_sealed()
+    {
+        var dir = Directory.CreateTempSubdirectory("semigrate-noise-").FullName;
+        var image = Path.Combine(dir, "noise.img");
+        var noise = new byte[16 << 20];
+        new Random(7).NextBytes(noise);
+        await File.WriteAllBytesAsync(image, noise, TestContext.Current.CancellationToken);
+        using (var guest = await Introspected.WithinAsync(Bound, image, Layout))
+        {
+            Assert.Contains("no VMCOREINFO found", Assert.Single(guest.Result.Diagnostics), StringComparison.Ordinal);
+            Assert.Equal(4096UL, guest.Classify("vaultdb").Sealed);
+        }
+        Directory.Delete(dir, recursive: true);
+    }
+
+    /// <summary>The standard (non-cloud) flavour of the same kernel release: another build.</summary>
+    private static async Task<string> OtherKernelAsync()
+    {
+        var script = Path.Combine(AppContext.BaseDirectory, "deploy", "guest", "guest-kit.sh");
+        using var kit = Process.Start(new ProcessStartInfo("bash", [script, "--kernel", "amd64"])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        })!;
+        var stdout = await kit.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var stderr = await kit.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        await kit.WaitForExitAsync(TestContext.Current.CancellationToken);
+        Assert.True(kit.ExitCode == 0, stderr);
+        return stdout.Trim();
+    }
+}
