@@ -22,6 +22,8 @@ die() { echo "guest-kit: error: $*" >&2; exit 1; }
 out=$1; shift
 mkdir -p "$CACHE"
 
+exec 9>"$CACHE/.lock"; flock 9
+
 # --- packages ---------------------------------------------------------------------------------
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
@@ -60,7 +62,6 @@ fetch_kernel() {
   echo "$kdir"
 }
 
-exec 9>"$CACHE/.lock"; flock 9
 if [ "$out" = --kernel ]; then
   # deploy/guest/guest-kit.sh --kernel FLAVOUR: just the kernel (e.g. amd64, to test a wrong profile).
   [[ "${1:-}" =~ ^[a-z0-9-]+$ ]] || die "usage: $0 --kernel FLAVOUR"
@@ -120,7 +121,12 @@ cp "$tools/marker" "$tools/pagemap" "$root/bin/"
 } >"$root/init"
 chmod +x "$root/init"
 
-(cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$out/initrd.gz"
+key=$( (cat "$root/init" "$tools/marker" "$tools/pagemap" /bin/busybox; cat "$root/lib/qemu_fw_cfg.ko" 2>/dev/null) | sha256sum | cut -c1-16)
+if [ ! -f "$CACHE/initrd-$key.gz" ]; then
+  (cd "$root" && find . | sort | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$CACHE/initrd-$key.tmp"
+  mv "$CACHE/initrd-$key.tmp" "$CACHE/initrd-$key.gz"
+fi
+cp "$CACHE/initrd-$key.gz" "$out/initrd.gz"
 cp "$kdir/vmlinuz" "$out/vmlinuz"
 cp "$kdir/release" "$out/kernel-release"
 log "guest ready in $out (kernel $(cat "$kdir/release"), $# processes)"

@@ -5,7 +5,8 @@ using SEmigrate.Workers.Commands;
 var root = new RootCommand("SEmigrate: split migration of large-memory VMs without exposing their memory")
     .AddServicesCommand()
     .AddDoctorCommand()
-    .AddGuestCommand();
+    .AddGuestCommand()
+    .AddBenchCommand();
 
 try
 {

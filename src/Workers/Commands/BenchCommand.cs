@@ -1,0 +1,126 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using SEmigrate.Guest.Memory;
+using SEmigrate.Guest.Qemu;
+using SEmigrate.Introspection;
+using SEmigrate.Introspection.Classification;
+using SEmigrate.Introspection.Kernel;
+
+namespace SEmigrate.Workers.Commands;
+
+/// <summary>`semigrate bench ...`: benchmarks that print figures measured in one run.</summary>
+public static class BenchCommand
+{
+    public static RootCommand AddBenchCommand(this RootCommand root)
+    {
+        var bench = new Command("bench", "Benchmarks: print figures measured in one run");
+        bench.Subcommands.Add(Introspect());
+        root.Subcommands.Add(bench);
+        return root;
+    }
+
+    public sealed record IntrospectFigures(
+        string Guest, ulong GuestPages, double GuestGiB, int Runs, double ProfileSeconds, double MedianSeconds, double MedianCpuSeconds,
+        double GBps, double GBpsPerCore, ulong Zero, ulong Plain, ulong Sealed, int Diagnostics);
+
+    private static Command Introspect()
+    {
+        var mem = new Option<string[]>("--mem") { Description = "Boot a guest of this size and measure it (repeatable; default 256M and 4G)" };
+        var guests = new Option<DirectoryInfo[]>("--guest") { Description = "Measure a guest made by `semigrate guest boot` instead (repeatable)" };
+        var runs = new Option<int>("--runs") { Description = "Introspections per guest; the median is reported", DefaultValueFactory = _ => 5 };
+        var keep = new Option<DirectoryInfo?>("--keep") { Description = "Boot guests into this folder and leave them there" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object" };
+        var command = new Command("introspect",
+            "Introspection + classification time and GB/s of guest memory for real guests (target: at least 1 GB/s per core)")
+        {
+            mem, guests, runs, keep, json,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            var dirs = (parse.GetValue(guests) ?? []).Select(d => d.FullName).ToList();
+            var sizes = parse.GetValue(mem) is { Length: > 0 } m ? m : dirs.Count == 0 ? ["256M", "4G"] : [];
+            var work = parse.GetValue(keep)?.FullName ?? Directory.CreateTempSubdirectory("semigrate-bench-").FullName;
+            var figures = new List<IntrospectFigures>();
+            try
+            {
+                foreach (var size in sizes)
+                {
+                    var mib = QemuGuest.ParseMemoryMiB(size);
+                    // Marker processes scale with the guest: 1/16, 1/32 resident, 1/8 freed.
+                    var spec = new GuestSpec(mib,
+                    [
+                        new GuestProcess("vaultdb", Math.Max(1, mib / 16), "VAULTDBMARK"),
+                        new GuestProcess("webapp", Math.Max(1, mib / 32), "WEBAPPMARK"),
+                        new GuestProcess("scratch", Math.Max(1, mib / 8), "STALEMARK", Freed: true),
+                    ]);
+                    var booted = await QemuGuest.BootAndDumpAsync(spec, Path.Combine(work, $"guest-{size}"),
+                        s => Console.Error.WriteLine($"bench: {size}: {s}"), ct);
+                    dirs.Add(booted.Directory);
+                }
+                foreach (var dir in dirs)
+                {
+                    figures.Add(Measure(QemuGuest.Load(dir), Math.Max(1, parse.GetValue(runs))));
+                }
+            }
+            finally
+            {
+                if (parse.GetValue(keep) is null)
+                {
+                    Directory.Delete(work, recursive: true);
+                }
+            }
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(new { introspection = figures, targetGBpsPerCore = 1.0 }, IntrospectReport.JsonOptions));
+                return 0;
+            }
+            Console.WriteLine($"{"guest",-12} {"pages",9} {"profile s",9} {"median s",9} {"CPU s",8} {"GB/s",7} {"GB/s/core",9}  classes (zero/plain/sealed)");
+            foreach (var f in figures)
+            {
+                Console.WriteLine($"{f.Guest,-12} {f.GuestPages,9} {f.ProfileSeconds,9:0.000} {f.MedianSeconds,9:0.000} {f.MedianCpuSeconds,8:0.000} {f.GBps,7:0.00} {f.GBpsPerCore,9:0.00}  {f.Zero}/{f.Plain}/{f.Sealed}{(f.Diagnostics > 0 ? $"  ({f.Diagnostics} diagnostics)" : "")}");
+            }
+            Console.WriteLine("target: at least 1 GB/s of guest memory classified per core (introspection + classification; the profile is built once per kernel and cached)");
+            return 0;
+        });
+        return command;
+    }
+
+    private static IntrospectFigures Measure(BootedGuest guest, int runs)
+    {
+        var clock = Stopwatch.StartNew();
+        var layout = KernelLayout.FromImage(KernelImage.Load(guest.KernelPath));
+        var profileSeconds = clock.Elapsed.TotalSeconds;
+        var plain = guest.Spec.Processes.Where(p => !p.Freed).Select(p => p.Name).ToHashSet();
+        var wall = new List<double>();
+        var cpu = new List<double>();
+        ClassificationMap map = null!;
+        GuestIntrospection result = null!;
+        var process = Process.GetCurrentProcess();
+        for (var i = 0; i < runs; i++)
+        {
+            process.Refresh();
+            var cpuBefore = process.TotalProcessorTime;
+            clock.Restart();
+            using (var memory = GuestMemory.OpenElfDump(guest.DumpPath))
+            {
+                result = GuestIntrospection.Run(memory, layout);
+                map = Classifier.Classify(memory, result, plain);
+            }
+            wall.Add(clock.Elapsed.TotalSeconds);
+            process.Refresh();
+            cpu.Add((process.TotalProcessorTime - cpuBefore).TotalSeconds);
+        }
+        var bytes = map.GuestPages * 4096.0;
+        var medianWall = Median(wall);
+        var medianCpu = Math.Max(Median(cpu), 1e-6);
+        return new IntrospectFigures($"{guest.Spec.MemoryMiB} MiB", map.GuestPages, bytes / (1 << 30), runs, profileSeconds, medianWall, medianCpu,
+            bytes / medianWall / 1e9, bytes / medianCpu / 1e9, map.Zero, map.Plain, map.Sealed, result.Diagnostics.Count);
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted[sorted.Count / 2];
+    }
+}
