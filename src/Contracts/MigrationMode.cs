@@ -1,18 +1,18 @@
 namespace SEmigrate.Contracts;
 
 /// <summary>How a migration protects pages. The wire names (<see cref="MigrationModes"/>) appear on the
-/// command line, in events and in workflow inputs.</summary>
+/// command line, in events and in workflow inputs; the numbers are page-protocol wire format.</summary>
 public enum MigrationMode
 {
     /// <summary>Selective sealing at the source; sub-hosts never decrypt.</summary>
-    Semigrate,
+    Semigrate = 0,
 
     /// <summary>The original paper's baseline: everything encrypted on a channel the sub-host decrypts
     /// and re-encrypts at rest with its own key.</summary>
-    AllEnc,
+    AllEnc = 1,
 
     /// <summary>No encryption, for comparison.</summary>
-    NoEnc,
+    NoEnc = 2,
 }
 
 public static class MigrationModes

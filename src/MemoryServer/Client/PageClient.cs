@@ -1,0 +1,193 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Globalization;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
+using RabbitMQ.Client.Exceptions;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Paging;
+
+namespace SEmigrate.MemoryServer.Client;
+
+/// <summary>The requesting end of the page protocol (source and main host). Bulk requests (store,
+/// page-out, release) go on a channel with publisher confirms; page-in on its own channel without
+/// them, for latency. Replies come by direct reply-to. Every request is mandatory-routed: no queue
+/// (host down, VM not started) fails at once; no reply in time fails with the host named.</summary>
+public sealed class PageClient : IAsyncDisposable
+{
+    private const string ReplyTo = "amq.rabbitmq.reply-to";
+    private readonly IChannel bulk;
+    private readonly IChannel fetch;
+    private readonly ConcurrentDictionary<ulong, (TaskCompletionSource<byte[]> Reply, string Host)> pending = new();
+    private long nextRequest;
+
+    public TimeSpan BulkTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    private PageClient(IChannel bulk, IChannel fetch)
+    {
+        this.bulk = bulk;
+        this.fetch = fetch;
+    }
+
+    public static async Task<PageClient> CreateAsync(IConnection connection, CancellationToken ct = default)
+    {
+        // Our own window (the caller's) bounds outstanding confirms: no library rate limiter.
+        var bulk = await connection.CreateChannelAsync(new CreateChannelOptions(
+            publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true,
+            outstandingPublisherConfirmationsRateLimiter: null), ct);
+        var fetch = await connection.CreateChannelAsync(cancellationToken: ct);
+        var client = new PageClient(bulk, fetch);
+        await bulk.ExchangeDeclareAsync(PageQueues.Exchange, ExchangeType.Direct, durable: false, cancellationToken: ct);
+        foreach (var channel in new[] { bulk, fetch })
+        {
+            var consumer = new AsyncEventingBasicConsumer(channel);
+            consumer.ReceivedAsync += (_, d) =>
+            {
+                client.Complete(d.BasicProperties.CorrelationId, d.Body.ToArray());
+                return Task.CompletedTask;
+            };
+            await channel.BasicConsumeAsync(ReplyTo, autoAck: true, consumer, ct);
+        }
+        fetch.BasicReturnAsync += (_, r) =>
+        {
+            client.Fail(r.BasicProperties.CorrelationId, PageError.UnknownVm, $"no queue {r.RoutingKey}: host down or VM not started");
+            return Task.CompletedTask;
+        };
+        return client;
+    }
+
+    private void Complete(string? correlation, byte[] reply)
+    {
+        if (ulong.TryParse(correlation, CultureInfo.InvariantCulture, out var id) && pending.TryRemove(id, out var p))
+        {
+            p.Reply.TrySetResult(reply);
+        }
+    }
+
+    private void Fail(string? correlation, PageError code, string message)
+    {
+        if (ulong.TryParse(correlation, CultureInfo.InvariantCulture, out var id) && pending.TryRemove(id, out var p))
+        {
+            p.Reply.TrySetException(new PageProtocolException(code, p.Host, message));
+        }
+    }
+
+    public ulong NewRequestId() => (ulong)Interlocked.Increment(ref nextRequest);
+
+    /// <summary>Sends a frame and waits for its reply; an error reply throws PageProtocolException.</summary>
+    private async Task<byte[]> RequestAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct)
+    {
+        var reply = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        pending[id] = (reply, host);
+        try
+        {
+            var props = new BasicProperties { ReplyTo = ReplyTo, CorrelationId = id.ToString(CultureInfo.InvariantCulture) };
+            await channel.BasicPublishAsync(PageQueues.Exchange, queue, mandatory: true, props, frame, ct);
+            var bytes = await reply.Task.WaitAsync(timeout, ct);
+            if (PageFrame.Parse(bytes).Kind == FrameKind.Error)
+            {
+                var (code, message) = PageFrame.ReadError(bytes);
+                throw new PageProtocolException(code, host, message);
+            }
+            return bytes;
+        }
+        catch (PublishReturnException)
+        {
+            throw new PageProtocolException(PageError.UnknownVm, host, $"no queue {queue}: host down or VM not started");
+        }
+        catch (TimeoutException)
+        {
+            throw new PageProtocolException(PageError.Internal, host, $"no reply within {timeout.TotalSeconds:0.#} s: host dead or overloaded");
+        }
+        finally
+        {
+            pending.TryRemove(id, out _);
+        }
+    }
+
+    /// <summary>Starts serving a VM at a host (idempotent); returns the host's public key (used only
+    /// by the allenc baseline to send its channel key).</summary>
+    public async Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, CancellationToken ct = default)
+    {
+        var id = NewRequestId();
+        var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.StartVm, vm, id, 0, [(byte)mode]), BulkTimeout, ct);
+        return PageFrame.Parse(reply).Payload.ToArray();
+    }
+
+    /// <summary>allenc baseline only: the channel key, wrapped for the host.</summary>
+    public async Task SendChannelKeyAsync(string host, Guid vm, byte[] wrappedKey, CancellationToken ct = default)
+    {
+        var id = NewRequestId();
+        await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.ChannelKey, vm, id, 0, wrappedKey), BulkTimeout, ct);
+    }
+
+    /// <summary>Stores a batch and returns once the memory server has it (its ack, not just the
+    /// broker's confirm): only then may the sender let the pages go.</summary>
+    public Task StoreAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
+        SendPagesAsync(FrameKind.Store, host, vm, pages, ct);
+
+    /// <summary>A page-out: returns once the memory server has stored the pages.</summary>
+    public Task PageOutAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
+        SendPagesAsync(FrameKind.PageOut, host, vm, pages, ct);
+
+    private async Task SendPagesAsync(FrameKind kind, string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct)
+    {
+        var id = NewRequestId();
+        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.BuildPages(kind, vm, id, pages), BulkTimeout, ct);
+        var ack = PageFrame.Parse(reply);
+        if (ack.Count != pages.Count)
+        {
+            throw new PageProtocolException(PageError.Internal, host, $"stored {ack.Count} of {pages.Count} pages");
+        }
+    }
+
+    /// <summary>Page-in: the records exactly as the host returns them (unchecked: see PageCodec.Open).</summary>
+    public async Task<IReadOnlyList<PageRecord>> FetchAsync(string host, Guid vm, ulong[] pfns, CancellationToken ct = default)
+    {
+        var id = NewRequestId();
+        var reply = await RequestAsync(fetch, host, PageQueues.Fetch(host, vm), id, PageFrame.BuildFetch(vm, id, pfns), FetchTimeout, ct);
+        try
+        {
+            return PageFrame.ReadPages(reply);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new PageProtocolException(PageError.Malformed, host, $"malformed page-in reply: {e.Message}");
+        }
+    }
+
+    public async Task<long> ReleaseAsync(string host, Guid vm, CancellationToken ct = default)
+    {
+        var id = NewRequestId();
+        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.Release, vm, id, 0), BulkTimeout, ct);
+        return PageFrame.Parse(reply).Count;
+    }
+
+    public sealed record Usage(long CapacityPages, long UsedPages, IReadOnlyDictionary<Guid, long> PagesPerVm);
+
+    public async Task<Usage> UsageAsync(string host, CancellationToken ct = default)
+    {
+        var id = NewRequestId();
+        var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.Usage, Guid.Empty, id, 0), BulkTimeout, ct);
+        var frame = PageFrame.Parse(reply);
+        var p = frame.Payload;
+        var perVm = new Dictionary<Guid, long>();
+        for (var i = 0; i < frame.Count; i++)
+        {
+            perVm[new Guid(p.Slice(16 + i * 24, 16))] = BinaryPrimitives.ReadInt64LittleEndian(p[(32 + i * 24)..]);
+        }
+        return new Usage(BinaryPrimitives.ReadInt64LittleEndian(p), BinaryPrimitives.ReadInt64LittleEndian(p[8..]), perVm);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await bulk.CloseAsync();
+        await fetch.CloseAsync();
+        foreach (var (_, p) in pending)
+        {
+            p.Reply.TrySetCanceled();
+        }
+    }
+}

@@ -1,0 +1,20 @@
+namespace SEmigrate.MemoryServer;
+
+/// <summary>A sub-host's memory server. Deliberately no key of any kind: in semigrate mode a sub-host
+/// stores and returns ciphertext it cannot open. (The allenc baseline makes its own keys at run time.)</summary>
+public sealed record MemoryServerOptions
+{
+    public const string Section = "MemoryServer";
+
+    /// <summary>This sub-host's name: its queues are named after it.</summary>
+    public string Host { get; init; } = "";
+
+    /// <summary>How many pages it may hold, over all VMs (default 1 GiB of pages).</summary>
+    public long CapacityPages { get; init; } = 1 << 18;
+
+    /// <summary>When set, pages are kept in files here instead of in memory.</summary>
+    public string? StoreFolder { get; init; }
+
+    /// <summary>Unacknowledged deliveries per queue.</summary>
+    public ushort Prefetch { get; init; } = 64;
+}

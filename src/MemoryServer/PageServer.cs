@@ -1,0 +1,289 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Paging;
+using SEmigrate.MemoryServer.Store;
+using SEmigrate.Sealing;
+
+namespace SEmigrate.MemoryServer;
+
+/// <summary>The memory server of one sub-host on RabbitMQ: a control queue (start a VM, usage), and
+/// per started VM a bulk queue (store, page-out, release) and a fetch queue (page-in), each consumed
+/// on its own channel. Every request gets a reply, an error reply when it is bad (malformed, unknown
+/// VM or page, store full); a bad request without a reply address goes to the dead-letter queue with
+/// its reason. A delivery is acknowledged only after it has been handled, so nothing stored is lost
+/// and a bad message never stops the others.</summary>
+public sealed class PageServer : IAsyncDisposable
+{
+    private sealed class Vm(Guid id, MigrationMode mode)
+    {
+        public Guid Id => id;
+
+        public MigrationMode Mode => mode;
+
+        public List<IChannel> Channels { get; } = [];
+
+        public AllEncBaseline? AllEnc { get; set; }
+    }
+
+    private readonly IConnection connection;
+    private readonly MemoryServerOptions options;
+    private readonly IPageStore store;
+    private readonly ILogger logger;
+    private readonly ConcurrentDictionary<Guid, Vm> vms = new();
+    private readonly SemaphoreSlim startGate = new(1, 1);
+    private readonly HostKeyPair allEncKeys = HostKeyPair.Generate(); // allenc baseline only
+    private IChannel control = null!;
+
+    private PageServer(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger)
+    {
+        this.connection = connection;
+        this.options = options;
+        this.store = store;
+        this.logger = logger;
+    }
+
+    public string Host => options.Host;
+
+    public IPageStore Store => store;
+
+    public string DeadLetterQueue => PageQueues.Control(options.Host) + ".dead";
+
+    public static async Task<PageServer> StartAsync(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger, CancellationToken ct = default)
+    {
+        if (string.IsNullOrWhiteSpace(options.Host))
+        {
+            throw new ArgumentException("MemoryServer:Host must name this sub-host", nameof(options));
+        }
+        var server = new PageServer(connection, options, store, logger);
+        server.control = await connection.CreateChannelAsync(cancellationToken: ct);
+        await server.control.ExchangeDeclareAsync(PageQueues.Exchange, ExchangeType.Direct, durable: false, cancellationToken: ct);
+        await server.control.QueueDeclareAsync(server.DeadLetterQueue, durable: false, exclusive: false, autoDelete: false, cancellationToken: ct);
+        await server.ConsumeAsync(server.control, PageQueues.Control(options.Host), null, ct);
+        foreach (var (vm, _) in store.PagesPerVm())
+        {
+            // A file store that survived a restart: its VMs are served again (mode as stored).
+            await server.StartVmAsync(vm, MigrationMode.Semigrate, ct);
+        }
+        logger.LogInformation("memory server {Host} up: {Used}/{Capacity} pages", options.Host, store.UsedPages, store.CapacityPages);
+        return server;
+    }
+
+    private async Task ConsumeAsync(IChannel channel, string queue, Vm? vm, CancellationToken ct)
+    {
+        await channel.QueueDeclareAsync(queue, durable: false, exclusive: false, autoDelete: false, cancellationToken: ct);
+        await channel.QueueBindAsync(queue, PageQueues.Exchange, queue, cancellationToken: ct);
+        await channel.BasicQosAsync(0, options.Prefetch, false, ct);
+        var consumer = new AsyncEventingBasicConsumer(channel);
+        consumer.ReceivedAsync += (_, delivery) => HandleAsync(channel, delivery, vm);
+        await channel.BasicConsumeAsync(queue, autoAck: false, consumer, ct);
+    }
+
+    private async Task StartVmAsync(Guid id, MigrationMode mode, CancellationToken ct)
+    {
+        await startGate.WaitAsync(ct);
+        try
+        {
+            if (vms.ContainsKey(id))
+            {
+                return; // idempotent
+            }
+            var vm = new Vm(id, mode);
+            foreach (var queue in new[] { PageQueues.Bulk(options.Host, id), PageQueues.Fetch(options.Host, id) })
+            {
+                var channel = await connection.CreateChannelAsync(cancellationToken: ct);
+                vm.Channels.Add(channel);
+                await ConsumeAsync(channel, queue, vm, ct);
+            }
+            vms[id] = vm;
+        }
+        finally
+        {
+            startGate.Release();
+        }
+    }
+
+    private async Task HandleAsync(IChannel channel, BasicDeliverEventArgs delivery, Vm? queueVm)
+    {
+        var body = delivery.Body;
+        Guid vmId = Guid.Empty;
+        ulong requestId = 0;
+        byte[] reply;
+        Action? after = null;
+        try
+        {
+            var frame = PageFrame.Parse(body.Span);
+            (vmId, requestId) = (frame.Vm, frame.RequestId);
+            (reply, after) = await HandleFrameAsync(frame.Kind, frame.Vm, frame.RequestId, body, queueVm);
+        }
+        catch (InvalidDataException e)
+        {
+            reply = PageFrame.BuildError(vmId, requestId, PageError.Malformed, e.Message);
+        }
+        catch (StoreFullException e)
+        {
+            reply = PageFrame.BuildError(vmId, requestId, PageError.StoreFull, e.Message);
+        }
+        catch (PageProtocolException e)
+        {
+            reply = PageFrame.BuildError(vmId, requestId, e.Code, e.Message);
+        }
+#pragma warning disable CA1031 // one bad request must not stop the server
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            logger.LogError(e, "memory server {Host}: request {RequestId} of VM {Vm} failed", options.Host, requestId, vmId);
+            reply = PageFrame.BuildError(vmId, requestId, PageError.Internal, e.Message);
+        }
+
+        var replyTo = delivery.BasicProperties.ReplyTo;
+        if (!string.IsNullOrEmpty(replyTo))
+        {
+            var props = new BasicProperties { CorrelationId = delivery.BasicProperties.CorrelationId };
+            await channel.BasicPublishAsync("", replyTo, mandatory: false, props, reply);
+        }
+        else if (reply.Length > 5 && reply[5] == (byte)FrameKind.Error)
+        {
+            var (code, message) = PageFrame.ReadError(reply);
+            logger.LogWarning("memory server {Host}: dead-lettered a request without a reply address: {Code}: {Message}", options.Host, code, message);
+            var props = new BasicProperties { Headers = new Dictionary<string, object?> { ["x-semigrate-error"] = $"{code}: {message}" } };
+            await channel.BasicPublishAsync("", DeadLetterQueue, mandatory: false, props, body);
+        }
+        await channel.BasicAckAsync(delivery.DeliveryTag, multiple: false);
+        after?.Invoke();
+    }
+
+    private async Task<(byte[] Reply, Action? After)> HandleFrameAsync(FrameKind kind, Guid vmId, ulong requestId, ReadOnlyMemory<byte> body, Vm? queueVm)
+    {
+        if (queueVm is not null && queueVm.Id != vmId)
+        {
+            throw new InvalidDataException($"a request for VM {vmId} arrived on VM {queueVm.Id}'s queue");
+        }
+        switch (kind)
+        {
+            case FrameKind.StartVm:
+            {
+                var payload = PageFrame.Parse(body.Span).Payload;
+                var mode = payload.Length >= 1 && Enum.IsDefined((MigrationMode)payload[0]) ? (MigrationMode)payload[0]
+                    : throw new InvalidDataException("StartVm without a known mode");
+                await StartVmAsync(vmId, mode, CancellationToken.None);
+                return (PageFrame.Build(FrameKind.VmStarted, vmId, requestId, 0, allEncKeys.PublicKey), null);
+            }
+            case FrameKind.Usage:
+            {
+                var perVm = store.PagesPerVm();
+                var payload = new byte[16 + perVm.Count * 24];
+                BinaryPrimitives.WriteInt64LittleEndian(payload, store.CapacityPages);
+                BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(8), store.UsedPages);
+                var at = 16;
+                foreach (var (id, pages) in perVm)
+                {
+                    id.TryWriteBytes(payload.AsSpan(at, 16));
+                    BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(at + 16), pages);
+                    at += 24;
+                }
+                return (PageFrame.Build(FrameKind.UsageReport, vmId, requestId, perVm.Count, payload), null);
+            }
+        }
+
+        var vm = vms.TryGetValue(vmId, out var known) ? known
+            : throw new PageProtocolException(PageError.UnknownVm, options.Host, $"VM {vmId} is not started on {options.Host}");
+        switch (kind)
+        {
+            case FrameKind.ChannelKey when vm.Mode == MigrationMode.AllEnc:
+            {
+                var wrapped = PageFrame.Parse(body.Span).Payload;
+                var key = KeyWrap.Unwrap(wrapped, allEncKeys, $"allenc-channel|{vmId:N}|{options.Host}");
+                vm.AllEnc?.Dispose();
+                vm.AllEnc = new AllEncBaseline(vmId, key, 0x8000_0000u | (uint)RandomNumberGenerator.GetInt32(int.MaxValue));
+                return (PageFrame.Build(FrameKind.ChannelKeyAccepted, vmId, requestId, 0), null);
+            }
+            case FrameKind.ChannelKey:
+                throw new PageProtocolException(PageError.Unsupported, options.Host, $"VM {vmId} is in {vm.Mode.ToWireName()} mode: this memory server takes no key for it");
+            case FrameKind.Store or FrameKind.PageOut:
+            {
+                IReadOnlyList<PageRecord> pages = PageFrame.ReadPages(body);
+                if (vm.Mode == MigrationMode.AllEnc)
+                {
+                    pages = (vm.AllEnc ?? throw new PageProtocolException(PageError.Unsupported, options.Host, "allenc VM without a channel key")).ToRest(pages);
+                }
+                store.Put(vmId, pages);
+                return (PageFrame.Build(kind == FrameKind.Store ? FrameKind.StoreAck : FrameKind.PageOutAck, vmId, requestId, pages.Count), null);
+            }
+            case FrameKind.Fetch:
+            {
+                var pfns = PageFrame.ReadPfns(body.Span);
+                var records = new List<byte[]>(pfns.Length);
+                foreach (var pfn in pfns)
+                {
+                    var stored = store.Get(vmId, pfn)
+                        ?? throw new PageProtocolException(PageError.UnknownPage, options.Host, $"page 0x{pfn:x} of VM {vmId} is not stored here");
+                    if (vm.Mode == MigrationMode.AllEnc)
+                    {
+                        var atRest = PageFrame.ReadPages(PageFrame.Build(FrameKind.Pages, vmId, 0, 1, stored))[0];
+                        var sent = (vm.AllEnc ?? throw new PageProtocolException(PageError.Unsupported, options.Host, "allenc VM without a channel key")).FromRest(atRest);
+                        stored = StoredRecord.Encode(sent);
+                    }
+                    records.Add(stored);
+                }
+                // The stored wire forms, as they are: this server never looks inside them.
+                var reply = new byte[PageFrame.HeaderSize + records.Sum(r => r.Length)];
+                PageFrame.WriteHeader(reply, FrameKind.Pages, vmId, requestId, records.Count);
+                var at = PageFrame.HeaderSize;
+                foreach (var r in records)
+                {
+                    r.CopyTo(reply, at);
+                    at += r.Length;
+                }
+                return (reply, null);
+            }
+            case FrameKind.Release:
+            {
+                var released = store.Release(vmId);
+                vms.TryRemove(vmId, out _);
+                return (PageFrame.Build(FrameKind.Released, vmId, requestId, (int)Math.Min(released, int.MaxValue)), () => _ = CloseVmAsync(vm));
+            }
+            default:
+                throw new InvalidDataException($"frame kind {(byte)kind} is not a request");
+        }
+    }
+
+    private async Task CloseVmAsync(Vm vm)
+    {
+        try
+        {
+            await control.QueueDeleteAsync(PageQueues.Bulk(options.Host, vm.Id));
+            await control.QueueDeleteAsync(PageQueues.Fetch(options.Host, vm.Id));
+            foreach (var channel in vm.Channels)
+            {
+                await channel.CloseAsync();
+            }
+        }
+#pragma warning disable CA1031 // best effort: the pages are already released
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            logger.LogWarning(e, "memory server {Host}: closing VM {Vm}'s queues failed", options.Host, vm.Id);
+        }
+        vm.AllEnc?.Dispose();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var vm in vms.Values)
+        {
+            foreach (var channel in vm.Channels)
+            {
+                await channel.CloseAsync();
+            }
+            vm.AllEnc?.Dispose();
+        }
+        await control.CloseAsync();
+        allEncKeys.Dispose();
+        startGate.Dispose();
+    }
+}

@@ -1,0 +1,27 @@
+using SEmigrate.Contracts.Paging;
+
+namespace SEmigrate.MemoryServer.Store;
+
+/// <summary>Opaque pages per VM, up to a capacity. A record is kept exactly as it arrived (wire
+/// form: header and body) and returned exactly so; storing a page again replaces it (idempotent).</summary>
+public interface IPageStore : IDisposable
+{
+    long CapacityPages { get; }
+
+    long UsedPages { get; }
+
+    /// <summary>Stores every record of a batch, or none of them (StoreFullException) when they would
+    /// not fit.</summary>
+    void Put(Guid vm, IReadOnlyList<PageRecord> records);
+
+    /// <summary>The stored wire form of a page, or null.</summary>
+    byte[]? Get(Guid vm, ulong pfn);
+
+    /// <summary>Drops a VM's pages; returns how many there were.</summary>
+    long Release(Guid vm);
+
+    IReadOnlyDictionary<Guid, long> PagesPerVm();
+}
+
+public sealed class StoreFullException(long capacity, long used, long wanted)
+    : Exception($"store full: {used} of {capacity} pages used, {wanted} more needed");

@@ -1,0 +1,52 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace SEmigrate.Sealing;
+
+/// <summary>A migration's data key (AES-256), generated at the source. It only ever travels wrapped
+/// for the main host (<see cref="KeyWrap"/>); ToString never shows it.
+/// Pages are sealed under per-epoch subkeys, HKDF(data key, VM, epoch): see <see cref="PageSealer"/>
+/// for why epochs make nonces unique.</summary>
+public sealed class DataKey : IDisposable
+{
+    public const int Size = 32;
+    private readonly byte[] key;
+    private readonly HashSet<uint> sealingEpochs = [];
+
+    private DataKey(byte[] key) => this.key = key;
+
+    public static DataKey Generate() => new(RandomNumberGenerator.GetBytes(Size));
+
+    /// <summary>For unwrapping and for a sub-host's own at-rest key; the bytes are copied.</summary>
+    public static DataKey FromBytes(ReadOnlySpan<byte> bytes) =>
+        bytes.Length == Size ? new DataKey(bytes.ToArray()) : throw new CryptographicException($"a data key is {Size} bytes, not {bytes.Length}");
+
+    /// <summary>The key bytes, for wrapping only.</summary>
+    internal ReadOnlySpan<byte> Bytes => key;
+
+    internal byte[] Subkey(Guid vm, uint epoch)
+    {
+        Span<byte> info = stackalloc byte[32];
+        var n = Encoding.ASCII.GetBytes("SEmigrate page key v1", info);
+        BitConverter.TryWriteBytes(info[n..], epoch);
+        return HKDF.DeriveKey(HashAlgorithmName.SHA256, key, Size, vm.ToByteArray(), info[..(n + 4)].ToArray());
+    }
+
+    /// <summary>A sealer for a fresh epoch. Each epoch is sealed under by one sealer only: asking
+    /// twice for the same epoch of this key throws, because the second would repeat nonces.</summary>
+    public PageSealer CreateSealer(Guid vm, uint epoch)
+    {
+        lock (sealingEpochs)
+        {
+            if (!sealingEpochs.Add(epoch))
+            {
+                throw new InvalidOperationException($"key epoch {epoch} already has a sealer: nonces would repeat");
+            }
+        }
+        return new PageSealer(Subkey(vm, epoch), vm, epoch);
+    }
+
+    public override string ToString() => "DataKey(hidden)";
+
+    public void Dispose() => CryptographicOperations.ZeroMemory(key);
+}

@@ -1,0 +1,38 @@
+using System.Security.Cryptography;
+
+namespace SEmigrate.Sealing;
+
+/// <summary>A host's own key pair (ECDH P-256) for receiving wrapped data keys. The private key
+/// stays on the host (a file of mode 0600); only the public key is published.</summary>
+public sealed class HostKeyPair : IDisposable
+{
+    private readonly ECDiffieHellman ecdh;
+
+    private HostKeyPair(ECDiffieHellman ecdh) => this.ecdh = ecdh;
+
+    public static HostKeyPair Generate() => new(ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256));
+
+    /// <summary>Loads the pair from <paramref name="path"/> (PKCS#8), creating it on first use.</summary>
+    public static HostKeyPair LoadOrCreate(string path)
+    {
+        var ecdh = ECDiffieHellman.Create();
+        if (File.Exists(path))
+        {
+            ecdh.ImportPkcs8PrivateKey(File.ReadAllBytes(path), out _);
+            return new HostKeyPair(ecdh);
+        }
+        ecdh.Dispose();
+        var pair = Generate();
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        File.WriteAllBytes(path, []);
+        File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        File.WriteAllBytes(path, pair.ecdh.ExportPkcs8PrivateKey());
+        return pair;
+    }
+
+    public byte[] PublicKey => ecdh.ExportSubjectPublicKeyInfo();
+
+    internal byte[] Agree(ECDiffieHellmanPublicKey other) => ecdh.DeriveRawSecretAgreement(other);
+
+    public void Dispose() => ecdh.Dispose();
+}

@@ -1,0 +1,67 @@
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Paging;
+
+namespace SEmigrate.Sealing;
+
+/// <summary>How one migration's pages are put on the wire and taken off it, by mode, so that every
+/// mode uses the same protocol and code paths:
+/// semigrate: by class (zero markers, plain as-is, sealed with the data key);
+/// allenc: every page sealed with the channel key (the sub-host decrypts and re-encrypts at rest);
+/// noenc: every page's bytes as-is.
+/// Opening checks, before any byte reaches the guest: the page number asked for, the class and version
+/// the main host's table expects, and the GCM tag over VM, page number, version and epoch.</summary>
+public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, PageOpener? opener)
+{
+    public MigrationMode Mode => mode;
+
+    public Guid Vm => vm;
+
+    /// <summary>The class a page travels as in this mode, given its classification.</summary>
+    public PageClass WireClass(PageClass classified) => mode switch
+    {
+        MigrationMode.Semigrate => classified,
+        MigrationMode.AllEnc => PageClass.Sealed,
+        _ => PageClass.Plain,
+    };
+
+    public PageRecord Encode(ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page) => WireClass(classified) switch
+    {
+        PageClass.Zero => PageRecord.Zero(pfn, version),
+        PageClass.Plain => new PageRecord(PageClass.Plain, pfn, version, 0, page.ToArray()),
+        _ => (sealer ?? throw new InvalidOperationException($"{mode} mode sealing needs a sealer")).Seal(pfn, version, page),
+    };
+
+    /// <summary>Checks a record fetched for <paramref name="pfn"/> from <paramref name="host"/> against
+    /// the table and writes the page into <paramref name="page"/>; throws PageIntegrityException.</summary>
+    public void Open(ulong pfn, PageRecord record, PageTable table, string host, Span<byte> page)
+    {
+        var (expectedClass, expectedVersion) = table[pfn];
+        string? problem =
+            record.Pfn != pfn ? $"asked for page 0x{pfn:x}, got page 0x{record.Pfn:x}"
+            : record.Class != expectedClass ? $"expected a {expectedClass} page, got {record.Class}"
+            : record.Version != expectedVersion ? $"expected version {expectedVersion}, got {record.Version} (rollback or replay)"
+            : record.Body.Length != PageRecord.BodySize(record.Class) ? $"body of {record.Body.Length} bytes for a {record.Class} page"
+            : null;
+        if (problem is null)
+        {
+            switch (record.Class)
+            {
+                case PageClass.Zero:
+                    page.Clear();
+                    return;
+                case PageClass.Plain:
+                    record.Body.Span.CopyTo(page);
+                    return;
+                default:
+                    if ((opener ?? throw new InvalidOperationException($"{mode} mode needs an opener")).TryOpen(record, page))
+                    {
+                        return;
+                    }
+                    problem = "GCM tag does not verify (altered bytes, another page's or another version's seal)";
+                    break;
+            }
+        }
+        page.Clear();
+        throw new PageIntegrityException(vm, pfn, host, problem);
+    }
+}

@@ -1,0 +1,67 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Paging;
+
+namespace SEmigrate.Sealing;
+
+/// <summary>Seals pages with AES-256-GCM under one (data key, VM, epoch) subkey.
+/// Nonces never repeat under one key, by construction: the subkey is unique to this epoch (HKDF of
+/// the data key with the VM and epoch), an epoch has exactly one sealer (DataKey.CreateSealer refuses
+/// a second one in-process; across processes the orchestrator hands every sealing party and every
+/// retry its own epoch), and within the sealer the nonce is a 64-bit counter that only goes up
+/// (atomically) and is never reset. Associated data binds VM, page number, version and epoch, so a
+/// sealed page cannot be moved, replayed as another version or re-labelled without failing its tag.</summary>
+public sealed class PageSealer : IDisposable
+{
+    private readonly byte[] subkey;
+    private readonly ThreadLocal<AesGcm> aes;
+    private long counter;
+
+    internal PageSealer(byte[] subkey, Guid vm, uint epoch)
+    {
+        this.subkey = subkey;
+        Vm = vm;
+        Epoch = epoch;
+        aes = new ThreadLocal<AesGcm>(() => new AesGcm(this.subkey, PageRecord.TagSize), trackAllValues: true);
+    }
+
+    public Guid Vm { get; }
+
+    public uint Epoch { get; }
+
+    /// <summary>Seals <paramref name="page"/> into <paramref name="body"/> (nonce, ciphertext, tag).</summary>
+    public PageRecord Seal(ulong pfn, ulong version, ReadOnlySpan<byte> page, Memory<byte> body)
+    {
+        if (page.Length != PageRecord.PageSize || body.Length != PageRecord.SealedBodySize)
+        {
+            throw new ArgumentException($"seal takes a {PageRecord.PageSize}-byte page into a {PageRecord.SealedBodySize}-byte body");
+        }
+        var n = Interlocked.Increment(ref counter);
+        if (n == long.MaxValue)
+        {
+            throw new CryptographicException("nonce counter exhausted for this epoch");
+        }
+        var b = body.Span;
+        var nonce = b[..PageRecord.NonceSize];
+        BinaryPrimitives.WriteUInt32BigEndian(nonce, 0);
+        BinaryPrimitives.WriteInt64BigEndian(nonce[4..], n);
+        Span<byte> ad = stackalloc byte[AssociatedData.Size];
+        AssociatedData.Write(ad, Vm, pfn, version, Epoch);
+        aes.Value!.Encrypt(nonce, page, b.Slice(PageRecord.NonceSize, PageRecord.PageSize), b[^PageRecord.TagSize..], ad);
+        return new PageRecord(PageClass.Sealed, pfn, version, Epoch, body);
+    }
+
+    public PageRecord Seal(ulong pfn, ulong version, ReadOnlySpan<byte> page) =>
+        Seal(pfn, version, page, new byte[PageRecord.SealedBodySize]);
+
+    public void Dispose()
+    {
+        foreach (var a in aes.Values)
+        {
+            a.Dispose();
+        }
+        aes.Dispose();
+        CryptographicOperations.ZeroMemory(subkey);
+    }
+}
