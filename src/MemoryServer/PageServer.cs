@@ -245,6 +245,8 @@ public sealed class PageServer : IAsyncDisposable
             {
                 var released = store.Release(vmId);
                 vms.TryRemove(vmId, out _);
+                // Page-ins fail at once from now on (no queue); the bulk queue goes once this is acked.
+                await control.QueueDeleteAsync(PageQueues.Fetch(options.Host, vm.Id), ifUnused: false, ifEmpty: false);
                 return (PageFrame.Build(FrameKind.Released, vmId, requestId, (int)Math.Min(released, int.MaxValue)), () => _ = CloseVmAsync(vm));
             }
             default:
@@ -256,8 +258,7 @@ public sealed class PageServer : IAsyncDisposable
     {
         try
         {
-            await control.QueueDeleteAsync(PageQueues.Bulk(options.Host, vm.Id));
-            await control.QueueDeleteAsync(PageQueues.Fetch(options.Host, vm.Id));
+            await control.QueueDeleteAsync(PageQueues.Bulk(options.Host, vm.Id), ifUnused: false, ifEmpty: false);
             foreach (var channel in vm.Channels)
             {
                 await channel.CloseAsync();

@@ -137,6 +137,11 @@ public readonly ref struct PageFrame
             {
                 throw new InvalidDataException($"page record {i} has unknown class {span[0]}");
             }
+            if (span[1] != 0 || span[2] != 0 || span[3] != 0)
+            {
+                // Reserved bytes are outside the seal: refusing non-zero ones leaves no bit unchecked.
+                throw new InvalidDataException($"page record {i} has non-zero reserved bytes");
+            }
             var size = PageRecord.BodySize(c);
             if (span.Length < PageRecord.HeaderSize + size)
             {

@@ -21,9 +21,9 @@ public sealed class PageClient : IAsyncDisposable
     private readonly ConcurrentDictionary<ulong, (TaskCompletionSource<byte[]> Reply, string Host)> pending = new();
     private long nextRequest;
 
-    public TimeSpan BulkTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    public TimeSpan BulkTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
-    public TimeSpan FetchTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan FetchTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     private PageClient(IChannel bulk, IChannel fetch)
     {
