@@ -167,10 +167,9 @@ public sealed class PageServer : IAsyncDisposable
         {
             case FrameKind.StartVm:
             {
-                var payload = PageFrame.Parse(body.Span).Payload;
-                var mode = payload.Length >= 1 && Enum.IsDefined((MigrationMode)payload[0]) ? (MigrationMode)payload[0]
-                    : throw new InvalidDataException("StartVm without a known mode");
+                var (mode, expected) = StartVmPayload(body.Span);
                 await StartVmAsync(vmId, mode, CancellationToken.None);
+                store.Reserve(vmId, expected);
                 return (PageFrame.Build(FrameKind.VmStarted, vmId, requestId, 0, allEncKeys.PublicKey), null);
             }
             case FrameKind.Usage:
@@ -252,6 +251,14 @@ public sealed class PageServer : IAsyncDisposable
             default:
                 throw new InvalidDataException($"frame kind {(byte)kind} is not a request");
         }
+    }
+
+    private static (MigrationMode Mode, long ExpectedPages) StartVmPayload(ReadOnlySpan<byte> frame)
+    {
+        var payload = PageFrame.Parse(frame).Payload;
+        var mode = payload.Length >= 1 && Enum.IsDefined((MigrationMode)payload[0]) ? (MigrationMode)payload[0]
+            : throw new InvalidDataException("StartVm without a known mode");
+        return (mode, payload.Length >= 9 ? Math.Max(0, BinaryPrimitives.ReadInt64LittleEndian(payload[1..])) : 0);
     }
 
     private async Task CloseVmAsync(Vm vm)

@@ -11,7 +11,7 @@ public sealed class DataKey : IDisposable
 {
     public const int Size = 32;
     private readonly byte[] key;
-    private readonly HashSet<uint> sealingEpochs = [];
+    private readonly HashSet<(Guid Vm, uint Epoch)> sealingEpochs = [];
 
     private DataKey(byte[] key) => this.key = key;
 
@@ -32,13 +32,13 @@ public sealed class DataKey : IDisposable
         return HKDF.DeriveKey(HashAlgorithmName.SHA256, key, Size, vm.ToByteArray(), info[..(n + 4)].ToArray());
     }
 
-    /// <summary>A sealer for a fresh epoch. Each epoch is sealed under by one sealer only: asking
-    /// twice for the same epoch of this key throws, because the second would repeat nonces.</summary>
+    /// <summary>A sealer for a fresh epoch of a VM. Each (VM, epoch) subkey is sealed under by one
+    /// sealer only: asking twice for the same one throws, because the second would repeat nonces.</summary>
     public PageSealer CreateSealer(Guid vm, uint epoch)
     {
         lock (sealingEpochs)
         {
-            if (!sealingEpochs.Add(epoch))
+            if (!sealingEpochs.Add((vm, epoch)))
             {
                 throw new InvalidOperationException($"key epoch {epoch} already has a sealer: nonces would repeat");
             }

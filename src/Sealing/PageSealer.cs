@@ -33,6 +33,13 @@ public sealed class PageSealer : IDisposable
     /// <summary>Seals <paramref name="page"/> into <paramref name="body"/> (nonce, ciphertext, tag).</summary>
     public PageRecord Seal(ulong pfn, ulong version, ReadOnlySpan<byte> page, Memory<byte> body)
     {
+        SealInto(pfn, version, page, body.Span);
+        return new PageRecord(PageClass.Sealed, pfn, version, Epoch, body);
+    }
+
+    /// <summary>Seals straight into a frame being built: no allocation, no copy.</summary>
+    public void SealInto(ulong pfn, ulong version, ReadOnlySpan<byte> page, Span<byte> body)
+    {
         if (page.Length != PageRecord.PageSize || body.Length != PageRecord.SealedBodySize)
         {
             throw new ArgumentException($"seal takes a {PageRecord.PageSize}-byte page into a {PageRecord.SealedBodySize}-byte body");
@@ -42,14 +49,12 @@ public sealed class PageSealer : IDisposable
         {
             throw new CryptographicException("nonce counter exhausted for this epoch");
         }
-        var b = body.Span;
-        var nonce = b[..PageRecord.NonceSize];
+        var nonce = body[..PageRecord.NonceSize];
         BinaryPrimitives.WriteUInt32BigEndian(nonce, 0);
         BinaryPrimitives.WriteInt64BigEndian(nonce[4..], n);
         Span<byte> ad = stackalloc byte[AssociatedData.Size];
         AssociatedData.Write(ad, Vm, pfn, version, Epoch);
-        aes.Value!.Encrypt(nonce, page, b.Slice(PageRecord.NonceSize, PageRecord.PageSize), b[^PageRecord.TagSize..], ad);
-        return new PageRecord(PageClass.Sealed, pfn, version, Epoch, body);
+        aes.Value!.Encrypt(nonce, page, body.Slice(PageRecord.NonceSize, PageRecord.PageSize), body[^PageRecord.TagSize..], ad);
     }
 
     public PageRecord Seal(ulong pfn, ulong version, ReadOnlySpan<byte> page) =>

@@ -6,7 +6,8 @@ var root = new RootCommand("SEmigrate: split migration of large-memory VMs witho
     .AddServicesCommand()
     .AddDoctorCommand()
     .AddGuestCommand()
-    .AddBenchCommand();
+    .AddBenchCommand()
+    .AddWorkerCommand();
 
 try
 {

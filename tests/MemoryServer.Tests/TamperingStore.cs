@@ -33,6 +33,8 @@ internal sealed class TamperingStore(IPageStore inner) : IPageStore
         }
     }
 
+    public void Reserve(Guid vm, long pages) => inner.Reserve(vm, pages);
+
     public byte[]? Get(Guid vm, ulong pfn)
     {
         var stored = inner.Get(vm, pfn);

@@ -9,9 +9,10 @@ public class ArchitectureTests
     [InlineData("SEmigrate.Contracts", new string[0])]
     [InlineData("SEmigrate.Guest", new[] { "SEmigrate.Contracts" })]
     [InlineData("SEmigrate.Introspection", new[] { "SEmigrate.Contracts", "SEmigrate.Guest" })]
-    [InlineData("SEmigrate.MemoryServer", new[] { "SEmigrate.Contracts" })]
-    [InlineData("SEmigrate.Activities", new[] { "SEmigrate.Contracts", "SEmigrate.MemoryServer", "SEmigrate.Guest", "SEmigrate.Introspection" })]
-    [InlineData("SEmigrate.Workflows", new[] { "SEmigrate.Contracts", "SEmigrate.Activities", "SEmigrate.MemoryServer", "SEmigrate.Guest", "SEmigrate.Introspection" })]
+    [InlineData("SEmigrate.Sealing", new[] { "SEmigrate.Contracts" })]
+    [InlineData("SEmigrate.MemoryServer", new[] { "SEmigrate.Contracts", "SEmigrate.Sealing" })]
+    [InlineData("SEmigrate.Activities", new[] { "SEmigrate.Contracts", "SEmigrate.MemoryServer", "SEmigrate.Sealing", "SEmigrate.Guest", "SEmigrate.Introspection" })]
+    [InlineData("SEmigrate.Workflows", new[] { "SEmigrate.Contracts", "SEmigrate.Activities", "SEmigrate.MemoryServer", "SEmigrate.Sealing", "SEmigrate.Guest", "SEmigrate.Introspection" })]
     public void Project_references_only_the_layers_below(string project, string[] allowed)
     {
         var references = Assembly.Load(project).GetReferencedAssemblies()

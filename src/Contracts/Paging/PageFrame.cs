@@ -10,7 +10,7 @@ namespace SEmigrate.Contracts.Paging;
 /// </code>
 /// Payloads: Store, PageOut, Pages: count page records (24-byte header + body implied by class).
 /// Fetch: count page numbers (8 each). StoreAck, PageOutAck, Released: count = pages.
-/// StartVm: capacity in pages (8). UsageReport: capacity, used (8 each), then count x (VM id, pages).
+/// StartVm: mode (1), then optionally the pages expected (8). UsageReport: capacity, used (8 each), then count x (VM id, pages).
 /// Error: code (2), then count bytes of UTF-8 message. Everything little-endian.</summary>
 public readonly ref struct PageFrame
 {
@@ -108,14 +108,19 @@ public readonly ref struct PageFrame
         {
             throw new ArgumentException($"a {page.Class} page's body is {PageRecord.BodySize(page.Class)} bytes, not {page.Body.Length}", nameof(page));
         }
-        destination[0] = (byte)page.Class;
-        destination[1] = 0;
-        BinaryPrimitives.WriteUInt16LittleEndian(destination[2..], 0);
-        BinaryPrimitives.WriteUInt32LittleEndian(destination[4..], page.KeyEpoch);
-        BinaryPrimitives.WriteUInt64LittleEndian(destination[8..], page.Pfn);
-        BinaryPrimitives.WriteUInt64LittleEndian(destination[16..], page.Version);
+        WritePageHeader(destination, page.Class, page.Pfn, page.Version, page.KeyEpoch);
         page.Body.Span.CopyTo(destination[PageRecord.HeaderSize..]);
         return PageRecord.HeaderSize + page.Body.Length;
+    }
+
+    public static void WritePageHeader(Span<byte> destination, PageClass c, ulong pfn, ulong version, uint epoch)
+    {
+        destination[0] = (byte)c;
+        destination[1] = 0;
+        BinaryPrimitives.WriteUInt16LittleEndian(destination[2..], 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(destination[4..], epoch);
+        BinaryPrimitives.WriteUInt64LittleEndian(destination[8..], pfn);
+        BinaryPrimitives.WriteUInt64LittleEndian(destination[16..], version);
     }
 
     /// <summary>The page records of a Store, PageOut or Pages frame, as slices of <paramref name="frame"/>.

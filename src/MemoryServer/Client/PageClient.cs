@@ -107,12 +107,15 @@ public sealed class PageClient : IAsyncDisposable
         }
     }
 
-    /// <summary>Starts serving a VM at a host (idempotent); returns the host's public key (used only
-    /// by the allenc baseline to send its channel key).</summary>
-    public async Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, CancellationToken ct = default)
+    /// <summary>Starts serving a VM at a host (idempotent), which prepares room for the pages it expects;
+    /// returns the host's public key (used only by the allenc baseline to send its channel key).</summary>
+    public async Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, long expectedPages = 0, CancellationToken ct = default)
     {
         var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.StartVm, vm, id, 0, [(byte)mode]), BulkTimeout, ct);
+        var payload = new byte[9];
+        payload[0] = (byte)mode;
+        BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(1), expectedPages);
+        var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.StartVm, vm, id, 0, payload), BulkTimeout, ct);
         return PageFrame.Parse(reply).Payload.ToArray();
     }
 
@@ -127,6 +130,17 @@ public sealed class PageClient : IAsyncDisposable
     /// broker's confirm): only then may the sender let the pages go.</summary>
     public Task StoreAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
         SendPagesAsync(FrameKind.Store, host, vm, pages, ct);
+
+    /// <summary>Stores a batch built in place (the bulk path); returns once the memory server has it.</summary>
+    public async Task StoreAsync(string host, Guid vm, PageBatch batch, CancellationToken ct = default)
+    {
+        var id = NewRequestId();
+        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(FrameKind.Store, vm, id), BulkTimeout, ct);
+        if (PageFrame.Parse(reply).Count != batch.Count)
+        {
+            throw new PageProtocolException(PageError.Internal, host, $"stored {PageFrame.Parse(reply).Count} of {batch.Count} pages");
+        }
+    }
 
     /// <summary>A page-out: returns once the memory server has stored the pages.</summary>
     public Task PageOutAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>

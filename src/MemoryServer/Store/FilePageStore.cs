@@ -95,6 +95,11 @@ public sealed class FilePageStore : IPageStore
         }
     }
 
+    public void Reserve(Guid vm, long pages)
+    {
+        // The file grows as pages arrive; the page cache does the rest.
+    }
+
     public byte[]? Get(Guid vm, ulong pfn)
     {
         lock (gate)

@@ -14,6 +14,10 @@ public interface IPageStore : IDisposable
     /// not fit.</summary>
     void Put(Guid vm, IReadOnlyList<PageRecord> records);
 
+    /// <summary>Prepares room for a VM's expected pages before its transfer starts (memory allocated
+    /// and touched now rather than during the transfer); does not count against capacity.</summary>
+    void Reserve(Guid vm, long pages);
+
     /// <summary>The stored wire form of a page, or null.</summary>
     byte[]? Get(Guid vm, ulong pfn);
 

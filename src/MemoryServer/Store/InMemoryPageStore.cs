@@ -1,11 +1,26 @@
+using SEmigrate.Contracts;
 using SEmigrate.Contracts.Paging;
 
 namespace SEmigrate.MemoryServer.Store;
 
-/// <summary>The default store: records in memory.</summary>
+/// <summary>The default store: records in memory, in fixed slots of 1 MiB slabs. Slabs live on the
+/// large-object heap and are never moved or scanned page by page, so holding gigabytes of pages
+/// costs the garbage collector nothing, and storing a page is one copy.</summary>
 public sealed class InMemoryPageStore(long capacityPages) : IPageStore
 {
-    private readonly Dictionary<Guid, Dictionary<ulong, byte[]>> vms = [];
+    private const int SlotSize = FilePageStore.SlotSize;
+    private const int SlotsPerSlab = 256;
+
+    private sealed class VmPages
+    {
+        public List<byte[]> Slabs { get; } = [];
+
+        public Dictionary<ulong, int> Slots { get; } = [];
+
+        public Span<byte> Slot(int slot) => Slabs[slot / SlotsPerSlab].AsSpan(slot % SlotsPerSlab * SlotSize, SlotSize);
+    }
+
+    private readonly Dictionary<Guid, VmPages> vms = [];
     private readonly Lock gate = new();
     private long used;
 
@@ -19,18 +34,56 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
         {
             if (!vms.TryGetValue(vm, out var pages))
             {
-                vms[vm] = pages = [];
+                vms[vm] = pages = new VmPages();
             }
-            var added = records.Select(r => r.Pfn).Distinct().Count(pfn => !pages.ContainsKey(pfn));
+            var added = 0;
+            var seen = new HashSet<ulong>();
+            foreach (var r in records)
+            {
+                if (!pages.Slots.ContainsKey(r.Pfn) && seen.Add(r.Pfn))
+                {
+                    added++;
+                }
+            }
             if (used + added > capacityPages)
             {
                 throw new StoreFullException(capacityPages, used, added);
             }
             foreach (var r in records)
             {
-                pages[r.Pfn] = StoredRecord.Encode(r);
+                if (!pages.Slots.TryGetValue(r.Pfn, out var slot))
+                {
+                    slot = pages.Slots.Count;
+                    if (slot / SlotsPerSlab == pages.Slabs.Count)
+                    {
+                        pages.Slabs.Add(GC.AllocateUninitializedArray<byte>(SlotsPerSlab * SlotSize)); // every slot is written before it is read
+                    }
+                    pages.Slots[r.Pfn] = slot;
+                }
+                PageFrame.WritePage(pages.Slot(slot), r);
             }
             used += added;
+        }
+    }
+
+    public void Reserve(Guid vm, long pages)
+    {
+        lock (gate)
+        {
+            if (!vms.TryGetValue(vm, out var vmPages))
+            {
+                vms[vm] = vmPages = new VmPages();
+            }
+            var slots = Math.Min(pages, capacityPages - used);
+            while ((long)vmPages.Slabs.Count * SlotsPerSlab < slots)
+            {
+                var slab = GC.AllocateUninitializedArray<byte>(SlotsPerSlab * SlotSize);
+                for (var at = 0; at < slab.Length; at += 4096)
+                {
+                    slab[at] = 0; // touch: the kernel maps the page now, not mid-transfer
+                }
+                vmPages.Slabs.Add(slab);
+            }
         }
     }
 
@@ -38,7 +91,12 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
     {
         lock (gate)
         {
-            return vms.TryGetValue(vm, out var pages) && pages.TryGetValue(pfn, out var bytes) ? bytes : null;
+            if (!vms.TryGetValue(vm, out var pages) || !pages.Slots.TryGetValue(pfn, out var slot))
+            {
+                return null;
+            }
+            var bytes = pages.Slot(slot);
+            return bytes[..(PageRecord.HeaderSize + PageRecord.BodySize((PageClass)bytes[0]))].ToArray();
         }
     }
 
@@ -50,8 +108,8 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
             {
                 return 0;
             }
-            used -= pages.Count;
-            return pages.Count;
+            used -= pages.Slots.Count;
+            return pages.Slots.Count;
         }
     }
 
@@ -59,16 +117,7 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
     {
         lock (gate)
         {
-            return vms.ToDictionary(kv => kv.Key, kv => (long)kv.Value.Count);
-        }
-    }
-
-    /// <summary>Every stored byte, for tests that play the untrusted administrator.</summary>
-    public IEnumerable<byte[]> AllRecords()
-    {
-        lock (gate)
-        {
-            return [.. vms.Values.SelectMany(v => v.Values)];
+            return vms.ToDictionary(kv => kv.Key, kv => (long)kv.Value.Slots.Count);
         }
     }
 

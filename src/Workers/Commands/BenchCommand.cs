@@ -1,11 +1,17 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using RabbitMQ.Client;
+using SEmigrate.Contracts;
 using SEmigrate.Guest.Memory;
 using SEmigrate.Guest.Qemu;
 using SEmigrate.Introspection;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.Introspection.Kernel;
+using SEmigrate.Workers.Bench;
+using SEmigrate.Workers.Settings;
 
 namespace SEmigrate.Workers.Commands;
 
@@ -16,6 +22,8 @@ public static class BenchCommand
     {
         var bench = new Command("bench", "Benchmarks: print figures measured in one run");
         bench.Subcommands.Add(Introspect());
+        bench.Subcommands.Add(Paging());
+        bench.Subcommands.Add(EchoServer());
         root.Subcommands.Add(bench);
         return root;
     }
@@ -81,6 +89,82 @@ public static class BenchCommand
                 Console.WriteLine($"{f.Guest,-12} {f.GuestPages,9} {f.ProfileSeconds,9:0.000} {f.MedianSeconds,9:0.000} {f.MedianCpuSeconds,8:0.000} {f.GBps,7:0.00} {f.GBpsPerCore,9:0.00}  {f.Zero}/{f.Plain}/{f.Sealed}{(f.Diagnostics > 0 ? $"  ({f.Diagnostics} diagnostics)" : "")}");
             }
             Console.WriteLine("target: at least 1 GB/s of guest memory classified per core (introspection + classification; the profile is built once per kernel and cached)");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Paging()
+    {
+        var mode = new Option<string[]>("--mode") { Description = "semigrate, allenc or noenc (repeatable; default all three)" };
+        var mib = new Option<int>("--mib") { Description = "Guest memory to store in bulk, in MiB", DefaultValueFactory = _ => 256 };
+        var pageIns = new Option<int>("--page-ins") { Description = "Page-ins per in-flight level (at least 100 x in-flight)", DefaultValueFactory = _ => 3000 };
+        var window = new Option<int>("--window") { Description = "Bulk messages in flight", DefaultValueFactory = _ => 16 };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object with a modes array" };
+        var command = new Command("paging",
+            "Per mode: seal/open vs raw AesGcm, page-in latency vs a raw RabbitMQ round trip, bulk store vs raw publishing, CPU s/GiB per role")
+        {
+            mode, mib, pageIns, window, json,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            List<MigrationMode> modes;
+            try
+            {
+                modes = parse.GetValue(mode) is { Length: > 0 } m ? [.. m.Select(MigrationModes.Parse)] : [.. Enum.GetValues<MigrationMode>()];
+            }
+            catch (FormatException e)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: {e.Message}");
+                return 2;
+            }
+            var builder = SemigrateHost.CreateBuilder();
+            using var host = builder.Build();
+            var rabbit = host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value;
+            await using var connection = await new ConnectionFactory { Uri = rabbit.Uri!, ClientProvidedName = "semigrate bench" }.CreateConnectionAsync(ct);
+            var bench = new PagingBench(connection, new PagingBench.Settings(parse.GetValue(mib) * 256L, (1 << 20) - 8192, parse.GetValue(window), parse.GetValue(pageIns)),
+                s => Console.Error.WriteLine($"bench: {s}"));
+            var figures = new List<PagingBench.ModeFigures>();
+            foreach (var m in modes)
+            {
+                figures.Add(await bench.RunAsync(m, ct));
+            }
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(new { modes = figures }, IntrospectReport.JsonOptions));
+                return 0;
+            }
+            Console.WriteLine($"{"mode",-10} {"seal GB/s",10} {"raw AesGcm",10} {"page-in p50/p99 us",19} {"raw p50",8} {"bulk MB/s",10} {"raw bulk",9}   CPU s/GiB sender/server/broker");
+            foreach (var f in figures)
+            {
+                Console.WriteLine($"{f.Mode,-10} {f.SealGBps,10:0.00} {f.RawAesGcmGBps,10:0.00} {f.PageInP50Us,9:0}/{f.PageInP99Us,-9:0} {f.RawRoundTripP50Us,8:0} {f.BulkMBps,10:0} {f.RawBulkMBps,9:0}   {f.CpuSecondsPerGiB.Sender:0.00}/{f.CpuSecondsPerGiB.MemoryServer:0.00}/{f.CpuSecondsPerGiB.Broker:0.00}");
+                foreach (var p in f.PageIn)
+                {
+                    Console.WriteLine($"{"",-10} page-in x{p.InFlight,-2}: p50 {p.P50Us:0} us p99 {p.P99Us:0} us {p.PagesPerSecond:0} pages/s | raw p50 {p.RawP50Us:0} us p99 {p.RawP99Us:0} us {p.RawPerSecond:0}/s");
+                }
+                var sealRatio = f.RawAesGcmGBps > 0 ? f.SealGBps / f.RawAesGcmGBps : double.NaN;
+                Console.WriteLine($"{"",-10} raw bulk CPU s/GiB sender/consumer/broker: {f.RawCpuSecondsPerGiB.Sender:0.00}/{f.RawCpuSecondsPerGiB.MemoryServer:0.00}/{f.RawCpuSecondsPerGiB.Broker:0.00}; ours per wire GiB: {f.CpuSecondsPerGiB.MemoryServer * f.BulkGuestMBps / f.BulkMBps:0.00} at the server");
+                Console.WriteLine($"{"",-10} targets: seal {sealRatio:0.00}x raw (>= 0.8), page-in p50 {f.PageInP50Us / f.RawRoundTripP50Us:0.00}x raw (<= 1.3), bulk {f.BulkMBps / f.RawBulkMBps:0.00}x raw (>= 0.8); guest data {f.BulkGuestMBps:0} MB/s");
+            }
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command EchoServer()
+    {
+        var queue = new Option<string>("--queue") { Required = true };
+        var replyBytes = new Option<int>("--reply-bytes") { Required = true };
+        var command = new Command("echo-server", "The raw RabbitMQ.Client baseline's server (started by bench paging)") { queue, replyBytes };
+        command.Hidden = true;
+        command.SetAction(async (parse, ct) =>
+        {
+            using var host = SemigrateHost.CreateBuilder().Build();
+            var rabbit = host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value;
+            await using var connection = await new ConnectionFactory { Uri = rabbit.Uri! }.CreateConnectionAsync(ct);
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
+            await RawRabbit.ServeAsync(connection, parse.GetValue(queue)!, parse.GetValue(replyBytes), stop.Token);
             return 0;
         });
         return command;

@@ -1,0 +1,276 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using RabbitMQ.Client;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Paging;
+using SEmigrate.MemoryServer.Client;
+using SEmigrate.MemoryServer.MainHost;
+using SEmigrate.Sealing;
+
+namespace SEmigrate.Workers.Bench;
+
+/// <summary>`semigrate bench paging`: for each mode, in one run, sealing against raw AesGcm, page-in
+/// against a raw RabbitMQ.Client round trip of the same sizes, bulk store against raw publishing with
+/// the same message size and confirms, and CPU seconds per GiB at the sender, the memory server (a
+/// separate process) and the broker.</summary>
+public sealed class PagingBench(IConnection connection, PagingBench.Settings settings, Action<string> progress)
+{
+    public sealed record Settings(long Pages, int BatchBytes, int Window, int PageIns);
+
+    public sealed record PageInFigures(int InFlight, double P50Us, double P99Us, double PagesPerSecond, double RawP50Us, double RawP99Us, double RawPerSecond);
+
+    public sealed record CpuFigures(double Sender, double MemoryServer, double Broker);
+
+    public sealed record ModeFigures(
+        string Mode, double SealGBps, double RawAesGcmGBps, double OpenGBps, double RawAesGcmOpenGBps,
+        double PageInP50Us, double PageInP99Us, double RawRoundTripP50Us, IReadOnlyList<PageInFigures> PageIn,
+        double BulkMBps, double BulkGuestMBps, double RawBulkMBps, int MessageBytes, CpuFigures CpuSecondsPerGiB, CpuFigures RawCpuSecondsPerGiB);
+
+    private static readonly byte[][] Pool = Enumerable.Range(0, 64).Select(i =>
+    {
+        var page = new byte[PageRecord.PageSize];
+        new Random(i).NextBytes(page);
+        return page;
+    }).ToArray();
+
+    /// <summary>A guest-like mix: 60% free, 15% plain, 25% sealed (a real 256 MiB guest: 65/10/25).</summary>
+    public static PageClass ClassOf(ulong pfn) => (pfn * 2654435761UL % 100) switch { < 60 => PageClass.Zero, < 75 => PageClass.Plain, _ => PageClass.Sealed };
+
+    public async Task<ModeFigures> RunAsync(MigrationMode mode, CancellationToken ct)
+    {
+        var (seal, rawSeal, open, rawOpen) = mode == MigrationMode.NoEnc ? (0, 0, 0, 0) : Crypto();
+        progress($"{mode.ToWireName()}: seal {seal:0.00} GB/s (raw AesGcm {rawSeal:0.00}), open {open:0.00} GB/s (raw {rawOpen:0.00})");
+
+        var host = $"bench-{Guid.NewGuid():N}"[..18];
+        var vm = Guid.NewGuid();
+        using var server = await ChildProcess.StartAsync("ready", ct, "worker", "--role", "sub", "--host", host,
+            "--capacity-pages", (settings.Pages + 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await using var client = await PageClient.CreateAsync(connection, ct);
+        using var key = DataKey.Generate();
+        using var sealer = key.CreateSealer(vm, 1);
+        using var opener = new PageOpener(key, vm);
+        var serverKey = await client.StartVmAsync(host, vm, mode, settings.Pages, ct);
+        if (mode == MigrationMode.AllEnc)
+        {
+            await client.SendChannelKeyAsync(host, vm, KeyWrap.Wrap(key, serverKey, $"allenc-channel|{vm:N}|{host}"), ct);
+        }
+        var codec = new PageCodec(mode, vm, sealer, opener);
+        var table = new PageTable((ulong)settings.Pages);
+
+        // Bulk store: a warm-up VM first (JIT, connections, buffers), then the measured one.
+        var warmVm = Guid.NewGuid();
+        await client.StartVmAsync(host, warmVm, mode, 0, ct);
+        if (mode == MigrationMode.AllEnc)
+        {
+            await client.SendChannelKeyAsync(host, warmVm, KeyWrap.Wrap(key, serverKey, $"allenc-channel|{warmVm:N}|{host}"), ct);
+        }
+        using (var warmSealer = key.CreateSealer(warmVm, 1))
+        {
+            await BulkAsync(client, host, new PageCodec(mode, warmVm, warmSealer, opener), new PageTable((ulong)settings.Pages), 0, Math.Min(settings.Pages, 65536), ct);
+        }
+        await client.ReleaseAsync(host, warmVm, ct);
+
+        // Ours and raw take turns, a third of the pages each round, so that drift on this shared
+        // machine hits both alike; each side's time and CPU are summed over its rounds.
+        var echoQueue = $"bench-echo-{Guid.NewGuid():N}";
+        var wanted = mode == MigrationMode.NoEnc ? PageClass.Plain : PageClass.Sealed;
+        var replyBytes = PageFrame.HeaderSize + PageRecord.HeaderSize + PageRecord.BodySize(wanted);
+        using var echo = await ChildProcess.StartAsync("ready", ct, "bench", "echo-server", "--queue", echoQueue, "--reply-bytes",
+            replyBytes.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var broker = CpuMeter.BrokerPid();
+        double bulkSeconds = 0, rawSeconds = 0;
+        long wireBytes = 0, messages = 0, rawBytes = 0;
+        double cpuSender = 0, cpuServer = 0, cpuBroker = 0, rawSender = 0, rawConsumer = 0, rawBroker = 0;
+        const int rounds = 3;
+        for (var round = 0; round < rounds; round++)
+        {
+            var (first, end) = (settings.Pages * round / rounds, settings.Pages * (round + 1) / rounds);
+            var (c0, s0, b0) = (CpuMeter.Self(), server.CpuSeconds, CpuMeter.Seconds(broker));
+            var clock = Stopwatch.StartNew();
+            var (w, m) = await BulkAsync(client, host, codec, table, first, end, ct);
+            bulkSeconds += clock.Elapsed.TotalSeconds;
+            (cpuSender, cpuServer, cpuBroker) = (cpuSender + CpuMeter.Self() - c0, cpuServer + server.CpuSeconds - s0, cpuBroker + CpuMeter.Seconds(broker) - b0);
+            wireBytes += w;
+            messages += m;
+
+            var size = (int)(w / m);
+            if (round == 0)
+            {
+                await RawRabbit.BulkAsync(connection, echoQueue, size, (int)m, settings.Window, ct); // warm-up
+                await RawRabbit.DrainAsync(connection, echoQueue, ct);
+            }
+            (c0, s0, b0) = (CpuMeter.Self(), echo.CpuSeconds, CpuMeter.Seconds(broker));
+            rawSeconds += await RawRabbit.BulkAsync(connection, echoQueue, size, (int)m, settings.Window, ct);
+            await RawRabbit.DrainAsync(connection, echoQueue, ct);
+            (rawSender, rawConsumer, rawBroker) = (rawSender + CpuMeter.Self() - c0, rawConsumer + echo.CpuSeconds - s0, rawBroker + CpuMeter.Seconds(broker) - b0);
+            rawBytes += (long)size * m;
+        }
+        var gib = settings.Pages * 4096.0 / (1 << 30);
+        var cpu = new CpuFigures(cpuSender / gib, cpuServer / gib, cpuBroker / gib);
+        var rawGib = rawBytes / (double)(1 << 30);
+        var rawCpu = new CpuFigures(rawSender / rawGib, rawConsumer / rawGib, rawBroker / rawGib);
+        var messageBytes = (int)(wireBytes / messages);
+        progress($"{mode.ToWireName()}: stored {settings.Pages} pages in {messages} messages of ~{messageBytes >> 10} KiB: {wireBytes / bulkSeconds / 1e6:0} MB/s on the wire, raw {rawBytes / rawSeconds / 1e6:0} MB/s");
+
+        // Page-in: fetch, check and open pages that travel with bytes (sealed ones where there are any).
+        var candidates = Enumerable.Range(0, (int)settings.Pages).Select(p => (ulong)p).Where(p => table[p].Class == wanted).ToArray();
+        var pager = new RemotePager(client, codec, table, _ => host);
+        var requestBytes = PageFrame.HeaderSize + 8;
+        await PageInsAsync(pager, candidates, 1, 200, ct); // warm-up
+        await RawRabbit.RoundTripsAsync(connection, echoQueue, requestBytes, 1, 200, ct);
+        var pageIn = new List<PageInFigures>();
+        foreach (var n in new[] { 1, 8, 32 })
+        {
+            var count = Math.Max(settings.PageIns, 100 * n);
+            var t = Stopwatch.StartNew();
+            var ours = await PageInsAsync(pager, candidates, n, count, ct);
+            var oursRate = count / t.Elapsed.TotalSeconds;
+            t.Restart();
+            var raw = await RawRabbit.RoundTripsAsync(connection, echoQueue, requestBytes, n, count, ct);
+            var rawRate = count / t.Elapsed.TotalSeconds;
+            pageIn.Add(new PageInFigures(n, Percentile(ours, 50), Percentile(ours, 99), oursRate, Percentile(raw, 50), Percentile(raw, 99), rawRate));
+            progress($"{mode.ToWireName()}: page-in x{n}: p50 {Percentile(ours, 50):0} us (raw {Percentile(raw, 50):0}), {oursRate:0} pages/s (raw {rawRate:0})");
+        }
+
+        await client.ReleaseAsync(host, vm, ct);
+        return new ModeFigures(mode.ToWireName(), seal, rawSeal, open, rawOpen,
+            pageIn[0].P50Us, pageIn[0].P99Us, pageIn[0].RawP50Us, pageIn,
+            wireBytes / bulkSeconds / 1e6, settings.Pages * 4096.0 / bulkSeconds / 1e6, rawBytes / rawSeconds / 1e6,
+            messageBytes, cpu, rawCpu);
+    }
+
+    /// <summary>The sender's bulk path: batches encoded (sealed) straight into reusable frame buffers,
+    /// a window of them in flight, each released when the memory server has stored it.</summary>
+    private async Task<(long WireBytes, long Messages)> BulkAsync(PageClient client, string host, PageCodec codec, PageTable table, long first, long end, CancellationToken ct)
+    {
+        long wireBytes = 0, messages = 0;
+        using var window = new SemaphoreSlim(settings.Window);
+        var free = new System.Collections.Concurrent.ConcurrentBag<PageBatch>(
+            Enumerable.Range(0, settings.Window).Select(_ => new PageBatch(settings.BatchBytes)));
+        var inFlight = new List<Task>();
+        PageBatch? batch = null;
+        for (var pfn = (ulong)first; pfn < (ulong)end; pfn++)
+        {
+            if (batch is null)
+            {
+                await window.WaitAsync(ct);
+                free.TryTake(out batch);
+                batch!.Clear();
+            }
+            var classified = ClassOf(pfn);
+            batch.Advance(codec.EncodeInto(batch.Next, pfn, 1, classified, Pool[pfn % 64]));
+            table.Set(pfn, codec.WireClass(classified), 1);
+            if (batch.IsFull || pfn + 1 == (ulong)end)
+            {
+                var send = batch;
+                batch = null;
+                wireBytes += send.Length;
+                messages++;
+                inFlight.Add(Task.Run(async () =>
+                {
+                    try
+                    {
+                        await client.StoreAsync(host, codec.Vm, send, ct);
+                    }
+                    finally
+                    {
+                        free.Add(send);
+                        window.Release();
+                    }
+                }, ct));
+            }
+        }
+        await Task.WhenAll(inFlight);
+        return (wireBytes, messages);
+    }
+
+    private static async Task<List<double>> PageInsAsync(RemotePager pager, ulong[] pfns, int inFlight, int count, CancellationToken ct)
+    {
+        var latencies = new System.Collections.Concurrent.ConcurrentBag<double>();
+        var next = 0;
+        await Task.WhenAll(Enumerable.Range(0, inFlight).Select(async _ =>
+        {
+            var page = new byte[PageRecord.PageSize];
+            int i;
+            while ((i = Interlocked.Increment(ref next)) <= count)
+            {
+                var start = Stopwatch.GetTimestamp();
+                await pager.PageInAsync(pfns[(i * 7919) % pfns.Length], page, ct);
+                latencies.Add(Stopwatch.GetElapsedTime(start).TotalMicroseconds);
+            }
+        }));
+        return [.. latencies];
+    }
+
+    private static double Percentile(List<double> values, int p)
+    {
+        var sorted = values.Order().ToList();
+        return sorted[Math.Min(sorted.Count - 1, sorted.Count * p / 100)];
+    }
+
+    /// <summary>Seal and open against raw AesGcm on the same pages, one thread (GB/s per core).</summary>
+    private static (double Seal, double RawSeal, double Open, double RawOpen) Crypto()
+    {
+        const int pages = 32768;
+        var vm = Guid.NewGuid();
+        using var key = DataKey.Generate();
+        using var sealer = key.CreateSealer(vm, 1);
+        using var opener = new PageOpener(key, vm);
+        var bodies = Enumerable.Range(0, 256).Select(_ => new byte[PageRecord.SealedBodySize]).ToArray();
+        var records = new PageRecord[256];
+        var output = new byte[PageRecord.PageSize];
+        using var raw = new AesGcm(RandomNumberGenerator.GetBytes(32), 16);
+        var nonce = new byte[12];
+        var tag = new byte[16];
+        var gb = pages * 4096.0 / 1e9;
+
+        // Best of five rounds: the machine is shared with the broker; the best round is the one
+        // least disturbed, for ours and raw alike.
+        double Time(Action<int> work)
+        {
+            var best = 0.0;
+            for (var round = 0; round < 5; round++)
+            {
+                var clock = Stopwatch.StartNew();
+                for (var i = 0; i < pages / 4; i++)
+                {
+                    work(i);
+                }
+                best = Math.Max(best, gb / 4 / clock.Elapsed.TotalSeconds);
+            }
+            return best;
+        }
+
+        var seal = Time(i => records[i & 255] = sealer.Seal((ulong)i, 1, Pool[i & 63], bodies[i & 255]));
+        var rawSeal = Time(i =>
+        {
+            BitConverter.TryWriteBytes(nonce, i);
+            raw.Encrypt(nonce, Pool[i & 63], bodies[i & 255].AsSpan(12, 4096), tag);
+        });
+        for (var i = 0; i < 256; i++)
+        {
+            records[i] = sealer.Seal((ulong)i, 1, Pool[i & 63], bodies[i]);
+        }
+        var open = Time(i =>
+        {
+            if (!opener.TryOpen(records[i & 255], output))
+            {
+                throw new CryptographicException("bench page did not open");
+            }
+        });
+        var rawBodies = Enumerable.Range(0, 256).Select(i =>
+        {
+            var c = new byte[4096];
+            var t = new byte[16];
+            BitConverter.TryWriteBytes(nonce, i);
+            raw.Encrypt(nonce, Pool[i & 63], c, t);
+            return (Nonce: nonce.ToArray(), Cipher: c, Tag: t);
+        }).ToArray();
+        var rawOpen = Time(i =>
+        {
+            var r = rawBodies[i & 255];
+            raw.Decrypt(r.Nonce, r.Cipher, r.Tag, output);
+        });
+        return (seal, rawSeal, open, rawOpen);
+    }
+}

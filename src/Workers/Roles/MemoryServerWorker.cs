@@ -1,0 +1,33 @@
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using RabbitMQ.Client;
+using SEmigrate.MemoryServer;
+using SEmigrate.MemoryServer.Store;
+using SEmigrate.Workers.Settings;
+
+namespace SEmigrate.Workers.Roles;
+
+/// <summary>The sub-host role: runs this host's memory server until the host stops.</summary>
+public sealed class MemoryServerWorker(
+    IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, ILogger<MemoryServerWorker> logger) : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var o = options.Value;
+        var factory = new ConnectionFactory { Uri = rabbit.Value.Uri!, ClientProvidedName = $"memory server {o.Host}" };
+        await using var connection = await factory.CreateConnectionAsync(stoppingToken);
+        using IPageStore store = o.StoreFolder is { Length: > 0 } folder ? new FilePageStore(folder, o.CapacityPages) : new InMemoryPageStore(o.CapacityPages);
+        await using var server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken);
+        // The ready line: scripts and the benchmark wait for it.
+        Console.WriteLine($"memory server {o.Host} ready");
+        try
+        {
+            await Task.Delay(Timeout.Infinite, stoppingToken);
+        }
+        catch (OperationCanceledException)
+        {
+            logger.LogInformation("memory server {Host} stopping", o.Host);
+        }
+    }
+}
