@@ -144,18 +144,23 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
     private async Task<(long WireBytes, long Messages)> BulkAsync(PageClient client, string host, PageCodec codec, PageTable table, long first, long end, CancellationToken ct)
     {
         long wireBytes = 0, messages = 0;
+        // Encoding runs ahead of the window: spare buffers let the next batches be sealed while the
+        // window is full, so the sender never idles waiting for acks.
         using var window = new SemaphoreSlim(settings.Window);
-        var free = new System.Collections.Concurrent.ConcurrentBag<PageBatch>(
-            Enumerable.Range(0, settings.Window).Select(_ => new PageBatch(settings.BatchBytes)));
+        var buffers = new System.Threading.Channels.BoundedChannelOptions(settings.Window + 4);
+        var free = System.Threading.Channels.Channel.CreateBounded<PageBatch>(buffers);
+        for (var i = 0; i < settings.Window + 4; i++)
+        {
+            free.Writer.TryWrite(new PageBatch(settings.BatchBytes));
+        }
         var inFlight = new List<Task>();
         PageBatch? batch = null;
         for (var pfn = (ulong)first; pfn < (ulong)end; pfn++)
         {
             if (batch is null)
             {
-                await window.WaitAsync(ct);
-                free.TryTake(out batch);
-                batch!.Clear();
+                batch = await free.Reader.ReadAsync(ct);
+                batch.Clear();
             }
             var classified = ClassOf(pfn);
             batch.Advance(codec.EncodeInto(batch.Next, pfn, 1, classified, Pool[pfn % 64]));
@@ -168,14 +173,15 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
                 messages++;
                 inFlight.Add(Task.Run(async () =>
                 {
+                    await window.WaitAsync(ct);
                     try
                     {
                         await client.StoreAsync(host, codec.Vm, send, ct);
                     }
                     finally
                     {
-                        free.Add(send);
                         window.Release();
+                        free.Writer.TryWrite(send);
                     }
                 }, ct));
             }
