@@ -66,7 +66,9 @@ public sealed class PageServer : IAsyncDisposable
         await server.ConsumeAsync(server.control, PageQueues.Control(options.Host), null, ct);
         foreach (var (vm, _) in store.PagesPerVm())
         {
-            // A file store that survived a restart: its VMs are served again (mode as stored).
+            // A file store that survived a restart: its VMs are served again. Their records are served
+            // as stored, which is all semigrate and noenc need; allenc's at-rest keys lived in memory
+            // and are gone (a limit of that baseline, not of the store).
             await server.StartVmAsync(vm, MigrationMode.Semigrate, ct);
         }
         logger.LogInformation("memory server {Host} up: {Used}/{Capacity} pages", options.Host, store.UsedPages, store.CapacityPages);
@@ -223,9 +225,10 @@ public sealed class PageServer : IAsyncDisposable
                         ?? throw new PageProtocolException(PageError.UnknownPage, options.Host, $"page 0x{pfn:x} of VM {vmId} is not stored here");
                     if (vm.Mode == MigrationMode.AllEnc)
                     {
-                        var atRest = PageFrame.ReadPages(PageFrame.Build(FrameKind.Pages, vmId, 0, 1, stored))[0];
-                        var sent = (vm.AllEnc ?? throw new PageProtocolException(PageError.Unsupported, options.Host, "allenc VM without a channel key")).FromRest(atRest);
-                        stored = StoredRecord.Encode(sent);
+                        var sent = (vm.AllEnc ?? throw new PageProtocolException(PageError.Unsupported, options.Host, "allenc VM without a channel key"))
+                            .FromRest(PageFrame.ReadRecord(stored));
+                        stored = new byte[sent.WireSize];
+                        PageFrame.WritePage(stored, sent);
                     }
                     records.Add(stored);
                 }

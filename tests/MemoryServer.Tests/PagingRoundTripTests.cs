@@ -65,11 +65,11 @@ public class PagingRoundTripTests(RabbitMqFixture rabbit) : IClassFixture<Rabbit
         {
             await h.TransferAsync();
             vm = h.Vm;
-            sealedPage = PageFrame.ReadPages(PageFrame.Build(FrameKind.Pages, vm, 0, 1, h.Server.Store.Get(vm, 2)!))[0];
+            sealedPage = PageFrame.ReadRecord(h.Server.Store.Get(vm, 2)!);
         }
         using var reopened = new FilePageStore(folder, 1000);
         Assert.Equal(PagingHarness.Pages, reopened.UsedPages);
-        Assert.Equal(sealedPage.Body.ToArray(), PageFrame.ReadPages(PageFrame.Build(FrameKind.Pages, vm, 0, 1, reopened.Get(vm, 2)!))[0].Body.ToArray());
+        Assert.Equal(sealedPage.Body.ToArray(), PageFrame.ReadRecord(reopened.Get(vm, 2)!).Body.ToArray());
         Directory.Delete(folder, recursive: true);
     }
 }

@@ -23,8 +23,6 @@ public sealed class PageBatch(int capacityBytes)
         Count++;
     }
 
-    public void Add(PageRecord record) => Advance(PageFrame.WritePage(Next, record));
-
     /// <summary>The whole frame, its header written now.</summary>
     public ReadOnlyMemory<byte> Frame(FrameKind kind, Guid vm, ulong requestId)
     {

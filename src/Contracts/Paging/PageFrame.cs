@@ -132,35 +132,42 @@ public readonly ref struct PageFrame
         var at = HeaderSize;
         for (var i = 0; i < header.Count; i++)
         {
-            var span = frame.Span[at..];
-            if (span.Length < PageRecord.HeaderSize)
-            {
-                throw new InvalidDataException($"page record {i} of {header.Count} is truncated");
-            }
-            var c = (PageClass)span[0];
-            if (c is not (PageClass.Zero or PageClass.Plain or PageClass.Sealed))
-            {
-                throw new InvalidDataException($"page record {i} has unknown class {span[0]}");
-            }
-            if (span[1] != 0 || span[2] != 0 || span[3] != 0)
-            {
-                // Reserved bytes are outside the seal: refusing non-zero ones leaves no bit unchecked.
-                throw new InvalidDataException($"page record {i} has non-zero reserved bytes");
-            }
-            var size = PageRecord.BodySize(c);
-            if (span.Length < PageRecord.HeaderSize + size)
-            {
-                throw new InvalidDataException($"page record {i} of {header.Count} is truncated");
-            }
-            pages.Add(new PageRecord(c, BinaryPrimitives.ReadUInt64LittleEndian(span[8..]), BinaryPrimitives.ReadUInt64LittleEndian(span[16..]),
-                BinaryPrimitives.ReadUInt32LittleEndian(span[4..]), frame.Slice(at + PageRecord.HeaderSize, size)));
-            at += PageRecord.HeaderSize + size;
+            var page = ReadRecord(frame[at..], $"page record {i} of {header.Count}");
+            pages.Add(page);
+            at += page.WireSize;
         }
         if (at != frame.Length)
         {
             throw new InvalidDataException($"{frame.Length - at} bytes follow the last page record");
         }
         return pages;
+    }
+
+    /// <summary>One page record (its wire form) at the start of <paramref name="data"/>, as a slice of it.</summary>
+    public static PageRecord ReadRecord(ReadOnlyMemory<byte> data, string what = "page record")
+    {
+        var span = data.Span;
+        if (span.Length < PageRecord.HeaderSize)
+        {
+            throw new InvalidDataException($"{what} is truncated");
+        }
+        var c = (PageClass)span[0];
+        if (c is not (PageClass.Zero or PageClass.Plain or PageClass.Sealed))
+        {
+            throw new InvalidDataException($"{what} has unknown class {span[0]}");
+        }
+        if (span[1] != 0 || span[2] != 0 || span[3] != 0)
+        {
+            // Reserved bytes are outside the seal: refusing non-zero ones leaves no bit unchecked.
+            throw new InvalidDataException($"{what} has non-zero reserved bytes");
+        }
+        var size = PageRecord.BodySize(c);
+        if (span.Length < PageRecord.HeaderSize + size)
+        {
+            throw new InvalidDataException($"{what} is truncated");
+        }
+        return new PageRecord(c, BinaryPrimitives.ReadUInt64LittleEndian(span[8..]), BinaryPrimitives.ReadUInt64LittleEndian(span[16..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(span[4..]), data.Slice(PageRecord.HeaderSize, size));
     }
 
     /// <summary>The page numbers of a Fetch frame.</summary>

@@ -52,15 +52,6 @@ public static class Elf64
         return result;
     }
 
-    /// <summary>Bytes needed to hold the section header table: a prefix of a decompressed vmlinux
-    /// can be tested for completeness with this.</summary>
-    public static ulong SectionTableEnd(ReadOnlySpan<byte> header)
-    {
-        Require(header);
-        return BinaryPrimitives.ReadUInt64LittleEndian(header[40..])
-            + (ulong)BinaryPrimitives.ReadUInt16LittleEndian(header[58..]) * BinaryPrimitives.ReadUInt16LittleEndian(header[60..]);
-    }
-
     public static IReadOnlyList<Section> Sections(ReadOnlySpan<byte> file)
     {
         Require(file);

@@ -26,8 +26,6 @@ public sealed class Btf
     private readonly Dictionary<string, int> structsByName = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> enumsByName = new(StringComparer.Ordinal);
 
-    public int TypeCount => types.Count - 1;
-
     public Btf(ReadOnlySpan<byte> data)
     {
         if (data.Length < 24 || BinaryPrimitives.ReadUInt16LittleEndian(data) != Magic)
@@ -175,8 +173,6 @@ public sealed class Btf
         }
         throw new KeyNotFoundException($"no {enumerator} in enum {enumName}");
     }
-
-    public bool HasStruct(string name) => structsByName.ContainsKey(name);
 
     private int StructId(string name) =>
         structsByName.TryGetValue(name, out var id) ? id : throw new KeyNotFoundException($"no struct {name} in BTF");
