@@ -49,6 +49,7 @@ public static class BenchCommand
             var dirs = (parse.GetValue(guests) ?? []).Select(d => d.FullName).ToList();
             var sizes = parse.GetValue(mem) is { Length: > 0 } m ? m : dirs.Count == 0 ? ["256M", "4G"] : [];
             var work = parse.GetValue(keep)?.FullName ?? Directory.CreateTempSubdirectory("semigrate-bench-").FullName;
+            WarnIfDebug();
             var figures = new List<IntrospectFigures>();
             try
             {
@@ -124,6 +125,7 @@ public static class BenchCommand
             await using var connection = await new ConnectionFactory { Uri = rabbit.Uri!, ClientProvidedName = "semigrate bench" }.CreateConnectionAsync(ct);
             var bench = new PagingBench(connection, new PagingBench.Settings(parse.GetValue(mib) * 256L, (1 << 20) - 8192, parse.GetValue(window), parse.GetValue(pageIns)),
                 s => Console.Error.WriteLine($"bench: {s}"));
+            WarnIfDebug();
             var figures = new List<PagingBench.ModeFigures>();
             foreach (var m in modes)
             {
@@ -149,6 +151,13 @@ public static class BenchCommand
             return 0;
         });
         return command;
+    }
+
+    private static void WarnIfDebug()
+    {
+#if DEBUG
+        Console.Error.WriteLine("bench: this is a Debug build; figures that count come from `dotnet build -c Release`");
+#endif
     }
 
     private static Command EchoServer()
