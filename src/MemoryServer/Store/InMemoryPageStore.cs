@@ -37,18 +37,16 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
                 vms[vm] = pages = new VmPages();
             }
             var added = 0;
-            var seen = new HashSet<ulong>();
             foreach (var r in records)
             {
-                if (!pages.Slots.ContainsKey(r.Pfn) && seen.Add(r.Pfn))
-                {
-                    added++;
-                }
+                // A page twice in one batch counts twice here: a conservative check, never a wrong one.
+                added += pages.Slots.ContainsKey(r.Pfn) ? 0 : 1;
             }
             if (used + added > capacityPages)
             {
                 throw new StoreFullException(capacityPages, used, added);
             }
+            added = -pages.Slots.Count;
             foreach (var r in records)
             {
                 if (!pages.Slots.TryGetValue(r.Pfn, out var slot))
@@ -62,7 +60,7 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
                 }
                 PageFrame.WritePage(pages.Slot(slot), r);
             }
-            used += added;
+            used += added + pages.Slots.Count;
         }
     }
 
@@ -75,6 +73,7 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
                 vms[vm] = vmPages = new VmPages();
             }
             var slots = Math.Min(pages, capacityPages - used);
+            vmPages.Slots.EnsureCapacity((int)Math.Min(slots, int.MaxValue));
             while ((long)vmPages.Slabs.Count * SlotsPerSlab < slots)
             {
                 var slab = GC.AllocateUninitializedArray<byte>(SlotsPerSlab * SlotSize);

@@ -146,7 +146,7 @@ public static class BenchCommand
                 }
                 var sealRatio = f.RawAesGcmGBps > 0 ? f.SealGBps / f.RawAesGcmGBps : double.NaN;
                 Console.WriteLine($"{"",-10} raw bulk CPU s/GiB sender/consumer/broker: {f.RawCpuSecondsPerGiB.Sender:0.00}/{f.RawCpuSecondsPerGiB.MemoryServer:0.00}/{f.RawCpuSecondsPerGiB.Broker:0.00}; ours per wire GiB: {f.CpuSecondsPerGiB.MemoryServer * f.BulkGuestMBps / f.BulkMBps:0.00} at the server");
-                Console.WriteLine($"{"",-10} targets: seal {sealRatio:0.00}x raw (>= 0.8), page-in p50 {f.PageInP50Us / f.RawRoundTripP50Us:0.00}x raw (<= 1.3), bulk {f.BulkMBps / f.RawBulkMBps:0.00}x raw (>= 0.8); guest data {f.BulkGuestMBps:0} MB/s");
+                Console.WriteLine($"{"",-10} targets: seal {(double.IsNaN(sealRatio) ? "n/a" : $"{sealRatio:0.00}x raw")} (>= 0.8), page-in p50 {f.PageInP50Us / f.RawRoundTripP50Us:0.00}x raw (<= 1.3), bulk {f.BulkMBps / f.RawBulkMBps:0.00}x raw (>= 0.8); guest data {f.BulkGuestMBps:0} MB/s");
             }
             return 0;
         });
