@@ -132,7 +132,7 @@ public readonly ref struct PageFrame
         var at = HeaderSize;
         for (var i = 0; i < header.Count; i++)
         {
-            var page = ReadRecord(frame[at..], $"page record {i} of {header.Count}");
+            var page = ReadRecord(frame[at..], i, header.Count);
             pages.Add(page);
             at += page.WireSize;
         }
@@ -143,28 +143,31 @@ public readonly ref struct PageFrame
         return pages;
     }
 
-    /// <summary>One page record (its wire form) at the start of <paramref name="data"/>, as a slice of it.</summary>
-    public static PageRecord ReadRecord(ReadOnlyMemory<byte> data, string what = "page record")
+    /// <summary>One page record (its wire form) at the start of <paramref name="data"/>, as a slice of it;
+    /// <paramref name="index"/> of <paramref name="count"/> only names it in errors.</summary>
+    public static PageRecord ReadRecord(ReadOnlyMemory<byte> data, int index = 0, int count = 1)
     {
+        // Formatted only on failure: this runs for every page of every bulk message.
+        string What() => count == 1 ? "page record" : $"page record {index} of {count}";
         var span = data.Span;
         if (span.Length < PageRecord.HeaderSize)
         {
-            throw new InvalidDataException($"{what} is truncated");
+            throw new InvalidDataException($"{What()} is truncated");
         }
         var c = (PageClass)span[0];
         if (c is not (PageClass.Zero or PageClass.Plain or PageClass.Sealed))
         {
-            throw new InvalidDataException($"{what} has unknown class {span[0]}");
+            throw new InvalidDataException($"{What()} has unknown class {span[0]}");
         }
         if (span[1] != 0 || span[2] != 0 || span[3] != 0)
         {
             // Reserved bytes are outside the seal: refusing non-zero ones leaves no bit unchecked.
-            throw new InvalidDataException($"{what} has non-zero reserved bytes");
+            throw new InvalidDataException($"{What()} has non-zero reserved bytes");
         }
         var size = PageRecord.BodySize(c);
         if (span.Length < PageRecord.HeaderSize + size)
         {
-            throw new InvalidDataException($"{what} is truncated");
+            throw new InvalidDataException($"{What()} is truncated");
         }
         return new PageRecord(c, BinaryPrimitives.ReadUInt64LittleEndian(span[8..]), BinaryPrimitives.ReadUInt64LittleEndian(span[16..]),
             BinaryPrimitives.ReadUInt32LittleEndian(span[4..]), data.Slice(PageRecord.HeaderSize, size));
