@@ -101,11 +101,12 @@ public static class BenchCommand
         var mib = new Option<int>("--mib") { Description = "Guest memory to store in bulk, in MiB", DefaultValueFactory = _ => 256 };
         var pageIns = new Option<int>("--page-ins") { Description = "Page-ins per in-flight level (at least 100 x in-flight)", DefaultValueFactory = _ => 3000 };
         var window = new Option<int>("--window") { Description = "Bulk messages in flight", DefaultValueFactory = _ => 16 };
+        var messageKib = new Option<int>("--message-kib") { Description = "Bulk message size (ours and raw alike)", DefaultValueFactory = _ => 1024 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object with a modes array" };
         var command = new Command("paging",
             "Per mode: seal/open vs raw AesGcm, page-in latency vs a raw RabbitMQ round trip, bulk store vs raw publishing, CPU s/GiB per role")
         {
-            mode, mib, pageIns, window, json,
+            mode, mib, pageIns, window, messageKib, json,
         };
         command.SetAction(async (parse, ct) =>
         {
