@@ -24,18 +24,23 @@ public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, P
         _ => PageClass.Plain,
     };
 
-    public PageRecord Encode(ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page) => WireClass(classified) switch
+    /// <summary>One page as a record of its own (page-out, tests); the bulk path uses EncodeInto.</summary>
+    public PageRecord Encode(ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page)
     {
-        PageClass.Zero => PageRecord.Zero(pfn, version),
-        PageClass.Plain => new PageRecord(PageClass.Plain, pfn, version, 0, page.ToArray()),
-        _ => (sealer ?? throw new InvalidOperationException($"{mode} mode sealing needs a sealer")).Seal(pfn, version, page),
-    };
+        var bytes = new byte[PageRecord.HeaderSize + PageRecord.BodySize(WireClass(classified))];
+        EncodeInto(bytes, pfn, version, classified, page);
+        return PageFrame.ReadRecord(bytes);
+    }
 
     /// <summary>Encodes a page's wire form (record header and body) straight into <paramref name="destination"/>;
     /// returns the bytes written. The bulk path builds whole frames this way, without a copy per page.</summary>
     public int EncodeInto(Span<byte> destination, ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page)
     {
         var wire = WireClass(classified);
+        if (wire == PageClass.Sealed && sealer is null)
+        {
+            throw new InvalidOperationException($"{mode} mode sealing needs a sealer");
+        }
         var size = PageRecord.HeaderSize + PageRecord.BodySize(wire);
         PageFrame.WritePageHeader(destination, wire, pfn, version, wire == PageClass.Sealed ? sealer!.Epoch : 0);
         var body = destination[PageRecord.HeaderSize..size];
@@ -45,7 +50,7 @@ public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, P
                 page.CopyTo(body);
                 break;
             case PageClass.Sealed:
-                (sealer ?? throw new InvalidOperationException($"{mode} mode sealing needs a sealer")).SealInto(pfn, version, page, body);
+                sealer!.SealInto(pfn, version, page, body);
                 break;
         }
         return size;

@@ -129,31 +129,34 @@ public sealed class PageClient : IAsyncDisposable
     /// <summary>Stores a batch and returns once the memory server has it (its ack, not just the
     /// broker's confirm): only then may the sender let the pages go.</summary>
     public Task StoreAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
-        SendPagesAsync(FrameKind.Store, host, vm, pages, ct);
+        SendBatchAsync(FrameKind.Store, host, vm, Batch(pages), ct);
 
     /// <summary>Stores a batch built in place (the bulk path); returns once the memory server has it.</summary>
-    public async Task StoreAsync(string host, Guid vm, PageBatch batch, CancellationToken ct = default)
-    {
-        var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(FrameKind.Store, vm, id), BulkTimeout, ct);
-        if (PageFrame.Parse(reply).Count != batch.Count)
-        {
-            throw new PageProtocolException(PageError.Internal, host, $"stored {PageFrame.Parse(reply).Count} of {batch.Count} pages");
-        }
-    }
+    public Task StoreAsync(string host, Guid vm, PageBatch batch, CancellationToken ct = default) =>
+        SendBatchAsync(FrameKind.Store, host, vm, batch, ct);
 
     /// <summary>A page-out: returns once the memory server has stored the pages.</summary>
     public Task PageOutAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
-        SendPagesAsync(FrameKind.PageOut, host, vm, pages, ct);
+        SendBatchAsync(FrameKind.PageOut, host, vm, Batch(pages), ct);
 
-    private async Task SendPagesAsync(FrameKind kind, string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct)
+    private static PageBatch Batch(IReadOnlyList<PageRecord> pages)
+    {
+        var batch = new PageBatch(PageFrame.PagesSize(pages));
+        foreach (var page in pages)
+        {
+            batch.Advance(PageFrame.WritePage(batch.Next, page));
+        }
+        return batch;
+    }
+
+    private async Task SendBatchAsync(FrameKind kind, string host, Guid vm, PageBatch batch, CancellationToken ct)
     {
         var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.BuildPages(kind, vm, id, pages), BulkTimeout, ct);
-        var ack = PageFrame.Parse(reply);
-        if (ack.Count != pages.Count)
+        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(kind, vm, id), BulkTimeout, ct);
+        var stored = PageFrame.Parse(reply).Count;
+        if (stored != batch.Count)
         {
-            throw new PageProtocolException(PageError.Internal, host, $"stored {ack.Count} of {pages.Count} pages");
+            throw new PageProtocolException(PageError.Internal, host, $"stored {stored} of {batch.Count} pages");
         }
     }
 
