@@ -11,8 +11,8 @@ namespace SEmigrate.Workers.Bench;
 
 /// <summary>`semigrate bench paging`: for each mode, in one run, sealing against raw AesGcm, page-in
 /// against a raw RabbitMQ.Client round trip of the same sizes, bulk store against raw publishing with
-/// the same message size and confirms, and CPU seconds per GiB at the sender, the memory server (a
-/// separate process) and the broker.</summary>
+/// the same message size and confirms (both timed until the consumer has the last message), and CPU
+/// seconds per GiB at the sender, the memory server (a separate process) and the broker.</summary>
 public sealed class PagingBench(IConnection connection, PagingBench.Settings settings, Action<string> progress)
 {
     private (double Seal, double RawSeal, double Open, double RawOpen)? crypto;

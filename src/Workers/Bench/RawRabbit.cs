@@ -74,22 +74,36 @@ public static class RawRabbit
     }
 
     /// <summary>Publishes <paramref name="messages"/> messages of <paramref name="size"/> bytes with
-    /// publisher confirms, <paramref name="window"/> outstanding; returns seconds.</summary>
+    /// publisher confirms, <paramref name="window"/> outstanding, and returns the seconds until the echo
+    /// server has received the last of them: the point at which the page protocol counts a batch as
+    /// stored. A confirm alone only says the broker queued it, so timing confirms would let raw run
+    /// ahead of its consumer. The last message asks for a reply; one consumer takes a queue in order,
+    /// so that reply means every message before it was delivered.</summary>
     public static async Task<double> BulkAsync(IConnection connection, string queue, int size, int messages, int window, CancellationToken ct)
     {
         await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(
             publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true, outstandingPublisherConfirmationsRateLimiter: null), ct);
+        var delivered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var consumer = new AsyncEventingBasicConsumer(channel);
+        consumer.ReceivedAsync += (_, _) =>
+        {
+            delivered.TrySetResult();
+            return Task.CompletedTask;
+        };
+        await channel.BasicConsumeAsync("amq.rabbitmq.reply-to", autoAck: true, consumer, ct);
         var body = new byte[size];
         Random.Shared.NextBytes(body);
         var clock = Stopwatch.StartNew();
         var next = 0;
         await Task.WhenAll(Enumerable.Range(0, window).Select(async _ =>
         {
-            while (Interlocked.Increment(ref next) <= messages)
+            while (Interlocked.Increment(ref next) < messages)
             {
                 await channel.BasicPublishAsync("", queue, false, new BasicProperties(), body, ct);
             }
         }));
+        await channel.BasicPublishAsync("", queue, false, new BasicProperties { ReplyTo = "amq.rabbitmq.reply-to" }, body, ct);
+        await delivered.Task.WaitAsync(TimeSpan.FromMinutes(5), ct);
         return clock.Elapsed.TotalSeconds;
     }
 

@@ -104,7 +104,7 @@ public static class BenchCommand
         var messageKib = new Option<int>("--message-kib") { Description = "Bulk message size (ours and raw alike)", DefaultValueFactory = _ => 1024 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object with a modes array" };
         var command = new Command("paging",
-            "Per mode: seal/open vs raw AesGcm, page-in latency vs a raw RabbitMQ round trip, bulk store vs raw publishing, CPU s/GiB per role")
+            "Per mode: seal/open vs raw AesGcm, page-in latency vs a raw RabbitMQ round trip, bulk store vs raw publishing to a consumer, CPU s/GiB per role")
         {
             mode, mib, pageIns, window, messageKib, json,
         };
