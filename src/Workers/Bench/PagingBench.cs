@@ -6,6 +6,7 @@ using SEmigrate.Contracts.Paging;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.MemoryServer.MainHost;
 using SEmigrate.Sealing;
+using SEmigrate.Workers.Processes;
 
 namespace SEmigrate.Workers.Bench;
 

@@ -12,16 +12,27 @@ public static class WorkerCommand
 {
     public static RootCommand AddWorkerCommand(this RootCommand root)
     {
-        var role = new Option<string>("--role") { Description = "sub: the memory server of a sub-host", Required = true };
-        role.AcceptOnlyFromAmong("sub");
+        var role = new Option<string>("--role")
+        {
+            Description = "source: introspects and sends a VM's pages; main: takes the VM over (and runs a memory server for its share); sub: the memory server of a sub-host",
+            Required = true,
+        };
+        role.AcceptOnlyFromAmong(RoleRegistration.Roles);
         var host = new Option<string>("--host") { Description = "This host's name (its queues are named after it)", Required = true };
-        var store = new Option<DirectoryInfo?>("--store") { Description = "sub: keep pages in files in this folder (default: in memory)" };
-        var capacity = new Option<long?>("--capacity-pages") { Description = "sub: how many 4 KiB pages it may hold (default 262144 = 1 GiB)" };
-        var command = new Command("worker", "Run this host's worker process for a role until stopped (Ctrl+C)") { role, host, store, capacity };
+        var state = new Option<DirectoryInfo?>("--state") { Description = "Where this host keeps its state (default /opt/semigrate/hosts/NAME)" };
+        var store = new Option<DirectoryInfo?>("--store") { Description = "main, sub: keep pages in files in this folder (default: in memory)" };
+        var capacity = new Option<long?>("--capacity-pages") { Description = "main, sub: how many 4 KiB pages the memory server may hold (default 262144 = 1 GiB)" };
+        var command = new Command("worker", "Run this host's worker process for a role until stopped (Ctrl+C)") { role, host, state, store, capacity };
         command.SetAction(async (parse, ct) =>
         {
+            var (r, name) = (parse.GetValue(role)!, parse.GetValue(host)!);
+            if (name.Length == 0 || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')))
+            {
+                await Console.Error.WriteLineAsync($"semigrate: --host {name}: use letters, digits, '-', '_' and '.' only");
+                return 2;
+            }
             var builder = SemigrateHost.CreateBuilder();
-            var overrides = new Dictionary<string, string?> { [$"{MemoryServerOptions.Section}:Host"] = parse.GetValue(host) };
+            var overrides = new Dictionary<string, string?> { [$"{MemoryServerOptions.Section}:Host"] = name };
             if (parse.GetValue(store) is { } folder)
             {
                 overrides[$"{MemoryServerOptions.Section}:StoreFolder"] = folder.FullName;
@@ -32,12 +43,20 @@ public static class WorkerCommand
             }
             builder.Configuration.AddInMemoryCollection(overrides);
             builder.Services.AddOptions<MemoryServerOptions>().BindConfiguration(MemoryServerOptions.Section)
-                .Validate(o => !string.IsNullOrWhiteSpace(o.Host) && !o.Host.Contains(' ', StringComparison.Ordinal), "MemoryServer:Host must be a name without spaces")
                 .Validate(o => o.CapacityPages > 0, "MemoryServer:CapacityPages must be positive")
                 .ValidateOnStart();
-            builder.Services.AddHostedService<MemoryServerWorker>();
+            var stateDirectory = parse.GetValue(state)?.FullName ?? Path.Combine("/opt/semigrate/hosts", name);
+            Directory.CreateDirectory(stateDirectory);
+            builder.AddHostRole(r, name, stateDirectory);
             using var app = builder.Build();
-            await app.RunAsync(ct);
+            await app.StartAsync(ct);
+            if (app.Services.GetService<MemoryServerWorker>() is { } memoryServer)
+            {
+                await memoryServer.Ready;
+            }
+            // The ready line: the demo, the tests and scripts wait for it.
+            Console.WriteLine($"worker {name} ({r}) ready");
+            await app.WaitForShutdownAsync(ct);
             return 0;
         });
         root.Subcommands.Add(command);

@@ -12,15 +12,35 @@ namespace SEmigrate.Workers.Roles;
 public sealed class MemoryServerWorker(
     IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, ILogger<MemoryServerWorker> logger) : BackgroundService
 {
+    private readonly TaskCompletionSource ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes once the server takes requests (fails if it could not start).</summary>
+    public Task Ready => ready.Task;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var o = options.Value;
         var factory = new ConnectionFactory { Uri = rabbit.Value.Uri!, ClientProvidedName = $"memory server {o.Host}" };
-        await using var connection = await factory.CreateConnectionAsync(stoppingToken);
-        using IPageStore store = o.StoreFolder is { Length: > 0 } folder ? new FilePageStore(folder, o.CapacityPages) : new InMemoryPageStore(o.CapacityPages);
-        await using var server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken);
+        IConnection connection;
+        IPageStore store;
+        PageServer server;
+        try
+        {
+            connection = await factory.CreateConnectionAsync(stoppingToken);
+            store = o.StoreFolder is { Length: > 0 } folder ? new FilePageStore(folder, o.CapacityPages) : new InMemoryPageStore(o.CapacityPages);
+            server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken);
+        }
+        catch (Exception e)
+        {
+            ready.TrySetException(e);
+            throw;
+        }
+        await using var closeConnection = connection;
+        using var closeStore = store;
+        await using var closeServer = server;
         // The ready line: scripts and the benchmark wait for it.
         Console.WriteLine($"memory server {o.Host} ready");
+        ready.TrySetResult();
         try
         {
             await Task.Delay(Timeout.Infinite, stoppingToken);

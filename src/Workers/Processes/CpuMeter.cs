@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 
-namespace SEmigrate.Workers.Bench;
+namespace SEmigrate.Workers.Processes;
 
 /// <summary>CPU seconds (user + system) a process has used so far, from /proc/PID/stat.</summary>
 public static class CpuMeter

@@ -1,0 +1,47 @@
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Contracts.Paging;
+using SEmigrate.MemoryServer;
+using SEmigrate.MemoryServer.Client;
+using SEmigrate.Sealing;
+using Temporalio.Activities;
+using Temporalio.Exceptions;
+
+namespace SEmigrate.Activities;
+
+/// <summary>A destination's steps (main host or sub-host): serve a VM's pages on this host's memory
+/// server, and release them. The main host also hands out its public key here, for the data key.</summary>
+public sealed class PagingActivities(HostContext host, PageClient client, HostKeyPair? mainHostKeys = null)
+{
+    [Activity("StartPaging")]
+    public async Task<PagingStarted> StartPagingAsync(StartPaging input)
+    {
+        CheckHost(input.Host);
+        var serverKey = await client.StartVmAsync(host.Host, input.Vm, input.Mode, input.ExpectedPages, Token);
+        return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey);
+    }
+
+    /// <summary>Idempotent: a VM this host does not serve has nothing to release.</summary>
+    [Activity("ReleasePaging")]
+    public async Task<PagingReleased> ReleasePagingAsync(ReleasePaging input)
+    {
+        CheckHost(input.Host);
+        try
+        {
+            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, Token));
+        }
+        catch (PageProtocolException e) when (e.Code == PageError.UnknownVm)
+        {
+            return new PagingReleased(host.Host, 0);
+        }
+    }
+
+    private static CancellationToken Token => ActivityExecutionContext.HasCurrent ? ActivityExecutionContext.Current.CancellationToken : CancellationToken.None;
+
+    private void CheckHost(string wanted)
+    {
+        if (wanted != host.Host)
+        {
+            throw new ApplicationFailureException($"a step for host {wanted} reached host {host.Host}", nonRetryable: true);
+        }
+    }
+}

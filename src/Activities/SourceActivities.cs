@@ -1,0 +1,265 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using MassTransit;
+using Microsoft.Extensions.Logging;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Contracts.Paging;
+using SEmigrate.Guest.Memory;
+using SEmigrate.Introspection;
+using SEmigrate.Introspection.Classification;
+using SEmigrate.Introspection.Kernel;
+using SEmigrate.MemoryServer.Client;
+using SEmigrate.Sealing;
+using Temporalio.Activities;
+using Temporalio.Exceptions;
+
+namespace SEmigrate.Activities;
+
+/// <summary>The source host's steps: introspect and classify the guest, seal and send each destination's
+/// pages, wrap the data key for the main host, and let the VM go. Page data and keys stay here; the
+/// steps take and return small records and file references.</summary>
+public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, ILogger<SourceActivities> logger)
+{
+    /// <summary>Pages per chunk for placement; large VMs get larger chunks so the list stays small.</summary>
+    private const int MaxChunks = 4096;
+    private const int BatchBytes = 1 << 20;
+    private const int Window = 8;
+    private static readonly TimeSpan HeartbeatEvery = TimeSpan.FromMilliseconds(250);
+    private readonly ConcurrentDictionary<(Guid, string), SemaphoreSlim> transfers = new();
+
+    [Activity("Introspect")]
+    public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input) => IntrospectAsync(input, ActivityExecutionContext.Current.CancellationToken);
+
+    public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input, CancellationToken ct) => Task.Run(() =>
+    {
+        var guest = LoadGuest(input.GuestDir);
+        var layout = KernelLayout.Load(guest.KernelPath);
+        using var memory = GuestMemory.Open(guest.DumpPath);
+        ct.ThrowIfCancellationRequested();
+        var found = GuestIntrospection.Run(memory, layout);
+        var map = Classifier.Classify(memory, found, input.PlainProcesses.ToHashSet(StringComparer.Ordinal));
+        var state = State(input.MigrationId);
+        map.Save(state.MapPath);
+        if (!File.Exists(state.KeyPath))
+        {
+            using var key = DataKey.Generate();
+            key.Save(state.KeyPath); // generated here, at the source; it leaves only wrapped for the main host
+        }
+
+        var chunkPages = (int)Math.Max(512, (map.PfnLimit + MaxChunks - 1) / MaxChunks);
+        var chunks = new int[(map.PfnLimit + (ulong)chunkPages - 1) / (ulong)chunkPages];
+        for (ulong pfn = 0; pfn < map.PfnLimit; pfn++)
+        {
+            if (map.IsGuestPage(pfn))
+            {
+                chunks[pfn / (ulong)chunkPages]++;
+            }
+        }
+        logger.LogInformation("introspected VM {Vm}: {Zero} zero, {Plain} plain, {Sealed} sealed pages", input.Vm, map.Zero, map.Plain, map.Sealed);
+        return new IntrospectionResult(new PageCounts((long)map.Zero, (long)map.Plain, (long)map.Sealed), (long)map.PfnLimit,
+            found.Tasks.Count, found.Processes.Count, found.Diagnostics, state.MapPath, chunkPages, chunks);
+    }, ct);
+
+    [Activity("TransferPages")]
+    public Task<TransferResult> TransferAsync(TransferPages input) => TransferAsync(input, ActivityExecutionContext.Current.CancellationToken);
+
+    /// <summary>Seals (by mode) and sends one assignment's pages, a window of batches in flight. It
+    /// resumes from the furthest point it knows was confirmed (the caller's, Temporal's last heartbeat,
+    /// its own checkpoint file) and sends nothing below it again; storing a page twice is harmless.</summary>
+    public async Task<TransferResult> TransferAsync(TransferPages input, CancellationToken ct)
+    {
+        var a = input.Assignment;
+        // One transfer per destination at a time: a request redelivered after a crash waits for the
+        // retry running now and then finds the work done.
+        var gate = transfers.GetOrAdd((input.MigrationId, a.Host), _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(ct);
+        try
+        {
+            var state = State(input.MigrationId);
+            var (confirmed, sentBefore) = state.Checkpoint(a.Host);
+            var heartbeat = await LastHeartbeatAsync();
+            var resume = Math.Max(Math.Max(a.FirstPfn, input.ResumeFrom), Math.Max(confirmed, heartbeat?.NextPfn ?? 0));
+            sentBefore = Math.Max(sentBefore, resume);
+
+            var guest = LoadGuest(input.GuestDir);
+            var map = ClassificationMap.Load(input.MapPath);
+            using var memory = GuestMemory.Open(guest.DumpPath);
+            using var key = state.LoadKey();
+            using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
+            var codec = new PageCodec(input.Mode, input.Vm, sealer, null);
+            if (input.Mode == MigrationMode.AllEnc)
+            {
+                var hostKey = input.ChannelKeyFor ?? throw new ApplicationFailureException("allenc needs the host's server key", nonRetryable: true);
+                await client.SendChannelKeyAsync(a.Host, input.Vm, KeyWrap.Wrap(key, hostKey, $"allenc-channel|{input.Vm:N}|{a.Host}"), ct);
+            }
+
+            var total = a.Pages;
+            var pagesBelowResume = CountGuestPages(map, a.FirstPfn, resume);
+            var progress = new Progress(resume, pagesBelowResume);
+            var zeros = new byte[PageRecord.PageSize];
+            using var window = new SemaphoreSlim(Window);
+            var inFlight = new List<Task>();
+            var batch = new PageBatch(BatchBytes);
+            var batchStart = resume;
+            long resent = 0, bytes = 0;
+            var clock = Stopwatch.StartNew();
+            for (var pfn = resume; pfn < a.EndPfn; pfn++)
+            {
+                ct.ThrowIfCancellationRequested();
+                if (map.IsGuestPage((ulong)pfn))
+                {
+                    var classified = map[(ulong)pfn];
+                    var page = memory.IsPresent((ulong)pfn) ? memory.Page((ulong)pfn) : zeros; // missing from the dump: classified sealed
+                    batch.Advance(codec.EncodeInto(batch.Next, (ulong)pfn, 1, classified, page));
+                    if (pfn < sentBefore)
+                    {
+                        resent++;
+                    }
+                }
+                if (batch.IsFull || (pfn + 1 == a.EndPfn && batch.Count > 0))
+                {
+                    var (send, from, to) = (batch, batchStart, pfn + 1);
+                    bytes += send.Length;
+                    progress.Sent(from, to);
+                    await window.WaitAsync(ct);
+                    inFlight.Add(SendAsync(send, from, to));
+                    (batch, batchStart) = (new PageBatch(BatchBytes), pfn + 1);
+                }
+            }
+            await Task.WhenAll(inFlight);
+            await ReportAsync(force: true);
+            logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s ({Resent} resent)",
+                input.Vm, a.Host, total, bytes, clock.Elapsed.TotalSeconds, resent);
+            return new TransferResult(a.Host, total, bytes, resent, input.Attempt);
+
+            async Task SendAsync(PageBatch send, long from, long to)
+            {
+                try
+                {
+                    await client.StoreAsync(a.Host, input.Vm, send, ct);
+                    progress.Confirmed(from, to, send.Count);
+                    await ReportAsync(force: false);
+                }
+                finally
+                {
+                    window.Release();
+                }
+            }
+
+            async Task ReportAsync(bool force)
+            {
+                if (!progress.TryTakeReport(force, HeartbeatEvery, out var next, out var sent, out var done))
+                {
+                    return;
+                }
+                state.SaveCheckpoint(a.Host, next, Math.Max(sent, sentBefore));
+                var beat = new TransferProgress(input.MigrationId, a.Host, next, done, total, bytes);
+                if (ActivityExecutionContext.HasCurrent)
+                {
+                    ActivityExecutionContext.Current.Heartbeat(beat);
+                }
+                await publish.Publish(beat, ct);
+            }
+        }
+        finally
+        {
+            gate.Release();
+        }
+    }
+
+    [Activity("WrapKey")]
+    public Task<KeyWrapped> WrapKeyAsync(WrapKey input)
+    {
+        using var key = State(input.MigrationId).LoadKey();
+        return Task.FromResult(new KeyWrapped(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main))));
+    }
+
+    [Activity("ReleaseSource")]
+    public Task<SourceReleased> ReleaseSourceAsync(ReleaseSource input)
+    {
+        State(input.MigrationId).Release();
+        logger.LogInformation(input.VmLeft ? "VM {Vm} left this host: its migration key is gone" : "VM {Vm} stays on this host: migration {Migration} undone",
+            input.Vm, input.MigrationId);
+        return Task.FromResult(new SourceReleased(input.VmLeft));
+    }
+
+    /// <summary>What the wrapped data key is bound to: a wrap for another migration or host does not open.</summary>
+    public static string KeyContext(Guid migrationId, string main) => $"semigrate-data-key|{migrationId:N}|{main}";
+
+    private SourceState State(Guid migrationId) => new(host.MigrationDirectory(migrationId));
+
+    /// <summary>A guest folder as `semigrate guest boot` leaves it: the memory dump and the kernel.</summary>
+    private static (string DumpPath, string KernelPath) LoadGuest(string dir)
+    {
+        var (dump, kernel) = (Path.Combine(dir, "memory.elf"), Path.Combine(dir, "vmlinuz"));
+        foreach (var path in new[] { dump, kernel }.Where(p => !File.Exists(p)))
+        {
+            throw new ApplicationFailureException($"{path} does not exist: not a guest made by `semigrate guest boot`", nonRetryable: true);
+        }
+        return (dump, kernel);
+    }
+
+    private static long CountGuestPages(ClassificationMap map, long from, long to)
+    {
+        long n = 0;
+        for (var pfn = from; pfn < to; pfn++)
+        {
+            n += map.IsGuestPage((ulong)pfn) ? 1 : 0;
+        }
+        return n;
+    }
+
+    private static async Task<TransferProgress?> LastHeartbeatAsync() =>
+        ActivityExecutionContext.HasCurrent && ActivityExecutionContext.Current.Info.HeartbeatDetails.Count > 0
+            ? await ActivityExecutionContext.Current.Info.HeartbeatDetailAtAsync<TransferProgress>(0)
+            : null;
+
+    /// <summary>Which batches are out and which are stored: the confirmed point only moves over a
+    /// contiguous run of stored batches, since they complete out of order.</summary>
+    private sealed class Progress(long resume, long pagesBefore)
+    {
+        private readonly SortedDictionary<long, (long End, bool Stored)> batches = [];
+        private readonly Stopwatch sinceReport = Stopwatch.StartNew();
+        private long next = resume;
+        private long sent = resume;
+        private long pagesDone = pagesBefore;
+
+        public void Sent(long from, long to)
+        {
+            lock (batches)
+            {
+                batches[from] = (to, false);
+                sent = Math.Max(sent, to);
+            }
+        }
+
+        public void Confirmed(long from, long to, int pages)
+        {
+            lock (batches)
+            {
+                batches[from] = (to, true);
+                pagesDone += pages;
+                while (batches.Count > 0 && batches.First() is var (start, (end, stored)) && stored && start <= next)
+                {
+                    next = Math.Max(next, end);
+                    batches.Remove(start);
+                }
+            }
+        }
+
+        public bool TryTakeReport(bool force, TimeSpan every, out long confirmedNext, out long sentThrough, out long done)
+        {
+            lock (batches)
+            {
+                (confirmedNext, sentThrough, done) = (next, sent, pagesDone);
+                if (!force && sinceReport.Elapsed < every)
+                {
+                    return false;
+                }
+                sinceReport.Restart();
+                return true;
+            }
+        }
+    }
+}

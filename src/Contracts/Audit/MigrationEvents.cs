@@ -1,0 +1,42 @@
+using System.Text.Json.Serialization;
+using SEmigrate.Contracts.Migration;
+
+namespace SEmigrate.Contracts.Audit;
+
+/// <summary>A migration's lifecycle event: published with MassTransit, appended to the migration's
+/// Marten stream (stream id = MigrationId). The JSON type names let one workflow activity carry any
+/// of them.</summary>
+[JsonPolymorphic(TypeDiscriminatorPropertyName = "$event")]
+[JsonDerivedType(typeof(MigrationRequested), nameof(MigrationRequested))]
+[JsonDerivedType(typeof(GuestIntrospected), nameof(GuestIntrospected))]
+[JsonDerivedType(typeof(PagesClassified), nameof(PagesClassified))]
+[JsonDerivedType(typeof(PagesPlaced), nameof(PagesPlaced))]
+[JsonDerivedType(typeof(PagingServersStarted), nameof(PagingServersStarted))]
+[JsonDerivedType(typeof(DestinationTransferred), nameof(DestinationTransferred))]
+[JsonDerivedType(typeof(MigrationSwitchedOver), nameof(MigrationSwitchedOver))]
+[JsonDerivedType(typeof(MigrationCompensated), nameof(MigrationCompensated))]
+[JsonDerivedType(typeof(MigrationRefused), nameof(MigrationRefused))]
+public interface IMigrationEvent
+{
+    Guid MigrationId { get; }
+
+    DateTimeOffset At { get; }
+}
+
+public sealed record MigrationRequested(Guid MigrationId, Guid Vm, string Source, string Main, IReadOnlyList<string> SubHosts, string Mode, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record GuestIntrospected(Guid MigrationId, int Tasks, int Processes, IReadOnlyList<string> Diagnostics, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record PagesClassified(Guid MigrationId, long Zero, long Plain, long Sealed, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record PagesPlaced(Guid MigrationId, IReadOnlyList<Assignment> Assignments, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record PagingServersStarted(Guid MigrationId, IReadOnlyList<string> Hosts, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record DestinationTransferred(Guid MigrationId, string Host, long Pages, long Bytes, long ResentPages, int Attempts, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long LocalPages, long RemotePages, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationCompensated(Guid MigrationId, string Reason, IReadOnlyList<string> ReleasedHosts, DateTimeOffset At) : IMigrationEvent;
+
+public sealed record MigrationRefused(Guid MigrationId, string Reason, DateTimeOffset At) : IMigrationEvent;

@@ -1,0 +1,26 @@
+namespace SEmigrate.Contracts.Migration;
+
+/// <summary>Where a migration is.</summary>
+public enum MigrationState
+{
+    Requested,
+    Introspected,
+    Placed,
+    PagingStarted,
+    Transferring,
+    SwitchedOver,
+    Compensated,
+    Refused,
+}
+
+/// <summary>How a migration ended: switched over, or compensated / refused with the reason
+/// (the VM then keeps running at the source).</summary>
+public sealed record MigrationOutcome(
+    Guid MigrationId, MigrationState State, string? Reason, PageCounts? Pages,
+    IReadOnlyList<TransferResult> Transfers, PlacementPlan? Placement, SwitchedOverResult? SwitchOver);
+
+/// <summary>The progress query's answer: the state and each finished transfer.</summary>
+public sealed record MigrationProgress(Guid MigrationId, MigrationState State, IReadOnlyList<TransferResult> Transfers, string? Reason);
+
+/// <summary>The query/cancel signal's argument.</summary>
+public sealed record CancelMigration(string Reason);

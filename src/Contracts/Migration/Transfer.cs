@@ -1,0 +1,15 @@
+namespace SEmigrate.Contracts.Migration;
+
+/// <summary>At the source: seal (by mode) and send the pages of one assignment to its host.
+/// <paramref name="ResumeFrom"/> is the first page not yet confirmed by an earlier attempt (0 at first);
+/// <paramref name="ChannelKeyFor"/> is the host's public key in the allenc baseline only.</summary>
+public sealed record TransferPages(
+    Guid MigrationId, Guid Vm, string GuestDir, string MapPath, MigrationMode Mode, Assignment Assignment,
+    long ResumeFrom, int Attempt, byte[]? ChannelKeyFor);
+
+/// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host.</summary>
+public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes);
+
+/// <summary>A finished transfer. <paramref name="ResentPages"/> counts pages sent by earlier attempts
+/// that this one sent again (bounded by the batches in flight when the earlier one died).</summary>
+public sealed record TransferResult(string Host, long Pages, long Bytes, long ResentPages, int Attempts);

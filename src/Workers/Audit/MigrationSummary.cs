@@ -1,0 +1,34 @@
+using Marten.Events.Aggregation;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+
+namespace SEmigrate.Workers.Audit;
+
+/// <summary>A migration as `semigrate status` shows it: the read model of its event stream.</summary>
+public sealed record MigrationSummary(
+    Guid Id, Guid Vm, string Source, string Main, IReadOnlyList<string> SubHosts, string Mode, MigrationState State,
+    DateTimeOffset RequestedAt, DateTimeOffset UpdatedAt, PageCounts? Pages, IReadOnlyList<DestinationTransferred> Transfers, string? Reason);
+
+/// <summary>Builds <see cref="MigrationSummary"/> from one migration's stream, inline: it is updated in
+/// the same transaction as the events it reads.</summary>
+public sealed class MigrationSummaryProjection : SingleStreamProjection<MigrationSummary, Guid>
+{
+    public static MigrationSummary Create(MigrationRequested e) =>
+        new(e.MigrationId, e.Vm, e.Source, e.Main, e.SubHosts, e.Mode, MigrationState.Requested, e.At, e.At, null, [], null);
+
+    public static MigrationSummary Apply(GuestIntrospected e, MigrationSummary s) => s with { State = MigrationState.Introspected, UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(PagesClassified e, MigrationSummary s) => s with { Pages = new PageCounts(e.Zero, e.Plain, e.Sealed), UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(PagesPlaced e, MigrationSummary s) => s with { State = MigrationState.Placed, UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(PagingServersStarted e, MigrationSummary s) => s with { State = MigrationState.Transferring, UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(DestinationTransferred e, MigrationSummary s) => s with { Transfers = [.. s.Transfers, e], UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(MigrationSwitchedOver e, MigrationSummary s) => s with { State = MigrationState.SwitchedOver, UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(MigrationCompensated e, MigrationSummary s) => s with { State = MigrationState.Compensated, Reason = e.Reason, UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(MigrationRefused e, MigrationSummary s) => s with { State = MigrationState.Refused, Reason = e.Reason, UpdatedAt = e.At };
+}

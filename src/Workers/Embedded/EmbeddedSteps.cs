@@ -1,0 +1,105 @@
+using MassTransit;
+using Microsoft.Extensions.Logging;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Embedded;
+
+/// <summary>The embedded engine: the migration procedure's steps as MassTransit requests to the worker
+/// of the host each must run on, with the same retry policy, timeouts and heartbeat timeout Temporal
+/// would apply. A retried transfer resumes from its last heartbeat. Not durable: if this process dies,
+/// the migration stops (the hosts keep what they have; Temporal is the durable engine).</summary>
+public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, TransferWatch watch, StepPolicies policies, ILogger<EmbeddedSteps> logger)
+    : IMigrationSteps
+{
+    public DateTimeOffset UtcNow => DateTimeOffset.UtcNow;
+
+    public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
+
+    public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
+        RunAsync<IntrospectGuest, IntrospectionResult>(host, "introspect", _ => input, policies.Introspect, ct);
+
+    public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
+        RunAsync<StartPaging, PagingStarted>(host, "start paging", _ => input, policies.Quick, ct);
+
+    public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
+        RunAsync<TransferPages, TransferResult>(host, $"transfer to {input.Assignment.Host}",
+            attempt => input with { Attempt = attempt, ResumeFrom = Math.Max(input.ResumeFrom, watch.Last(input.MigrationId, input.Assignment.Host)?.Progress.NextPfn ?? 0) },
+            policies.Transfer, ct, () => watch.Last(input.MigrationId, input.Assignment.Host)?.At);
+
+    public Task<KeyWrapped> WrapKeyAsync(string host, WrapKey input, CancellationToken ct) =>
+        RunAsync<WrapKey, KeyWrapped>(host, "wrap key", _ => input, policies.Quick, ct);
+
+    public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
+        RunAsync<SwitchOver, SwitchedOverResult>(host, "switch over", _ => input, policies.SwitchOver, ct);
+
+    public Task<PagingReleased> ReleasePagingAsync(string host, ReleasePaging input, CancellationToken ct) =>
+        RunAsync<ReleasePaging, PagingReleased>(host, "release", _ => input, policies.Quick, ct);
+
+    public Task<SourceReleased> ReleaseSourceAsync(string host, ReleaseSource input, CancellationToken ct) =>
+        RunAsync<ReleaseSource, SourceReleased>(host, "release source", _ => input, policies.Quick, ct);
+
+    public Task RecordAsync(IMigrationEvent e) => publish.Publish((object)e);
+
+    /// <summary>Also used by the demo and the tests for the main host's memory check.</summary>
+    public Task<MemoryVerified> VerifyAsync(string host, VerifyMemory input, CancellationToken ct) =>
+        RunAsync<VerifyMemory, MemoryVerified>(host, "verify memory", _ => input, policies.SwitchOver, ct);
+
+    private async Task<TOut> RunAsync<TIn, TOut>(string host, string step, Func<int, TIn> forAttempt, StepPolicy policy, CancellationToken ct,
+        Func<DateTime?>? lastHeartbeat = null)
+        where TIn : class
+        where TOut : class
+    {
+        var client = clients.CreateRequestClient<TIn>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(ms: (int)policy.Timeout.TotalMilliseconds));
+        string? last = null;
+        for (var attempt = 1; attempt <= policy.MaxAttempts; attempt++)
+        {
+            ct.ThrowIfCancellationRequested();
+            using var attemptCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var started = DateTime.UtcNow;
+            try
+            {
+                var request = client.GetResponse<TOut, StepRefused>(forAttempt(attempt), attemptCts.Token, RequestTimeout.After(ms: (int)policy.Timeout.TotalMilliseconds));
+                if (policy.Heartbeat is { } beat && lastHeartbeat is not null)
+                {
+                    // No heartbeat for that long, counted from this attempt's start: the attempt is dead.
+                    while (await Task.WhenAny(request, Task.Delay(TimeSpan.FromMilliseconds(500), ct)) != request)
+                    {
+                        var seen = lastHeartbeat() is { } at && at > started ? at : started;
+                        if (DateTime.UtcNow - seen > beat)
+                        {
+                            await attemptCts.CancelAsync();
+                            throw new TimeoutException($"no heartbeat from {host} for {beat.TotalSeconds:0} s");
+                        }
+                    }
+                }
+                var response = await request;
+                if (response.Is(out Response<StepRefused>? refused))
+                {
+                    throw new StepFailedException($"{step} at {host} refused: {refused.Message.Reason}");
+                }
+                return response.Is(out Response<TOut>? ok) ? ok.Message : throw new StepFailedException($"{step} at {host}: unexpected response");
+            }
+            catch (Exception e) when (e is RequestTimeoutException or RequestFaultException or TimeoutException
+                || (e is OperationCanceledException && !ct.IsCancellationRequested))
+            {
+                last = e switch
+                {
+                    RequestTimeoutException => $"host {host} did not answer within {policy.Timeout.TotalSeconds:0} s (down or unreachable)",
+                    RequestFaultException f => string.Join("; ", f.Fault?.Exceptions.Select(x => x.Message) ?? [f.Message]),
+                    _ => e.Message,
+                };
+                logger.LogWarning("{Step} at {Host}, attempt {Attempt} of {Max}: {Problem}", step, host, attempt, policy.MaxAttempts, last);
+                if (attempt < policy.MaxAttempts)
+                {
+                    await Task.Delay(policy.Backoff * attempt, ct);
+                }
+            }
+        }
+        throw new StepFailedException($"{step} at {host} failed after {policy.MaxAttempts} attempts: {last}");
+    }
+}
+
+/// <summary>A step that was refused or ran out of attempts; its message is the reason recorded.</summary>
+public sealed class StepFailedException(string message) : Exception(message);

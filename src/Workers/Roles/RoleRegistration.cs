@@ -1,0 +1,153 @@
+using JasperFx;
+using JasperFx.Events.Projections;
+using Marten;
+using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+using RabbitMQ.Client;
+using SEmigrate.Activities;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.MemoryServer.Client;
+using SEmigrate.Sealing;
+using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Settings;
+using SEmigrate.Workers.Steps;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Roles;
+
+/// <summary>What each process is made of. A host worker (source, main or sub) takes its steps on its
+/// host queue; main and sub run a memory server; the orchestrator (`migrate`, `demo`, the tests) runs
+/// the embedded engine, watches transfer heartbeats and appends the audit trail to Marten.</summary>
+public static class RoleRegistration
+{
+    public static readonly string[] Roles = ["source", "main", "sub"];
+
+    public static IHostApplicationBuilder AddHostRole(this IHostApplicationBuilder builder, string role, string host, string stateDirectory)
+    {
+        var context = new HostContext(host, stateDirectory);
+        builder.Services.AddSingleton(context);
+        builder.AddPagePath($"{role} worker {host}");
+        if (role is "main" or "sub")
+        {
+            builder.Services.AddSingleton<MemoryServerWorker>();
+            builder.Services.AddHostedService(sp => sp.GetRequiredService<MemoryServerWorker>());
+            builder.Services.AddSingleton<PagingActivities>();
+        }
+        switch (role)
+        {
+            case "source":
+                builder.Services.AddSingleton<SourceActivities>();
+                break;
+            case "main":
+                builder.Services.AddSingleton(_ => HostKeyPair.LoadOrCreate(Path.Combine(stateDirectory, "host.key")));
+                builder.Services.AddSingleton<MainHostVms>();
+                builder.Services.AddSingleton<MainHostActivities>();
+                break;
+        }
+        return builder.AddMessaging(
+            x =>
+            {
+                if (role == "source")
+                {
+                    x.AddConsumer<SourceStepsConsumer>();
+                }
+                else
+                {
+                    x.AddConsumer<PagingStepsConsumer>();
+                }
+                if (role == "main")
+                {
+                    x.AddConsumer<MainHostStepsConsumer>();
+                }
+            },
+            (bus, cfg) => cfg.ReceiveEndpoint(StepQueues.Host(host), e =>
+            {
+                // Transfers to every destination run at once at the source.
+                e.PrefetchCount = 16;
+                e.ConfigureConsumers(bus);
+            }));
+    }
+
+    /// <summary>The embedded engine and the auditor, in the process that runs migrations.</summary>
+    public static IHostApplicationBuilder AddOrchestrator(this IHostApplicationBuilder builder, StepPolicies policies)
+    {
+        builder.Services.AddSingleton(policies);
+        builder.Services.AddSingleton<TransferWatch>();
+        builder.Services.AddSingleton<EmbeddedSteps>();
+        builder.AddAuditTrail();
+        return builder.AddMessaging(
+            x =>
+            {
+                x.AddConsumer<TransferProgressConsumer>();
+                x.AddConsumer<MigrationAuditConsumer>();
+            },
+            (bus, cfg) =>
+            {
+                cfg.ReceiveEndpoint(new TemporaryEndpointDefinition("semigrate-progress"), e => e.ConfigureConsumer<TransferProgressConsumer>(bus));
+                cfg.ReceiveEndpoint(MigrationAuditConsumer.Queue, e =>
+                {
+                    e.PrefetchCount = 1;
+                    e.ConcurrentMessageLimit = 1;
+                    e.UseMessageRetry(r => r.Interval(10, TimeSpan.FromSeconds(1))); // in place: the order holds
+                    e.ConfigureConsumer<MigrationAuditConsumer>(bus);
+                });
+            });
+    }
+
+    /// <summary>Marten with the migration streams and their summaries; schema objects made on first use.</summary>
+    public static IHostApplicationBuilder AddAuditTrail(this IHostApplicationBuilder builder)
+    {
+        builder.Services.AddMarten(sp =>
+        {
+            var pg = sp.GetRequiredService<IOptions<PostgresOptions>>().Value;
+            var o = new StoreOptions();
+            o.Connection(pg.ConnectionString);
+            o.DatabaseSchemaName = pg.Schema;
+            o.AutoCreateSchemaObjects = AutoCreate.CreateOrUpdate;
+            o.Events.AddEventTypes([typeof(MigrationRequested), typeof(GuestIntrospected), typeof(PagesClassified), typeof(PagesPlaced),
+                typeof(PagingServersStarted), typeof(DestinationTransferred), typeof(MigrationSwitchedOver), typeof(MigrationCompensated), typeof(MigrationRefused)]);
+            o.Projections.Add<MigrationSummaryProjection>(ProjectionLifecycle.Inline);
+            return o;
+        }).UseLightweightSessions();
+        return builder;
+    }
+
+    /// <summary>The page path: one RabbitMQ.Client connection and a page client on it.</summary>
+    private static void AddPagePath(this IHostApplicationBuilder builder, string name)
+    {
+        builder.Services.AddSingleton(sp =>
+        {
+            var factory = new ConnectionFactory { Uri = sp.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, ClientProvidedName = name };
+            return factory.CreateConnectionAsync().GetAwaiter().GetResult();
+        });
+        builder.Services.AddSingleton(sp => PageClient.CreateAsync(sp.GetRequiredService<IConnection>()).GetAwaiter().GetResult());
+    }
+
+    private static IHostApplicationBuilder AddMessaging(this IHostApplicationBuilder builder,
+        Action<IBusRegistrationConfigurator> consumers, Action<IBusRegistrationContext, IRabbitMqBusFactoryConfigurator> endpoints)
+    {
+        builder.Services.AddOptions<MassTransitHostOptions>().Configure(o => o.WaitUntilStarted = true);
+        builder.Services.AddMassTransit(x =>
+        {
+            consumers(x);
+            x.UsingRabbitMq((bus, cfg) =>
+            {
+                var uri = bus.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!;
+                var user = Uri.UnescapeDataString(uri.UserInfo.Split(':')[0]);
+                var password = Uri.UnescapeDataString(uri.UserInfo.Split(':').ElementAtOrDefault(1) ?? "");
+                var vhost = uri.AbsolutePath is "/" or "" ? "/" : Uri.UnescapeDataString(uri.AbsolutePath.TrimStart('/'));
+                cfg.Host(uri.Host, (ushort)uri.Port, vhost, h =>
+                {
+                    h.Username(user);
+                    h.Password(password);
+                });
+                endpoints(bus, cfg);
+            });
+        });
+        return builder;
+    }
+}

@@ -1,0 +1,145 @@
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+
+namespace SEmigrate.Workflows;
+
+/// <summary>The split migration, written once for both engines: introspect and classify at the source,
+/// place, start paging at every destination (in parallel), transfer to every destination (in
+/// parallel), switch over at the main host, release the source. A failure or cancel after anything
+/// started at a destination compensates: every destination releases the VM's pages, the VM keeps
+/// running at the source, and the reason is recorded. Deterministic: all I/O, time and concurrency go
+/// through <see cref="IMigrationSteps"/>.</summary>
+public sealed class MigrationProcedure(IMigrationSteps steps)
+{
+    private readonly List<TransferResult> transfers = [];
+    private MigrationState state = MigrationState.Requested;
+    private string? reason;
+
+    public MigrationProgress Progress => new(migrationId, state, [.. transfers], reason);
+
+    private Guid migrationId;
+
+    public async Task<MigrationOutcome> RunAsync(MigrationRequest request, CancellationToken ct)
+    {
+        migrationId = request.MigrationId;
+        var id = request.MigrationId;
+        await steps.RecordAsync(new MigrationRequested(id, request.Vm, request.Source, request.Main.Host,
+            [.. request.SubHosts.Select(s => s.Host)], request.Mode.ToWireName(), steps.UtcNow));
+
+        // Before anything moves, a failure is a refusal: nothing to undo.
+        IntrospectionResult guest;
+        PlacementPlan plan;
+        try
+        {
+            guest = await steps.IntrospectAsync(request.Source,
+                new IntrospectGuest(id, request.Vm, request.GuestDir, request.Mode, request.PlainProcesses), ct);
+            state = MigrationState.Introspected;
+            await steps.RecordAsync(new GuestIntrospected(id, guest.Tasks, guest.Processes, guest.Diagnostics, steps.UtcNow));
+            await steps.RecordAsync(new PagesClassified(id, guest.Pages.Zero, guest.Pages.Plain, guest.Pages.Sealed, steps.UtcNow));
+            plan = Placement.Plan(guest.ChunkGuestPages, guest.ChunkPages, request.Main, request.SubHosts);
+            state = MigrationState.Placed;
+            await steps.RecordAsync(new PagesPlaced(id, plan.Assignments, steps.UtcNow));
+        }
+        catch (Exception e) when (e is not OperationCanceledException || ct.IsCancellationRequested)
+        {
+            return await RefuseAsync(request, Reason(e));
+        }
+
+        var destinations = plan.Assignments.Select(a => a.Host).Distinct(StringComparer.Ordinal).ToList();
+        if (!destinations.Contains(request.Main.Host, StringComparer.Ordinal))
+        {
+            destinations.Insert(0, request.Main.Host); // the VM core goes there even if no page does
+        }
+        try
+        {
+            var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host,
+                new StartPaging(id, request.Vm, host, request.Mode, plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages)), ct)));
+            var keys = started.ToDictionary(s => s.Host, StringComparer.Ordinal);
+            state = MigrationState.PagingStarted;
+            await steps.RecordAsync(new PagingServersStarted(id, destinations, steps.UtcNow));
+
+            state = MigrationState.Transferring;
+            await steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, guest, a, keys[a.Host].ServerKey, ct)));
+
+            var wrapped = await steps.WrapKeyAsync(request.Source, new WrapKey(id, request.Vm, request.Main.Host,
+                keys[request.Main.Host].HostKey ?? throw new InvalidOperationException($"main host {request.Main.Host} sent no public key")), ct);
+            var switched = await steps.SwitchOverAsync(request.Main.Host,
+                new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, wrapped.WrappedKey, guest.MapPath, plan), ct);
+            state = MigrationState.SwitchedOver;
+            await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow));
+            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(id, request.Vm, VmLeft: true), CancellationToken.None);
+            return new MigrationOutcome(id, state, null, guest.Pages, [.. transfers], plan, switched);
+        }
+        catch (Exception e) when (state != MigrationState.SwitchedOver)
+        {
+            return await CompensateAsync(request, destinations, guest.Pages, plan, ct.IsCancellationRequested ? "cancelled: " + Reason(e) : Reason(e));
+        }
+    }
+
+    private async Task<TransferResult> TransferAsync(MigrationRequest request, IntrospectionResult guest, Assignment a, byte[] hostKey, CancellationToken ct)
+    {
+        var result = await steps.TransferAsync(request.Source, new TransferPages(request.MigrationId, request.Vm, request.GuestDir, guest.MapPath,
+            request.Mode, a, a.FirstPfn, 1, request.Mode == MigrationMode.AllEnc ? hostKey : null), ct);
+        transfers.Add(result);
+        await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.Attempts, steps.UtcNow));
+        return result;
+    }
+
+    private async Task<MigrationOutcome> RefuseAsync(MigrationRequest request, string why)
+    {
+        (state, reason) = (MigrationState.Refused, why);
+        await steps.RecordAsync(new MigrationRefused(request.MigrationId, why, steps.UtcNow));
+        return new MigrationOutcome(request.MigrationId, state, why, null, [], null, null);
+    }
+
+    /// <summary>Undo at every destination, whether or not it got as far as starting: release is
+    /// idempotent, and a host that cannot be reached is named in the reason.</summary>
+    private async Task<MigrationOutcome> CompensateAsync(MigrationRequest request, IReadOnlyList<string> destinations, PageCounts pages, PlacementPlan plan, string why)
+    {
+        var released = new List<string>();
+        var unreleased = new List<string>();
+        var results = await steps.WhenAllAsync(destinations.Select(async host =>
+        {
+            try
+            {
+                await steps.ReleasePagingAsync(host, new ReleasePaging(request.MigrationId, request.Vm, host), CancellationToken.None);
+                return (host, ok: true);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                return (host, ok: false);
+            }
+        }));
+        foreach (var (host, ok) in results)
+        {
+            (ok ? released : unreleased).Add(host);
+        }
+        try
+        {
+            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: false), CancellationToken.None);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            why += $"; the source could not drop the migration's key ({Reason(e)})";
+        }
+        if (unreleased.Count > 0)
+        {
+            why += $"; not released (unreachable): {string.Join(", ", unreleased)}";
+        }
+        (state, reason) = (MigrationState.Compensated, why);
+        await steps.RecordAsync(new MigrationCompensated(request.MigrationId, why, released, steps.UtcNow));
+        return new MigrationOutcome(request.MigrationId, state, why, pages, [.. transfers], plan, null);
+    }
+
+    /// <summary>The innermost message: engines wrap a step's failure (Temporal: activity failure,
+    /// then application failure) and the cause is what an operator needs.</summary>
+    private static string Reason(Exception e)
+    {
+        while (e.InnerException is not null)
+        {
+            e = e.InnerException;
+        }
+        return e.Message;
+    }
+}

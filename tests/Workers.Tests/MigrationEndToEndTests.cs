@@ -1,0 +1,48 @@
+using Marten;
+using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.TestSupport;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>The whole split migration on the embedded engine: a real guest dump, a source, a main and
+/// two sub-host workers as separate processes, real RabbitMQ and PostgreSQL.</summary>
+public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture postgres) : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
+{
+    [Fact]
+    public async Task A_split_migration_moves_every_page_checks_out_and_leaves_its_lifecycle_in_order()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+
+        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir, Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map")), ct);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{outcome.Pages}; {string.Join(", ", outcome.Transfers)}; verified {verified}");
+        Assert.Equal(0, verified.Mismatches);
+        Assert.Equal(outcome.Pages!.Total, verified.Pages);
+        Assert.True(verified.FetchedPages > 0, "some pages came back from sub-hosts");
+        Assert.Equal(outcome.Pages.Total, outcome.Transfers.Sum(t => t.Pages));
+        Assert.Equal([run.Main, run.Sub1, run.Sub2], outcome.Placement!.Assignments.Select(a => a.Host));
+
+        var summary = await Orchestrator.AuditedEndAsync(run.Host.Services, request.MigrationId, TimeSpan.FromSeconds(30), ct);
+        Assert.Equal(MigrationState.SwitchedOver, summary?.State);
+        await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+        var events = (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data).ToList();
+        Assert.Equal(
+            [nameof(MigrationRequested), nameof(GuestIntrospected), nameof(PagesClassified), nameof(PagesPlaced), nameof(PagingServersStarted),
+             nameof(DestinationTransferred), nameof(DestinationTransferred), nameof(DestinationTransferred), nameof(MigrationSwitchedOver)],
+            events.Select(e => e.GetType().Name));
+        var classified = events.OfType<PagesClassified>().Single();
+        var guestPages = outcome.Pages.Total;
+        Assert.Equal(guestPages, classified.Zero + classified.Plain + classified.Sealed);
+        Assert.Equal(guestPages, events.OfType<DestinationTransferred>().Sum(t => t.Pages));
+        Assert.Equal(guestPages, events.OfType<PagesPlaced>().Single().Assignments.Sum(a => a.Pages));
+    }
+}

@@ -1,0 +1,76 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.TestSupport;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Processes;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>A source, a main and two sub-host workers (separate processes, names unique to the test) and
+/// an orchestrator in the test process whose audit trail goes to the fixture's schema.</summary>
+internal sealed class MigrationRun : IAsyncDisposable
+{
+    private readonly DirectoryInfo state;
+
+    private MigrationRun(DirectoryInfo state, WorkerFleet fleet, IHost host, string suffix)
+    {
+        (this.state, Fleet, Host) = (state, fleet, host);
+        (Source, Main, Sub1, Sub2) = ($"src-{suffix}", $"main-{suffix}", $"sub1-{suffix}", $"sub2-{suffix}");
+    }
+
+    public WorkerFleet Fleet { get; }
+
+    public IHost Host { get; }
+
+    public EmbeddedSteps Steps => Host.Services.GetRequiredService<EmbeddedSteps>();
+
+    public string Source { get; }
+
+    public string Main { get; }
+
+    public string Sub1 { get; }
+
+    public string Sub2 { get; }
+
+    public string StateOf(string host) => Path.Combine(state.FullName, host);
+
+    public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true)
+    {
+        foreach (var (key, value) in await ServicesScript.SettingsAsync())
+        {
+            Environment.SetEnvironmentVariable(key, value); // the workers and the orchestrator read them
+        }
+        var suffix = Guid.NewGuid().ToString("N")[..8];
+        var state = Directory.CreateTempSubdirectory("semigrate-e2e-");
+        WorkerFleet.Worker[] workers =
+        [
+            new("source", $"src-{suffix}"), new("main", $"main-{suffix}", 200_000), new("sub", $"sub1-{suffix}", 200_000),
+            .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 200_000)] : Array.Empty<WorkerFleet.Worker>(),
+        ];
+        var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct);
+        var host = Orchestrator.Build(policies, new Dictionary<string, string?> { ["Postgres:Schema"] = postgres.Schema });
+        await host.StartAsync(ct);
+        return new MigrationRun(state, fleet, host, suffix);
+    }
+
+    public MigrationRequest Request(string guestDir, MigrationMode mode, long mainCapacity, long subCapacity) =>
+        new(Guid.NewGuid(), Guid.NewGuid(), guestDir, Source, new Destination(Main, mainCapacity),
+            [new Destination(Sub1, subCapacity), new Destination(Sub2, subCapacity)], mode, ["vaultdb"]);
+
+    public async ValueTask DisposeAsync()
+    {
+        await Host.StopAsync();
+        Host.Dispose();
+        Fleet.Dispose();
+        try
+        {
+            state.Delete(recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
