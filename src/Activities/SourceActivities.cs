@@ -77,14 +77,14 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         try
         {
             var state = State(input.MigrationId);
-            var (confirmed, sentBefore) = state.Checkpoint(a.Host);
+            var before = state.Checkpoint(a.Host);
             var heartbeat = await LastHeartbeatAsync();
-            var resume = Math.Max(Math.Max(a.FirstPfn, input.ResumeFrom), Math.Max(confirmed, heartbeat?.NextPfn ?? 0));
-            sentBefore = Math.Max(sentBefore, resume);
+            var resume = Math.Max(Math.Max(a.FirstPfn, input.ResumeFrom), Math.Max(before.Confirmed, heartbeat?.NextPfn ?? 0));
+            var sentBefore = Math.Max(before.Sent, resume);
 
-            var guest = LoadGuest(input.GuestDir);
+            var (dump, _) = LoadGuest(input.GuestDir);
             var map = ClassificationMap.Load(input.MapPath);
-            using var memory = GuestMemory.Open(guest.DumpPath);
+            using var memory = GuestMemory.Open(dump);
             using var key = state.LoadKey();
             using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
             var codec = new PageCodec(input.Mode, input.Vm, sealer, null);
@@ -94,16 +94,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 await client.SendChannelKeyAsync(a.Host, input.Vm, KeyWrap.Wrap(key, hostKey, $"allenc-channel|{input.Vm:N}|{a.Host}"), ct);
             }
 
-            var total = a.Pages;
-            var pagesBelowResume = CountGuestPages(map, a.FirstPfn, resume);
-            var progress = new Progress(resume, pagesBelowResume);
+            var progress = new Progress(resume, CountGuestPages(map, a.FirstPfn, resume), before with { Attempts = before.Attempts + 1 });
             var zeros = new byte[PageRecord.PageSize];
             using var window = new SemaphoreSlim(Window);
             var inFlight = new List<Task>();
             var batch = new PageBatch(BatchBytes);
             var batchStart = resume;
-            long resent = 0, bytes = 0;
+            long resentPages = 0;
             var clock = Stopwatch.StartNew();
+            long bytesThisAttempt = 0;
             for (var pfn = resume; pfn < a.EndPfn; pfn++)
             {
                 ct.ThrowIfCancellationRequested();
@@ -112,26 +111,25 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     var classified = map[(ulong)pfn];
                     var page = memory.IsPresent((ulong)pfn) ? memory.Page((ulong)pfn) : zeros; // missing from the dump: classified sealed
                     batch.Advance(codec.EncodeInto(batch.Next, (ulong)pfn, 1, classified, page));
-                    if (pfn < sentBefore)
-                    {
-                        resent++;
-                    }
+                    resentPages += pfn < sentBefore ? 1 : 0;
                 }
                 if (batch.IsFull || (pfn + 1 == a.EndPfn && batch.Count > 0))
                 {
                     var (send, from, to) = (batch, batchStart, pfn + 1);
-                    bytes += send.Length;
-                    progress.Sent(from, to);
+                    bytesThisAttempt += send.Length;
+                    progress.Sent(from, to, send.Length, from < sentBefore ? resentPages : 0, from < sentBefore ? send.Length : 0);
+                    resentPages = 0;
+                    await ThrottleAsync(bytesThisAttempt, clock, ct);
                     await window.WaitAsync(ct);
                     inFlight.Add(SendAsync(send, from, to));
                     (batch, batchStart) = (new PageBatch(BatchBytes), pfn + 1);
                 }
             }
             await Task.WhenAll(inFlight);
-            await ReportAsync(force: true);
-            logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s ({Resent} resent)",
-                input.Vm, a.Host, total, bytes, clock.Elapsed.TotalSeconds, resent);
-            return new TransferResult(a.Host, total, bytes, resent, input.Attempt);
+            var done = await ReportAsync(force: true);
+            logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s, attempt {Attempt} ({Resent} bytes resent over all attempts)",
+                input.Vm, a.Host, a.Pages, bytesThisAttempt, clock.Elapsed.TotalSeconds, done.Attempts, done.ResentBytes);
+            return new TransferResult(a.Host, a.Pages, done.Bytes, done.ResentPages, done.ResentBytes, done.Attempts);
 
             async Task SendAsync(PageBatch send, long from, long to)
             {
@@ -147,24 +145,39 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 }
             }
 
-            async Task ReportAsync(bool force)
+            async Task<TransferCheckpoint> ReportAsync(bool force)
             {
-                if (!progress.TryTakeReport(force, HeartbeatEvery, out var next, out var sent, out var done))
+                if (!progress.TryTakeReport(force, HeartbeatEvery, out var checkpoint, out var pagesDone))
                 {
-                    return;
+                    return checkpoint;
                 }
-                state.SaveCheckpoint(a.Host, next, Math.Max(sent, sentBefore));
-                var beat = new TransferProgress(input.MigrationId, a.Host, next, done, total, bytes);
+                state.SaveCheckpoint(a.Host, checkpoint with { Sent = Math.Max(checkpoint.Sent, sentBefore) });
+                var beat = new TransferProgress(input.MigrationId, a.Host, checkpoint.Confirmed, pagesDone, a.Pages, checkpoint.Bytes);
                 if (ActivityExecutionContext.HasCurrent)
                 {
                     ActivityExecutionContext.Current.Heartbeat(beat);
                 }
                 await publish.Publish(beat, ct);
+                return checkpoint;
             }
         }
         finally
         {
             gate.Release();
+        }
+    }
+
+    /// <summary>Holds the sender to the host's transfer limit (shared by this migration's transfers
+    /// only roughly: each keeps to the limit on its own).</summary>
+    private async Task ThrottleAsync(long bytes, Stopwatch clock, CancellationToken ct)
+    {
+        if (host.MaxTransferMBps > 0)
+        {
+            var due = TimeSpan.FromSeconds(bytes / (host.MaxTransferMBps * 1e6));
+            if (due > clock.Elapsed)
+            {
+                await Task.Delay(due - clock.Elapsed, ct);
+            }
         }
     }
 
@@ -216,21 +229,27 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             : null;
 
     /// <summary>Which batches are out and which are stored: the confirmed point only moves over a
-    /// contiguous run of stored batches, since they complete out of order.</summary>
-    private sealed class Progress(long resume, long pagesBefore)
+    /// contiguous run of stored batches, since they complete out of order. Sums carry on from the
+    /// checkpoint of earlier attempts.</summary>
+    private sealed class Progress(long resume, long pagesBefore, TransferCheckpoint start)
     {
         private readonly SortedDictionary<long, (long End, bool Stored)> batches = [];
         private readonly Stopwatch sinceReport = Stopwatch.StartNew();
-        private long next = resume;
-        private long sent = resume;
+        private TransferCheckpoint now = start with { Confirmed = resume, Sent = Math.Max(start.Sent, resume) };
         private long pagesDone = pagesBefore;
 
-        public void Sent(long from, long to)
+        public void Sent(long from, long to, long bytes, long resentPages, long resentBytes)
         {
             lock (batches)
             {
                 batches[from] = (to, false);
-                sent = Math.Max(sent, to);
+                now = now with
+                {
+                    Sent = Math.Max(now.Sent, to),
+                    Bytes = now.Bytes + bytes,
+                    ResentPages = now.ResentPages + resentPages,
+                    ResentBytes = now.ResentBytes + resentBytes,
+                };
             }
         }
 
@@ -240,19 +259,19 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             {
                 batches[from] = (to, true);
                 pagesDone += pages;
-                while (batches.Count > 0 && batches.First() is var (start, (end, stored)) && stored && start <= next)
+                while (batches.Count > 0 && batches.First() is var (first, (end, stored)) && stored && first <= now.Confirmed)
                 {
-                    next = Math.Max(next, end);
-                    batches.Remove(start);
+                    now = now with { Confirmed = Math.Max(now.Confirmed, end) };
+                    batches.Remove(first);
                 }
             }
         }
 
-        public bool TryTakeReport(bool force, TimeSpan every, out long confirmedNext, out long sentThrough, out long done)
+        public bool TryTakeReport(bool force, TimeSpan every, out TransferCheckpoint checkpoint, out long done)
         {
             lock (batches)
             {
-                (confirmedNext, sentThrough, done) = (next, sent, pagesDone);
+                (checkpoint, done) = (now, pagesDone);
                 if (!force && sinceReport.Elapsed < every)
                 {
                     return false;

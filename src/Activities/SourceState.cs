@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json;
 using SEmigrate.Sealing;
 
 namespace SEmigrate.Activities;
@@ -30,20 +31,15 @@ public sealed class SourceState(string directory)
     public DataKey LoadKey() => File.Exists(KeyPath) ? DataKey.Load(KeyPath)
         : throw new InvalidOperationException($"no data key in {directory}: the guest was not introspected here, or the migration was released");
 
-    /// <summary>Pages below Confirmed are stored at the host; pages below Sent were sent at least once.</summary>
-    public (long Confirmed, long Sent) Checkpoint(string host)
+    /// <summary>How far the transfer to <paramref name="host"/> is, over all its attempts.</summary>
+    public TransferCheckpoint Checkpoint(string host)
     {
         var path = CheckpointPath(host);
-        if (!File.Exists(path))
-        {
-            return (0, 0);
-        }
-        var parts = File.ReadAllText(path).Split(' ');
-        return (long.Parse(parts[0], CultureInfo.InvariantCulture), long.Parse(parts[1], CultureInfo.InvariantCulture));
+        return File.Exists(path) ? JsonSerializer.Deserialize<TransferCheckpoint>(File.ReadAllText(path))! : new TransferCheckpoint(0, 0, 0, 0, 0, 0);
     }
 
-    public void SaveCheckpoint(string host, long confirmed, long sent) =>
-        WriteAtomically(CheckpointPath(host), string.Create(CultureInfo.InvariantCulture, $"{confirmed} {sent}"));
+    public void SaveCheckpoint(string host, TransferCheckpoint checkpoint) =>
+        WriteAtomically(CheckpointPath(host), JsonSerializer.Serialize(checkpoint));
 
     /// <summary>Drops the key (overwritten first) and the checkpoints; the map stays for inspection.</summary>
     public void Release()
@@ -67,3 +63,7 @@ public sealed class SourceState(string directory)
         File.Move(path + ".tmp", path, overwrite: true);
     }
 }
+
+/// <summary>Pages below <paramref name="Confirmed"/> are stored at the host; pages below
+/// <paramref name="Sent"/> were sent at least once. Bytes and resends add up over attempts.</summary>
+public sealed record TransferCheckpoint(long Confirmed, long Sent, long Bytes, long ResentPages, long ResentBytes, int Attempts);

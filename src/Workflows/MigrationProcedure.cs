@@ -82,7 +82,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         var result = await steps.TransferAsync(request.Source, new TransferPages(request.MigrationId, request.Vm, request.GuestDir, guest.MapPath,
             request.Mode, a, a.FirstPfn, 1, request.Mode == MigrationMode.AllEnc ? hostKey : null), ct);
         transfers.Add(result);
-        await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.Attempts, steps.UtcNow));
+        await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.ResentBytes, result.Attempts, steps.UtcNow));
         return result;
     }
 

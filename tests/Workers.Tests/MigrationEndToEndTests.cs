@@ -23,11 +23,25 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
         var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-        var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir, Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map")), ct);
-        TestContext.Current.TestOutputHelper?.WriteLine($"{outcome.Pages}; {string.Join(", ", outcome.Transfers)}; verified {verified}");
+        var verify = new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
+            Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map"));
+        var verified = await run.Steps.VerifyAsync(run.Main, verify, ct);
         Assert.Equal(0, verified.Mismatches);
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
         Assert.True(verified.FetchedPages > 0, "some pages came back from sub-hosts");
+
+        // The check can fail: one changed byte in a page at the main host is found and named.
+        var changed = outcome.Placement!.Assignments[0].FirstPfn + 100;
+        await using (var image = File.Open(outcome.SwitchOver!.ImagePath, FileMode.Open, FileAccess.ReadWrite))
+        {
+            image.Position = changed * 4096 + 7;
+            var b = image.ReadByte();
+            image.Position--;
+            image.WriteByte((byte)~b);
+        }
+        var tampered = await run.Steps.VerifyAsync(run.Main, verify, ct);
+        Assert.Equal(1, tampered.Mismatches);
+        Assert.Equal([changed], tampered.FirstMismatches);
         Assert.Equal(outcome.Pages.Total, outcome.Transfers.Sum(t => t.Pages));
         Assert.Equal([run.Main, run.Sub1, run.Sub2], outcome.Placement!.Assignments.Select(a => a.Host));
 

@@ -37,7 +37,7 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public string StateOf(string host) => Path.Combine(state.FullName, host);
 
-    public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true)
+    public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0)
     {
         foreach (var (key, value) in await ServicesScript.SettingsAsync())
         {
@@ -47,7 +47,7 @@ internal sealed class MigrationRun : IAsyncDisposable
         var state = Directory.CreateTempSubdirectory("semigrate-e2e-");
         WorkerFleet.Worker[] workers =
         [
-            new("source", $"src-{suffix}"), new("main", $"main-{suffix}", 200_000), new("sub", $"sub1-{suffix}", 200_000),
+            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps), new("main", $"main-{suffix}", 200_000), new("sub", $"sub1-{suffix}", 200_000),
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 200_000)] : Array.Empty<WorkerFleet.Worker>(),
         ];
         var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct);

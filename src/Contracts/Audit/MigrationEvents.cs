@@ -33,7 +33,7 @@ public sealed record PagesPlaced(Guid MigrationId, IReadOnlyList<Assignment> Ass
 
 public sealed record PagingServersStarted(Guid MigrationId, IReadOnlyList<string> Hosts, DateTimeOffset At) : IMigrationEvent;
 
-public sealed record DestinationTransferred(Guid MigrationId, string Host, long Pages, long Bytes, long ResentPages, int Attempts, DateTimeOffset At) : IMigrationEvent;
+public sealed record DestinationTransferred(Guid MigrationId, string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts, DateTimeOffset At) : IMigrationEvent;
 
 public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long LocalPages, long RemotePages, DateTimeOffset At) : IMigrationEvent;
 

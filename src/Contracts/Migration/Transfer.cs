@@ -10,6 +10,7 @@ public sealed record TransferPages(
 /// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host.</summary>
 public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes);
 
-/// <summary>A finished transfer. <paramref name="ResentPages"/> counts pages sent by earlier attempts
-/// that this one sent again (bounded by the batches in flight when the earlier one died).</summary>
-public sealed record TransferResult(string Host, long Pages, long Bytes, long ResentPages, int Attempts);
+/// <summary>A finished transfer, over all its attempts: <paramref name="Bytes"/> sent in all, of which
+/// <paramref name="ResentBytes"/> (<paramref name="ResentPages"/> pages) went again because an attempt
+/// died before they were confirmed (bounded by the batches in flight then, not the whole range).</summary>
+public sealed record TransferResult(string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts);

@@ -6,7 +6,7 @@ namespace SEmigrate.Workers.Processes;
 /// its own state folder under <c>stateRoot</c>, and its log there too when <c>logDir</c> is set.</summary>
 public sealed class WorkerFleet(string stateRoot, string? logDir) : IDisposable
 {
-    public sealed record Worker(string Role, string Host, long CapacityPages = 0, string? StoreFolder = null);
+    public sealed record Worker(string Role, string Host, long CapacityPages = 0, string? StoreFolder = null, double MaxMBps = 0);
 
     private readonly Dictionary<string, (Worker Spec, ChildProcess Process)> workers = new(StringComparer.Ordinal);
 
@@ -51,6 +51,10 @@ public sealed class WorkerFleet(string stateRoot, string? logDir) : IDisposable
         if (w.CapacityPages > 0)
         {
             args.AddRange(["--capacity-pages", w.CapacityPages.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        }
+        if (w.MaxMBps > 0)
+        {
+            args.AddRange(["--max-mbps", w.MaxMBps.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         }
         if (w.StoreFolder is not null)
         {

@@ -26,9 +26,9 @@ public static class RoleRegistration
 {
     public static readonly string[] Roles = ["source", "main", "sub"];
 
-    public static IHostApplicationBuilder AddHostRole(this IHostApplicationBuilder builder, string role, string host, string stateDirectory)
+    public static IHostApplicationBuilder AddHostRole(this IHostApplicationBuilder builder, string role, HostContext context)
     {
-        var context = new HostContext(host, stateDirectory);
+        var (host, stateDirectory) = (context.Host, context.StateDirectory);
         builder.Services.AddSingleton(context);
         builder.AddPagePath($"{role} worker {host}");
         if (role is "main" or "sub")
