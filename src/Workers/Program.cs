@@ -7,7 +7,10 @@ var root = new RootCommand("SEmigrate: split migration of large-memory VMs witho
     .AddDoctorCommand()
     .AddGuestCommand()
     .AddBenchCommand()
-    .AddWorkerCommand();
+    .AddWorkerCommand()
+    .AddMigrateCommand()
+    .AddStatusCommand()
+    .AddDemoCommand();
 
 try
 {

@@ -1,0 +1,247 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using Marten;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using RabbitMQ.Client;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Contracts.Paging;
+using SEmigrate.Guest.Memory;
+using SEmigrate.Guest.Qemu;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Processes;
+using SEmigrate.Workers.Settings;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Commands;
+
+/// <summary>`semigrate demo`: the main job on one machine. Starts the services, boots (or reuses) a real
+/// guest, starts a source, a main and two sub-host workers as separate processes, migrates, checks the
+/// memory the main host rebuilds (its pages plus every sub-host page fetched and opened) against the
+/// source's, page by page, and prints a summary; once per mode, side by side.</summary>
+public static class DemoCommand
+{
+    /// <summary>The default guest: an encrypted database (its pages may travel as-is), a web app, and a
+    /// process that filled memory with a marker and freed it (stale bytes that must not travel).</summary>
+    public static readonly GuestSpec DefaultGuest = new(256,
+    [
+        new GuestProcess("vaultdb", 16, "VAULTDBMARK"),
+        new GuestProcess("webapp", 8, "WEBAPPMARK"),
+        new GuestProcess("scratch", 24, "STALEMARK", Freed: true),
+    ]);
+
+    public sealed record Destination(string Host, long Pages, long Bytes);
+
+    public sealed record CpuSeconds(double Source, double Main, double Sub, double Orchestrator);
+
+    public sealed record Run(
+        string Mode, Guid MigrationId, string State, string? Reason, bool DigestOk, long PagesCompared, long Mismatches, long PagesFromSubHosts, string? Digest,
+        PageCounts? Pages, IReadOnlyList<Destination> Destinations, double WallSeconds, CpuSeconds CpuSeconds, int AuditEvents);
+
+    public static RootCommand AddDemoCommand(this RootCommand root)
+    {
+        var modes = new Option<string[]>("--mode") { Description = "semigrate, allenc or noenc (repeatable; default: all three, side by side)" };
+        var guestDir = new Option<DirectoryInfo?>("--guest") { Description = "Migrate this guest (made by `semigrate guest boot`) instead of the default one" };
+        var plain = new Option<string[]>("--plain-process") { Description = "A process whose memory is already encrypted (default: vaultdb, when the guest has it)" };
+        var keep = new Option<DirectoryInfo?>("--keep") { Description = "Leave each host's state, the sub-hosts' store folders and the logs here" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object per mode (one line each)" };
+        var command = new Command("demo", "Start everything on this machine, migrate a real guest to a main host and two sub-hosts, check every page, print a summary")
+        {
+            modes, guestDir, plain, keep, json,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            MigrationMode[] chosen;
+            try
+            {
+                chosen = parse.GetValue(modes) is { Length: > 0 } m ? [.. m.Select(MigrationModes.Parse).Distinct()] : [MigrationMode.Semigrate, MigrationMode.AllEnc, MigrationMode.NoEnc];
+            }
+            catch (FormatException e)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: {e.Message}");
+                return 2;
+            }
+            void Say(string line) => Console.Error.WriteLine($"demo: {line}");
+
+            Say("starting PostgreSQL and RabbitMQ (installing them if needed)");
+            await ServicesUpAsync(ct);
+            var guest = await GuestAsync(parse.GetValue(guestDir), Say, ct);
+            var plainProcesses = parse.GetValue(plain) is { Length: > 0 } p ? p
+                : guest.Spec.Processes.Any(x => x.Name == "vaultdb" && !x.Freed) ? ["vaultdb"] : [];
+            var keepDir = parse.GetValue(keep)?.FullName;
+            var runs = new List<Run>();
+            foreach (var mode in chosen)
+            {
+                var run = await RunOnceAsync(guest, mode, plainProcesses, keepDir, quiet: parse.GetValue(json), Say, ct);
+                runs.Add(run);
+                if (parse.GetValue(json))
+                {
+                    Console.WriteLine(JsonSerializer.Serialize(run, MigrateCommand.Json));
+                }
+            }
+            if (!parse.GetValue(json))
+            {
+                PrintSummary(runs, guest.Directory, plainProcesses);
+            }
+            return runs.All(r => r.DigestOk) ? 0 : 1;
+        });
+        root.Subcommands.Add(command);
+        return root;
+    }
+
+    private static async Task<Run> RunOnceAsync(BootedGuest guest, MigrationMode mode, string[] plainProcesses, string? keepDir, bool quiet, Action<string> say, CancellationToken ct)
+    {
+        var name = mode.ToWireName();
+        var id = Guid.NewGuid().ToString("N")[..6];
+        var (source, main, sub1, sub2) = ($"demo-{id}-source", $"demo-{id}-main", $"demo-{id}-sub-1", $"demo-{id}-sub-2");
+        var root = keepDir is null ? Directory.CreateTempSubdirectory("semigrate-demo-").FullName : Path.Combine(keepDir, name);
+        Directory.CreateDirectory(root);
+        long guestPages;
+        using (var memory = GuestMemory.Open(guest.DumpPath))
+        {
+            guestPages = (long)memory.GuestPages;
+        }
+        // The main host takes about a third, the sub-hosts the rest: none could take the VM alone.
+        var (mainPages, subPages) = (guestPages * 35 / 100, guestPages * 40 / 100);
+        var logs = Directory.CreateDirectory(Path.Combine(root, "logs")).FullName;
+        say($"{name}: starting workers {source}, {main}, {sub1}, {sub2} (state and logs in {root})");
+        using var fleet = await WorkerFleet.StartAsync(
+        [
+            new WorkerFleet.Worker("source", source),
+            new WorkerFleet.Worker("main", main, mainPages + 1024),
+            new WorkerFleet.Worker("sub", sub1, subPages + 1024, keepDir is null ? null : Path.Combine(root, $"{sub1}-store")),
+            new WorkerFleet.Worker("sub", sub2, subPages + 1024, keepDir is null ? null : Path.Combine(root, $"{sub2}-store")),
+        ], root, logs, ct);
+        using var host = Orchestrator.Build(StepPolicies.Default);
+        await host.StartAsync(ct);
+        try
+        {
+            var request = new MigrationRequest(Guid.NewGuid(), Guid.NewGuid(), guest.Directory, source, new Contracts.Migration.Destination(main, mainPages),
+                [new Contracts.Migration.Destination(sub1, subPages), new Contracts.Migration.Destination(sub2, subPages)], mode, plainProcesses);
+            var cpu0 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
+            var clock = Stopwatch.StartNew();
+            var outcome = await MigrateCommand.FollowAsync(host.Services, request, quiet, ct);
+            var wall = clock.Elapsed.TotalSeconds;
+            var cpu1 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
+            var cpu = new CpuSeconds(cpu1.Item1["source"] - cpu0.Item1["source"], cpu1.Item1["main"] - cpu0.Item1["main"], cpu1.Item1["sub"] - cpu0.Item1["sub"], cpu1.Item2 - cpu0.Item2);
+
+            MemoryVerified? verified = null;
+            if (outcome.State == MigrationState.SwitchedOver)
+            {
+                say($"{name}: switched over in {wall:0.0} s; checking every page at {main} against the source");
+                var map = Path.Combine(root, source, "migrations", request.MigrationId.ToString("N"), "classes.map");
+                verified = await host.Services.GetRequiredService<EmbeddedSteps>().VerifyAsync(main, new VerifyMemory(request.MigrationId, request.Vm, guest.Directory, map), ct);
+            }
+            else
+            {
+                say($"{name}: {outcome.State}: {outcome.Reason}");
+            }
+            var audited = await Orchestrator.AuditedEndAsync(host.Services, request.MigrationId, TimeSpan.FromSeconds(30), ct);
+            await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+            var events = audited is null ? 0 : (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Count;
+            return new Run(name, request.MigrationId, outcome.State.ToString(), outcome.Reason,
+                verified is { Mismatches: 0 } v && v.Pages == outcome.Pages?.Total, verified?.Pages ?? 0, verified?.Mismatches ?? 0, verified?.FetchedPages ?? 0, verified?.Digest,
+                outcome.Pages, [.. outcome.Transfers.OrderBy(t => t.Host, StringComparer.Ordinal).Select(t => new Destination(t.Host, t.Pages, t.Bytes))],
+                wall, cpu, events);
+        }
+        finally
+        {
+            await host.StopAsync(CancellationToken.None);
+            fleet.Dispose();
+            await DeleteHostQueuesAsync(host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, [source, main, sub1, sub2]);
+            if (keepDir is null)
+            {
+                Directory.Delete(root, recursive: true);
+            }
+        }
+    }
+
+    private static void PrintSummary(List<Run> runs, string guestDir, string[] plain)
+    {
+        Console.WriteLine($"guest {guestDir}; already encrypted: {(plain.Length == 0 ? "none" : string.Join(", ", plain))}");
+        string Row(string label, Func<Run, string> cell) => $"{label,-26}" + string.Concat(runs.Select(r => $"{cell(r),20}"));
+        Console.WriteLine(Row("", r => r.Mode));
+        Console.WriteLine(Row("state", r => r.State));
+        Console.WriteLine(Row("digest check", r => r.DigestOk ? "ok" : r.State == "SwitchedOver" ? $"{r.Mismatches} differ" : "not run"));
+        Console.WriteLine(Row("pages compared", r => $"{r.PagesCompared}"));
+        Console.WriteLine(Row("  of them from sub-hosts", r => $"{r.PagesFromSubHosts}"));
+        Console.WriteLine(Row("pages zero/plain/sealed", r => r.Pages is { } p ? $"{p.Zero}/{p.Plain}/{p.Sealed}" : "-"));
+        foreach (var role in new[] { "main", "sub-1", "sub-2" })
+        {
+            Console.WriteLine(Row($"to {role}: pages", r => r.Destinations.FirstOrDefault(d => d.Host.EndsWith(role, StringComparison.Ordinal))?.Pages.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-"));
+            Console.WriteLine(Row($"to {role}: MiB", r => r.Destinations.FirstOrDefault(d => d.Host.EndsWith(role, StringComparison.Ordinal)) is { } d ? $"{d.Bytes / 1048576.0:0.0}" : "-"));
+        }
+        Console.WriteLine(Row("wall seconds", r => $"{r.WallSeconds:0.00}"));
+        Console.WriteLine(Row("CPU s source", r => $"{r.CpuSeconds.Source:0.00}"));
+        Console.WriteLine(Row("CPU s main", r => $"{r.CpuSeconds.Main:0.00}"));
+        Console.WriteLine(Row("CPU s sub-hosts", r => $"{r.CpuSeconds.Sub:0.00}"));
+        Console.WriteLine(Row("CPU s orchestrator", r => $"{r.CpuSeconds.Orchestrator:0.00}"));
+        Console.WriteLine(Row("audit events", r => $"{r.AuditEvents}"));
+        Console.WriteLine(Row("migration", r => $"{r.MigrationId.ToString()[..13]}"));
+    }
+
+    /// <summary>The demo's hosts are gone for good: their queues go too (step queues, memory server queues).</summary>
+    private static async Task DeleteHostQueuesAsync(Uri rabbit, string[] hosts)
+    {
+        await using var connection = await new ConnectionFactory { Uri = rabbit, ClientProvidedName = "semigrate demo cleanup" }.CreateConnectionAsync();
+        await using var channel = await connection.CreateChannelAsync();
+        foreach (var host in hosts)
+        {
+            foreach (var queue in new[] { StepQueues.Host(host), StepQueues.Host(host) + "_error", StepQueues.Host(host) + "_skipped", PageQueues.Control(host), PageQueues.Control(host) + ".dead" })
+            {
+                await channel.QueueDeleteAsync(queue);
+            }
+            await channel.ExchangeDeleteAsync(StepQueues.Host(host));
+        }
+    }
+
+    private static async Task ServicesUpAsync(CancellationToken ct)
+    {
+        var script = Path.Combine(AppContext.BaseDirectory, "deploy", "services.sh");
+        var start = new ProcessStartInfo("bash", [script, "up"]) { RedirectStandardOutput = true, UseShellExecute = false };
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start bash");
+        var output = await process.StandardOutput.ReadToEndAsync(ct);
+        await process.WaitForExitAsync(ct);
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"deploy/services.sh up failed (exit code {process.ExitCode})");
+        }
+        // KEY='value' lines: this process and the workers it starts use them.
+        foreach (var line in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (line.Split('=', 2) is [var key, var value] && key.StartsWith(SemigrateHost.EnvironmentPrefix, StringComparison.Ordinal))
+            {
+                Environment.SetEnvironmentVariable(key, value.Trim('\''));
+            }
+        }
+    }
+
+    private static async Task<BootedGuest> GuestAsync(DirectoryInfo? given, Action<string> say, CancellationToken ct)
+    {
+        if (given is not null)
+        {
+            try
+            {
+                return QemuGuest.Load(given.FullName);
+            }
+            catch (FileNotFoundException e)
+            {
+                throw new InvalidOperationException($"{given.FullName} is not a guest made by `semigrate guest boot`: {e.Message}");
+            }
+        }
+        var cached = "/opt/semigrate/demo-guest";
+        try
+        {
+            var guest = QemuGuest.Load(cached);
+            say($"reusing the guest in {cached}");
+            return guest;
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException)
+        {
+            say($"booting a {DefaultGuest.MemoryMiB} MiB Linux guest under QEMU with marker processes (cached in {cached})");
+            return await QemuGuest.BootAndDumpAsync(DefaultGuest, cached, m => say($"guest: {m}"), ct);
+        }
+    }
+}

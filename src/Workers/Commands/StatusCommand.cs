@@ -1,0 +1,52 @@
+using System.CommandLine;
+using System.Text.Json;
+using Marten;
+using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Roles;
+
+namespace SEmigrate.Workers.Commands;
+
+/// <summary>`semigrate status [ID]`: a migration's state from its audit stream's summary, or the recent ones.</summary>
+public static class StatusCommand
+{
+    public static RootCommand AddStatusCommand(this RootCommand root)
+    {
+        var id = new Argument<Guid?>("ID") { Description = "A migration id (default: the 20 most recent migrations)", Arity = ArgumentArity.ZeroOrOne };
+        var json = new Option<bool>("--json") { Description = "Print JSON" };
+        var command = new Command("status", "Show a migration's state from the audit trail, or the recent migrations") { id, json };
+        command.SetAction(async (parse, ct) =>
+        {
+            var builder = SemigrateHost.CreateBuilder();
+            builder.AddAuditTrail();
+            using var host = builder.Build();
+            await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+            IReadOnlyList<MigrationSummary> found = parse.GetValue(id) is { } one
+                ? await query.LoadAsync<MigrationSummary>(one, ct) is { } s ? [s] : []
+                : await query.Query<MigrationSummary>().OrderByDescending(m => m.RequestedAt).Take(20).ToListAsync(ct);
+            if (found.Count == 0 && parse.GetValue(id) is { } missing)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: no migration {missing} in the audit trail");
+                return 1;
+            }
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(found, MigrateCommand.Json));
+                return 0;
+            }
+            foreach (var m in found)
+            {
+                Console.WriteLine($"{m.Id}  {m.State,-13} {m.Mode,-9} {m.Source} -> {m.Main} + {string.Join(", ", m.SubHosts)}  {m.RequestedAt:u}" +
+                    (m.Pages is { } p ? $"  pages {p.Zero}/{p.Plain}/{p.Sealed} zero/plain/sealed" : "") +
+                    (m.Transfers.Count > 0 ? $"  {m.Transfers.Count} transfers done" : "") + (m.Reason is null ? "" : $"  reason: {m.Reason}"));
+            }
+            if (found.Count == 0)
+            {
+                Console.WriteLine("no migrations yet");
+            }
+            return 0;
+        });
+        root.Subcommands.Add(command);
+        return root;
+    }
+}
