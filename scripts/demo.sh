@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job (README): installs and starts the local services, builds `semigrate` and runs it.
-# Until the demo migration lands, the job is `semigrate doctor`: every service this host needs, checked.
+# The main job (README): builds `semigrate` and runs `semigrate demo`, which installs and starts the
+# local services, boots (or reuses) a real guest, starts the host workers, migrates in each mode and
+# checks every page. Arguments go to `semigrate demo` (e.g. --mode semigrate --json --keep DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash deploy/services.sh up >/dev/null
-dotnet build src/Workers/SEmigrate.Workers.csproj --nologo -v quiet -o artifacts/semigrate
-exec artifacts/semigrate/semigrate doctor "$@"
+dotnet build src/Workers/SEmigrate.Workers.csproj --nologo -v quiet -c Release -o artifacts/semigrate
+exec artifacts/semigrate/semigrate demo "$@"
