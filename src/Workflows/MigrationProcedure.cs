@@ -18,6 +18,9 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
 
     public MigrationProgress Progress => new(migrationId, state, [.. transfers], reason);
 
+    /// <summary>The operator's reason, when the engine cancels the migration on request.</summary>
+    public string? CancelReason { get; set; }
+
     private Guid migrationId;
 
     public async Task<MigrationOutcome> RunAsync(MigrationRequest request, CancellationToken ct)
@@ -73,7 +76,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {
-            return await CompensateAsync(request, destinations, guest.Pages, plan, ct.IsCancellationRequested ? "cancelled: " + Reason(e) : Reason(e));
+            return await CompensateAsync(request, destinations, guest.Pages, plan, ct.IsCancellationRequested ? $"cancelled: {CancelReason ?? Reason(e)}" : Reason(e));
         }
     }
 

@@ -40,3 +40,7 @@ public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long L
 public sealed record MigrationCompensated(Guid MigrationId, string Reason, IReadOnlyList<string> ReleasedHosts, DateTimeOffset At) : IMigrationEvent;
 
 public sealed record MigrationRefused(Guid MigrationId, string Reason, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>An event as a workflow activity's input: the property's declared interface type makes the
+/// JSON carry the event's type name, so the activity gets the same event back.</summary>
+public sealed record RecordEvent(IMigrationEvent Event);

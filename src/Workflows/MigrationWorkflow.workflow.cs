@@ -1,0 +1,54 @@
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using Temporalio.Common;
+using Temporalio.Workflows;
+
+namespace SEmigrate.Workflows;
+
+/// <summary>The split migration on Temporal: <see cref="MigrationProcedure"/> with activities on the task
+/// queue of the host each step must run on. Query Progress; signal Cancel to stop and compensate.
+/// Search attributes make migrations findable by VM, source, main host, mode and state.</summary>
+[Workflow("SplitMigration")]
+public sealed class MigrationWorkflow
+{
+    /// <summary>Where the workflow and its audit activity run (the orchestrator's worker).</summary>
+    public const string OrchestratorQueue = "semigrate-orchestrator";
+
+    public static readonly SearchAttributeKey<string> VmKey = SearchAttributeKey.CreateKeyword("SemigrateVm");
+    public static readonly SearchAttributeKey<string> SourceKey = SearchAttributeKey.CreateKeyword("SemigrateSource");
+    public static readonly SearchAttributeKey<string> MainKey = SearchAttributeKey.CreateKeyword("SemigrateMain");
+    public static readonly SearchAttributeKey<string> ModeKey = SearchAttributeKey.CreateKeyword("SemigrateMode");
+    public static readonly SearchAttributeKey<string> StateKey = SearchAttributeKey.CreateKeyword("SemigrateState");
+
+    private readonly CancellationTokenSource cancel = new();
+    private MigrationProcedure? procedure;
+    private Guid migrationId;
+
+    [WorkflowRun]
+    public async Task<MigrationOutcome> RunAsync(MigrationRequest request)
+    {
+        migrationId = request.MigrationId;
+        Workflow.UpsertTypedSearchAttributes(
+            VmKey.ValueSet(request.Vm.ToString()), SourceKey.ValueSet(request.Source), MainKey.ValueSet(request.Main.Host),
+            ModeKey.ValueSet(request.Mode.ToWireName()), StateKey.ValueSet(nameof(MigrationState.Requested)));
+        procedure = new MigrationProcedure(new TemporalSteps(StepPolicies.Default));
+        var outcome = await procedure.RunAsync(request, cancel.Token);
+        Workflow.UpsertTypedSearchAttributes(StateKey.ValueSet(outcome.State.ToString()));
+        return outcome;
+    }
+
+    [WorkflowQuery("Progress")]
+    public MigrationProgress Progress() => procedure?.Progress ?? new MigrationProgress(migrationId, MigrationState.Requested, [], null);
+
+    /// <summary>Stops the migration; what started is released and the VM stays at the source.</summary>
+    [WorkflowSignal("Cancel")]
+    public Task CancelAsync(CancelMigration input)
+    {
+        if (procedure is not null)
+        {
+            procedure.CancelReason = input.Reason;
+        }
+        cancel.Cancel();
+        return Task.CompletedTask;
+    }
+}

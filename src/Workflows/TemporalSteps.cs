@@ -1,0 +1,74 @@
+using SEmigrate.Activities;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using Temporalio.Common;
+using Temporalio.Workflows;
+
+namespace SEmigrate.Workflows;
+
+/// <summary>The procedure's steps as Temporal activities, each on its host's task queue, with the
+/// policy's retries, timeout and (for transfers) heartbeat timeout. Non-retryable failures (bad input,
+/// wrong host) are marked so by the activities themselves.</summary>
+internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
+{
+    public DateTimeOffset UtcNow => Workflow.UtcNow;
+
+    public Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => Workflow.WhenAllAsync(steps);
+
+    public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.IntrospectAsync(input), Options(host, policies.Introspect, ct));
+
+    public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((PagingActivities a) => a.StartPagingAsync(input), Options(host, policies.Quick, ct));
+
+    public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.TransferAsync(input), Options(host, policies.Transfer, ct));
+
+    public Task<KeyWrapped> WrapKeyAsync(string host, WrapKey input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.WrapKeyAsync(input), Options(host, policies.Quick, ct));
+
+    public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((MainHostActivities a) => a.SwitchOverAsync(input), Options(host, policies.SwitchOver, ct));
+
+    public Task<PagingReleased> ReleasePagingAsync(string host, ReleasePaging input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((PagingActivities a) => a.ReleasePagingAsync(input), Options(host, policies.Quick, ct));
+
+    public Task<SourceReleased> ReleaseSourceAsync(string host, ReleaseSource input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.ReleaseSourceAsync(input), Options(host, policies.Quick, ct));
+
+    /// <summary>Publishes the event (an activity on the orchestrator's queue), then shows the new state
+    /// in the search attributes.</summary>
+    public async Task RecordAsync(IMigrationEvent e)
+    {
+        await Workflow.ExecuteActivityAsync((AuditActivities a) => a.RecordAsync(new RecordEvent(e)), new ActivityOptions
+        {
+            TaskQueue = MigrationWorkflow.OrchestratorQueue,
+            StartToCloseTimeout = policies.Quick.Timeout,
+            RetryPolicy = new RetryPolicy { InitialInterval = policies.Quick.Backoff, MaximumAttempts = 0 }, // never lose an audit event
+        });
+        if (StateAfter(e) is { } state)
+        {
+            Workflow.UpsertTypedSearchAttributes(MigrationWorkflow.StateKey.ValueSet(state.ToString()));
+        }
+    }
+
+    private static MigrationState? StateAfter(IMigrationEvent e) => e switch
+    {
+        GuestIntrospected => MigrationState.Introspected,
+        PagesPlaced => MigrationState.Placed,
+        PagingServersStarted => MigrationState.Transferring,
+        MigrationSwitchedOver => MigrationState.SwitchedOver,
+        MigrationCompensated => MigrationState.Compensated,
+        MigrationRefused => MigrationState.Refused,
+        _ => null,
+    };
+
+    private static ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct) => new()
+    {
+        TaskQueue = StepQueues.Host(host),
+        StartToCloseTimeout = policy.Timeout,
+        HeartbeatTimeout = policy.Heartbeat,
+        RetryPolicy = new RetryPolicy { InitialInterval = policy.Backoff, MaximumAttempts = policy.MaxAttempts },
+        CancellationToken = ct,
+    };
+}

@@ -1,0 +1,245 @@
+using Google.Protobuf.WellKnownTypes;
+using Temporalio.Api.Common.V1;
+using Temporalio.Api.Enums.V1;
+using Temporalio.Api.Failure.V1;
+using Temporalio.Api.History.V1;
+using Temporalio.Api.Sdk.V1;
+using Temporalio.Api.TaskQueue.V1;
+using Temporalio.Common;
+using Temporalio.Converters;
+
+namespace SEmigrate.Workflows.Tests;
+
+/// <summary>Builds a workflow history by hand, event by event, as the server would record it: the
+/// workflow's start, then per workflow task the commands it completed with (activities scheduled, search
+/// attributes upserted, activity cancels, the end), and what came back (activity results and failures,
+/// signals). The first completed task carries the SDK's core flags, without which replay would not check
+/// activity types (see shared/notes/temporal.md).</summary>
+internal sealed class HistoryBuilder
+{
+    private readonly List<HistoryEvent> events = [];
+    private readonly DateTime start = new(2026, 11, 26, 12, 0, 0, DateTimeKind.Utc);
+    private readonly Dictionary<long, long> startedOf = [];
+    private readonly Dictionary<long, int> attempts = [];
+    private int activities;
+    private bool flagged;
+
+    private static Payloads Payloads(object? value) => new() { Payloads_ = { DataConverter.Default.PayloadConverter.ToPayload(value) } };
+
+    private HistoryEvent Add(EventType type, Action<HistoryEvent> fill)
+    {
+        var e = new HistoryEvent { EventId = events.Count + 1, EventType = type, EventTime = Timestamp.FromDateTime(start.AddMilliseconds(events.Count * 10)) };
+        fill(e);
+        events.Add(e);
+        return e;
+    }
+
+    public HistoryBuilder Start(string workflowType, string taskQueue, object input)
+    {
+        Add(EventType.WorkflowExecutionStarted, e => e.WorkflowExecutionStartedEventAttributes = new WorkflowExecutionStartedEventAttributes
+        {
+            WorkflowType = new WorkflowType { Name = workflowType },
+            TaskQueue = new TaskQueue { Name = taskQueue },
+            Input = Payloads(input),
+            WorkflowTaskTimeout = Duration.FromTimeSpan(TimeSpan.FromSeconds(10)),
+            OriginalExecutionRunId = "run-1",
+            FirstExecutionRunId = "run-1",
+            Attempt = 1,
+        });
+        NewTask();
+        return this;
+    }
+
+    private void NewTask()
+    {
+        var scheduled = Add(EventType.WorkflowTaskScheduled, e => e.WorkflowTaskScheduledEventAttributes = new WorkflowTaskScheduledEventAttributes
+        {
+            TaskQueue = new TaskQueue { Name = "q" },
+            StartToCloseTimeout = Duration.FromTimeSpan(TimeSpan.FromSeconds(10)),
+            Attempt = 1,
+        });
+        Add(EventType.WorkflowTaskStarted, e => e.WorkflowTaskStartedEventAttributes = new WorkflowTaskStartedEventAttributes
+        {
+            ScheduledEventId = scheduled.EventId,
+            Identity = "replay",
+            RequestId = Guid.NewGuid().ToString(),
+        });
+    }
+
+    /// <summary>A command of a completed workflow task.</summary>
+    public abstract record Command;
+
+    public sealed record Schedule(string ActivityType, string TaskQueue, object? Input = null) : Command;
+
+    public sealed record Upsert(params (string Key, string Value)[] Attributes) : Command;
+
+    public sealed record CancelActivity(long ScheduledEventId) : Command;
+
+    public sealed record Complete(object? Result) : Command;
+
+    /// <summary>Completes the workflow task in progress with these commands; returns the scheduled event
+    /// id of each activity it scheduled, in order.</summary>
+    public long[] Task(params Command[] commands)
+    {
+        if (events[^1].EventType != EventType.WorkflowTaskStarted)
+        {
+            NewTask();
+        }
+        var started = events[^1].EventId;
+        var completed = Add(EventType.WorkflowTaskCompleted, e =>
+        {
+            e.WorkflowTaskCompletedEventAttributes = new WorkflowTaskCompletedEventAttributes { ScheduledEventId = started - 1, StartedEventId = started, Identity = "replay" };
+            if (!flagged)
+            {
+                e.WorkflowTaskCompletedEventAttributes.SdkMetadata = new WorkflowTaskCompletedMetadata { CoreUsedFlags = { 1, 2, 3 }, LangUsedFlags = { 1, 2 } };
+                flagged = true;
+            }
+        });
+        var scheduled = new List<long>();
+        foreach (var command in commands)
+        {
+            switch (command)
+            {
+                case Schedule s:
+                    scheduled.Add(Add(EventType.ActivityTaskScheduled, e => e.ActivityTaskScheduledEventAttributes = new ActivityTaskScheduledEventAttributes
+                    {
+                        ActivityId = (++activities).ToString(System.Globalization.CultureInfo.InvariantCulture),
+                        ActivityType = new ActivityType { Name = s.ActivityType },
+                        TaskQueue = new TaskQueue { Name = s.TaskQueue },
+                        Input = Payloads(s.Input),
+                        StartToCloseTimeout = Duration.FromTimeSpan(TimeSpan.FromMinutes(1)),
+                        WorkflowTaskCompletedEventId = completed.EventId,
+                    }).EventId);
+                    break;
+                case Upsert u:
+                    Add(EventType.UpsertWorkflowSearchAttributes, e =>
+                    {
+                        var attributes = new SearchAttributes();
+                        foreach (var (key, value) in u.Attributes)
+                        {
+                            attributes.IndexedFields[key] = DataConverter.Default.PayloadConverter.ToPayload(value);
+                            attributes.IndexedFields[key].Metadata["type"] = Google.Protobuf.ByteString.CopyFromUtf8("Keyword");
+                        }
+                        e.UpsertWorkflowSearchAttributesEventAttributes = new UpsertWorkflowSearchAttributesEventAttributes
+                        {
+                            WorkflowTaskCompletedEventId = completed.EventId,
+                            SearchAttributes = attributes,
+                        };
+                    });
+                    break;
+                case CancelActivity c:
+                    Add(EventType.ActivityTaskCancelRequested, e => e.ActivityTaskCancelRequestedEventAttributes = new ActivityTaskCancelRequestedEventAttributes
+                    {
+                        ScheduledEventId = c.ScheduledEventId,
+                        WorkflowTaskCompletedEventId = completed.EventId,
+                    });
+                    break;
+                case Complete done:
+                    Add(EventType.WorkflowExecutionCompleted, e => e.WorkflowExecutionCompletedEventAttributes = new WorkflowExecutionCompletedEventAttributes
+                    {
+                        Result = Payloads(done.Result),
+                        WorkflowTaskCompletedEventId = completed.EventId,
+                    });
+                    break;
+            }
+        }
+        return [.. scheduled];
+    }
+
+    /// <summary>The activity's first try fails and the server retries it: it records only the try that
+    /// ran last, with its attempt number and the earlier failure.</summary>
+    public HistoryBuilder Retried(long scheduled)
+    {
+        attempts[scheduled] = 2;
+        return this;
+    }
+
+    /// <summary>Activities finish; the next <see cref="Task"/> is the workflow task they wake.</summary>
+    public HistoryBuilder Completed(params (long Scheduled, object? Result)[] results)
+    {
+        foreach (var (scheduled, result) in results)
+        {
+            var started = StartActivity(scheduled, attempts.GetValueOrDefault(scheduled, 1));
+            Add(EventType.ActivityTaskCompleted, e => e.ActivityTaskCompletedEventAttributes = new ActivityTaskCompletedEventAttributes
+            {
+                ScheduledEventId = scheduled,
+                StartedEventId = started,
+                Result = Payloads(result),
+            });
+        }
+        return this;
+    }
+
+    /// <summary>An activity that failed for good (its retries ran out).</summary>
+    public HistoryBuilder Failed(long scheduled, string message)
+    {
+        var started = StartActivity(scheduled, 3);
+        Add(EventType.ActivityTaskFailed, e => e.ActivityTaskFailedEventAttributes = new ActivityTaskFailedEventAttributes
+        {
+            ScheduledEventId = scheduled,
+            StartedEventId = started,
+            Failure = Failure(message),
+            RetryState = RetryState.MaximumAttemptsReached,
+        });
+        return this;
+    }
+
+    public HistoryBuilder Signaled(string name, object input)
+    {
+        Add(EventType.WorkflowExecutionSignaled, e => e.WorkflowExecutionSignaledEventAttributes = new WorkflowExecutionSignaledEventAttributes
+        {
+            SignalName = name,
+            Input = Payloads(input),
+            Identity = "operator",
+        });
+        return this;
+    }
+
+    /// <summary>Activities that acknowledged a cancel request.</summary>
+    public HistoryBuilder Canceled(params long[] scheduled)
+    {
+        foreach (var s in scheduled)
+        {
+            var started = startedOf.TryGetValue(s, out var st) ? st : StartActivity(s, 1);
+            Add(EventType.ActivityTaskCanceled, e => e.ActivityTaskCanceledEventAttributes = new ActivityTaskCanceledEventAttributes
+            {
+                ScheduledEventId = s,
+                StartedEventId = started,
+                LatestCancelRequestedEventId = events.Last(x => x.EventType == EventType.ActivityTaskCancelRequested && x.ActivityTaskCancelRequestedEventAttributes.ScheduledEventId == s).EventId,
+            });
+        }
+        return this;
+    }
+
+    private long StartActivity(long scheduled, int attempt)
+    {
+        var started = Add(EventType.ActivityTaskStarted, e => e.ActivityTaskStartedEventAttributes = new ActivityTaskStartedEventAttributes
+        {
+            ScheduledEventId = scheduled,
+            Identity = "replay",
+            RequestId = Guid.NewGuid().ToString(),
+            Attempt = attempt,
+            LastFailure = attempt > 1 ? Failure("an earlier attempt failed") : null,
+        }).EventId;
+        startedOf[scheduled] = started;
+        return started;
+    }
+
+    private static Failure Failure(string message) => new()
+    {
+        Message = message,
+        ApplicationFailureInfo = new ApplicationFailureInfo { Type = "StepFailed" },
+    };
+
+    public WorkflowHistory Build(string workflowId = "migration-1") => new(workflowId, events);
+
+    /// <summary>The same history with one activity type renamed: a workflow that no longer matches it.</summary>
+    public WorkflowHistory BuildWithActivityTypeChanged(string from, string to)
+    {
+        var copy = events.Select(e => e.Clone()).ToList();
+        var target = copy.First(e => e.EventType == EventType.ActivityTaskScheduled && e.ActivityTaskScheduledEventAttributes.ActivityType.Name == from);
+        target.ActivityTaskScheduledEventAttributes.ActivityType.Name = to;
+        return new WorkflowHistory("migration-changed", copy);
+    }
+
+}

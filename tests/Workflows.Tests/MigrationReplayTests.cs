@@ -1,0 +1,165 @@
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using Temporalio.Exceptions;
+using Temporalio.Worker;
+using static SEmigrate.Workflows.Tests.HistoryBuilder;
+
+namespace SEmigrate.Workflows.Tests;
+
+/// <summary>The Temporal workflow replayed against hand-built histories: the happy path, a transfer that
+/// is retried, a transfer that fails for good (compensation), a cancel, and a history the workflow no
+/// longer matches (which must fail). Replay checks that the workflow issues the same commands, in the
+/// same order, with the same activity types.</summary>
+public class MigrationReplayTests
+{
+    private static readonly MigrationRequest Request = new(Guid.Parse("11111111-2222-3333-4444-555555555555"), Guid.Parse("66666666-7777-8888-9999-000000000000"),
+        "/guests/g1", "src", new Destination("main", 1000), [new Destination("sub-a", 1000), new Destination("sub-b", 1000)], MigrationMode.Semigrate, ["vaultdb"]);
+
+    // Six chunks of 500 guest pages: main takes chunks 0-1, sub-a 2-3, sub-b 4-5.
+    private static readonly IntrospectionResult Introspected = new(new PageCounts(1000, 200, 1800), 3072, 40, 12, [], "/state/src/classes.map", 512, [500, 500, 500, 500, 500, 500]);
+
+    private static readonly string[] Hosts = ["main", "sub-a", "sub-b"];
+
+    private static Schedule Record() => new("RecordEvent", MigrationWorkflow.OrchestratorQueue);
+
+    private static Schedule On(string activity, string host) => new(activity, StepQueues.Host(host));
+
+    private static Upsert State(MigrationState state) => new(("SemigrateState", state.ToString()));
+
+    private static TransferResult Transferred(string host) => new(host, 1000, 1_000_000, 0, 0, 1);
+
+    private static Task<WorkflowReplayResult> ReplayAsync(Temporalio.Common.WorkflowHistory history, ReplayCapture? capture = null) =>
+        new WorkflowReplayer(new WorkflowReplayerOptions { Interceptors = capture is null ? [] : [capture] }.AddWorkflow<MigrationWorkflow>())
+            .ReplayWorkflowAsync(history, throwOnReplayFailure: true, TestContext.Current.CancellationToken);
+
+    /// <summary>Up to the transfers being scheduled; returns their scheduled event ids.</summary>
+    private static long[] UpToTransfers(HistoryBuilder h)
+    {
+        h.Start("SplitMigration", MigrationWorkflow.OrchestratorQueue, Request);
+        var r = h.Task(new Upsert(("SemigrateVm", Request.Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
+            ("SemigrateState", "Requested")), Record());
+        h.Completed((r[0], null));
+        var introspect = h.Task(On("Introspect", "src"));
+        h.Completed((introspect[0], Introspected));
+        r = h.Task(Record()); // introspected
+        h.Completed((r[0], null));
+        r = h.Task(State(MigrationState.Introspected), Record()); // classified
+        h.Completed((r[0], null));
+        r = h.Task(Record()); // placed
+        h.Completed((r[0], null));
+        var starts = h.Task(State(MigrationState.Placed), On("StartPaging", "main"), On("StartPaging", "sub-a"), On("StartPaging", "sub-b"));
+        h.Completed((starts[0], new PagingStarted("main", [1], [2])), (starts[1], new PagingStarted("sub-a", [3], null)), (starts[2], new PagingStarted("sub-b", [4], null)));
+        r = h.Task(Record()); // paging servers started
+        h.Completed((r[0], null));
+        return h.Task(State(MigrationState.Transferring), On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src"));
+    }
+
+    private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null)
+    {
+        var h = new HistoryBuilder();
+        var transfers = UpToTransfers(h);
+        beforeTransfersComplete?.Invoke(h, transfers);
+        h.Completed([.. transfers.Select((t, i) => (t, (object?)Transferred(Hosts[i])))]);
+        var r = h.Task(Record(), Record(), Record()); // one per destination
+        h.Completed([.. r.Select(id => (id, (object?)null))]);
+        var wrap = h.Task(On("WrapKey", "src"));
+        h.Completed((wrap[0], new KeyWrapped([9, 9])));
+        var switchOver = h.Task(On("SwitchOver", "main"));
+        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000, "/state/main/memory.img")));
+        r = h.Task(Record()); // switched over
+        h.Completed((r[0], null));
+        var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
+        h.Completed((release[0], new SourceReleased(true)));
+        h.Task(State(MigrationState.SwitchedOver), new Complete(null));
+        return h;
+    }
+
+    [Fact]
+    public async Task The_happy_path_replays_with_the_placement_the_keys_and_the_outcome_it_should_have()
+    {
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(HappyPath().Build(), capture);
+        Assert.Null(result.ReplayFailure);
+
+        // Each destination's transfer runs at the source with its own range, in placement order.
+        var transfers = capture.Scheduled.Where(s => s.Activity == "TransferPages").ToList();
+        Assert.All(transfers, t => Assert.Equal(StepQueues.Host("src"), t.TaskQueue));
+        Assert.Equal(
+            [new Assignment("main", 0, 1024, 1000), new Assignment("sub-a", 1024, 2048, 1000), new Assignment("sub-b", 2048, 3072, 1000)],
+            transfers.Select(t => ((TransferPages)t.Input!).Assignment));
+        Assert.All(transfers, t => Assert.Null(((TransferPages)t.Input!).ChannelKeyFor)); // semigrate mode: no key to any sub-host
+        // The data key is wrapped for the main host's public key, and only the main host switches over.
+        Assert.Equal([2], ((WrapKey)capture.Scheduled.Single(s => s.Activity == "WrapKey").Input!).MainPublicKey);
+        var switchOver = capture.Scheduled.Single(s => s.Activity == "SwitchOver");
+        Assert.Equal(StepQueues.Host("main"), switchOver.TaskQueue);
+        Assert.Equal([9, 9], ((SwitchOver)switchOver.Input!).WrappedKey);
+        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
+        Assert.Equal(MigrationState.SwitchedOver, outcome.State);
+        Assert.Equal(3, outcome.Transfers.Count);
+    }
+
+    [Fact]
+    public async Task A_transfer_that_failed_once_and_was_retried_replays()
+    {
+        var result = await ReplayAsync(HappyPath((h, transfers) => h.Retried(transfers[1])).Build());
+        Assert.Null(result.ReplayFailure);
+    }
+
+    [Fact]
+    public async Task A_transfer_that_fails_for_good_compensates_at_every_destination()
+    {
+        var h = new HistoryBuilder();
+        var transfers = UpToTransfers(h);
+        h.Completed((transfers[0], Transferred("main"))).Failed(transfers[1], "store full at sub-a").Completed((transfers[2], Transferred("sub-b")));
+        var r = h.Task(Record(), Record()); // the two that finished
+        h.Completed([.. r.Select(id => (id, (object?)null))]);
+        var releases = h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b"));
+        h.Completed([.. releases.Select((id, i) => (id, (object?)new PagingReleased(Hosts[i], 1000)))]);
+        var source = h.Task(On("ReleaseSource", "src"));
+        h.Completed((source[0], new SourceReleased(false)));
+        r = h.Task(Record()); // compensated
+        h.Completed((r[0], null));
+        h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        Assert.Equal(Hosts, capture.Scheduled.Where(s => s.Activity == "ReleasePaging").Select(s => ((ReleasePaging)s.Input!).Host));
+        Assert.False(((ReleaseSource)capture.Scheduled.Single(s => s.Activity == "ReleaseSource").Input!).VmLeft);
+        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
+        Assert.Equal(MigrationState.Compensated, outcome.State);
+        Assert.Contains("store full at sub-a", outcome.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_cancel_during_the_transfers_stops_them_and_compensates()
+    {
+        var h = new HistoryBuilder();
+        var transfers = UpToTransfers(h);
+        h.Signaled("Cancel", new CancelMigration("maintenance window over"));
+        var releases = h.Task(new CancelActivity(transfers[0]), new CancelActivity(transfers[1]), new CancelActivity(transfers[2]),
+            On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b"));
+        h.Completed([.. releases.Select((id, i) => (id, (object?)new PagingReleased(Hosts[i], 0)))]);
+        var source = h.Task(On("ReleaseSource", "src"));
+        h.Completed((source[0], new SourceReleased(false)));
+        var r = h.Task(Record()); // compensated
+        h.Completed((r[0], null));
+        h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
+        Assert.Equal(MigrationState.Compensated, outcome.State);
+        Assert.StartsWith("cancelled: maintenance window over", outcome.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_history_with_another_step_order_fails_with_a_nondeterminism_error()
+    {
+        var changed = HappyPath().BuildWithActivityTypeChanged("Introspect", "ClassifyFirst");
+
+        var e = await Assert.ThrowsAsync<WorkflowNondeterminismException>(() => ReplayAsync(changed));
+        Assert.Contains("'ClassifyFirst' does not match activity type of activity command 'Introspect'", e.Message, StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,36 @@
+using System.Collections.Concurrent;
+using Temporalio.Worker.Interceptors;
+
+namespace SEmigrate.Workflows.Tests;
+
+/// <summary>Replay compares commands, not payloads: this interceptor records what the workflow passed
+/// to each activity (name, task queue, argument) and what it returned, so tests can check them.</summary>
+internal sealed class ReplayCapture : IWorkerInterceptor
+{
+    public ConcurrentQueue<(string Activity, string? TaskQueue, object? Input)> Scheduled { get; } = new();
+
+    public object? Result { get; private set; }
+
+    public WorkflowInboundInterceptor InterceptWorkflow(WorkflowInboundInterceptor nextInterceptor) => new Inbound(nextInterceptor, this);
+
+    private sealed class Inbound(WorkflowInboundInterceptor next, ReplayCapture capture) : WorkflowInboundInterceptor(next)
+    {
+        public override void Init(WorkflowOutboundInterceptor outbound) => base.Init(new Outbound(outbound, capture));
+
+        public override async Task<object?> ExecuteWorkflowAsync(ExecuteWorkflowInput input)
+        {
+            var result = await base.ExecuteWorkflowAsync(input);
+            capture.Result = result;
+            return result;
+        }
+    }
+
+    private sealed class Outbound(WorkflowOutboundInterceptor next, ReplayCapture capture) : WorkflowOutboundInterceptor(next)
+    {
+        public override Task<TResult> ScheduleActivityAsync<TResult>(ScheduleActivityInput input)
+        {
+            capture.Scheduled.Enqueue((input.Activity, input.Options.TaskQueue, input.Args.FirstOrDefault()));
+            return base.ScheduleActivityAsync<TResult>(input);
+        }
+    }
+}
