@@ -155,6 +155,33 @@ public class MigrationReplayTests
     }
 
     [Fact]
+    public async Task Destinations_too_small_refuse_the_migration_before_anything_moves()
+    {
+        var h = new HistoryBuilder();
+        h.Start("SplitMigration", MigrationWorkflow.OrchestratorQueue, Request);
+        var r = h.Task(new Upsert(("SemigrateVm", Request.Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
+            ("SemigrateState", "Requested")), Record());
+        h.Completed((r[0], null));
+        var introspect = h.Task(On("Introspect", "src"));
+        h.Completed((introspect[0], Introspected with { ChunkGuestPages = [500, 500, 500, 500, 500, 500, 500] })); // 3500 pages, room for 3000
+        r = h.Task(Record()); // introspected
+        h.Completed((r[0], null));
+        r = h.Task(State(MigrationState.Introspected), Record()); // classified
+        h.Completed((r[0], null));
+        r = h.Task(Record()); // refused
+        h.Completed((r[0], null));
+        h.Task(State(MigrationState.Refused), State(MigrationState.Refused), new Complete(null));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        Assert.DoesNotContain(capture.Scheduled, s => s.Activity is "StartPaging" or "TransferPages");
+        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
+        Assert.Equal(MigrationState.Refused, outcome.State);
+        Assert.Contains("3500 pages but the destinations hold 3000", outcome.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_history_with_another_step_order_fails_with_a_nondeterminism_error()
     {
         var changed = HappyPath().BuildWithActivityTypeChanged("Introspect", "ClassifyFirst");

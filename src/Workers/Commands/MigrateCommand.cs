@@ -6,7 +6,10 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workflows;
+using Microsoft.Extensions.Options;
+using SEmigrate.Workers.Settings;
 using Spectre.Console;
+using Temporalio.Client;
 
 namespace SEmigrate.Workers.Commands;
 
@@ -59,12 +62,43 @@ public static class MigrateCommand
         return root;
     }
 
-    /// <summary>Runs the migration and shows its stages and a bar per destination on standard error.</summary>
+    /// <summary>Runs the migration (on Temporal when one is configured, else on the embedded engine) and
+    /// shows its stages and a bar per destination on standard error.</summary>
     public static async Task<MigrationOutcome> FollowAsync(IServiceProvider services, MigrationRequest request, bool quiet, CancellationToken ct)
     {
-        var procedure = new MigrationProcedure(services.GetRequiredService<EmbeddedSteps>());
+        Func<MigrationState> state;
+        Task<MigrationOutcome> migration;
+        if (services.GetRequiredService<IOptions<TemporalOptions>>().Value is { IsConfigured: true } temporal)
+        {
+            var client = await TemporalClient.ConnectAsync(new TemporalClientConnectOptions(temporal.Address!) { Namespace = temporal.Namespace });
+            var handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request),
+                new WorkflowOptions($"migration-{request.MigrationId}", MigrationWorkflow.OrchestratorQueue));
+            var last = MigrationState.Requested;
+            state = () => last;
+            migration = handle.GetResultAsync();
+            _ = Task.Run(async () =>
+            {
+                while (!migration.IsCompleted)
+                {
+                    try
+                    {
+                        last = (await handle.QueryAsync(w => w.Progress())).State;
+                    }
+                    catch (Temporalio.Exceptions.TemporalException)
+                    {
+                        // A query can fail while the workflow finishes or a worker restarts: try again.
+                    }
+                    await Task.Delay(500, ct);
+                }
+            }, ct);
+        }
+        else
+        {
+            var procedure = new MigrationProcedure(services.GetRequiredService<EmbeddedSteps>());
+            state = () => procedure.Progress.State;
+            migration = procedure.RunAsync(request, ct);
+        }
         var watch = services.GetRequiredService<TransferWatch>();
-        var migration = procedure.RunAsync(request, ct);
         if (quiet)
         {
             return await migration;
@@ -79,7 +113,7 @@ public static class MigrateCommand
                 var bars = new Dictionary<string, ProgressTask>(StringComparer.Ordinal);
                 while (true)
                 {
-                    var now = procedure.Progress.State;
+                    var now = state();
                     if (now != stage)
                     {
                         stage = now;

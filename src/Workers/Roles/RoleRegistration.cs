@@ -2,6 +2,7 @@ using JasperFx;
 using JasperFx.Events.Projections;
 using Marten;
 using MassTransit;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
@@ -16,6 +17,7 @@ using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Settings;
 using SEmigrate.Workers.Steps;
 using SEmigrate.Workflows;
+using Temporalio.Extensions.Hosting;
 
 namespace SEmigrate.Workers.Roles;
 
@@ -24,10 +26,14 @@ namespace SEmigrate.Workers.Roles;
 /// the embedded engine, watches transfer heartbeats and appends the audit trail to Marten.</summary>
 public static class RoleRegistration
 {
-    public static readonly string[] Roles = ["source", "main", "sub"];
+    public static readonly string[] Roles = ["source", "main", "sub", "orchestrator"];
 
     public static IHostApplicationBuilder AddHostRole(this IHostApplicationBuilder builder, string role, HostContext context)
     {
+        if (role == "orchestrator")
+        {
+            return builder.AddOrchestrator(StepPolicies.Default);
+        }
         var (host, stateDirectory) = (context.Host, context.StateDirectory);
         builder.Services.AddSingleton(context);
         builder.AddPagePath($"{role} worker {host}");
@@ -47,6 +53,17 @@ public static class RoleRegistration
                 builder.Services.AddSingleton<MainHostVms>();
                 builder.Services.AddSingleton<MainHostActivities>();
                 break;
+        }
+        if (Temporal(builder) is { } temporal)
+        {
+            // The same activity classes, on this host's task queue, for migrations that Temporal drives.
+            var worker = builder.Services.AddHostedTemporalWorker(temporal.Address!, temporal.Namespace, StepQueues.Host(host));
+            _ = role switch
+            {
+                "source" => worker.AddSingletonActivities<SourceActivities>(),
+                "main" => worker.AddSingletonActivities<PagingActivities>().AddSingletonActivities<MainHostActivities>(),
+                _ => worker.AddSingletonActivities<PagingActivities>(),
+            };
         }
         return builder.AddMessaging(
             x =>
@@ -72,9 +89,16 @@ public static class RoleRegistration
             }));
     }
 
-    /// <summary>The embedded engine and the auditor, in the process that runs migrations.</summary>
+    /// <summary>The embedded engine and the auditor, in the process that runs migrations; with Temporal
+    /// configured, also the Temporal worker of the migration workflow and its audit activity.</summary>
     public static IHostApplicationBuilder AddOrchestrator(this IHostApplicationBuilder builder, StepPolicies policies)
     {
+        if (Temporal(builder) is { } temporal)
+        {
+            builder.Services.AddHostedTemporalWorker(temporal.Address!, temporal.Namespace, MigrationWorkflow.OrchestratorQueue)
+                .AddWorkflow<MigrationWorkflow>()
+                .AddSingletonActivities<AuditActivities>();
+        }
         builder.Services.AddSingleton(policies);
         builder.Services.AddSingleton<TransferWatch>();
         builder.Services.AddSingleton<EmbeddedSteps>();
@@ -90,6 +114,8 @@ public static class RoleRegistration
                 cfg.ReceiveEndpoint(new TemporaryEndpointDefinition("semigrate-progress"), e => e.ConfigureConsumer<TransferProgressConsumer>(bus));
                 cfg.ReceiveEndpoint(MigrationAuditConsumer.Queue, e =>
                 {
+                    // One consumer at a time over all processes, one message at a time: streams keep their order.
+                    e.SingleActiveConsumer = true;
                     e.PrefetchCount = 1;
                     e.ConcurrentMessageLimit = 1;
                     e.UseMessageRetry(r => r.Interval(10, TimeSpan.FromSeconds(1))); // in place: the order holds
@@ -115,6 +141,10 @@ public static class RoleRegistration
         }).UseLightweightSessions();
         return builder;
     }
+
+    /// <summary>The Temporal server, when one is configured (validated on start like every option).</summary>
+    private static TemporalOptions? Temporal(IHostApplicationBuilder builder) =>
+        builder.Configuration.GetSection(TemporalOptions.Section).Get<TemporalOptions>() is { IsConfigured: true } t ? t : null;
 
     /// <summary>The page path: one RabbitMQ.Client connection and a page client on it.</summary>
     private static void AddPagePath(this IHostApplicationBuilder builder, string name)
