@@ -25,12 +25,44 @@ public class CommandLineTests
     [InlineData("guest")]
     [InlineData("guest", "boot")]
     [InlineData("guest", "introspect")]
+    [InlineData("worker")]
+    [InlineData("migrate")]
+    [InlineData("status")]
+    [InlineData("demo")]
     public async Task Every_subcommand_has_help(params string[] command)
     {
         var r = await SemigrateProcess.RunAsync(NoEnvironment, [.. command, "--help"]);
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("Description:", r.Stdout, StringComparison.Ordinal);
         Assert.Contains($"semigrate {string.Join(' ', command)}", r.Stdout, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("--main", "main-1", "is not NAME:SIZE")]
+    [InlineData("--main", "main-1:lots", "is not a size")]
+    [InlineData("--mode", "rot13", "rot13")]
+    public async Task Migrate_refuses_bad_arguments_with_one_line_before_anything_starts(string option, string value, string message)
+    {
+        string[] args = ["migrate", "--guest", "/nonexistent", "--source", "s", "--main", "m:1M", "--sub", "a:1M"];
+        var i = Array.IndexOf(args, option);
+        args = i >= 0 ? [.. args[..(i + 1)], value, .. args[(i + 2)..]] : [.. args, option, value];
+
+        var r = await SemigrateProcess.RunAsync(NoEnvironment, args);
+
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(message, r.Stderr, StringComparison.Ordinal);
+        Assert.Single(r.Stderr.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public async Task A_worker_with_an_unknown_role_or_a_bad_host_name_is_refused()
+    {
+        var role = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "janitor", "--host", "h");
+        Assert.NotEqual(0, role.ExitCode);
+        Assert.Contains("janitor", role.Stderr + role.Stdout, StringComparison.Ordinal);
+        var host = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "sub", "--host", "two words");
+        Assert.Equal(2, host.ExitCode);
+        Assert.Contains("letters, digits", host.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]

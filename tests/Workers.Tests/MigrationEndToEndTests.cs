@@ -53,6 +53,16 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             [nameof(MigrationRequested), nameof(GuestIntrospected), nameof(PagesClassified), nameof(PagesPlaced), nameof(PagingServersStarted),
              nameof(DestinationTransferred), nameof(DestinationTransferred), nameof(DestinationTransferred), nameof(MigrationSwitchedOver)],
             events.Select(e => e.GetType().Name));
+        // `semigrate status` reads the same summary.
+        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync()) { ["SEMIGRATE__Postgres__Schema"] = postgres.Schema };
+        var status = await SemigrateProcess.RunAsync(environment, "status", request.MigrationId.ToString());
+        Assert.Equal(0, status.ExitCode);
+        Assert.Contains($"{request.MigrationId}  SwitchedOver", status.Stdout, StringComparison.Ordinal);
+        Assert.Contains("3 transfers done", status.Stdout, StringComparison.Ordinal);
+        var unknown = await SemigrateProcess.RunAsync(environment, "status", Guid.NewGuid().ToString());
+        Assert.Equal(1, unknown.ExitCode);
+        Assert.Contains("in the audit trail", unknown.Stderr, StringComparison.Ordinal);
+
         var classified = events.OfType<PagesClassified>().Single();
         var guestPages = outcome.Pages.Total;
         Assert.Equal(guestPages, classified.Zero + classified.Plain + classified.Sealed);

@@ -15,8 +15,11 @@ internal sealed class MigrationRun : IAsyncDisposable
 {
     private readonly DirectoryInfo state;
 
+    private readonly string suffix;
+
     private MigrationRun(DirectoryInfo state, WorkerFleet fleet, IHost host, string suffix)
     {
+        this.suffix = suffix;
         (this.state, Fleet, Host) = (state, fleet, host);
         (Source, Main, Sub1, Sub2) = ($"src-{suffix}", $"main-{suffix}", $"sub1-{suffix}", $"sub2-{suffix}");
     }
@@ -35,6 +38,8 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public string Sub2 { get; }
 
+    public string AuditQueue => $"semigrate-audit-{suffix}";
+
     public string StateOf(string host) => Path.Combine(state.FullName, host);
 
     public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0)
@@ -51,20 +56,34 @@ internal sealed class MigrationRun : IAsyncDisposable
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 200_000)] : Array.Empty<WorkerFleet.Worker>(),
         ];
         var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct);
-        var host = Orchestrator.Build(policies, new Dictionary<string, string?> { ["Postgres:Schema"] = postgres.Schema });
+        var host = Orchestrator.Build(policies, new Dictionary<string, string?>
+        {
+            ["Postgres:Schema"] = postgres.Schema,
+            ["Audit:Queue"] = $"semigrate-audit-{suffix}", // this test's auditor only
+        });
         await host.StartAsync(ct);
         return new MigrationRun(state, fleet, host, suffix);
     }
 
+    private readonly List<Guid> vms = [];
+
     public MigrationRequest Request(string guestDir, MigrationMode mode, long mainCapacity, long subCapacity) =>
-        new(Guid.NewGuid(), Guid.NewGuid(), guestDir, Source, new Destination(Main, mainCapacity),
+        new(Guid.NewGuid(), NewVm(), guestDir, Source, new Destination(Main, mainCapacity),
             [new Destination(Sub1, subCapacity), new Destination(Sub2, subCapacity)], mode, ["vaultdb"]);
+
+    private Guid NewVm()
+    {
+        var vm = Guid.NewGuid();
+        vms.Add(vm);
+        return vm;
+    }
 
     public async ValueTask DisposeAsync()
     {
         await Host.StopAsync();
         Host.Dispose();
         Fleet.Dispose();
+        await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [Source, Main, Sub1, Sub2], vms, AuditQueue);
         try
         {
             state.Delete(recursive: true);

@@ -11,8 +11,6 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<MigrationSwitchedOver>,
     IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>
 {
-    public const string Queue = "semigrate-audit";
-
     public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context.Message, context.CancellationToken);
 
     public Task Consume(ConsumeContext<GuestIntrospected> context) => AppendAsync(context.Message, context.CancellationToken);

@@ -147,6 +147,8 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         }
 
         await client.ReleaseAsync(host, vm, ct);
+        server.Dispose();
+        await WorkerFleet.DeleteQueuesAsync(connection, [host], [vm, warmVm]);
         return new ModeFigures(mode.ToWireName(), seal, rawSeal, open, rawOpen,
             pageIn[0].P50Us, pageIn[0].P99Us, pageIn[0].RawP50Us, pageIn,
             wireBytes / bulkSeconds / 1e6, settings.Pages * 4096.0 / bulkSeconds / 1e6, rawBytes / rawSeconds / 1e6,

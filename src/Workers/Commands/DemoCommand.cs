@@ -4,10 +4,8 @@ using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
-using RabbitMQ.Client;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
-using SEmigrate.Contracts.Paging;
 using SEmigrate.Guest.Memory;
 using SEmigrate.Guest.Qemu;
 using SEmigrate.Workers.Embedded;
@@ -116,9 +114,10 @@ public static class DemoCommand
         ], root, logs, ct);
         using var host = Orchestrator.Build(StepPolicies.Default);
         await host.StartAsync(ct);
+        var vm = Guid.NewGuid();
         try
         {
-            var request = new MigrationRequest(Guid.NewGuid(), Guid.NewGuid(), guest.Directory, source, new Contracts.Migration.Destination(main, mainPages),
+            var request = new MigrationRequest(Guid.NewGuid(), vm, guest.Directory, source, new Contracts.Migration.Destination(main, mainPages),
                 [new Contracts.Migration.Destination(sub1, subPages), new Contracts.Migration.Destination(sub2, subPages)], mode, plainProcesses);
             var cpu0 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
             var clock = Stopwatch.StartNew();
@@ -150,7 +149,7 @@ public static class DemoCommand
         {
             await host.StopAsync(CancellationToken.None);
             fleet.Dispose();
-            await DeleteHostQueuesAsync(host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, [source, main, sub1, sub2]);
+            await WorkerFleet.DeleteQueuesAsync(host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, [source, main, sub1, sub2], [vm]);
             if (keepDir is null)
             {
                 Directory.Delete(root, recursive: true);
@@ -180,21 +179,6 @@ public static class DemoCommand
         Console.WriteLine(Row("CPU s orchestrator", r => $"{r.CpuSeconds.Orchestrator:0.00}"));
         Console.WriteLine(Row("audit events", r => $"{r.AuditEvents}"));
         Console.WriteLine(Row("migration", r => $"{r.MigrationId.ToString()[..13]}"));
-    }
-
-    /// <summary>The demo's hosts are gone for good: their queues go too (step queues, memory server queues).</summary>
-    private static async Task DeleteHostQueuesAsync(Uri rabbit, string[] hosts)
-    {
-        await using var connection = await new ConnectionFactory { Uri = rabbit, ClientProvidedName = "semigrate demo cleanup" }.CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync();
-        foreach (var host in hosts)
-        {
-            foreach (var queue in new[] { StepQueues.Host(host), StepQueues.Host(host) + "_error", StepQueues.Host(host) + "_skipped", PageQueues.Control(host), PageQueues.Control(host) + ".dead" })
-            {
-                await channel.QueueDeleteAsync(queue);
-            }
-            await channel.ExchangeDeleteAsync(StepQueues.Host(host));
-        }
     }
 
     private static async Task ServicesUpAsync(CancellationToken ct)

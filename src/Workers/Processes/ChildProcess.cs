@@ -8,6 +8,7 @@ namespace SEmigrate.Workers.Processes;
 public sealed class ChildProcess : IDisposable
 {
     private readonly Process process;
+    private bool disposed;
 
     private ChildProcess(Process process, string[] args)
     {
@@ -75,6 +76,11 @@ public sealed class ChildProcess : IDisposable
 
     public void Dispose()
     {
+        if (disposed)
+        {
+            return;
+        }
+        disposed = true;
         Kill();
         process.Dispose();
     }

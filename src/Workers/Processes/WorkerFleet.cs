@@ -1,3 +1,6 @@
+using RabbitMQ.Client;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Contracts.Paging;
 using SEmigrate.Workers.Roles;
 
 namespace SEmigrate.Workers.Processes;
@@ -62,6 +65,38 @@ public sealed class WorkerFleet(string stateRoot, string? logDir) : IDisposable
         }
         var log = logDir is null ? null : Path.Combine(logDir, $"{w.Host}.log");
         return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, ct, [.. args]);
+    }
+
+    /// <summary>For hosts that are gone for good (the demo's, the tests', the benchmark's): their queues
+    /// on the broker go too (step queues, memory server queues, the queues of <paramref name="vms"/>
+    /// they served), with any <paramref name="extraQueues"/>.</summary>
+    public static async Task DeleteQueuesAsync(Uri rabbit, IEnumerable<string> hosts, IEnumerable<Guid> vms, params string[] extraQueues)
+    {
+        await using var connection = await new ConnectionFactory { Uri = rabbit, ClientProvidedName = "semigrate cleanup" }.CreateConnectionAsync();
+        await DeleteQueuesAsync(connection, hosts, vms, extraQueues);
+    }
+
+    public static async Task DeleteQueuesAsync(IConnection connection, IEnumerable<string> hosts, IEnumerable<Guid> vms, params string[] extraQueues)
+    {
+        await using var channel = await connection.CreateChannelAsync();
+        foreach (var host in hosts)
+        {
+            string[] queues =
+            [
+                StepQueues.Host(host), StepQueues.Host(host) + "_error", StepQueues.Host(host) + "_skipped", PageQueues.Control(host), PageQueues.Control(host) + ".dead",
+                .. vms.SelectMany(vm => new[] { PageQueues.Bulk(host, vm), PageQueues.Fetch(host, vm) }),
+            ];
+            foreach (var queue in queues)
+            {
+                await channel.QueueDeleteAsync(queue);
+            }
+            await channel.ExchangeDeleteAsync(StepQueues.Host(host));
+        }
+        foreach (var queue in extraQueues)
+        {
+            await channel.QueueDeleteAsync(queue);
+            await channel.ExchangeDeleteAsync(queue);
+        }
     }
 
     public void Dispose()

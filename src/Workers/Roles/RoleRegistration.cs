@@ -112,7 +112,7 @@ public static class RoleRegistration
             (bus, cfg) =>
             {
                 cfg.ReceiveEndpoint(new TemporaryEndpointDefinition("semigrate-progress"), e => e.ConfigureConsumer<TransferProgressConsumer>(bus));
-                cfg.ReceiveEndpoint(MigrationAuditConsumer.Queue, e =>
+                cfg.ReceiveEndpoint(bus.GetRequiredService<IOptions<AuditOptions>>().Value.Queue, e =>
                 {
                     // One consumer at a time over all processes, one message at a time: streams keep their order.
                     e.SingleActiveConsumer = true;
@@ -160,9 +160,16 @@ public static class RoleRegistration
     private static IHostApplicationBuilder AddMessaging(this IHostApplicationBuilder builder,
         Action<IBusRegistrationConfigurator> consumers, Action<IBusRegistrationContext, IRabbitMqBusFactoryConfigurator> endpoints)
     {
-        builder.Services.AddOptions<MassTransitHostOptions>().Configure(o => o.WaitUntilStarted = true);
+        builder.Services.AddOptions<MassTransitHostOptions>().Configure(o =>
+        {
+            // Start fails with the broker's reason rather than waiting forever (e.g. a queue declared
+            // earlier with other arguments).
+            o.WaitUntilStarted = true;
+            o.StartTimeout = TimeSpan.FromSeconds(60);
+        });
         builder.Services.AddMassTransit(x =>
         {
+            x.DisableUsageTelemetry(); // no phoning home from hosts that carry guest memory
             consumers(x);
             x.UsingRabbitMq((bus, cfg) =>
             {

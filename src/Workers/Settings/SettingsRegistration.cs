@@ -20,6 +20,9 @@ public static partial class SettingsRegistration
             .Validate(o => o.Uri is { IsAbsoluteUri: true, Scheme: "amqp" or "amqps" },
                 "RabbitMq:Uri is missing or is not an amqp:// or amqps:// URI")
             .ValidateOnStart();
+        builder.Services.AddOptions<AuditOptions>().BindConfiguration(AuditOptions.Section)
+            .Validate(o => !string.IsNullOrWhiteSpace(o.Queue), "Audit:Queue must name a queue")
+            .ValidateOnStart();
         builder.Services.AddOptions<TemporalOptions>().BindConfiguration(TemporalOptions.Section)
             .Validate(o => !o.IsConfigured || HostPort().IsMatch(o.Address!),
                 "Temporal:Address must be host:port (or empty to use the embedded engine)")
