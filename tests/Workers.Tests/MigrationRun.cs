@@ -42,7 +42,10 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public string StateOf(string host) => Path.Combine(state.FullName, host);
 
-    public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0)
+    /// <summary>With <paramref name="temporalAddress"/>, the workers also serve their activities on Temporal
+    /// and the orchestrator runs the migration workflow's worker.</summary>
+    public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0,
+        string? temporalAddress = null)
     {
         foreach (var (key, value) in await ServicesScript.SettingsAsync())
         {
@@ -55,11 +58,13 @@ internal sealed class MigrationRun : IAsyncDisposable
             new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps), new("main", $"main-{suffix}", 200_000), new("sub", $"sub1-{suffix}", 200_000),
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 200_000)] : Array.Empty<WorkerFleet.Worker>(),
         ];
-        var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct);
+        var temporal = temporalAddress is null ? [] : new Dictionary<string, string> { ["SEMIGRATE__Temporal__Address"] = temporalAddress };
+        var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct, temporal);
         var host = Orchestrator.Build(policies, new Dictionary<string, string?>
         {
             ["Postgres:Schema"] = postgres.Schema,
             ["Audit:Queue"] = $"semigrate-audit-{suffix}", // this test's auditor only
+            ["Temporal:Address"] = temporalAddress ?? "",
         });
         await host.StartAsync(ct);
         return new MigrationRun(state, fleet, host, suffix);

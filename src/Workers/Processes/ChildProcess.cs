@@ -24,9 +24,10 @@ public sealed class ChildProcess : IDisposable
     public static string Executable => Path.Combine(AppContext.BaseDirectory, "semigrate");
 
     public static Task<ChildProcess> StartAsync(string readyLine, CancellationToken ct, params string[] args) =>
-        StartAsync(readyLine, null, ct, args);
+        StartAsync(readyLine, null, null, ct, args);
 
-    public static async Task<ChildProcess> StartAsync(string readyLine, string? logPath, CancellationToken ct, params string[] args)
+    /// <summary>Starts it and waits for its ready line; <paramref name="environment"/> adds to this process's.</summary>
+    public static async Task<ChildProcess> StartAsync(string readyLine, string? logPath, IReadOnlyDictionary<string, string>? environment, CancellationToken ct, params string[] args)
     {
         var start = new ProcessStartInfo(Executable, args)
         {
@@ -34,6 +35,10 @@ public sealed class ChildProcess : IDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[key] = value;
+        }
         var process = Process.Start(start) ?? throw new InvalidOperationException("could not start semigrate");
         var stderr = logPath is null ? process.StandardError.ReadToEndAsync(ct) : CopyAsync(process.StandardError, logPath);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);

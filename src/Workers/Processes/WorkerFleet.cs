@@ -7,15 +7,16 @@ namespace SEmigrate.Workers.Processes;
 
 /// <summary>One worker process per host, on this machine (the demo and the end-to-end tests): each with
 /// its own state folder under <c>stateRoot</c>, and its log there too when <c>logDir</c> is set.</summary>
-public sealed class WorkerFleet(string stateRoot, string? logDir) : IDisposable
+public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDictionary<string, string>? environment = null) : IDisposable
 {
     public sealed record Worker(string Role, string Host, long CapacityPages = 0, string? StoreFolder = null, double MaxMBps = 0);
 
     private readonly Dictionary<string, (Worker Spec, ChildProcess Process)> workers = new(StringComparer.Ordinal);
 
-    public static async Task<WorkerFleet> StartAsync(IEnumerable<Worker> specs, string stateRoot, string? logDir, CancellationToken ct)
+    public static async Task<WorkerFleet> StartAsync(IEnumerable<Worker> specs, string stateRoot, string? logDir, CancellationToken ct,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
-        var fleet = new WorkerFleet(stateRoot, logDir);
+        var fleet = new WorkerFleet(stateRoot, logDir, environment);
         try
         {
             var started = await Task.WhenAll(specs.Select(async s => (s, await fleet.SpawnAsync(s, ct))));
@@ -64,7 +65,7 @@ public sealed class WorkerFleet(string stateRoot, string? logDir) : IDisposable
             args.AddRange(["--store", w.StoreFolder]);
         }
         var log = logDir is null ? null : Path.Combine(logDir, $"{w.Host}.log");
-        return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, ct, [.. args]);
+        return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, environment, ct, [.. args]);
     }
 
     /// <summary>For hosts that are gone for good (the demo's, the tests', the benchmark's): their queues

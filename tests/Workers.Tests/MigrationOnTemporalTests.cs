@@ -1,0 +1,57 @@
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.TestSupport;
+using SEmigrate.Workflows;
+using Temporalio.Api.Enums.V1;
+using Temporalio.Api.OperatorService.V1;
+using Temporalio.Client;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>The migration workflow on a real Temporal server, with the host workers serving its
+/// activities on their task queues. Runs only when a server is configured; otherwise it reports itself
+/// skipped, with the reason, at run time.</summary>
+public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture guest, PostgresFixture postgres)
+    : IClassFixture<TemporalFixture>, IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
+{
+    [Fact]
+    public async Task The_split_migration_workflow_switches_over_on_a_real_server()
+    {
+        Assert.SkipWhen(temporal.Client is null, temporal.SkipReason);
+        var ct = TestContext.Current.CancellationToken;
+        var client = temporal.Client!;
+        await RegisterSearchAttributesAsync(client, ct);
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, temporalAddress: client.Connection.Options.TargetHost);
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+
+        var handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request),
+            new WorkflowOptions($"migration-{request.MigrationId}", MigrationWorkflow.OrchestratorQueue));
+        var outcome = await handle.GetResultAsync();
+
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        Assert.Equal(MigrationState.SwitchedOver, (await handle.QueryAsync(w => w.Progress())).State);
+        var described = await handle.DescribeAsync();
+        Assert.Equal(nameof(MigrationState.SwitchedOver), described.TypedSearchAttributes.Get(MigrationWorkflow.StateKey));
+        Assert.Equal(request.Vm.ToString(), described.TypedSearchAttributes.Get(MigrationWorkflow.VmKey));
+        var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
+            Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map")), ct);
+        Assert.Equal(0, verified.Mismatches);
+        Assert.Equal(outcome.Pages!.Total, verified.Pages);
+    }
+
+    private static async Task RegisterSearchAttributesAsync(ITemporalClient client, CancellationToken ct)
+    {
+        var request = new AddSearchAttributesRequest { Namespace = client.Options.Namespace };
+        foreach (var key in new[] { MigrationWorkflow.VmKey, MigrationWorkflow.SourceKey, MigrationWorkflow.MainKey, MigrationWorkflow.ModeKey, MigrationWorkflow.StateKey })
+        {
+            request.SearchAttributes[key.Name] = IndexedValueType.Keyword;
+        }
+        try
+        {
+            await client.Connection.OperatorService.AddSearchAttributesAsync(request, new RpcOptions { CancellationToken = ct });
+        }
+        catch (Temporalio.Exceptions.RpcException e) when (e.Code == Temporalio.Exceptions.RpcException.StatusCode.AlreadyExists)
+        {
+        }
+    }
+}
