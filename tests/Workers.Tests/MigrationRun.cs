@@ -42,6 +42,9 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public string StateOf(string host) => Path.Combine(state.FullName, host);
 
+    /// <summary>A sub-host's store folder: what its administrator could read.</summary>
+    public string StoreOf(string host) => Path.Combine(state.FullName, $"{host}-store");
+
     /// <summary>With <paramref name="temporalAddress"/>, the workers also serve their activities on Temporal
     /// and the orchestrator runs the migration workflow's worker.</summary>
     public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0,
@@ -55,8 +58,9 @@ internal sealed class MigrationRun : IAsyncDisposable
         var state = Directory.CreateTempSubdirectory("semigrate-e2e-");
         WorkerFleet.Worker[] workers =
         [
-            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps), new("main", $"main-{suffix}", 200_000), new("sub", $"sub1-{suffix}", 200_000),
-            .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 200_000)] : Array.Empty<WorkerFleet.Worker>(),
+            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps), new("main", $"main-{suffix}", 200_000),
+            new("sub", $"sub1-{suffix}", 40_000, Path.Combine(state.FullName, $"sub1-{suffix}-store")),
+            .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 40_000, Path.Combine(state.FullName, $"sub2-{suffix}-store"))] : Array.Empty<WorkerFleet.Worker>(),
         ];
         var temporal = temporalAddress is null ? [] : new Dictionary<string, string> { ["SEMIGRATE__Temporal__Address"] = temporalAddress };
         var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct, temporal);
