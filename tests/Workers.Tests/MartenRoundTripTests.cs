@@ -33,7 +33,9 @@ public class MartenRoundTripTests(PostgresFixture postgres) : IClassFixture<Post
     [Fact]
     public async Task The_store_lives_in_the_fixture_schema()
     {
-        await using var store = postgres.CreateStore();
+        // With an event type, so that the event store's tables are part of the configuration whichever
+        // test of this class runs first.
+        await using var store = postgres.CreateStore(o => o.Events.AddEventType<ThingStarted>());
         await store.Storage.ApplyAllConfiguredChangesToDatabaseAsync();
         Assert.Equal(postgres.Schema, store.Options.DatabaseSchemaName);
         await using var connection = new Npgsql.NpgsqlConnection(postgres.ConnectionString);
