@@ -16,6 +16,14 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
     public async Task<PagingStarted> StartPagingAsync(StartPaging input)
     {
         CheckHost(input.Host);
+        // Placement trusted the capacity the operator gave; the memory server knows what it has left.
+        var usage = await client.UsageAsync(host.Host, Token);
+        var already = usage.PagesPerVm.GetValueOrDefault(input.Vm);
+        if (input.ExpectedPages - already > usage.CapacityPages - usage.UsedPages)
+        {
+            throw new ApplicationFailureException(
+                $"host {host.Host} has room for {usage.CapacityPages - usage.UsedPages} more pages; this VM's share is {input.ExpectedPages}", nonRetryable: true);
+        }
         var serverKey = await client.StartVmAsync(host.Host, input.Vm, input.Mode, input.ExpectedPages, Token);
         return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey);
     }

@@ -9,6 +9,7 @@ using SEmigrate.Guest.Memory;
 using SEmigrate.Introspection;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.Introspection.Kernel;
+using SEmigrate.MemoryServer;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.Sealing;
 using Temporalio.Activities;
@@ -135,7 +136,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             {
                 try
                 {
-                    await client.StoreAsync(a.Host, input.Vm, send, ct);
+                    try
+                    {
+                        await client.StoreAsync(a.Host, input.Vm, send, ct);
+                    }
+                    catch (PageProtocolException e) when (e.Code is PageError.StoreFull or PageError.UnknownVm or PageError.Malformed)
+                    {
+                        // Sending again would meet the same answer: the migration must be undone.
+                        throw new ApplicationFailureException($"{a.Host} refused pages of VM {input.Vm}: {e.Message}", nonRetryable: true);
+                    }
                     progress.Confirmed(from, to, send.Count);
                     await ReportAsync(force: false);
                 }

@@ -91,4 +91,24 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         Assert.Contains(run.Sub2, compensated.Reason, StringComparison.Ordinal);
         Assert.Equal([run.Main, run.Sub1], compensated.ReleasedHosts.Order(StringComparer.Ordinal));
     }
+
+    [Fact]
+    public async Task A_sub_host_with_less_room_than_its_share_refuses_at_start_and_nothing_moves()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, Fast, ct);
+        // The operator claims 100,000 pages per sub-host; their memory servers hold 30,000.
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 1000, subCapacity: 100_000);
+
+        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+
+        Assert.Equal(MigrationState.Compensated, outcome.State);
+        Assert.Matches(@"has room for \d+ more pages; this VM's share is \d+", outcome.Reason);
+        Assert.Empty(outcome.Transfers);
+        await using var client = await PageClient.CreateAsync(rabbit.Connection, ct);
+        foreach (var host in new[] { run.Main, run.Sub1, run.Sub2 })
+        {
+            Assert.Equal(0, (await client.UsageAsync(host, ct)).UsedPages);
+        }
+    }
 }

@@ -59,8 +59,8 @@ internal sealed class MigrationRun : IAsyncDisposable
         WorkerFleet.Worker[] workers =
         [
             new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps), new("main", $"main-{suffix}", 200_000),
-            new("sub", $"sub1-{suffix}", 40_000, Path.Combine(state.FullName, $"sub1-{suffix}-store")),
-            .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 40_000, Path.Combine(state.FullName, $"sub2-{suffix}-store"))] : Array.Empty<WorkerFleet.Worker>(),
+            new("sub", $"sub1-{suffix}", 30_000, Path.Combine(state.FullName, $"sub1-{suffix}-store")),
+            .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Path.Combine(state.FullName, $"sub2-{suffix}-store"))] : Array.Empty<WorkerFleet.Worker>(),
         ];
         var temporal = temporalAddress is null ? [] : new Dictionary<string, string> { ["SEMIGRATE__Temporal__Address"] = temporalAddress };
         var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct, temporal);
