@@ -33,19 +33,25 @@ public class MigrationReplayTests
             .ReplayWorkflowAsync(history, throwOnReplayFailure: true, TestContext.Current.CancellationToken);
 
     /// <summary>Up to the transfers being scheduled; returns their scheduled event ids.</summary>
-    private static long[] UpToTransfers(HistoryBuilder h)
+    /// <summary>Up to the pages being classified and recorded; the next task places them.</summary>
+    private static void UpToClassified(HistoryBuilder h, IntrospectionResult introspected)
     {
         h.Start("SplitMigration", MigrationWorkflow.OrchestratorQueue, Request);
         var r = h.Task(new Upsert(("SemigrateVm", Request.Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
             ("SemigrateState", "Requested")), Record());
         h.Completed((r[0], null));
         var introspect = h.Task(On("Introspect", "src"));
-        h.Completed((introspect[0], Introspected));
+        h.Completed((introspect[0], introspected));
         r = h.Task(Record()); // introspected
         h.Completed((r[0], null));
         r = h.Task(State(MigrationState.Introspected), Record()); // classified
         h.Completed((r[0], null));
-        r = h.Task(Record()); // placed
+    }
+
+    private static long[] UpToTransfers(HistoryBuilder h)
+    {
+        UpToClassified(h, Introspected);
+        var r = h.Task(Record()); // placed
         h.Completed((r[0], null));
         var starts = h.Task(State(MigrationState.Placed), On("StartPaging", "main"), On("StartPaging", "sub-a"), On("StartPaging", "sub-b"));
         h.Completed((starts[0], new PagingStarted("main", [1], [2])), (starts[1], new PagingStarted("sub-a", [3], null)), (starts[2], new PagingStarted("sub-b", [4], null)));
@@ -158,17 +164,8 @@ public class MigrationReplayTests
     public async Task Destinations_too_small_refuse_the_migration_before_anything_moves()
     {
         var h = new HistoryBuilder();
-        h.Start("SplitMigration", MigrationWorkflow.OrchestratorQueue, Request);
-        var r = h.Task(new Upsert(("SemigrateVm", Request.Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
-            ("SemigrateState", "Requested")), Record());
-        h.Completed((r[0], null));
-        var introspect = h.Task(On("Introspect", "src"));
-        h.Completed((introspect[0], Introspected with { ChunkGuestPages = [500, 500, 500, 500, 500, 500, 500] })); // 3500 pages, room for 3000
-        r = h.Task(Record()); // introspected
-        h.Completed((r[0], null));
-        r = h.Task(State(MigrationState.Introspected), Record()); // classified
-        h.Completed((r[0], null));
-        r = h.Task(Record()); // refused
+        UpToClassified(h, Introspected with { ChunkGuestPages = [500, 500, 500, 500, 500, 500, 500] }); // 3500 pages, room for 3000
+        var r = h.Task(Record()); // refused
         h.Completed((r[0], null));
         h.Task(State(MigrationState.Refused), State(MigrationState.Refused), new Complete(null));
 
