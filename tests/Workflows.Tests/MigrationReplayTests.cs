@@ -60,6 +60,18 @@ public class MigrationReplayTests
         return h.Task(State(MigrationState.Transferring), On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src"));
     }
 
+    /// <summary>The end of a compensation: the releases scheduled come back, the source lets go of the
+    /// key, the compensation is recorded and the workflow ends.</summary>
+    private static void CompensatedAfter(HistoryBuilder h, long[] releases)
+    {
+        h.Completed([.. releases.Select((id, i) => (id, (object?)new PagingReleased(Hosts[i], 0)))]);
+        var source = h.Task(On("ReleaseSource", "src"));
+        h.Completed((source[0], new SourceReleased(false)));
+        var r = h.Task(Record()); // compensated
+        h.Completed((r[0], null));
+        h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
+    }
+
     private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null)
     {
         var h = new HistoryBuilder();
@@ -119,13 +131,7 @@ public class MigrationReplayTests
         h.Completed((transfers[0], Transferred("main"))).Failed(transfers[1], "store full at sub-a").Completed((transfers[2], Transferred("sub-b")));
         var r = h.Task(Record(), Record()); // the two that finished
         h.Completed([.. r.Select(id => (id, (object?)null))]);
-        var releases = h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b"));
-        h.Completed([.. releases.Select((id, i) => (id, (object?)new PagingReleased(Hosts[i], 1000)))]);
-        var source = h.Task(On("ReleaseSource", "src"));
-        h.Completed((source[0], new SourceReleased(false)));
-        r = h.Task(Record()); // compensated
-        h.Completed((r[0], null));
-        h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
+        CompensatedAfter(h, h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b")));
 
         var capture = new ReplayCapture();
         var result = await ReplayAsync(h.Build(), capture);
@@ -143,14 +149,9 @@ public class MigrationReplayTests
         var h = new HistoryBuilder();
         var transfers = UpToTransfers(h);
         h.Signaled("Cancel", new CancelMigration("maintenance window over"));
-        var releases = h.Task(new CancelActivity(transfers[0]), new CancelActivity(transfers[1]), new CancelActivity(transfers[2]),
-            On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b"));
-        h.Completed([.. releases.Select((id, i) => (id, (object?)new PagingReleased(Hosts[i], 0)))]);
-        var source = h.Task(On("ReleaseSource", "src"));
-        h.Completed((source[0], new SourceReleased(false)));
-        var r = h.Task(Record()); // compensated
-        h.Completed((r[0], null));
-        h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
+        // The cancel requests and the compensation's releases go out in the same workflow task.
+        CompensatedAfter(h, h.Task(new CancelActivity(transfers[0]), new CancelActivity(transfers[1]), new CancelActivity(transfers[2]),
+            On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b")));
 
         var capture = new ReplayCapture();
         var result = await ReplayAsync(h.Build(), capture);
