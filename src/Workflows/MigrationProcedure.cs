@@ -71,8 +71,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
                 new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, wrapped.WrappedKey, guest.MapPath, plan), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow));
-            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(id, request.Vm, VmLeft: true), CancellationToken.None);
-            return new MigrationOutcome(id, state, null, guest.Pages, [.. transfers], plan, switched);
+            return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, [.. transfers], plan, switched);
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {
@@ -87,6 +86,21 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         transfers.Add(result);
         await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.ResentBytes, result.Attempts, steps.UtcNow));
         return result;
+    }
+
+    /// <summary>After switch-over nothing is undone: a source that cannot drop its copy of the key is
+    /// reported (the outcome's reason) for the operator, not compensated.</summary>
+    private async Task<string?> LetSourceGoAsync(MigrationRequest request)
+    {
+        try
+        {
+            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: true), CancellationToken.None);
+            return null;
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return reason = $"switched over, but the source {request.Source} could not drop the migration's key: {Reason(e)}";
+        }
     }
 
     private async Task<MigrationOutcome> RefuseAsync(MigrationRequest request, string why)
