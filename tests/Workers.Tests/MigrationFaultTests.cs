@@ -17,7 +17,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
 {
     private static readonly StepPolicies Fast = StepPolicies.Default with
     {
-        Quick = new StepPolicy(2, TimeSpan.FromSeconds(3), TimeSpan.FromMilliseconds(500)),
+        Quick = new StepPolicy(2, TimeSpan.FromSeconds(5), TimeSpan.FromMilliseconds(500)),
         Transfer = StepPolicies.Default.Transfer with { Heartbeat = TimeSpan.FromSeconds(3) },
     };
 
@@ -71,7 +71,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
 
         Assert.Equal(MigrationState.Compensated, outcome.State);
-        Assert.Contains($"host {run.Sub2} did not answer", outcome.Reason, StringComparison.Ordinal);
+        Assert.Contains($"host {run.Sub2} did not answer within 5 s", outcome.Reason, StringComparison.Ordinal);
         Assert.Null(outcome.SwitchOver);
         Assert.Empty(outcome.Transfers);
         // Nothing is left at the destinations that answered; the source keeps the VM (its memory) and
