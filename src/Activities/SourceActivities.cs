@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Threading.Channels;
 using MassTransit;
 using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts;
@@ -97,9 +98,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
             var progress = new Progress(resume, CountGuestPages(map, a.FirstPfn, resume), before with { Attempts = before.Attempts + 1 });
             var zeros = new byte[PageRecord.PageSize];
-            using var window = new SemaphoreSlim(Window);
+            // Window batches in flight and one being filled, their buffers reused: a batch goes back to
+            // the pool once the host has stored it.
+            var pool = Channel.CreateBounded<PageBatch>(Window + 1);
+            for (var i = 0; i <= Window; i++)
+            {
+                pool.Writer.TryWrite(new PageBatch(BatchBytes));
+            }
             var inFlight = new List<Task>();
-            var batch = new PageBatch(BatchBytes);
+            var batch = await pool.Reader.ReadAsync(ct);
             var batchStart = resume;
             long resentPages = 0;
             var clock = Stopwatch.StartNew();
@@ -121,12 +128,13 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     progress.Sent(from, to, send.Length, from < sentBefore ? resentPages : 0, from < sentBefore ? send.Length : 0);
                     resentPages = 0;
                     await ThrottleAsync(bytesThisAttempt, clock, ct);
-                    await window.WaitAsync(ct);
                     inFlight.Add(SendAsync(send, from, to));
-                    (batch, batchStart) = (new PageBatch(BatchBytes), pfn + 1);
+                    (batch, batchStart) = (await pool.Reader.ReadAsync(ct), pfn + 1);
+                    batch.Clear();
                 }
             }
             await Task.WhenAll(inFlight);
+            progress.AllStored(a.EndPfn); // holes at the end of the range included
             var done = await ReportAsync(force: true);
             logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s, attempt {Attempt} ({Resent} bytes resent over all attempts)",
                 input.Vm, a.Host, a.Pages, bytesThisAttempt, clock.Elapsed.TotalSeconds, done.Attempts, done.ResentBytes);
@@ -150,7 +158,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 }
                 finally
                 {
-                    window.Release();
+                    pool.Writer.TryWrite(send);
                 }
             }
 
@@ -273,6 +281,14 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     now = now with { Confirmed = Math.Max(now.Confirmed, end) };
                     batches.Remove(first);
                 }
+            }
+        }
+
+        public void AllStored(long end)
+        {
+            lock (batches)
+            {
+                now = now with { Confirmed = Math.Max(now.Confirmed, end), Sent = Math.Max(now.Sent, end) };
             }
         }
 
