@@ -5,33 +5,44 @@ using SEmigrate.Contracts.Audit;
 namespace SEmigrate.Workers.Audit;
 
 /// <summary>The auditor: appends every lifecycle event to its migration's Marten stream. Its queue is
-/// consumed one message at a time, so a stream keeps the order the orchestrator published in.</summary>
+/// consumed one message at a time, so a stream keeps the order the orchestrator published in. A message
+/// delivered twice (the broker redelivers what was not acknowledged before a crash) is appended once:
+/// its message id is stored in the same transaction as the event.</summary>
 public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<MigrationSwitchedOver>,
     IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>
 {
-    public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<GuestIntrospected> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<GuestIntrospected> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<PagesClassified> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<PagesClassified> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<PagesPlaced> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<PagesPlaced> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<PagingServersStarted> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<PagingServersStarted> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<DestinationTransferred> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<DestinationTransferred> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<MigrationSwitchedOver> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<MigrationSwitchedOver> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<MigrationCompensated> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<MigrationCompensated> context) => AppendAsync(context, context.Message);
 
-    public Task Consume(ConsumeContext<MigrationRefused> context) => AppendAsync(context.Message, context.CancellationToken);
+    public Task Consume(ConsumeContext<MigrationRefused> context) => AppendAsync(context, context.Message);
 
-    private async Task AppendAsync(IMigrationEvent e, CancellationToken ct)
+    private async Task AppendAsync(ConsumeContext context, IMigrationEvent e)
     {
+        var id = context.MessageId ?? throw new InvalidOperationException($"a {e.GetType().Name} without a message id cannot be recorded once");
+        if (await session.LoadAsync<AuditedMessage>(id, context.CancellationToken) is not null)
+        {
+            return; // recorded before the broker's redelivery
+        }
         session.Events.Append(e.MigrationId, e);
-        await session.SaveChangesAsync(ct);
+        session.Insert(new AuditedMessage(id, e.MigrationId));
+        await session.SaveChangesAsync(context.CancellationToken);
     }
 }
+
+/// <summary>A message the auditor has recorded (its MassTransit message id).</summary>
+public sealed record AuditedMessage(Guid Id, Guid MigrationId);
