@@ -27,6 +27,10 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
         {
             throw new ApplicationFailureException($"switch-over for main host {input.Main} reached host {host.Host}", nonRetryable: true);
         }
+        if (vms.Find(input.Vm) is { } running && running.MigrationId == input.MigrationId)
+        {
+            return running.SwitchedOver; // a retry after the answer was lost: the VM already runs here
+        }
         DataKey key;
         try
         {
@@ -77,9 +81,10 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
                     logger.LogCritical("security event: VM {Vm} page 0x{Pfn:x} from {Host}: {Problem}", e.Vm, e.Pfn, e.Host, e.Message);
                     return ValueTask.CompletedTask;
                 });
-            vms.Add(new MainHostVms.RunningVm(input.Vm, image, codec, table, pager, input.Placement, host.Host));
+            var result = new SwitchedOverResult(host.Host, pfns.Count, remote, image);
+            vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, codec, table, pager, input.Placement, host.Host));
             logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts", input.Vm, host.Host, pfns.Count, remote);
-            return new SwitchedOverResult(host.Host, pfns.Count, remote, image);
+            return result;
         }
     }
 
@@ -89,7 +94,7 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
         var vm = vms.Get(input.Vm);
         var map = ClassificationMap.Load(input.MapPath);
         using var source = GuestMemory.Open(Path.Combine(input.GuestDir, "memory.elf"));
-        using var here = GuestMemory.OpenImage(vm.ImagePath);
+        using var here = GuestMemory.OpenImage(vm.SwitchedOver.ImagePath);
         var zeros = new byte[PageRecord.PageSize];
         var mismatches = new List<long>();
         long pages = 0, fetched = 0, wrong = 0;

@@ -9,7 +9,7 @@ namespace SEmigrate.Activities;
 /// pages placed here), its page table and its pager for the pages at sub-hosts.</summary>
 public sealed class MainHostVms
 {
-    public sealed record RunningVm(Guid Vm, string ImagePath, PageCodec Codec, PageTable Table, RemotePager Pager, PlacementPlan Placement, string Main)
+    public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, PageCodec Codec, PageTable Table, RemotePager Pager, PlacementPlan Placement, string Main)
     {
         /// <summary>The host that holds a page, from the placement's ranges.</summary>
         public string HostOf(ulong pfn) => HostOf(Placement, pfn);
@@ -22,6 +22,8 @@ public sealed class MainHostVms
     private readonly ConcurrentDictionary<Guid, RunningVm> vms = new();
 
     public void Add(RunningVm vm) => vms[vm.Vm] = vm;
+
+    public RunningVm? Find(Guid vm) => vms.GetValueOrDefault(vm);
 
     public RunningVm Get(Guid vm) => vms.TryGetValue(vm, out var running) ? running
         : throw new KeyNotFoundException($"VM {vm} does not run on this main host (no switch-over here, or the worker restarted since)");
