@@ -76,8 +76,10 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         }
         await client.ReleaseAsync(host, warmVm, ct);
 
-        // Ours and raw take turns, a third of the pages each round, so that drift on this shared
-        // machine hits both alike; each side's time and CPU are summed over its rounds.
+        // Ours and raw take turns, so that drift on this shared machine hits both alike; each side's
+        // time and CPU are summed over its rounds. At least three rounds, more for more data, each of
+        // at least ~320 MiB: a round's start and drain cost both sides the same time, so rounds kept
+        // that large do not pull the ratio towards 1.
         var echoQueue = $"bench-echo-{Guid.NewGuid():N}";
         var wanted = mode == MigrationMode.NoEnc ? PageClass.Plain : PageClass.Sealed;
         var replyBytes = PageFrame.HeaderSize + PageRecord.HeaderSize + PageRecord.BodySize(wanted);
@@ -87,7 +89,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         double bulkSeconds = 0, rawSeconds = 0;
         long wireBytes = 0, messages = 0, rawBytes = 0;
         double cpuSender = 0, cpuServer = 0, cpuBroker = 0, rawSender = 0, rawConsumer = 0, rawBroker = 0;
-        const int rounds = 3;
+        var rounds = (int)Math.Max(3, settings.Pages / (80L * 1024));
         for (var round = 0; round < rounds; round++)
         {
             var (first, end) = (settings.Pages * round / rounds, settings.Pages * (round + 1) / rounds);
