@@ -4,6 +4,7 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.Guest.Memory;
+using SEmigrate.Guest.Qemu;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.MemoryServer.MainHost;
@@ -62,7 +63,7 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
             var page = new byte[PageRecord.PageSize];
             foreach (var part in pfns.Chunk(FetchBatch))
             {
-                var records = await client.FetchAsync(host.Host, input.Vm, part, Token);
+                var records = await client.FetchAsync(host.Host, input.Vm, part, StepToken.Current);
                 for (var i = 0; i < part.Length; i++)
                 {
                     codec.Open(part[i], records[i], table, host.Host, page);
@@ -73,7 +74,7 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
                 }
             }
             memory.Flush();
-            await client.ReleaseAsync(host.Host, input.Vm, Token);
+            await client.ReleaseAsync(host.Host, input.Vm, StepToken.Current);
             var remote = (long)map.GuestPages - pfns.Count;
             var pager = new RemotePager(client, codec, table, pfn => MainHostVms.RunningVm.HostOf(input.Placement, pfn),
                 e =>
@@ -93,7 +94,7 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
     {
         var vm = vms.Get(input.Vm);
         var map = ClassificationMap.Load(input.MapPath);
-        using var source = GuestMemory.Open(Path.Combine(input.GuestDir, "memory.elf"));
+        using var source = GuestMemory.Open(BootedGuest.DumpIn(input.GuestDir));
         using var here = GuestMemory.OpenImage(vm.SwitchedOver.ImagePath);
         var zeros = new byte[PageRecord.PageSize];
         var mismatches = new List<long>();
@@ -128,7 +129,7 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
             foreach (var group in remote.GroupBy(vm.HostOf))
             {
                 var pfns = group.ToArray();
-                var records = await client.FetchAsync(group.Key, input.Vm, pfns, Token);
+                var records = await client.FetchAsync(group.Key, input.Vm, pfns, StepToken.Current);
                 for (var i = 0; i < pfns.Length; i++)
                 {
                     vm.Codec.Open(pfns[i], records[i], vm.Table, group.Key, page);
@@ -164,6 +165,4 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
     /// 1, so the top bit keeps them apart (allenc memory servers use random epochs with that bit too,
     /// for their replies, under the channel key: see PageServer).</summary>
     private const uint PageOutEpoch = 0x4000_0000;
-
-    private static CancellationToken Token => ActivityExecutionContext.HasCurrent ? ActivityExecutionContext.Current.CancellationToken : CancellationToken.None;
 }

@@ -17,14 +17,14 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
     {
         CheckHost(input.Host);
         // Placement trusted the capacity the operator gave; the memory server knows what it has left.
-        var usage = await client.UsageAsync(host.Host, Token);
+        var usage = await client.UsageAsync(host.Host, StepToken.Current);
         var already = usage.PagesPerVm.GetValueOrDefault(input.Vm);
         if (input.ExpectedPages - already > usage.CapacityPages - usage.UsedPages)
         {
             throw new ApplicationFailureException(
                 $"host {host.Host} has room for {usage.CapacityPages - usage.UsedPages} more pages; this VM's share is {input.ExpectedPages}", nonRetryable: true);
         }
-        var serverKey = await client.StartVmAsync(host.Host, input.Vm, input.Mode, input.ExpectedPages, Token);
+        var serverKey = await client.StartVmAsync(host.Host, input.Vm, input.Mode, input.ExpectedPages, StepToken.Current);
         return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey);
     }
 
@@ -35,15 +35,13 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
         CheckHost(input.Host);
         try
         {
-            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, Token));
+            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, StepToken.Current));
         }
         catch (PageProtocolException e) when (e.Code == PageError.UnknownVm)
         {
             return new PagingReleased(host.Host, 0);
         }
     }
-
-    private static CancellationToken Token => ActivityExecutionContext.HasCurrent ? ActivityExecutionContext.Current.CancellationToken : CancellationToken.None;
 
     private void CheckHost(string wanted)
     {

@@ -7,6 +7,7 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.Guest.Memory;
+using SEmigrate.Guest.Qemu;
 using SEmigrate.Introspection;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.Introspection.Kernel;
@@ -222,7 +223,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     /// <summary>A guest folder as `semigrate guest boot` leaves it: the memory dump and the kernel.</summary>
     private static (string DumpPath, string KernelPath) LoadGuest(string dir)
     {
-        var (dump, kernel) = (Path.Combine(dir, "memory.elf"), Path.Combine(dir, "vmlinuz"));
+        var (dump, kernel) = (BootedGuest.DumpIn(dir), BootedGuest.KernelIn(dir));
         foreach (var path in new[] { dump, kernel }.Where(p => !File.Exists(p)))
         {
             throw new ApplicationFailureException($"{path} does not exist: not a guest made by `semigrate guest boot`", nonRetryable: true);

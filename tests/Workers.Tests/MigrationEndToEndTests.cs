@@ -24,7 +24,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
         var verify = new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
-            Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map"));
+            run.MapOf(request.MigrationId));
         var verified = await run.Steps.VerifyAsync(run.Main, verify, ct);
         Assert.Equal(0, verified.Mismatches);
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
@@ -99,7 +99,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
         var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
-            Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map")), ct);
+            run.MapOf(request.MigrationId)), ct);
         Assert.Equal(0, verified.Mismatches);
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
         // The baselines send every page's bytes, free ones too: more on the wire than semigrate would.

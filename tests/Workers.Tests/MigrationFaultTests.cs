@@ -56,7 +56,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         Assert.True(killed.ResentBytes < killed.Bytes / 2, $"{killed}");
 
         var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
-            Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map")), ct);
+            run.MapOf(request.MigrationId)), ct);
         Assert.Equal(0, verified.Mismatches);
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
     }

@@ -34,7 +34,7 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         Assert.Equal(nameof(MigrationState.SwitchedOver), described.TypedSearchAttributes.Get(MigrationWorkflow.StateKey));
         Assert.Equal(request.Vm.ToString(), described.TypedSearchAttributes.Get(MigrationWorkflow.VmKey));
         var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
-            Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "classes.map")), ct);
+            run.MapOf(request.MigrationId)), ct);
         Assert.Equal(0, verified.Mismatches);
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
     }

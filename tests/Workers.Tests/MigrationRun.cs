@@ -1,5 +1,6 @@
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
@@ -41,6 +42,9 @@ internal sealed class MigrationRun : IAsyncDisposable
     public string AuditQueue => $"semigrate-audit-{suffix}";
 
     public string StateOf(string host) => Path.Combine(state.FullName, host);
+
+    /// <summary>Where the source keeps a migration's classification map.</summary>
+    public string MapOf(Guid migrationId) => new SourceState(new HostContext(Source, StateOf(Source)).MigrationDirectory(migrationId)).MapPath;
 
     /// <summary>A sub-host's store folder: what its administrator could read.</summary>
     public string StoreOf(string host) => Path.Combine(state.FullName, $"{host}-store");

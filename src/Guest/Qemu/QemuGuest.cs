@@ -32,7 +32,7 @@ public static class QemuGuest
         await RunKitAsync(directory, spec, ct);
 
         var serial = Path.Combine(directory, "serial.log");
-        var dump = Path.Combine(directory, "memory.elf");
+        var dump = BootedGuest.DumpIn(directory);
         File.Delete(serial);
         File.Delete(dump);
         // Unix socket paths are limited to 108 bytes: keep it short, outside the (maybe long) directory.
@@ -40,7 +40,7 @@ public static class QemuGuest
         var start = new ProcessStartInfo("qemu-system-x86_64",
         [
             "-accel", "tcg", "-m", $"{spec.MemoryMiB}M", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-vga", "none",
-            "-kernel", Path.Combine(directory, "vmlinuz"), "-initrd", Path.Combine(directory, "initrd.gz"),
+            "-kernel", BootedGuest.KernelIn(directory), "-initrd", Path.Combine(directory, "initrd.gz"),
             "-device", "vmcoreinfo", "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
             "-serial", $"file:{serial}", "-monitor", "none", "-qmp", $"unix:{socketPath},server=on,wait=off",
         ])
@@ -98,7 +98,7 @@ public static class QemuGuest
     public static BootedGuest Load(string directory)
     {
         var json = Path.Combine(directory, "guest.json");
-        if (!File.Exists(json) || !File.Exists(Path.Combine(directory, "memory.elf")))
+        if (!File.Exists(json) || !File.Exists(BootedGuest.DumpIn(directory)))
         {
             throw new FileNotFoundException($"{directory} holds no booted guest (guest.json and memory.elf)");
         }

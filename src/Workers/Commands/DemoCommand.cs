@@ -4,6 +4,7 @@ using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
+using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Memory;
@@ -130,7 +131,7 @@ public static class DemoCommand
             if (outcome.State == MigrationState.SwitchedOver)
             {
                 say($"{name}: switched over in {wall:0.0} s; checking every page at {main} against the source");
-                var map = Path.Combine(root, source, "migrations", request.MigrationId.ToString("N"), "classes.map");
+                var map = new SourceState(new HostContext(source, Path.Combine(root, source)).MigrationDirectory(request.MigrationId)).MapPath;
                 verified = await host.Services.GetRequiredService<EmbeddedSteps>().VerifyAsync(main, new VerifyMemory(request.MigrationId, request.Vm, guest.Directory, map), ct);
             }
             else

@@ -10,15 +10,9 @@ public sealed class ChildProcess : IDisposable
     private readonly Process process;
     private bool disposed;
 
-    private ChildProcess(Process process, string[] args)
-    {
-        this.process = process;
-        Args = args;
-    }
+    private ChildProcess(Process process) => this.process = process;
 
     public int Pid => process.Id;
-
-    public IReadOnlyList<string> Args { get; }
 
     /// <summary>The `semigrate` executable beside this assembly (the same for the tool and its tests).</summary>
     public static string Executable => Path.Combine(AppContext.BaseDirectory, "semigrate");
@@ -48,7 +42,7 @@ public sealed class ChildProcess : IDisposable
             if (line.Contains(readyLine, StringComparison.Ordinal))
             {
                 _ = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
-                return new ChildProcess(process, args);
+                return new ChildProcess(process);
             }
         }
         await process.WaitForExitAsync(ct);

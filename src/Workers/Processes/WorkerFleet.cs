@@ -35,8 +35,6 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
 
     public ChildProcess this[string host] => workers[host].Process;
 
-    public IEnumerable<Worker> Workers => workers.Values.Select(w => w.Spec);
-
     /// <summary>CPU seconds so far, summed per role.</summary>
     public IReadOnlyDictionary<string, double> CpuSecondsByRole() =>
         RoleRegistration.Roles.ToDictionary(r => r, r => workers.Values.Where(w => w.Spec.Role == r).Sum(w => w.Process.CpuSeconds), StringComparer.Ordinal);
