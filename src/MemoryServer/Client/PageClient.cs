@@ -18,8 +18,12 @@ public sealed class PageClient : IAsyncDisposable
     private const string ReplyTo = "amq.rabbitmq.reply-to";
     private readonly IChannel bulk;
     private readonly IChannel fetch;
-    private readonly ConcurrentDictionary<ulong, (TaskCompletionSource<byte[]> Reply, string Host)> pending = new();
+    private readonly ConcurrentDictionary<ulong, Pending> pending = new();
+    private readonly Timer deadlines;
     private long nextRequest;
+
+    /// <summary>A request waiting for its reply, until <see cref="Deadline"/> (Environment.TickCount64).</summary>
+    private sealed record Pending(TaskCompletionSource<byte[]> Reply, string Host, long Deadline, TimeSpan Timeout);
 
     public TimeSpan BulkTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
@@ -29,6 +33,22 @@ public sealed class PageClient : IAsyncDisposable
     {
         this.bulk = bulk;
         this.fetch = fetch;
+        // One timer for every request's deadline: a timer per request (WaitAsync with a timeout) cost
+        // the bulk path more than the rest of a request's bookkeeping together.
+        deadlines = new Timer(_ => ExpireOverdue(), null, TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(100));
+    }
+
+    private void ExpireOverdue()
+    {
+        var now = Environment.TickCount64;
+        foreach (var (id, p) in pending)
+        {
+            if (p.Deadline <= now && pending.TryRemove(id, out _))
+            {
+                p.Reply.TrySetException(new PageProtocolException(PageError.Internal, p.Host,
+                    $"no reply within {p.Timeout.TotalSeconds:0.#} s: host dead or overloaded"));
+            }
+        }
     }
 
     public static async Task<PageClient> CreateAsync(IConnection connection, CancellationToken ct = default)
@@ -80,12 +100,13 @@ public sealed class PageClient : IAsyncDisposable
     private async Task<byte[]> RequestAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct)
     {
         var reply = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-        pending[id] = (reply, host);
+        pending[id] = new Pending(reply, host, Environment.TickCount64 + (long)timeout.TotalMilliseconds, timeout);
+        await using var cancel = ct.UnsafeRegister(_ => reply.TrySetCanceled(ct), null);
         try
         {
             var props = new BasicProperties { ReplyTo = ReplyTo, CorrelationId = id.ToString(CultureInfo.InvariantCulture) };
             await channel.BasicPublishAsync(PageQueues.Exchange, queue, mandatory: true, props, frame, ct);
-            var bytes = await reply.Task.WaitAsync(timeout, ct);
+            var bytes = await reply.Task;
             if (PageFrame.Parse(bytes).Kind == FrameKind.Error)
             {
                 var (code, message) = PageFrame.ReadError(bytes);
@@ -96,10 +117,6 @@ public sealed class PageClient : IAsyncDisposable
         catch (PublishReturnException)
         {
             throw new PageProtocolException(PageError.UnknownVm, host, $"no queue {queue}: host down or VM not started");
-        }
-        catch (TimeoutException)
-        {
-            throw new PageProtocolException(PageError.Internal, host, $"no reply within {timeout.TotalSeconds:0.#} s: host dead or overloaded");
         }
         finally
         {
@@ -200,6 +217,7 @@ public sealed class PageClient : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await deadlines.DisposeAsync();
         await bulk.CloseAsync();
         await fetch.CloseAsync();
         foreach (var (_, p) in pending)
