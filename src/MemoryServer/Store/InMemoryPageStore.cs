@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Paging;
 
@@ -36,31 +37,41 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
             {
                 vms[vm] = pages = new VmPages();
             }
-            var added = 0;
-            foreach (var r in records)
+            // One look-up per record (a batch holds hundreds, most of them small zero markers): a new
+            // page takes the next slot; if the new ones do not fit, they are taken out again before
+            // anything is written.
+            var before = pages.Slots.Count;
+            var slots = new int[records.Count];
+            for (var i = 0; i < records.Count; i++)
             {
-                // A page twice in one batch counts twice here: a conservative check, never a wrong one.
-                added += pages.Slots.ContainsKey(r.Pfn) ? 0 : 1;
+                ref var slot = ref CollectionsMarshal.GetValueRefOrAddDefault(pages.Slots, records[i].Pfn, out var exists);
+                if (!exists)
+                {
+                    slot = pages.Slots.Count - 1;
+                }
+                slots[i] = slot;
             }
+            var added = pages.Slots.Count - before;
             if (used + added > capacityPages)
             {
+                foreach (var r in records)
+                {
+                    if (pages.Slots.TryGetValue(r.Pfn, out var slot) && slot >= before)
+                    {
+                        pages.Slots.Remove(r.Pfn);
+                    }
+                }
                 throw new StoreFullException(capacityPages, used, added);
             }
-            added = -pages.Slots.Count;
-            foreach (var r in records)
+            while ((long)pages.Slabs.Count * SlotsPerSlab < pages.Slots.Count)
             {
-                if (!pages.Slots.TryGetValue(r.Pfn, out var slot))
-                {
-                    slot = pages.Slots.Count;
-                    if (slot / SlotsPerSlab == pages.Slabs.Count)
-                    {
-                        pages.Slabs.Add(GC.AllocateUninitializedArray<byte>(SlotsPerSlab * SlotSize)); // every slot is written before it is read
-                    }
-                    pages.Slots[r.Pfn] = slot;
-                }
-                PageFrame.WritePage(pages.Slot(slot), r);
+                pages.Slabs.Add(GC.AllocateUninitializedArray<byte>(SlotsPerSlab * SlotSize)); // every slot is written before it is read
             }
-            used += added + pages.Slots.Count;
+            for (var i = 0; i < records.Count; i++)
+            {
+                PageFrame.WritePage(pages.Slot(slots[i]), records[i]);
+            }
+            used += added;
         }
     }
 
