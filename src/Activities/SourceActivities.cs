@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Threading.Channels;
 using MassTransit;
 using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts;
@@ -26,8 +25,6 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 {
     /// <summary>Pages per chunk for placement; large VMs get larger chunks so the list stays small.</summary>
     private const int MaxChunks = 4096;
-    private const int BatchBytes = 1 << 20;
-    private const int Window = 8;
     private static readonly TimeSpan HeartbeatEvery = TimeSpan.FromMilliseconds(250);
     private readonly ConcurrentDictionary<(Guid, string), SemaphoreSlim> transfers = new();
 
@@ -99,15 +96,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
             var progress = new Progress(resume, CountGuestPages(map, a.FirstPfn, resume), before with { Attempts = before.Attempts + 1 });
             var zeros = new byte[PageRecord.PageSize];
-            // Window batches in flight and one being filled, their buffers reused: a batch goes back to
-            // the pool once the host has stored it.
-            var pool = Channel.CreateBounded<PageBatch>(Window + 1);
-            for (var i = 0; i <= Window; i++)
-            {
-                pool.Writer.TryWrite(new PageBatch(BatchBytes));
-            }
-            var inFlight = new List<Task>();
-            var batch = await pool.Reader.ReadAsync(ct);
+            var window = new BatchWindow(BatchWindow.DefaultWindow, BatchWindow.DefaultSpare, BatchWindow.DefaultBatchBytes);
+            var batch = await window.NextAsync(ct);
             var batchStart = resume;
             long resentPages = 0;
             var clock = Stopwatch.StartNew();
@@ -129,38 +119,30 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     progress.Sent(from, to, send.Length, from < sentBefore ? resentPages : 0, from < sentBefore ? send.Length : 0);
                     resentPages = 0;
                     await ThrottleAsync(bytesThisAttempt, clock, ct);
-                    inFlight.Add(SendAsync(send, from, to));
-                    (batch, batchStart) = (await pool.Reader.ReadAsync(ct), pfn + 1);
-                    batch.Clear();
+                    window.Send(send, b => StoreAsync(b, from, to), ct);
+                    (batch, batchStart) = (await window.NextAsync(ct), pfn + 1);
                 }
             }
-            await Task.WhenAll(inFlight);
+            await window.AllStoredAsync();
             progress.AllStored(a.EndPfn); // holes at the end of the range included
             var done = await ReportAsync(force: true);
             logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s, attempt {Attempt} ({Resent} bytes resent over all attempts)",
                 input.Vm, a.Host, a.Pages, bytesThisAttempt, clock.Elapsed.TotalSeconds, done.Attempts, done.ResentBytes);
             return new TransferResult(a.Host, a.Pages, done.Bytes, done.ResentPages, done.ResentBytes, done.Attempts);
 
-            async Task SendAsync(PageBatch send, long from, long to)
+            async Task StoreAsync(PageBatch send, long from, long to)
             {
                 try
                 {
-                    try
-                    {
-                        await client.StoreAsync(a.Host, input.Vm, send, ct);
-                    }
-                    catch (PageProtocolException e) when (e.Code is PageError.StoreFull or PageError.UnknownVm or PageError.Malformed)
-                    {
-                        // Sending again would meet the same answer: the migration must be undone.
-                        throw new ApplicationFailureException($"{a.Host} refused pages of VM {input.Vm}: {e.Message}", nonRetryable: true);
-                    }
-                    progress.Confirmed(from, to, send.Count);
-                    await ReportAsync(force: false);
+                    await client.StoreAsync(a.Host, input.Vm, send, ct);
                 }
-                finally
+                catch (PageProtocolException e) when (e.Code is PageError.StoreFull or PageError.UnknownVm or PageError.Malformed)
                 {
-                    pool.Writer.TryWrite(send);
+                    // Sending again would meet the same answer: the migration must be undone.
+                    throw new ApplicationFailureException($"{a.Host} refused pages of VM {input.Vm}: {e.Message}", nonRetryable: true);
                 }
+                progress.Confirmed(from, to, send.Count);
+                await ReportAsync(force: false);
             }
 
             async Task<TransferCheckpoint> ReportAsync(bool force)
