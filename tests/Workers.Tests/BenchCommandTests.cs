@@ -11,7 +11,7 @@ public class BenchCommandTests(RealGuestFixture fixture) : IClassFixture<RealGue
     public async Task Bench_paging_json_has_a_figure_set_for_every_mode()
     {
         var env = new Dictionary<string, string>(await ServicesScript.SettingsAsync());
-        var r = await SemigrateProcess.RunAsync(env, "bench", "paging", "--mib", "4", "--page-ins", "50", "--json");
+        var r = await SemigrateProcess.RunAsync(env, "bench", "paging", "--mib", "4", "--page-ins", "50", "--warmup-mib", "8", "--json");
         Assert.True(r.ExitCode == 0, r.Stderr);
         using var json = JsonDocument.Parse(r.Stdout);
         var modes = json.RootElement.GetProperty("modes").EnumerateArray().ToList();

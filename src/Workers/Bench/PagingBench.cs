@@ -18,7 +18,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
 {
     private (double Seal, double RawSeal, double Open, double RawOpen)? crypto;
 
-    public sealed record Settings(long Pages, int BatchBytes, int Window, int PageIns);
+    public sealed record Settings(long Pages, int BatchBytes, int Window, int PageIns, long WarmUpBytes);
 
     public sealed record PageInFigures(int InFlight, double P50Us, double P99Us, double PagesPerSecond, double RawP50Us, double RawP99Us, double RawPerSecond);
 
@@ -63,7 +63,17 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         var codec = new PageCodec(mode, vm, sealer, opener);
         var table = new PageTable((ulong)settings.Pages);
 
-        // Bulk store: a warm-up VM first (JIT, connections, buffers), then the measured one.
+        var echoQueue = $"bench-echo-{Guid.NewGuid():N}";
+        var wanted = mode == MigrationMode.NoEnc ? PageClass.Plain : PageClass.Sealed;
+        var replyBytes = PageFrame.HeaderSize + PageRecord.HeaderSize + PageRecord.BodySize(wanted);
+        using var echo = await ChildProcess.StartAsync("ready", ct, "bench", "echo-server", "--queue", echoQueue, "--reply-bytes",
+            replyBytes.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var broker = CpuMeter.BrokerPid();
+
+        // Warm-up, ours and raw in turns, until each side has sent WarmUpBytes: every process here is
+        // fresh, and .NET's tiered JIT takes thousands of messages to settle (raw alone went from ~600
+        // to ~950 MB/s over its first 3 GiB on this machine). Ours stores one warm-up VM's pages again
+        // and again (a store replaces), so the warm-up needs no more room at the server.
         var warmVm = Guid.NewGuid();
         await client.StartVmAsync(host, warmVm, mode, 0, ct);
         if (mode == MigrationMode.AllEnc)
@@ -72,23 +82,27 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         }
         using (var warmSealer = key.CreateSealer(warmVm, 1))
         {
-            await BulkAsync(client, host, new PageCodec(mode, warmVm, warmSealer, opener), new PageTable((ulong)settings.Pages), 0, Math.Min(settings.Pages, 65536), ct);
+            var warmCodec = new PageCodec(mode, warmVm, warmSealer, opener);
+            var warmTable = new PageTable((ulong)settings.Pages);
+            for (long warmBytes = 0; warmBytes < settings.WarmUpBytes;)
+            {
+                var (w, m) = await BulkAsync(client, host, warmCodec, warmTable, 0, Math.Min(settings.Pages, 65536), ct);
+                await RawRabbit.BulkAsync(connection, echoQueue, (int)(w / m), (int)m, settings.Window, ct);
+                await RawRabbit.DrainAsync(connection, echoQueue, ct);
+                warmBytes += w;
+            }
         }
         await client.ReleaseAsync(host, warmVm, ct);
+        progress($"{mode.ToWireName()}: warmed up with {settings.WarmUpBytes >> 20} MiB each side");
 
         // Ours and raw take turns, so that drift on this shared machine hits both alike; each side's
         // time and CPU are summed over its rounds. At least three rounds, more for more data, each of
         // at least ~320 MiB: a round's start and drain cost both sides the same time, so rounds kept
         // that large do not pull the ratio towards 1.
-        var echoQueue = $"bench-echo-{Guid.NewGuid():N}";
-        var wanted = mode == MigrationMode.NoEnc ? PageClass.Plain : PageClass.Sealed;
-        var replyBytes = PageFrame.HeaderSize + PageRecord.HeaderSize + PageRecord.BodySize(wanted);
-        using var echo = await ChildProcess.StartAsync("ready", ct, "bench", "echo-server", "--queue", echoQueue, "--reply-bytes",
-            replyBytes.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        var broker = CpuMeter.BrokerPid();
         double bulkSeconds = 0, rawSeconds = 0;
         long wireBytes = 0, messages = 0, rawBytes = 0;
         double cpuSender = 0, cpuServer = 0, cpuBroker = 0, rawSender = 0, rawConsumer = 0, rawBroker = 0;
+        var roundRatios = new List<double>();
         var rounds = (int)Math.Max(3, settings.Pages / (80L * 1024));
         for (var round = 0; round < rounds; round++)
         {
@@ -96,19 +110,17 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
             var (c0, s0, b0) = (CpuMeter.Self(), server.CpuSeconds, CpuMeter.Seconds(broker));
             var clock = Stopwatch.StartNew();
             var (w, m) = await BulkAsync(client, host, codec, table, first, end, ct);
-            bulkSeconds += clock.Elapsed.TotalSeconds;
+            var oursSeconds = clock.Elapsed.TotalSeconds;
+            bulkSeconds += oursSeconds;
             (cpuSender, cpuServer, cpuBroker) = (cpuSender + CpuMeter.Self() - c0, cpuServer + server.CpuSeconds - s0, cpuBroker + CpuMeter.Seconds(broker) - b0);
             wireBytes += w;
             messages += m;
 
             var size = (int)(w / m);
-            if (round == 0)
-            {
-                await RawRabbit.BulkAsync(connection, echoQueue, size, (int)m, settings.Window, ct); // warm-up
-                await RawRabbit.DrainAsync(connection, echoQueue, ct);
-            }
             (c0, s0, b0) = (CpuMeter.Self(), echo.CpuSeconds, CpuMeter.Seconds(broker));
-            rawSeconds += await RawRabbit.BulkAsync(connection, echoQueue, size, (int)m, settings.Window, ct);
+            var raw = await RawRabbit.BulkAsync(connection, echoQueue, size, (int)m, settings.Window, ct);
+            rawSeconds += raw;
+            roundRatios.Add(raw / oursSeconds); // the same bytes: the time ratio is the throughput ratio
             await RawRabbit.DrainAsync(connection, echoQueue, ct);
             (rawSender, rawConsumer, rawBroker) = (rawSender + CpuMeter.Self() - c0, rawConsumer + echo.CpuSeconds - s0, rawBroker + CpuMeter.Seconds(broker) - b0);
             rawBytes += (long)size * m;
@@ -118,7 +130,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         var rawGib = rawBytes / (double)(1 << 30);
         var rawCpu = new CpuFigures(rawSender / rawGib, rawConsumer / rawGib, rawBroker / rawGib);
         var messageBytes = (int)(wireBytes / messages);
-        progress($"{mode.ToWireName()}: stored {settings.Pages} pages in {messages} messages of ~{messageBytes >> 10} KiB: {wireBytes / bulkSeconds / 1e6:0} MB/s on the wire, raw {rawBytes / rawSeconds / 1e6:0} MB/s");
+        progress($"{mode.ToWireName()}: stored {settings.Pages} pages in {messages} messages of ~{messageBytes >> 10} KiB: {wireBytes / bulkSeconds / 1e6:0} MB/s on the wire, raw {rawBytes / rawSeconds / 1e6:0} MB/s; ours/raw by round {string.Join(' ', roundRatios.Select(r => r.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture)))}");
 
         // Page-in: fetch, check and open pages that travel with bytes (sealed ones where there are any).
         var candidates = Enumerable.Range(0, (int)settings.Pages).Select(p => (ulong)p).Where(p => table[p].Class == wanted).ToArray();
@@ -157,54 +169,27 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
             messageBytes, cpu, rawCpu);
     }
 
-    /// <summary>The sender's bulk path: batches encoded (sealed) straight into reusable frame buffers,
-    /// a window of them in flight, each released when the memory server has stored it.</summary>
+    /// <summary>The sender's bulk path, as the source's transfer runs it: batches encoded (sealed)
+    /// straight into reusable frame buffers, a window of them in flight (BatchWindow).</summary>
     private async Task<(long WireBytes, long Messages)> BulkAsync(PageClient client, string host, PageCodec codec, PageTable table, long first, long end, CancellationToken ct)
     {
         long wireBytes = 0, messages = 0;
-        // Encoding runs ahead of the window: spare buffers let the next batches be sealed while the
-        // window is full, so the sender never idles waiting for acks.
-        using var window = new SemaphoreSlim(settings.Window);
-        var buffers = new System.Threading.Channels.BoundedChannelOptions(settings.Window + 4);
-        var free = System.Threading.Channels.Channel.CreateBounded<PageBatch>(buffers);
-        for (var i = 0; i < settings.Window + 4; i++)
-        {
-            free.Writer.TryWrite(new PageBatch(settings.BatchBytes));
-        }
-        var inFlight = new List<Task>();
-        PageBatch? batch = null;
+        var window = new BatchWindow(settings.Window, BatchWindow.DefaultSpare, settings.BatchBytes);
+        var batch = await window.NextAsync(ct);
         for (var pfn = (ulong)first; pfn < (ulong)end; pfn++)
         {
-            if (batch is null)
-            {
-                batch = await free.Reader.ReadAsync(ct);
-                batch.Clear();
-            }
             var classified = ClassOf(pfn);
             batch.Advance(codec.EncodeInto(batch.Next, pfn, 1, classified, Pool[pfn % 64]));
             table.Set(pfn, codec.WireClass(classified), 1);
             if (batch.IsFull || pfn + 1 == (ulong)end)
             {
-                var send = batch;
-                batch = null;
-                wireBytes += send.Length;
+                wireBytes += batch.Length;
                 messages++;
-                inFlight.Add(Task.Run(async () =>
-                {
-                    await window.WaitAsync(ct);
-                    try
-                    {
-                        await client.StoreAsync(host, codec.Vm, send, ct);
-                    }
-                    finally
-                    {
-                        window.Release();
-                        free.Writer.TryWrite(send);
-                    }
-                }, ct));
+                window.Send(batch, b => client.StoreAsync(host, codec.Vm, b, ct), ct);
+                batch = await window.NextAsync(ct);
             }
         }
-        await Task.WhenAll(inFlight);
+        await window.AllStoredAsync();
         return (wireBytes, messages);
     }
 

@@ -10,6 +10,7 @@ using SEmigrate.Guest.Qemu;
 using SEmigrate.Introspection;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.Introspection.Kernel;
+using SEmigrate.MemoryServer.Client;
 using SEmigrate.Workers.Bench;
 using SEmigrate.Workers.Settings;
 
@@ -100,13 +101,14 @@ public static class BenchCommand
         var mode = new Option<string[]>("--mode") { Description = "semigrate, allenc or noenc (repeatable; default all three)" };
         var mib = new Option<int>("--mib") { Description = "Guest memory to store in bulk, in MiB", DefaultValueFactory = _ => 256 };
         var pageIns = new Option<int>("--page-ins") { Description = "Page-ins per in-flight level (at least 100 x in-flight)", DefaultValueFactory = _ => 3000 };
-        var window = new Option<int>("--window") { Description = "Bulk messages in flight", DefaultValueFactory = _ => 16 };
-        var messageKib = new Option<int>("--message-kib") { Description = "Bulk message size (ours and raw alike)", DefaultValueFactory = _ => 1024 };
+        var window = new Option<int>("--window") { Description = "Bulk messages in flight (ours and raw alike)", DefaultValueFactory = _ => BatchWindow.DefaultWindow };
+        var messageKib = new Option<int>("--message-kib") { Description = "Bulk message size (ours and raw alike)", DefaultValueFactory = _ => BatchWindow.DefaultBatchBytes >> 10 };
+        var warmUp = new Option<int>("--warmup-mib") { Description = "Bulk data each side sends before the measured rounds, in MiB (fresh processes take a few GiB to settle)", DefaultValueFactory = _ => 2048 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object with a modes array" };
         var command = new Command("paging",
             "Per mode: seal/open vs raw AesGcm, page-in latency vs a raw RabbitMQ round trip, bulk store vs raw publishing to a consumer, CPU s/GiB per role")
         {
-            mode, mib, pageIns, window, messageKib, json,
+            mode, mib, pageIns, window, messageKib, warmUp, json,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -120,11 +122,17 @@ public static class BenchCommand
                 await Console.Error.WriteLineAsync($"semigrate: {e.Message}");
                 return 2;
             }
+            if (parse.GetValue(messageKib) is < 16 or > 8192 || parse.GetValue(mib) < 1 || parse.GetValue(warmUp) < 0 || parse.GetValue(window) < 1)
+            {
+                await Console.Error.WriteLineAsync("semigrate: --message-kib takes 16-8192, --mib and --window at least 1, --warmup-mib at least 0");
+                return 2;
+            }
             var builder = SemigrateHost.CreateBuilder();
             using var host = builder.Build();
             var rabbit = host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value;
             await using var connection = await new ConnectionFactory { Uri = rabbit.Uri!, ClientProvidedName = "semigrate bench" }.CreateConnectionAsync(ct);
-            var bench = new PagingBench(connection, new PagingBench.Settings(parse.GetValue(mib) * 256L, (1 << 20) - 8192, parse.GetValue(window), parse.GetValue(pageIns)),
+            var bench = new PagingBench(connection, new PagingBench.Settings(parse.GetValue(mib) * 256L,
+                parse.GetValue(messageKib) << 10, parse.GetValue(window), parse.GetValue(pageIns), (long)parse.GetValue(warmUp) << 20),
                 s => Console.Error.WriteLine($"bench: {s}"));
             WarnIfDebug();
             var figures = new List<PagingBench.ModeFigures>();
