@@ -119,7 +119,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     progress.Sent(from, to, send.Length, from < sentBefore ? resentPages : 0, from < sentBefore ? send.Length : 0);
                     resentPages = 0;
                     await ThrottleAsync(bytesThisAttempt, clock, ct);
-                    window.Send(send, b => StoreAsync(b, from, to), ct);
+                    window.Send(send, b => PublishAsync(b, from, to), ct);
                     (batch, batchStart) = (await window.NextAsync(ct), pfn + 1);
                 }
             }
@@ -130,20 +130,39 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 input.Vm, a.Host, a.Pages, bytesThisAttempt, clock.Elapsed.TotalSeconds, done.Attempts, done.ResentBytes);
             return new TransferResult(a.Host, a.Pages, done.Bytes, done.ResentPages, done.ResentBytes, done.Attempts);
 
-            async Task StoreAsync(PageBatch send, long from, long to)
+            // The broker's confirm frees the batch's buffer; the host's ack, later, makes its pages count
+            // as stored (progress, checkpoint, heartbeat).
+            async Task<Task> PublishAsync(PageBatch send, long from, long to)
+            {
+                var count = send.Count;
+                try
+                {
+                    return StoredAsync(await client.PublishStoreAsync(a.Host, input.Vm, send, ct), from, to, count);
+                }
+                catch (PageProtocolException e) when (IsRefusal(e))
+                {
+                    throw Refused(e);
+                }
+            }
+
+            async Task StoredAsync(Task stored, long from, long to, int count)
             {
                 try
                 {
-                    await client.StoreAsync(a.Host, input.Vm, send, ct);
+                    await stored;
                 }
-                catch (PageProtocolException e) when (e.Code is PageError.StoreFull or PageError.UnknownVm or PageError.Malformed)
+                catch (PageProtocolException e) when (IsRefusal(e))
                 {
-                    // Sending again would meet the same answer: the migration must be undone.
-                    throw new ApplicationFailureException($"{a.Host} refused pages of VM {input.Vm}: {e.Message}", nonRetryable: true);
+                    throw Refused(e);
                 }
-                progress.Confirmed(from, to, send.Count);
+                progress.Confirmed(from, to, count);
                 await ReportAsync(force: false);
             }
+
+            // Sending again would meet the same answer: the migration must be undone.
+            static bool IsRefusal(PageProtocolException e) => e.Code is PageError.StoreFull or PageError.UnknownVm or PageError.Malformed;
+            ApplicationFailureException Refused(PageProtocolException e) =>
+                new($"{a.Host} refused pages of VM {input.Vm}: {e.Message}", nonRetryable: true);
 
             async Task<TransferCheckpoint> ReportAsync(bool force)
             {

@@ -78,6 +78,43 @@ public class BadInputTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixtu
     }
 
     [Fact]
+    public async Task Store_acks_come_coalesced_each_request_acked_once_with_its_page_count()
+    {
+        await using var h = await PagingHarness.StartAsync(rabbit, MigrationMode.Semigrate);
+        await using var channel = await rabbit.Connection.CreateChannelAsync();
+        var replies = System.Threading.Channels.Channel.CreateUnbounded<byte[]>();
+        var consumer = new AsyncEventingBasicConsumer(channel);
+        consumer.ReceivedAsync += (_, d) =>
+        {
+            replies.Writer.TryWrite(d.Body.ToArray());
+            return Task.CompletedTask;
+        };
+        await channel.BasicConsumeAsync("amq.rabbitmq.reply-to", autoAck: true, consumer);
+        const int stores = 40;
+        for (var i = 0; i < stores; i++)
+        {
+            var pages = Enumerable.Range(0, i % 5 + 1).Select(p => h.Codec.Encode((ulong)(i * 8 + p), 1, PageClass.Plain, new byte[4096])).ToList();
+            await channel.BasicPublishAsync(PageQueues.Exchange, PageQueues.Bulk(h.Host, h.Vm), mandatory: false,
+                new BasicProperties { ReplyTo = "amq.rabbitmq.reply-to", CorrelationId = $"{1000 + i}" }, PageFrame.BuildPages(FrameKind.Store, h.Vm, (ulong)(1000 + i), pages));
+        }
+
+        var acked = new Dictionary<ulong, int>();
+        var messages = 0;
+        while (acked.Count < stores)
+        {
+            var reply = await replies.Reader.ReadAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+            messages++;
+            foreach (var (id, pages) in PageFrame.ReadStoreAcks(reply))
+            {
+                Assert.True(acked.TryAdd(id, pages), $"request {id} acked twice");
+            }
+        }
+        Assert.Equal(Enumerable.Range(0, stores).Select(i => (1000UL + (ulong)i, i % 5 + 1)), acked.Select(kv => (kv.Key, kv.Value)).Order());
+        Assert.InRange(messages, stores / 8, stores / 2); // at most 8 acks to a reply; 40 quick stores share replies
+        Assert.Equal(8 * (1 + 2 + 3 + 4 + 5), (await h.Client.UsageAsync(h.Host)).PagesPerVm[h.Vm]);
+    }
+
+    [Fact]
     public async Task A_bad_request_without_a_reply_address_is_dead_lettered_with_its_reason()
     {
         await using var h = await PagingHarness.StartAsync(rabbit, MigrationMode.Semigrate);

@@ -1,46 +1,65 @@
+using SEmigrate.Contracts.Paging;
 using SEmigrate.MemoryServer.Client;
 
 namespace SEmigrate.MemoryServer.Tests;
 
-/// <summary>The sender's window: never more than its size in flight, buffers reused only after their
-/// store finished, and a failed store stops the sender at its next batch.</summary>
+/// <summary>The sender's window: never more than its size awaiting confirms nor more than its bound
+/// awaiting stores, buffers reused only after their confirm, and a failed batch stops the sender.</summary>
 public class BatchWindowTests
 {
     [Fact]
-    public async Task At_most_the_window_is_in_flight_and_every_batch_is_stored_once()
+    public async Task Confirms_and_stores_are_each_bounded_and_every_batch_is_stored_once()
     {
-        var window = new BatchWindow(window: 3, spare: 2, batchBytes: 4096);
-        var inFlight = 0;
-        var most = 0;
+        const int window = 3;
+        var batchWindow = new BatchWindow(window, spare: 2, batchBytes: 4096);
+        int confirming = 0, unstored = 0, mostConfirming = 0, mostUnstored = 0;
         var stored = new List<int>();
         var buffers = new HashSet<object>(ReferenceEqualityComparer.Instance);
-        for (var i = 0; i < 40; i++)
+        var gate = new object();
+        var storesMayFinish = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        for (var i = 0; i < 60; i++)
         {
-            var batch = await window.NextAsync(CancellationToken.None);
+            var batch = await batchWindow.NextAsync(CancellationToken.None);
             Assert.Equal(0, batch.Count); // handed out empty
             buffers.Add(batch);
             batch.Advance(i + 1); // the batch's "content": its number
-            window.Send(batch, async b =>
+            batchWindow.Send(batch, async b =>
             {
-                var now = Interlocked.Increment(ref inFlight);
-                lock (stored)
+                var length = b.Length; // read before the confirm: the buffer is reused after it
+                lock (gate)
                 {
-                    most = Math.Max(most, now);
+                    mostConfirming = Math.Max(mostConfirming, ++confirming);
+                    mostUnstored = Math.Max(mostUnstored, ++unstored);
+                    if (unstored == window * BatchWindow.UnstoredPerWindow)
+                    {
+                        storesMayFinish.TrySetResult(); // no store finishes before the bound is reached
+                    }
                 }
-                await Task.Delay(Random.Shared.Next(1, 5));
-                lock (stored)
+                await Task.Delay(Random.Shared.Next(1, 3));
+                lock (gate)
                 {
-                    stored.Add(b.Length);
+                    confirming--;
                 }
-                Interlocked.Decrement(ref inFlight);
+                return StoreAsync(length);
             }, CancellationToken.None);
         }
-        await window.AllStoredAsync();
+        await batchWindow.AllStoredAsync();
 
-        Assert.InRange(most, 1, 3);
+        Assert.InRange(mostConfirming, 1, window);
+        Assert.Equal(window * BatchWindow.UnstoredPerWindow, mostUnstored); // reached while stores were held, never passed
         Assert.Equal(5, buffers.Count); // window + spare buffers, reused
-        var header = Contracts.Paging.PageFrame.HeaderSize;
-        Assert.Equal(Enumerable.Range(1, 40).Select(i => header + i), stored.Order());
+        Assert.Equal(Enumerable.Range(1, 60).Select(i => PageFrame.HeaderSize + i), stored.Order());
+
+        async Task StoreAsync(int length)
+        {
+            await storesMayFinish.Task;
+            await Task.Delay(Random.Shared.Next(1, 3));
+            lock (gate)
+            {
+                unstored--;
+                stored.Add(length);
+            }
+        }
     }
 
     [Fact]
@@ -58,15 +77,31 @@ public class BatchWindowTests
                 window.Send(batch, async _ =>
                 {
                     await Task.Yield();
-                    if (n == 3)
-                    {
-                        throw new InvalidOperationException("store full at batch 3");
-                    }
+                    return Stored(n);
                 }, CancellationToken.None);
             }
         });
         Assert.Equal("store full at batch 3", failure.Message);
-        Assert.InRange(sent, 4, 8); // stopped within a window or two of the failure, not after 1000
+        Assert.InRange(sent, 4, 50); // stopped within a few windows of the failure, not after 1000 batches
         await Assert.ThrowsAsync<InvalidOperationException>(window.AllStoredAsync);
+
+        static async Task Stored(int n)
+        {
+            await Task.Delay(1);
+            if (n == 3)
+            {
+                throw new InvalidOperationException("store full at batch 3");
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_refused_publish_stops_the_sender_and_frees_its_buffer()
+    {
+        var window = new BatchWindow(window: 1, spare: 0, batchBytes: 4096);
+        var batch = await window.NextAsync(CancellationToken.None);
+        window.Send(batch, _ => Task.FromException<Task>(new InvalidOperationException("no queue: host down")), CancellationToken.None);
+        var failure = await Assert.ThrowsAsync<InvalidOperationException>(async () => await window.NextAsync(CancellationToken.None));
+        Assert.Equal("no queue: host down", failure.Message);
     }
 }

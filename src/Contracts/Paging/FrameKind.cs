@@ -17,6 +17,7 @@ public enum FrameKind : byte
     VmStarted = 12,
     ChannelKey = 13,
     ChannelKeyAccepted = 14,
+    StoreAcks = 15,
     Error = 255,
 }
 

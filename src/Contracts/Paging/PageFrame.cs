@@ -11,7 +11,8 @@ namespace SEmigrate.Contracts.Paging;
 /// Payloads: Store, PageOut, Pages: count page records (24-byte header + body implied by class).
 /// Fetch: count page numbers (8 each). StoreAck, PageOutAck, Released: count = pages.
 /// StartVm: mode (1), then optionally the pages expected (8). UsageReport: capacity, used (8 each), then count x (VM id, pages).
-/// Error: code (2), then count bytes of UTF-8 message. Everything little-endian.</summary>
+/// StoreAcks: count x (request id (8), pages stored (4)), the acks of several Store requests in one
+/// reply. Error: code (2), then count bytes of UTF-8 message. Everything little-endian.</summary>
 public readonly ref struct PageFrame
 {
     public const int HeaderSize = 36;
@@ -207,6 +208,34 @@ public readonly ref struct PageFrame
         BinaryPrimitives.WriteUInt16LittleEndian(payload, (ushort)code);
         text.CopyTo(payload, 2);
         return Build(FrameKind.Error, vm, requestId, text.Length, payload);
+    }
+
+    /// <summary>One reply that acknowledges several Store requests (request id, pages stored).</summary>
+    public static byte[] BuildStoreAcks(IReadOnlyList<(ulong RequestId, int Pages)> acks)
+    {
+        var frame = new byte[HeaderSize + acks.Count * 12];
+        WriteHeader(frame, FrameKind.StoreAcks, Guid.Empty, 0, acks.Count);
+        for (var i = 0; i < acks.Count; i++)
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(HeaderSize + i * 12), acks[i].RequestId);
+            BinaryPrimitives.WriteInt32LittleEndian(frame.AsSpan(HeaderSize + i * 12 + 8), acks[i].Pages);
+        }
+        return frame;
+    }
+
+    public static List<(ulong RequestId, int Pages)> ReadStoreAcks(ReadOnlySpan<byte> frame)
+    {
+        var header = Parse(frame);
+        if (header.Kind != FrameKind.StoreAcks || header.Payload.Length != header.Count * 12)
+        {
+            throw new InvalidDataException($"a StoreAcks frame of {header.Count} acks has {header.Payload.Length} payload bytes");
+        }
+        var acks = new List<(ulong, int)>(header.Count);
+        for (var i = 0; i < header.Count; i++)
+        {
+            acks.Add((BinaryPrimitives.ReadUInt64LittleEndian(header.Payload[(i * 12)..]), BinaryPrimitives.ReadInt32LittleEndian(header.Payload[(i * 12 + 8)..])));
+        }
+        return acks;
     }
 
     public static (PageError Code, string Message) ReadError(ReadOnlySpan<byte> frame)

@@ -65,7 +65,14 @@ public sealed class PageClient : IAsyncDisposable
             var consumer = new AsyncEventingBasicConsumer(channel);
             consumer.ReceivedAsync += (_, d) =>
             {
-                client.Complete(d.BasicProperties.CorrelationId, d.Body.ToArray());
+                if (d.Body.Length > 5 && d.Body.Span[5] == (byte)FrameKind.StoreAcks)
+                {
+                    client.CompleteStores(d.Body.Span);
+                }
+                else
+                {
+                    client.Complete(d.BasicProperties.CorrelationId, d.Body.ToArray());
+                }
                 return Task.CompletedTask;
             };
             await channel.BasicConsumeAsync(ReplyTo, autoAck: true, consumer, ct);
@@ -86,6 +93,28 @@ public sealed class PageClient : IAsyncDisposable
         }
     }
 
+    /// <summary>One reply acknowledging several stores (the memory server coalesces them). A malformed
+    /// one is dropped: its stores then time out with the host named, and are sent again.</summary>
+    private void CompleteStores(ReadOnlySpan<byte> frame)
+    {
+        List<(ulong RequestId, int Pages)> acks;
+        try
+        {
+            acks = PageFrame.ReadStoreAcks(frame);
+        }
+        catch (InvalidDataException)
+        {
+            return;
+        }
+        foreach (var (id, pages) in acks)
+        {
+            if (pending.TryRemove(id, out var p))
+            {
+                p.Reply.TrySetResult(PageFrame.Build(FrameKind.StoreAck, Guid.Empty, id, pages));
+            }
+        }
+    }
+
     private void Fail(string? correlation, PageError code, string message)
     {
         if (ulong.TryParse(correlation, CultureInfo.InvariantCulture, out var id) && pending.TryRemove(id, out var p))
@@ -97,22 +126,22 @@ public sealed class PageClient : IAsyncDisposable
     public ulong NewRequestId() => (ulong)Interlocked.Increment(ref nextRequest);
 
     /// <summary>Sends a frame and waits for its reply; an error reply throws PageProtocolException.</summary>
-    private async Task<byte[]> RequestAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct)
+    private async Task<byte[]> RequestAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct) =>
+        await await SendAsync(channel, host, queue, id, frame, timeout, ct);
+
+    /// <summary>Publishes a request and returns once the broker has taken it (confirmed, on the bulk
+    /// channel), so the frame's buffer may be reused; the task it returns completes with the reply.</summary>
+    private async Task<Task<byte[]>> SendAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct)
     {
         var reply = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
         pending[id] = new Pending(reply, host, Environment.TickCount64 + (long)timeout.TotalMilliseconds, timeout);
-        await using var cancel = ct.UnsafeRegister(_ => reply.TrySetCanceled(ct), null);
+        var cancel = ct.UnsafeRegister(_ => reply.TrySetCanceled(ct), null);
+        var published = false;
         try
         {
             var props = new BasicProperties { ReplyTo = ReplyTo, CorrelationId = id.ToString(CultureInfo.InvariantCulture) };
             await channel.BasicPublishAsync(PageQueues.Exchange, queue, mandatory: true, props, frame, ct);
-            var bytes = await reply.Task;
-            if (PageFrame.Parse(bytes).Kind == FrameKind.Error)
-            {
-                var (code, message) = PageFrame.ReadError(bytes);
-                throw new PageProtocolException(code, host, message);
-            }
-            return bytes;
+            published = true;
         }
         catch (PublishReturnException)
         {
@@ -120,7 +149,31 @@ public sealed class PageClient : IAsyncDisposable
         }
         finally
         {
+            if (!published)
+            {
+                pending.TryRemove(id, out _);
+                await cancel.DisposeAsync();
+            }
+        }
+        return ReplyAsync(reply.Task, id, host, cancel);
+    }
+
+    private async Task<byte[]> ReplyAsync(Task<byte[]> reply, ulong id, string host, CancellationTokenRegistration cancel)
+    {
+        try
+        {
+            var bytes = await reply;
+            if (PageFrame.Parse(bytes).Kind == FrameKind.Error)
+            {
+                var (code, message) = PageFrame.ReadError(bytes);
+                throw new PageProtocolException(code, host, message);
+            }
+            return bytes;
+        }
+        finally
+        {
             pending.TryRemove(id, out _);
+            await cancel.DisposeAsync();
         }
     }
 
@@ -145,16 +198,20 @@ public sealed class PageClient : IAsyncDisposable
 
     /// <summary>Stores a batch and returns once the memory server has it (its ack, not just the
     /// broker's confirm): only then may the sender let the pages go.</summary>
-    public Task StoreAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
-        SendBatchAsync(FrameKind.Store, host, vm, Batch(pages), ct);
+    public async Task StoreAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
+        await await PublishBatchAsync(FrameKind.Store, host, vm, Batch(pages), ct);
 
-    /// <summary>Stores a batch built in place (the bulk path); returns once the memory server has it.</summary>
-    public Task StoreAsync(string host, Guid vm, PageBatch batch, CancellationToken ct = default) =>
-        SendBatchAsync(FrameKind.Store, host, vm, batch, ct);
+    /// <summary>The bulk path's store, in two steps: the returned task completes when the broker has
+    /// confirmed the batch, after which its buffer may be reused (the broker holds the message); the
+    /// task it yields completes when the memory server has stored the pages, and only then are they
+    /// stored. The sender's flow control waits on the first, its progress on the second, so a window
+    /// of confirms keeps the path as full as plain publishing does.</summary>
+    public Task<Task> PublishStoreAsync(string host, Guid vm, PageBatch batch, CancellationToken ct = default) =>
+        PublishBatchAsync(FrameKind.Store, host, vm, batch, ct);
 
     /// <summary>A page-out: returns once the memory server has stored the pages.</summary>
-    public Task PageOutAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
-        SendBatchAsync(FrameKind.PageOut, host, vm, Batch(pages), ct);
+    public async Task PageOutAsync(string host, Guid vm, IReadOnlyList<PageRecord> pages, CancellationToken ct = default) =>
+        await await PublishBatchAsync(FrameKind.PageOut, host, vm, Batch(pages), ct);
 
     private static PageBatch Batch(IReadOnlyList<PageRecord> pages)
     {
@@ -166,14 +223,19 @@ public sealed class PageClient : IAsyncDisposable
         return batch;
     }
 
-    private async Task SendBatchAsync(FrameKind kind, string host, Guid vm, PageBatch batch, CancellationToken ct)
+    private async Task<Task> PublishBatchAsync(FrameKind kind, string host, Guid vm, PageBatch batch, CancellationToken ct)
     {
-        var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(kind, vm, id), BulkTimeout, ct);
-        var stored = PageFrame.Parse(reply).Count;
-        if (stored != batch.Count)
+        var (id, count) = (NewRequestId(), batch.Count);
+        var reply = await SendAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(kind, vm, id), BulkTimeout, ct);
+        return StoredAsync(reply, host, count);
+    }
+
+    private static async Task StoredAsync(Task<byte[]> reply, string host, int count)
+    {
+        var stored = PageFrame.Parse(await reply).Count;
+        if (stored != count)
         {
-            throw new PageProtocolException(PageError.Internal, host, $"stored {stored} of {batch.Count} pages");
+            throw new PageProtocolException(PageError.Internal, host, $"stored {stored} of {count} pages");
         }
     }
 

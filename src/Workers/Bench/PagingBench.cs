@@ -185,7 +185,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
             {
                 wireBytes += batch.Length;
                 messages++;
-                window.Send(batch, b => client.StoreAsync(host, codec.Vm, b, ct), ct);
+                window.Send(batch, b => client.PublishStoreAsync(host, codec.Vm, b, ct), ct);
                 batch = await window.NextAsync(ct);
             }
         }
