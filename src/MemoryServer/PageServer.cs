@@ -40,10 +40,10 @@ public sealed class PageServer : IAsyncDisposable
     private IChannel control = null!;
 
     // Store acks are coalesced per reply address: one reply for up to AcksPerReply batches, sent when
-    // that many wait or AckDelay after the first. A reply per 1 MiB batch cost the bulk path about a
-    // tenth of its throughput (a message through every process). Senders do not wait on these acks
-    // to keep sending (their flow control is the broker's confirms), so the delay costs nothing.
-    // Page-outs, errors and every other request are answered at once.
+    // that many wait or AckDelay after the first, so a bulk store sends one reply message through
+    // server, broker and sender per eight batches instead of one per batch. Senders do not wait on
+    // these acks to keep sending (their flow control is the broker's confirms), so the delay does not
+    // stall them. Page-outs, errors and every other request are answered at once.
     private const int AcksPerReply = 8;
     private static readonly TimeSpan AckDelay = TimeSpan.FromMilliseconds(2);
     private readonly Dictionary<string, List<(ulong RequestId, int Pages)>> storeAcks = [];
