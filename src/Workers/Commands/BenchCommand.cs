@@ -99,7 +99,7 @@ public static class BenchCommand
     private static Command Paging()
     {
         var mode = new Option<string[]>("--mode") { Description = "semigrate, allenc or noenc (repeatable; default all three)" };
-        var mib = new Option<int>("--mib") { Description = "Guest memory to store in bulk, in MiB", DefaultValueFactory = _ => 256 };
+        var mib = new Option<int>("--mib") { Description = "Guest memory to store in bulk, in MiB (less than 1024 makes rounds too short to compare well)", DefaultValueFactory = _ => 1024 };
         var pageIns = new Option<int>("--page-ins") { Description = "Page-ins per in-flight level (at least 100 x in-flight)", DefaultValueFactory = _ => 3000 };
         var window = new Option<int>("--window") { Description = "Bulk messages in flight (ours and raw alike)", DefaultValueFactory = _ => BatchWindow.DefaultWindow };
         var messageKib = new Option<int>("--message-kib") { Description = "Bulk message size (ours and raw alike)", DefaultValueFactory = _ => BatchWindow.DefaultBatchBytes >> 10 };
