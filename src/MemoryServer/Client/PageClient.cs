@@ -11,8 +11,9 @@ namespace SEmigrate.MemoryServer.Client;
 
 /// <summary>The requesting end of the page protocol (source and main host). Bulk requests (store,
 /// page-out, release) go on a channel with publisher confirms; page-in on its own channel without
-/// them, for latency. Replies come by direct reply-to. Every request is mandatory-routed: no queue
-/// (host down, VM not started) fails at once; no reply in time fails with the host named.</summary>
+/// them, for latency. Replies come by direct reply-to; the memory server acks several stores in one
+/// StoreAcks reply. Every request is mandatory-routed: no queue (host down, VM not started) fails at
+/// once; no reply in time fails with the host named.</summary>
 public sealed class PageClient : IAsyncDisposable
 {
     private const string ReplyTo = "amq.rabbitmq.reply-to";
