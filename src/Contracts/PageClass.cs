@@ -7,7 +7,8 @@ public enum PageClass : byte
     /// <summary>Free in the guest: travels as a marker, its bytes never leave the source.</summary>
     Zero = 0,
 
-    /// <summary>Owned only by processes whose data is already encrypted: travels as-is.</summary>
+    /// <summary>Owned only by processes whose data is already encrypted: travels as-is, with a GMAC
+    /// tag so that nobody on the way can change it unnoticed.</summary>
     Plain = 1,
 
     /// <summary>May hold secrets: sealed with AES-GCM at the source.</summary>

@@ -1,15 +1,18 @@
 using System.Buffers.Binary;
+using SEmigrate.Contracts;
 
 namespace SEmigrate.Sealing;
 
-/// <summary>What a page's tag binds besides its bytes: "SMPGAAD1", VM, page number, version, epoch.</summary>
+/// <summary>What a page's tag binds besides its bytes: a label that says how the page travels
+/// ("SMPGAAD1" sealed, "SMPGMAC1" plain, so that one can never pass for the other), VM, page number,
+/// version, epoch.</summary>
 internal static class AssociatedData
 {
     public const int Size = 8 + 16 + 8 + 8 + 4;
 
-    public static void Write(Span<byte> ad, Guid vm, ulong pfn, ulong version, uint epoch)
+    public static void Write(Span<byte> ad, PageClass c, Guid vm, ulong pfn, ulong version, uint epoch)
     {
-        "SMPGAAD1"u8.CopyTo(ad);
+        (c == PageClass.Plain ? "SMPGMAC1"u8 : "SMPGAAD1"u8).CopyTo(ad);
         vm.TryWriteBytes(ad.Slice(8, 16));
         BinaryPrimitives.WriteUInt64LittleEndian(ad[24..], pfn);
         BinaryPrimitives.WriteUInt64LittleEndian(ad[32..], version);

@@ -5,11 +5,11 @@ namespace SEmigrate.Sealing;
 
 /// <summary>How one migration's pages are put on the wire and taken off it, by mode, so that every
 /// mode uses the same protocol and code paths:
-/// semigrate: by class (zero markers, plain as-is, sealed with the data key);
+/// semigrate: by class (zero markers, plain as-is with a GMAC tag, sealed with the data key);
 /// allenc: every page sealed with the channel key (the sub-host decrypts and re-encrypts at rest);
-/// noenc: every page's bytes as-is.
+/// noenc: every page's bytes as-is (with a GMAC tag: nothing is encrypted, but nothing goes unchecked).
 /// Opening checks, before any byte reaches the guest: the page number asked for, the class and version
-/// the main host's table expects, and the GCM tag over VM, page number, version and epoch.</summary>
+/// the main host's table expects, and the GCM or GMAC tag over VM, page number, version and epoch.</summary>
 public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, PageOpener? opener)
 {
     public MigrationMode Mode => mode;
@@ -37,17 +37,17 @@ public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, P
     public int EncodeInto(Span<byte> destination, ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page)
     {
         var wire = WireClass(classified);
-        if (wire == PageClass.Sealed && sealer is null)
+        if (wire != PageClass.Zero && sealer is null)
         {
-            throw new InvalidOperationException($"{mode} mode sealing needs a sealer");
+            throw new InvalidOperationException($"{mode} mode needs a sealer for its {wire} pages");
         }
         var size = PageRecord.HeaderSize + PageRecord.BodySize(wire);
-        PageFrame.WritePageHeader(destination, wire, pfn, version, wire == PageClass.Sealed ? sealer!.Epoch : 0);
+        PageFrame.WritePageHeader(destination, wire, pfn, version, wire == PageClass.Zero ? 0 : sealer!.Epoch);
         var body = destination[PageRecord.HeaderSize..size];
         switch (wire)
         {
             case PageClass.Plain:
-                page.CopyTo(body);
+                sealer!.MacInto(pfn, version, page, body);
                 break;
             case PageClass.Sealed:
                 sealer!.SealInto(pfn, version, page, body);
@@ -74,15 +74,14 @@ public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, P
                 case PageClass.Zero:
                     page.Clear();
                     return;
-                case PageClass.Plain:
-                    record.Body.Span.CopyTo(page);
-                    return;
                 default:
                     if ((opener ?? throw new InvalidOperationException($"{mode} mode needs an opener")).TryOpen(record, page))
                     {
                         return;
                     }
-                    problem = "GCM tag does not verify (altered bytes, another page's or another version's seal)";
+                    problem = record.Class == PageClass.Plain
+                        ? "GMAC tag does not verify (altered bytes, another page's or another version's)"
+                        : "GCM tag does not verify (altered bytes, another page's or another version's seal)";
                     break;
             }
         }

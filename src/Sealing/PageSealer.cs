@@ -11,11 +11,13 @@ namespace SEmigrate.Sealing;
 /// a second one in-process; across processes the orchestrator hands every sealing party and every
 /// retry its own epoch), and within the sealer the nonce is a 64-bit counter that only goes up
 /// (atomically) and is never reset. Associated data binds VM, page number, version and epoch, so a
-/// sealed page cannot be moved, replayed as another version or re-labelled without failing its tag.</summary>
+/// sealed page cannot be moved, replayed as another version or re-labelled without failing its tag.
+/// Plain pages get a GMAC tag under the same key (<see cref="MacInto"/>).</summary>
 public sealed class PageSealer : IDisposable
 {
     private readonly byte[] subkey;
     private readonly ThreadLocal<AesGcm> aes;
+    private readonly ThreadLocal<byte[]> macInput = new(() => new byte[AssociatedData.Size + PageRecord.PageSize]);
     private long counter;
 
     internal PageSealer(byte[] subkey, Guid vm, uint epoch)
@@ -44,6 +46,31 @@ public sealed class PageSealer : IDisposable
         {
             throw new ArgumentException($"seal takes a {PageRecord.PageSize}-byte page into a {PageRecord.SealedBodySize}-byte body");
         }
+        var nonce = NextNonce(body);
+        Span<byte> ad = stackalloc byte[AssociatedData.Size];
+        AssociatedData.Write(ad, PageClass.Sealed, Vm, pfn, version, Epoch);
+        aes.Value!.Encrypt(nonce, page, body.Slice(PageRecord.NonceSize, PageRecord.PageSize), body[^PageRecord.TagSize..], ad);
+    }
+
+    /// <summary>A plain page's body: nonce, the page as it is, and a GMAC tag over it (AES-GCM with
+    /// nothing to encrypt and the page in the associated data), under the same key and nonce counter as
+    /// sealing, so nonces stay unique across both.</summary>
+    public void MacInto(ulong pfn, ulong version, ReadOnlySpan<byte> page, Span<byte> body)
+    {
+        if (page.Length != PageRecord.PageSize || body.Length != PageRecord.SealedBodySize)
+        {
+            throw new ArgumentException($"a MAC takes a {PageRecord.PageSize}-byte page into a {PageRecord.SealedBodySize}-byte body");
+        }
+        var nonce = NextNonce(body);
+        var input = macInput.Value!;
+        AssociatedData.Write(input, PageClass.Plain, Vm, pfn, version, Epoch);
+        page.CopyTo(input.AsSpan(AssociatedData.Size));
+        page.CopyTo(body.Slice(PageRecord.NonceSize, PageRecord.PageSize));
+        aes.Value!.Encrypt(nonce, ReadOnlySpan<byte>.Empty, Span<byte>.Empty, body[^PageRecord.TagSize..], input);
+    }
+
+    private Span<byte> NextNonce(Span<byte> body)
+    {
         var n = Interlocked.Increment(ref counter);
         if (n == long.MaxValue)
         {
@@ -52,9 +79,7 @@ public sealed class PageSealer : IDisposable
         var nonce = body[..PageRecord.NonceSize];
         BinaryPrimitives.WriteUInt32BigEndian(nonce, 0);
         BinaryPrimitives.WriteInt64BigEndian(nonce[4..], n);
-        Span<byte> ad = stackalloc byte[AssociatedData.Size];
-        AssociatedData.Write(ad, Vm, pfn, version, Epoch);
-        aes.Value!.Encrypt(nonce, page, body.Slice(PageRecord.NonceSize, PageRecord.PageSize), body[^PageRecord.TagSize..], ad);
+        return nonce;
     }
 
     public PageRecord Seal(ulong pfn, ulong version, ReadOnlySpan<byte> page) =>
@@ -67,6 +92,7 @@ public sealed class PageSealer : IDisposable
             a.Dispose();
         }
         aes.Dispose();
+        macInput.Dispose();
         CryptographicOperations.ZeroMemory(subkey);
     }
 }

@@ -70,4 +70,37 @@ public sealed class PageCodecTests : IDisposable
             Assert.Equal((4UL, "sub-9"), (e.Pfn, e.Host));
         }
     }
+
+    [Fact]
+    public void A_plain_page_is_authenticated_like_a_sealed_one()
+    {
+        table.Set(6, PageClass.Plain, 1);
+        var page = Page(0x42);
+        var plain = codec.Encode(6, 1, PageClass.Plain, page);
+        Assert.Equal(page, plain.Body.Slice(PageRecord.NonceSize, PageRecord.PageSize).ToArray()); // travels as-is
+
+        var flipped = plain.Body.ToArray();
+        flipped[PageRecord.NonceSize + 100] ^= 1;
+        var moved = codec.Encode(7, 1, PageClass.Plain, page);
+        var asPlain = codec.Encode(6, 1, PageClass.Sealed, page);
+        var cases = new (PageRecord Record, string Why)[]
+        {
+            (plain with { Body = flipped }, "GMAC tag does not verify"),
+            (moved with { Pfn = 6 }, "GMAC tag does not verify"),
+            (plain with { Version = 1, KeyEpoch = plain.KeyEpoch + 1 }, "GMAC tag does not verify"),
+            (asPlain with { Class = PageClass.Plain }, "GMAC tag does not verify"), // a sealed page's tag is no plain page's
+        };
+        foreach (var (record, why) in cases)
+        {
+            var back = Enumerable.Repeat((byte)0xee, 4096).ToArray();
+            var e = Assert.Throws<PageIntegrityException>(() => codec.Open(6, record, table, "sub-3", back));
+            Assert.Contains(why, e.Message, StringComparison.Ordinal);
+            Assert.All(back, b => Assert.Equal(0, b)); // nothing unchecked is left behind
+        }
+
+        // And a plain page's tag is no sealed page's.
+        table.Set(6, PageClass.Sealed, 1);
+        var relabelled = Assert.Throws<PageIntegrityException>(() => codec.Open(6, plain with { Class = PageClass.Sealed }, table, "sub-3", new byte[4096]));
+        Assert.Contains("GCM tag does not verify", relabelled.Message, StringComparison.Ordinal);
+    }
 }

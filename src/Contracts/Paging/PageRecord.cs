@@ -1,8 +1,9 @@
 namespace SEmigrate.Contracts.Paging;
 
 /// <summary>One guest page as it travels and as a sub-host stores it. Body by class: Zero, none;
-/// Plain, the 4096 page bytes; Sealed, nonce (12) + ciphertext (4096) + GCM tag (16). A sub-host
-/// treats the whole record as opaque.</summary>
+/// Plain, nonce (12) + the 4096 page bytes + GMAC tag (16); Sealed, nonce (12) + ciphertext (4096) +
+/// GCM tag (16). Both bodies have the same size and layout, so every page that carries bytes is
+/// authenticated. A sub-host treats the whole record as opaque.</summary>
 public readonly record struct PageRecord(PageClass Class, ulong Pfn, ulong Version, uint KeyEpoch, ReadOnlyMemory<byte> Body)
 {
     public const int PageSize = 4096;
@@ -16,8 +17,7 @@ public readonly record struct PageRecord(PageClass Class, ulong Pfn, ulong Versi
     public static int BodySize(PageClass c) => c switch
     {
         PageClass.Zero => 0,
-        PageClass.Plain => PageSize,
-        PageClass.Sealed => SealedBodySize,
+        PageClass.Plain or PageClass.Sealed => SealedBodySize,
         _ => throw new ArgumentOutOfRangeException(nameof(c), c, "unknown page class"),
     };
 
