@@ -1,25 +1,28 @@
 using System.Security.Cryptography;
+using MassTransit;
 using Microsoft.Extensions.Logging;
-using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
-using SEmigrate.Guest.Memory;
-using SEmigrate.Guest.Qemu;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.MemoryServer.MainHost;
+using SEmigrate.MemoryServer.Store;
 using SEmigrate.Sealing;
 using Temporalio.Activities;
 using Temporalio.Exceptions;
 
 namespace SEmigrate.Activities;
 
-/// <summary>The main host's steps: take over the VM at switch-over (unwrap the data key, build the page
-/// table, load the pages placed here into the VM's memory), and check the rebuilt memory against the
-/// source's.</summary>
-public sealed class MainHostActivities(HostContext host, PageClient client, HostKeyPair keys, MainHostVms vms, ILogger<MainHostActivities> logger)
+/// <summary>The main host's steps: take over the VM at switch-over (unwrap the data key, open the
+/// manifest the source sent, build the page table, and serve the VM's pages through its pager: its own
+/// share from this host's store, where the source's transfer put it, the rest from the sub-hosts), and
+/// digest the VM's memory as the pager serves it.</summary>
+public sealed class MainHostActivities(
+    HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, ILogger<MainHostActivities> logger)
 {
-    private const int FetchBatch = 256;
+    /// <summary>Pages read per pager call when digesting: 2 MiB, a FUSE block.</summary>
+    private const int ReadBatch = 512;
 
     [Activity("SwitchOver")]
     public async Task<SwitchedOverResult> SwitchOverAsync(SwitchOver input)
@@ -41,128 +44,92 @@ public sealed class MainHostActivities(HostContext host, PageClient client, Host
         {
             throw new ApplicationFailureException($"the wrapped data key does not open with this host's key: {e.Message}", nonRetryable: true);
         }
-        var map = ClassificationMap.Load(input.MapPath);
         var opener = new PageOpener(key, input.Vm);
-        var codec = new PageCodec(input.Mode, input.Vm, key.CreateSealer(input.Vm, PageOutEpoch), opener);
-        var table = new PageTable(map.PfnLimit);
-        for (ulong pfn = 0; pfn < map.PfnLimit; pfn++)
+        ClassificationMap manifest;
+        try
         {
-            if (map.IsGuestPage(pfn))
+            var content = Manifest.Open(input.Vm, pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null, opener, host.Host,
+                maxContent: Manifest.MaxBytes * 4);
+            manifest = ClassificationMap.FromBytes(content, "the manifest");
+        }
+        catch (PageIntegrityException e)
+        {
+            await ReportAsync(input.MigrationId, e);
+            throw new ApplicationFailureException(e.Message, nonRetryable: true);
+        }
+        var table = new PageTable(manifest.PfnLimit);
+        for (ulong pfn = 0; pfn < manifest.PfnLimit; pfn++)
+        {
+            if (manifest.IsGuestPage(pfn))
             {
-                table.Set(pfn, codec.WireClass(map[pfn]), 1);
+                table.Set(pfn, manifest[pfn], 1);
             }
         }
-
-        // The pages placed here came in through this host's memory server; they move into the VM's memory.
-        var image = Path.Combine(host.MigrationDirectory(input.MigrationId), "memory.img");
-        using (var memory = GuestMemory.CreateImage(image, (long)map.PfnLimit * PageRecord.PageSize))
-        {
-            var local = input.Placement.Assignments.Where(a => a.Host == host.Host).ToList();
-            var pfns = local.SelectMany(a => Enumerable.Range(0, (int)(a.EndPfn - a.FirstPfn)).Select(i => (ulong)(a.FirstPfn + i)))
-                .Where(map.IsGuestPage).ToList();
-            var page = new byte[PageRecord.PageSize];
-            foreach (var part in pfns.Chunk(FetchBatch))
-            {
-                var records = await client.FetchAsync(host.Host, input.Vm, part, StepToken.Current);
-                for (var i = 0; i < part.Length; i++)
-                {
-                    codec.Open(part[i], records[i], table, host.Host, page);
-                    if (records[i].Class != PageClass.Zero)
-                    {
-                        memory.WritePage(part[i], page); // zero pages stay holes in the sparse image
-                    }
-                }
-            }
-            memory.Flush();
-            await client.ReleaseAsync(host.Host, input.Vm, StepToken.Current);
-            var remote = (long)map.GuestPages - pfns.Count;
-            var pager = new RemotePager(client, codec, table, pfn => MainHostVms.RunningVm.HostOf(input.Placement, pfn),
-                e =>
-                {
-                    logger.LogCritical("security event: VM {Vm} page 0x{Pfn:x} from {Host}: {Problem}", e.Vm, e.Pfn, e.Host, e.Message);
-                    return ValueTask.CompletedTask;
-                });
-            var result = new SwitchedOverResult(host.Host, pfns.Count, remote, image);
-            vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, codec, table, pager, input.Placement, host.Host));
-            logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts", input.Vm, host.Host, pfns.Count, remote);
-            return result;
-        }
+        var epochs = new EpochFile(Path.Combine(host.MigrationDirectory(input.MigrationId), "page-out-epoch"), PageOutEpochs);
+        var codec = new PageCodec(input.Mode, input.Vm, key.CreateSealer(input.Vm, epochs.Next()), opener);
+        var pager = new VmPager(client, codec, table, pfn => MainHostVms.RunningVm.HostOf(input.Placement, pfn), host.Host, store,
+            e => new ValueTask(ReportAsync(input.MigrationId, e)));
+        var local = input.Placement.Assignments.Where(a => a.Host == host.Host).Sum(a => a.Pages);
+        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local);
+        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager));
+        logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
+            result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
+        return result;
     }
 
-    [Activity("VerifyMemory")]
-    public async Task<MemoryVerified> VerifyAsync(VerifyMemory input)
+    /// <summary>The VM's memory as it runs here: every guest page read through the pager.</summary>
+    [Activity("DigestMemory")]
+    public async Task<MemoryDigest> DigestAsync(DigestMemory input)
     {
-        var vm = vms.Get(input.Vm);
-        var map = ClassificationMap.Load(input.MapPath);
-        using var source = GuestMemory.Open(BootedGuest.DumpIn(input.GuestDir));
-        using var here = GuestMemory.OpenImage(vm.SwitchedOver.ImagePath);
-        var zeros = new byte[PageRecord.PageSize];
-        var mismatches = new List<long>();
-        long pages = 0, fetched = 0, wrong = 0;
-        using var all = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-
-        void Compare(ulong pfn, ReadOnlySpan<byte> actual)
+        if (input.Host != host.Host)
         {
-            // A page that travelled as a zero marker must arrive as zeros, whatever stale bytes the
-            // source still holds there; the baselines send every page's bytes.
-            var expected = vm.Table[pfn].Class == PageClass.Zero || !source.IsPresent(pfn) ? zeros : source.Page(pfn);
-            Span<byte> a = stackalloc byte[32];
-            Span<byte> e = stackalloc byte[32];
-            SHA256.HashData(actual, a);
-            SHA256.HashData(expected, e);
-            all.AppendData(a);
-            pages++;
-            if (!a.SequenceEqual(e))
+            throw new ApplicationFailureException($"a step for host {input.Host} reached host {host.Host}", nonRetryable: true);
+        }
+        var vm = vms.Find(input.Vm) ?? throw new ApplicationFailureException($"VM {input.Vm} does not run on {host.Host}", nonRetryable: true);
+        var digest = new PageDigests(input);
+        var before = vm.Pager.FetchedPages;
+        var pages = new byte[ReadBatch * PageRecord.PageSize];
+        var pfns = new List<ulong>(ReadBatch);
+        for (var pfn = (ulong)input.FirstPfn; ; pfn++)
+        {
+            var end = pfn >= (ulong)input.EndPfn;
+            if (!end && vm.Manifest.IsGuestPage(pfn))
             {
-                wrong++;
-                if (mismatches.Count < 10)
+                pfns.Add(pfn);
+            }
+            if (pfns.Count == ReadBatch || (end && pfns.Count > 0))
+            {
+                try
                 {
-                    mismatches.Add((long)pfn);
+                    await vm.Pager.ReadAsync([.. pfns], pages.AsMemory(0, pfns.Count * PageRecord.PageSize), StepToken.Current);
                 }
-            }
-        }
-
-        var remote = new List<ulong>();
-        var page = new byte[PageRecord.PageSize];
-        async Task FlushRemoteAsync()
-        {
-            foreach (var group in remote.GroupBy(vm.HostOf))
-            {
-                var pfns = group.ToArray();
-                var records = await client.FetchAsync(group.Key, input.Vm, pfns, StepToken.Current);
-                for (var i = 0; i < pfns.Length; i++)
+                catch (PageIntegrityException e)
                 {
-                    vm.Codec.Open(pfns[i], records[i], vm.Table, group.Key, page);
-                    Compare(pfns[i], page);
+                    throw new ApplicationFailureException(e.Message, nonRetryable: true); // recorded as a security event by the pager
                 }
-                fetched += pfns.Length;
+                for (var i = 0; i < pfns.Count; i++)
+                {
+                    digest.Add(pfns[i], pages.AsSpan(i * PageRecord.PageSize, PageRecord.PageSize));
+                }
+                pfns.Clear();
             }
-            remote.Clear();
-        }
-
-        for (ulong pfn = 0; pfn < map.PfnLimit; pfn++)
-        {
-            if (!map.IsGuestPage(pfn))
+            if (end)
             {
-                continue;
-            }
-            if (vm.HostOf(pfn) == vm.Main)
-            {
-                Compare(pfn, here.Page(pfn));
-                continue;
-            }
-            remote.Add(pfn);
-            if (remote.Count == FetchBatch)
-            {
-                await FlushRemoteAsync();
+                break;
             }
         }
-        await FlushRemoteAsync();
-        return new MemoryVerified(pages, wrong, mismatches, fetched, Convert.ToHexStringLower(all.GetHashAndReset()));
+        return digest.Result(vm.Pager.FetchedPages - before);
     }
 
-    /// <summary>Page-outs seal under an epoch of the main host's own: the source's epochs count up from
-    /// 1, so the top bit keeps them apart (allenc memory servers use random epochs with that bit too,
+    private async Task ReportAsync(Guid migrationId, PageIntegrityException e)
+    {
+        logger.LogCritical("security event: VM {Vm} page 0x{Pfn:x} from {Host}: {Problem}", e.Vm, e.Pfn, e.Host, e.Reason);
+        await publish.Publish(new PageCheckFailed(migrationId, e.Vm, host.Host, e.Host, (long)e.Pfn, e.Reason, DateTimeOffset.UtcNow));
+    }
+
+    /// <summary>Page-outs seal under epochs of the main host's own, counted up and written down before use
+    /// (so a restarted worker taking the VM over again never repeats a nonce): the source's epochs count
+    /// up from 1, so the high bit keeps them apart (allenc memory servers use epochs with the top bit,
     /// for their replies, under the channel key: see PageServer).</summary>
-    private const uint PageOutEpoch = 0x4000_0000;
+    private const uint PageOutEpochs = 0x4000_0000;
 }

@@ -1,3 +1,4 @@
+using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.MemoryServer;
@@ -24,7 +25,10 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
             throw new ApplicationFailureException(
                 $"host {host.Host} has room for {usage.CapacityPages - usage.UsedPages} more pages; this VM's share is {input.ExpectedPages}", nonRetryable: true);
         }
-        var serverKey = await client.StartVmAsync(host.Host, input.Vm, input.Mode, input.ExpectedPages, StepToken.Current);
+        // The main host keeps its share as it arrives (it holds the data key and opens pages itself), so
+        // its memory server never plays the allenc baseline's decrypt-and-re-seal.
+        var serverMode = mainHostKeys is null ? input.Mode : MigrationMode.Semigrate;
+        var serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ExpectedPages, StepToken.Current);
         return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey);
     }
 

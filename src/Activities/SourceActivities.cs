@@ -19,21 +19,22 @@ using Temporalio.Exceptions;
 namespace SEmigrate.Activities;
 
 /// <summary>The source host's steps: introspect and classify the guest, seal and send each destination's
-/// pages, wrap the data key for the main host, and let the VM go. Page data and keys stay here; the
-/// steps take and return small records and file references.</summary>
+/// pages, hand the main host the sealed manifest and the wrapped data key, and let the VM go. Page data,
+/// the classification and keys stay here; the steps take and return small records that name no file.</summary>
 public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, ILogger<SourceActivities> logger)
 {
     /// <summary>Pages per chunk for placement; large VMs get larger chunks so the list stays small.</summary>
     private const int MaxChunks = 4096;
     private static readonly TimeSpan HeartbeatEvery = TimeSpan.FromMilliseconds(250);
     private readonly ConcurrentDictionary<(Guid, string), SemaphoreSlim> transfers = new();
+    private readonly Throttle throttle = new();
 
     [Activity("Introspect")]
     public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input) => IntrospectAsync(input, ActivityExecutionContext.Current.CancellationToken);
 
     public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input, CancellationToken ct) => Task.Run(() =>
     {
-        var guest = LoadGuest(input.GuestDir);
+        var guest = LoadGuest(input.Guest);
         var layout = KernelLayout.Load(guest.KernelPath);
         using var memory = GuestMemory.Open(guest.DumpPath);
         ct.ThrowIfCancellationRequested();
@@ -41,6 +42,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var map = Classifier.Classify(memory, found, input.PlainProcesses.ToHashSet(StringComparer.Ordinal));
         var state = State(input.MigrationId);
         map.Save(state.MapPath);
+        state.Guest = new MigratedGuest(input.Guest, input.Mode);
         if (!File.Exists(state.KeyPath))
         {
             using var key = DataKey.Generate();
@@ -58,7 +60,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
         logger.LogInformation("introspected VM {Vm}: {Zero} zero, {Plain} plain, {Sealed} sealed pages", input.Vm, map.Zero, map.Plain, map.Sealed);
         return new IntrospectionResult(new PageCounts((long)map.Zero, (long)map.Plain, (long)map.Sealed), (long)map.PfnLimit,
-            found.Tasks.Count, found.Processes.Count, found.Diagnostics, state.MapPath, chunkPages, chunks);
+            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks);
     }, ct);
 
     [Activity("TransferPages")]
@@ -82,15 +84,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             var resume = Math.Max(Math.Max(a.FirstPfn, input.ResumeFrom), Math.Max(before.Confirmed, heartbeat?.NextPfn ?? 0));
             var sentBefore = Math.Max(before.Sent, resume);
 
-            var (dump, _) = LoadGuest(input.GuestDir);
-            var map = ClassificationMap.Load(input.MapPath);
+            var (dump, _) = LoadGuest(state.Guest.Name);
+            var map = ClassificationMap.Load(state.MapPath);
             using var memory = GuestMemory.Open(dump);
             using var key = state.LoadKey();
             using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
             var codec = new PageCodec(input.Mode, input.Vm, sealer, null);
-            if (input.Mode == MigrationMode.AllEnc)
+            if (input.Mode == MigrationMode.AllEnc && input.ChannelKeyFor is { } hostKey)
             {
-                var hostKey = input.ChannelKeyFor ?? throw new ApplicationFailureException("allenc needs the host's server key", nonRetryable: true);
+                // The baseline's sub-hosts decrypt (the main host, which gets the data key, does not need this).
                 await client.SendChannelKeyAsync(a.Host, input.Vm, KeyWrap.Wrap(key, hostKey, $"allenc-channel|{input.Vm:N}|{a.Host}"), ct);
             }
 
@@ -99,7 +101,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             var window = new BatchWindow(BatchWindow.DefaultWindow, BatchWindow.DefaultSpare, BatchWindow.DefaultBatchBytes);
             var batch = await window.NextAsync(ct);
             var batchStart = resume;
-            long resentPages = 0;
+            long resentPages = 0, batchGuestPages = 0;
             var clock = Stopwatch.StartNew();
             long bytesThisAttempt = 0;
             for (var pfn = resume; pfn < a.EndPfn; pfn++)
@@ -107,19 +109,23 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 ct.ThrowIfCancellationRequested();
                 if (map.IsGuestPage((ulong)pfn))
                 {
+                    batchGuestPages++;
                     var classified = map[(ulong)pfn];
-                    var page = memory.IsPresent((ulong)pfn) ? memory.Page((ulong)pfn) : zeros; // missing from the dump: classified sealed
-                    batch.Advance(codec.EncodeInto(batch.Next, (ulong)pfn, 1, classified, page));
-                    resentPages += pfn < sentBefore ? 1 : 0;
+                    if (codec.WireClass(classified) != PageClass.Zero) // free pages stay here: the manifest names them
+                    {
+                        var page = memory.IsPresent((ulong)pfn) ? memory.Page((ulong)pfn) : zeros; // missing from the dump: classified sealed
+                        batch.Advance(codec.EncodeInto(batch.Next, (ulong)pfn, 1, classified, page));
+                        resentPages += pfn < sentBefore ? 1 : 0;
+                    }
                 }
                 if (batch.IsFull || (pfn + 1 == a.EndPfn && batch.Count > 0))
                 {
-                    var (send, from, to) = (batch, batchStart, pfn + 1);
+                    var (send, from, to, guestPages) = (batch, batchStart, pfn + 1, batchGuestPages);
                     bytesThisAttempt += send.Length;
                     progress.Sent(from, to, send.Length, from < sentBefore ? resentPages : 0, from < sentBefore ? send.Length : 0);
-                    resentPages = 0;
-                    await ThrottleAsync(bytesThisAttempt, clock, ct);
-                    window.Send(send, b => PublishAsync(b, from, to), ct);
+                    (resentPages, batchGuestPages) = (0, 0);
+                    await ThrottleAsync(send.Length, ct);
+                    window.Send(send, b => PublishAsync(b, from, to, guestPages), ct);
                     (batch, batchStart) = (await window.NextAsync(ct), pfn + 1);
                 }
             }
@@ -132,12 +138,11 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
             // The broker's confirm frees the batch's buffer; the host's ack, later, makes its pages count
             // as stored (progress, checkpoint, heartbeat).
-            async Task<Task> PublishAsync(PageBatch send, long from, long to)
+            async Task<Task> PublishAsync(PageBatch send, long from, long to, long guestPages)
             {
-                var count = send.Count;
                 try
                 {
-                    return StoredAsync(await client.PublishStoreAsync(a.Host, input.Vm, send, ct), from, to, count);
+                    return StoredAsync(await client.PublishStoreAsync(a.Host, input.Vm, send, ct), from, to, guestPages);
                 }
                 catch (PageProtocolException e) when (IsRefusal(e))
                 {
@@ -145,7 +150,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 }
             }
 
-            async Task StoredAsync(Task stored, long from, long to, int count)
+            async Task StoredAsync(Task stored, long from, long to, long guestPages)
             {
                 try
                 {
@@ -155,7 +160,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 {
                     throw Refused(e);
                 }
-                progress.Confirmed(from, to, count);
+                progress.Confirmed(from, to, guestPages);
                 await ReportAsync(force: false);
             }
 
@@ -186,25 +191,94 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
     }
 
-    /// <summary>Holds the sender to the host's transfer limit (shared by this migration's transfers
-    /// only roughly: each keeps to the limit on its own).</summary>
-    private async Task ThrottleAsync(long bytes, Stopwatch clock, CancellationToken ct)
+    /// <summary>Holds all transfers of this host together to its limit: each batch takes the next free
+    /// slot on one shared timeline and waits until its start, so three destinations share the limit
+    /// rather than each getting it. An idle spell is not saved up for a burst later.</summary>
+    private async Task ThrottleAsync(long bytes, CancellationToken ct)
     {
-        if (host.MaxTransferMBps > 0)
+        if (host.MaxTransferMBps <= 0)
         {
-            var due = TimeSpan.FromSeconds(bytes / (host.MaxTransferMBps * 1e6));
-            if (due > clock.Elapsed)
-            {
-                await Task.Delay(due - clock.Elapsed, ct);
-            }
+            return;
+        }
+        TimeSpan wait;
+        lock (throttle)
+        {
+            var now = throttle.Clock.Elapsed;
+            var start = throttle.NextFree > now ? throttle.NextFree : now;
+            throttle.NextFree = start + TimeSpan.FromSeconds(bytes / (host.MaxTransferMBps * 1e6));
+            wait = start - now;
+        }
+        if (wait > TimeSpan.Zero)
+        {
+            await Task.Delay(wait, ct);
         }
     }
 
-    [Activity("WrapKey")]
-    public Task<KeyWrapped> WrapKeyAsync(WrapKey input)
+    private sealed class Throttle
     {
-        using var key = State(input.MigrationId).LoadKey();
-        return Task.FromResult(new KeyWrapped(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main))));
+        public Stopwatch Clock { get; } = Stopwatch.StartNew();
+
+        public TimeSpan NextFree { get; set; }
+    }
+
+    /// <summary>Sends the main host the manifest (the class of every page as it travels, sealed under a
+    /// fresh epoch of the data key, over the page path: it never passes through a step's payload) and
+    /// wraps the data key for the main host. Sent again on a retry: storing it twice is harmless.</summary>
+    [Activity("HandOver")]
+    public async Task<HandedOver> HandOverAsync(HandOver input)
+    {
+        var state = State(input.MigrationId);
+        var guest = state.Guest;
+        var codec = new PageCodec(guest.Mode, input.Vm, null, null);
+        var map = ClassificationMap.Load(state.MapPath).Select(codec.WireClass);
+        using var key = state.LoadKey();
+        using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
+        var records = Manifest.Seal(map.ToBytes(), sealer);
+        foreach (var part in records.Chunk(BatchWindow.DefaultBatchBytes / (PageRecord.HeaderSize + PageRecord.SealedBodySize)))
+        {
+            try
+            {
+                await client.StoreAsync(input.Main, input.Vm, part, StepToken.Current);
+            }
+            catch (PageProtocolException e) when (e.Code is PageError.StoreFull or PageError.UnknownVm)
+            {
+                throw new ApplicationFailureException($"{input.Main} refused the manifest of VM {input.Vm}: {e.Message}", nonRetryable: true);
+            }
+        }
+        var bytes = records.Sum(r => (long)r.WireSize);
+        logger.LogInformation("VM {Vm}: manifest of {Pages} pages sent to {Main} in {Bytes} bytes", input.Vm, map.PfnLimit, input.Main, bytes);
+        return new HandedOver(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main)), bytes);
+    }
+
+    /// <summary>What the source sent, page by page: the bytes of every guest page, zeros for a page that
+    /// travelled as free (the main host must see zeros there, whatever stale bytes remain here).</summary>
+    [Activity("DigestMemory")]
+    public Task<MemoryDigest> DigestAsync(DigestMemory input) => Task.Run(() =>
+    {
+        CheckHost(input.Host);
+        var state = State(input.MigrationId);
+        var guest = state.Guest;
+        var codec = new PageCodec(guest.Mode, input.Vm, null, null);
+        var map = ClassificationMap.Load(state.MapPath);
+        using var memory = GuestMemory.Open(LoadGuest(guest.Name).DumpPath);
+        var zeros = new byte[PageRecord.PageSize];
+        var digest = new PageDigests(input);
+        for (var pfn = (ulong)input.FirstPfn; pfn < (ulong)input.EndPfn; pfn++)
+        {
+            if (map.IsGuestPage(pfn))
+            {
+                digest.Add(pfn, codec.WireClass(map[pfn]) == PageClass.Zero || !memory.IsPresent(pfn) ? zeros : memory.Page(pfn));
+            }
+        }
+        return digest.Result(fetchedPages: 0);
+    });
+
+    private void CheckHost(string wanted)
+    {
+        if (wanted != host.Host)
+        {
+            throw new ApplicationFailureException($"a step for host {wanted} reached host {host.Host}", nonRetryable: true);
+        }
     }
 
     [Activity("ReleaseSource")]
@@ -221,13 +295,14 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     private SourceState State(Guid migrationId) => new(host.MigrationDirectory(migrationId));
 
-    /// <summary>A guest folder as `semigrate guest boot` leaves it: the memory dump and the kernel.</summary>
-    private static (string DumpPath, string KernelPath) LoadGuest(string dir)
+    /// <summary>This host's guest <paramref name="name"/>, as `semigrate guest boot` leaves it: the memory dump and the kernel.</summary>
+    private (string DumpPath, string KernelPath) LoadGuest(string name)
     {
+        var dir = host.GuestDirectory(name);
         var (dump, kernel) = (BootedGuest.DumpIn(dir), BootedGuest.KernelIn(dir));
         foreach (var path in new[] { dump, kernel }.Where(p => !File.Exists(p)))
         {
-            throw new ApplicationFailureException($"{path} does not exist: not a guest made by `semigrate guest boot`", nonRetryable: true);
+            throw new ApplicationFailureException($"host {host.Host} has no guest '{name}' ({path} does not exist; guests made by `semigrate guest boot` live in {Path.GetDirectoryName(dir)})", nonRetryable: true);
         }
         return (dump, kernel);
     }
@@ -272,7 +347,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             }
         }
 
-        public void Confirmed(long from, long to, int pages)
+        public void Confirmed(long from, long to, long pages)
         {
             lock (batches)
             {

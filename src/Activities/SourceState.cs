@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using SEmigrate.Sealing;
 
@@ -9,24 +8,24 @@ namespace SEmigrate.Activities;
 /// epoch handed out, and per destination how far the transfer is confirmed and how far it was sent.</summary>
 public sealed class SourceState(string directory)
 {
-    private static readonly Lock EpochLock = new();
-
     public string KeyPath => Path.Combine(directory, "data.key");
 
     public string MapPath => Path.Combine(directory, "classes.map");
 
+    /// <summary>Which of this host's guests the migration moves, and in which mode: recorded at
+    /// introspection, so later steps name neither.</summary>
+    public MigratedGuest Guest
+    {
+        get => File.Exists(GuestPath) ? JsonSerializer.Deserialize<MigratedGuest>(File.ReadAllText(GuestPath))!
+            : throw new InvalidOperationException($"no guest recorded in {directory}: this migration was not introspected here");
+        set => WriteAtomically(GuestPath, JsonSerializer.Serialize(value));
+    }
+
+    private string GuestPath => Path.Combine(directory, "guest.json");
+
     /// <summary>A key epoch never used before for this migration, written down before it is used: a
     /// restarted worker or a second attempt never seals under an epoch (so a nonce) already used.</summary>
-    public uint NextEpoch()
-    {
-        lock (EpochLock)
-        {
-            var path = Path.Combine(directory, "epoch");
-            var last = File.Exists(path) ? uint.Parse(File.ReadAllText(path), CultureInfo.InvariantCulture) : 0;
-            WriteAtomically(path, (last + 1).ToString(CultureInfo.InvariantCulture));
-            return last + 1;
-        }
-    }
+    public uint NextEpoch() => new EpochFile(Path.Combine(directory, "epoch")).Next();
 
     public DataKey LoadKey() => File.Exists(KeyPath) ? DataKey.Load(KeyPath)
         : throw new InvalidOperationException($"no data key in {directory}: the guest was not introspected here, or the migration was released");
@@ -63,6 +62,9 @@ public sealed class SourceState(string directory)
         File.Move(path + ".tmp", path, overwrite: true);
     }
 }
+
+/// <summary>The guest a migration moves (its name in the source's guest folder) and the migration's mode.</summary>
+public sealed record MigratedGuest(string Name, Contracts.MigrationMode Mode);
 
 /// <summary>Pages below <paramref name="Confirmed"/> are stored at the host; pages below
 /// <paramref name="Sent"/> were sent at least once. Bytes and resends add up over attempts.</summary>

@@ -19,7 +19,7 @@ public interface IMigrationSteps
 
     Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct);
 
-    Task<KeyWrapped> WrapKeyAsync(string host, WrapKey input, CancellationToken ct);
+    Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct);
 
     Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct);
 

@@ -16,7 +16,16 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
     private MigrationState state = MigrationState.Requested;
     private string? reason;
 
-    public MigrationProgress Progress => new(migrationId, state, [.. transfers], reason);
+    public MigrationProgress Progress
+    {
+        get
+        {
+            lock (transfers)
+            {
+                return new(migrationId, state, [.. transfers], reason);
+            }
+        }
+    }
 
     /// <summary>The operator's reason, when the engine cancels the migration on request.</summary>
     public string? CancelReason { get; set; }
@@ -36,7 +45,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         try
         {
             guest = await steps.IntrospectAsync(request.Source,
-                new IntrospectGuest(id, request.Vm, request.GuestDir, request.Mode, request.PlainProcesses), ct);
+                new IntrospectGuest(id, request.Vm, request.Guest, request.Mode, request.PlainProcesses), ct);
             state = MigrationState.Introspected;
             await steps.RecordAsync(new GuestIntrospected(id, guest.Tasks, guest.Processes, guest.Diagnostics, steps.UtcNow));
             await steps.RecordAsync(new PagesClassified(id, guest.Pages.Zero, guest.Pages.Plain, guest.Pages.Sealed, steps.UtcNow));
@@ -63,15 +72,15 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             await steps.RecordAsync(new PagingServersStarted(id, destinations, steps.UtcNow));
 
             state = MigrationState.Transferring;
-            await steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, guest, a, keys[a.Host].ServerKey, ct)));
+            await steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, a, keys[a.Host].ServerKey, ct)));
 
-            var wrapped = await steps.WrapKeyAsync(request.Source, new WrapKey(id, request.Vm, request.Main.Host,
+            var handedOver = await steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host,
                 keys[request.Main.Host].HostKey ?? throw new InvalidOperationException($"main host {request.Main.Host} sent no public key")), ct);
             var switched = await steps.SwitchOverAsync(request.Main.Host,
-                new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, wrapped.WrappedKey, guest.MapPath, plan), ct);
+                new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow));
-            return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, [.. transfers], plan, switched);
+            return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, Transfers(), plan, switched);
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {
@@ -79,11 +88,16 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
     }
 
-    private async Task<TransferResult> TransferAsync(MigrationRequest request, IntrospectionResult guest, Assignment a, byte[] hostKey, CancellationToken ct)
+    private async Task<TransferResult> TransferAsync(MigrationRequest request, Assignment a, byte[] serverKey, CancellationToken ct)
     {
-        var result = await steps.TransferAsync(request.Source, new TransferPages(request.MigrationId, request.Vm, request.GuestDir, guest.MapPath,
-            request.Mode, a, a.FirstPfn, 1, request.Mode == MigrationMode.AllEnc ? hostKey : null), ct);
-        transfers.Add(result);
+        // Only the baseline's sub-hosts get a channel key; the main host gets the data key at hand-over.
+        var channelKeyFor = request.Mode == MigrationMode.AllEnc && a.Host != request.Main.Host ? serverKey : null;
+        var result = await steps.TransferAsync(request.Source, new TransferPages(request.MigrationId, request.Vm, request.Mode, a, a.FirstPfn, 1, channelKeyFor), ct);
+        lock (transfers)
+        {
+            // The embedded engine finishes transfers on several threads at once.
+            transfers.Add(result);
+        }
         await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.ResentBytes, result.Attempts, steps.UtcNow));
         return result;
     }
@@ -108,6 +122,14 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         (state, reason) = (MigrationState.Refused, why);
         await steps.RecordAsync(new MigrationRefused(request.MigrationId, why, steps.UtcNow));
         return new MigrationOutcome(request.MigrationId, state, why, null, [], null, null);
+    }
+
+    private IReadOnlyList<TransferResult> Transfers()
+    {
+        lock (transfers)
+        {
+            return [.. transfers];
+        }
     }
 
     /// <summary>Undo at every destination, whether or not it got as far as starting: release is
@@ -146,7 +168,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         (state, reason) = (MigrationState.Compensated, why);
         await steps.RecordAsync(new MigrationCompensated(request.MigrationId, why, released, steps.UtcNow));
-        return new MigrationOutcome(request.MigrationId, state, why, pages, [.. transfers], plan, null);
+        return new MigrationOutcome(request.MigrationId, state, why, pages, Transfers(), plan, null);
     }
 
     /// <summary>The innermost message: engines wrap a step's failure (Temporal: activity failure,

@@ -24,8 +24,8 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
         Workflow.ExecuteActivityAsync((SourceActivities a) => a.TransferAsync(input), Options(host, policies.Transfer, ct));
 
-    public Task<KeyWrapped> WrapKeyAsync(string host, WrapKey input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.WrapKeyAsync(input), Options(host, policies.Quick, ct));
+    public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.HandOverAsync(input), Options(host, policies.Quick, ct));
 
     public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
         Workflow.ExecuteActivityAsync((MainHostActivities a) => a.SwitchOverAsync(input), Options(host, policies.SwitchOver, ct));

@@ -38,7 +38,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         });
         await bus.StartAsync(TestContext.Current.CancellationToken);
         client = await PageClient.CreateAsync(rabbit.Connection);
-        source = new SourceActivities(new HostContext("src", state.FullName), client, bus, NullLogger<SourceActivities>.Instance);
+        source = new SourceActivities(Host, client, bus, NullLogger<SourceActivities>.Instance);
     }
 
     public async ValueTask DisposeAsync()
@@ -48,29 +48,39 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         state.Delete(recursive: true);
     }
 
-    private IntrospectGuest Introspect(Guid migration) => new(migration, Guid.NewGuid(), guest.Guest.Directory, MigrationMode.Semigrate, ["vaultdb"]);
+    /// <summary>The source keeps its guests where the fixture booted them.</summary>
+    private HostContext Host => new("src", state.FullName, GuestsDirectory: Path.GetDirectoryName(guest.Guest.Directory));
+
+    private string MapOf(Guid migration) => new SourceState(Host.MigrationDirectory(migration)).MapPath;
+
+    private IntrospectGuest Introspect(Guid migration) => new(migration, Guid.NewGuid(), Path.GetFileName(guest.Guest.Directory), MigrationMode.Semigrate, ["vaultdb"]);
 
     [Fact]
     public async Task Introspection_classifies_every_page_and_keeps_the_data_key_to_the_source()
     {
-        var result = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(Introspect(Guid.NewGuid())));
+        var migration = Guid.NewGuid();
+        var result = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(Introspect(migration)));
 
-        var map = ClassificationMap.Load(result.MapPath);
+        var map = ClassificationMap.Load(MapOf(migration));
         Assert.Equal((long)map.GuestPages, result.Pages.Total);
         Assert.Equal(result.Pages.Total, result.ChunkGuestPages.Sum(c => (long)c));
         Assert.True(result.Pages.Zero > 0 && result.Pages.Plain > 0 && result.Pages.Sealed > 0, $"{result.Pages}");
-        var key = Path.Combine(Path.GetDirectoryName(result.MapPath)!, "data.key");
+        var key = Path.Combine(Host.MigrationDirectory(migration), "data.key");
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(key));
     }
 
-    [Fact]
-    public async Task A_guest_folder_without_a_dump_is_refused_without_retries()
+    [Theory]
+    [InlineData("no-such-guest", "host src has no guest 'no-such-guest'")]
+    [InlineData("../../etc", "is not a guest name")]
+    [InlineData("/tmp", "is not a guest name")]
+    [InlineData(".hidden", "is not a guest name")]
+    public async Task A_guest_this_host_does_not_have_or_a_path_is_refused_without_retries(string name, string why)
     {
-        var input = Introspect(Guid.NewGuid()) with { GuestDir = state.FullName };
+        var input = Introspect(Guid.NewGuid()) with { Guest = name };
 
         var e = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(input)));
         Assert.True(e.NonRetryable);
-        Assert.Contains("memory.elf does not exist", e.Message, StringComparison.Ordinal);
+        Assert.Contains(why, e.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -92,16 +102,17 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
             Info = ActivityEnvironment.DefaultInfo with { Attempt = 2, HeartbeatDetails = [DataConverter.Default.PayloadConverter.ToPayload(new TransferProgress(migration, host, resumeAt, 0, found.Pages.Total, 0))] },
             Heartbeater = details => heartbeats.Add((TransferProgress)details.Single()!),
         };
-        var transfer = new TransferPages(migration, intro.Vm, intro.GuestDir, found.MapPath, MigrationMode.Semigrate,
-            new Assignment(host, 0, found.PfnLimit, found.Pages.Total), 0, 2, null);
+        var transfer = new TransferPages(migration, intro.Vm, MigrationMode.Semigrate, new Assignment(host, 0, found.PfnLimit, found.Pages.Total), 0, 2, null);
 
         var result = await env.RunAsync(() => source.TransferAsync(transfer));
 
-        var map = ClassificationMap.Load(found.MapPath);
+        var map = ClassificationMap.Load(MapOf(migration));
         var below = Enumerable.Range(0, (int)resumeAt).Select(p => (ulong)p).Where(map.IsGuestPage).ToList();
         var above = Enumerable.Range((int)resumeAt, (int)(found.PfnLimit - resumeAt)).Select(p => (ulong)p).Where(map.IsGuestPage).ToList();
         Assert.All(below, p => Assert.Null(store.Get(intro.Vm, p)));
-        Assert.All(above, p => Assert.NotNull(store.Get(intro.Vm, p)));
+        // Above it every page with bytes went; free pages did not travel at all (the manifest names them).
+        Assert.All(above, p => Assert.Equal(map[p] != PageClass.Zero, store.Get(intro.Vm, p) is not null));
+        Assert.Equal(above.Count(p => map[p] != PageClass.Zero), store.PagesPerVm()[intro.Vm]);
         Assert.Equal(found.PfnLimit, heartbeats[^1].NextPfn);
         Assert.True(heartbeats.Select(h => h.NextPfn).SequenceEqual(heartbeats.Select(h => h.NextPfn).Order()), "heartbeats only move forward");
         Assert.Equal(0, result.ResentBytes);
@@ -111,17 +122,36 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     }
 
     [Fact]
-    public async Task The_wrapped_data_key_opens_at_the_main_host_it_is_for_and_nowhere_else()
+    public async Task Hand_over_sends_the_main_host_the_sealed_manifest_and_a_key_that_opens_only_there()
     {
+        var ct = TestContext.Current.CancellationToken;
         var migration = Guid.NewGuid();
-        await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(Introspect(migration)));
+        var intro = Introspect(migration);
+        await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
+        var mainHost = rabbit.Name("main");
+        using var store = new InMemoryPageStore(10_000);
+        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = mainHost, CapacityPages = 10_000 }, store, NullLogger.Instance, ct);
+        await client.StartVmAsync(mainHost, intro.Vm, MigrationMode.Semigrate, 0, ct);
         using var main = HostKeyPair.Generate();
         using var other = HostKeyPair.Generate();
 
-        var wrapped = await new ActivityEnvironment().RunAsync(() => source.WrapKeyAsync(new WrapKey(migration, Guid.NewGuid(), "main-1", main.PublicKey)));
+        var handedOver = await new ActivityEnvironment().RunAsync(() => source.HandOverAsync(new HandOver(migration, intro.Vm, mainHost, main.PublicKey)));
 
-        using var key = KeyWrap.Unwrap(wrapped.WrappedKey, main, SourceActivities.KeyContext(migration, "main-1"));
-        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(wrapped.WrappedKey, other, SourceActivities.KeyContext(migration, "main-1")));
-        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(wrapped.WrappedKey, main, SourceActivities.KeyContext(migration, "main-2")));
+        using var key = KeyWrap.Unwrap(handedOver.WrappedKey, main, SourceActivities.KeyContext(migration, mainHost));
+        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(handedOver.WrappedKey, other, SourceActivities.KeyContext(migration, mainHost)));
+        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(handedOver.WrappedKey, main, SourceActivities.KeyContext(migration, "main-2")));
+
+        // The manifest is the map, as sealed records only the data key opens; the free pages of 256 MiB
+        // (over half of them) cost a few KiB.
+        using var opener = new PageOpener(key, intro.Vm);
+        var manifest = ClassificationMap.FromBytes(Manifest.Open(intro.Vm, p => store.Get(intro.Vm, p) is { } r ? PageFrame.ReadRecord(r) : null, opener, mainHost, 1 << 24));
+        var map = ClassificationMap.Load(MapOf(migration));
+        Assert.Equal(map.ToBytes(), manifest.ToBytes());
+        Assert.True(handedOver.ManifestBytes < 64 << 10, $"{handedOver.ManifestBytes} bytes");
+        Assert.All(store.PagesPerVm().Keys, vm => Assert.Equal(intro.Vm, vm));
+        using var wrongKey = DataKey.Generate();
+        using var wrongOpener = new PageOpener(wrongKey, intro.Vm);
+        var e = Assert.Throws<PageIntegrityException>(() => Manifest.Open(intro.Vm, p => store.Get(intro.Vm, p) is { } r ? PageFrame.ReadRecord(r) : null, wrongOpener, mainHost, 1 << 24));
+        Assert.Contains("manifest record does not open", e.Message, StringComparison.Ordinal);
     }
 }

@@ -29,7 +29,7 @@ internal sealed class PagingHarness : IAsyncDisposable
         sealer = key.CreateSealer(Vm, 1);
         opener = new PageOpener(key, Vm);
         Codec = new PageCodec(mode, Vm, sealer, opener);
-        Pager = new RemotePager(client, Codec, Table, _ => Host, e =>
+        Pager = new VmPager(client, Codec, Table, _ => Host, "main", local: null, e =>
         {
             Violations.Add(e);
             return ValueTask.CompletedTask;
@@ -48,7 +48,7 @@ internal sealed class PagingHarness : IAsyncDisposable
 
     public PageTable Table { get; } = new(Pages);
 
-    public RemotePager Pager { get; }
+    public VmPager Pager { get; }
 
     public List<PageIntegrityException> Violations { get; } = [];
 
@@ -63,10 +63,13 @@ internal sealed class PagingHarness : IAsyncDisposable
         var serverKey = await client.StartVmAsync(name, harness.Vm, mode);
         if (mode == MigrationMode.AllEnc)
         {
-            await client.SendChannelKeyAsync(name, harness.Vm, KeyWrap.Wrap(harness.key, serverKey, $"allenc-channel|{harness.Vm:N}|{name}"));
+            await client.SendChannelKeyAsync(name, harness.Vm, harness.WrapChannelKey(serverKey));
         }
         return harness;
     }
+
+    /// <summary>allenc: the channel key as the source sends it to this memory server.</summary>
+    public byte[] WrapChannelKey(byte[] serverKey) => KeyWrap.Wrap(key, serverKey, $"allenc-channel|{Vm:N}|{Host}");
 
     /// <summary>Guest page <paramref name="pfn"/>: its classification and bytes (zero pages are zero).</summary>
     public static (PageClass Class, byte[] Bytes) GuestPage(ulong pfn, string? secret = null)

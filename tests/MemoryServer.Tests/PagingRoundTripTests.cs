@@ -44,7 +44,7 @@ public class PagingRoundTripTests(RabbitMqFixture rabbit) : IClassFixture<Rabbit
             Assert.Equal(PagingHarness.Pages, usage.PagesPerVm[h.Vm]);
             Assert.Equal(PagingHarness.Pages, await h.Client.ReleaseAsync(h.Host, h.Vm));
             Assert.Equal(0, (await h.Client.UsageAsync(h.Host)).UsedPages);
-            await Assert.ThrowsAsync<PageProtocolException>(() => h.Pager.PageInAsync(3, page));
+            await Assert.ThrowsAsync<PageProtocolException>(() => h.Pager.PageInAsync(2, page)); // a page with bytes: free ones are never fetched
             Assert.Empty(h.Violations);
         }
         if (folder is not null)

@@ -15,11 +15,14 @@ public sealed class RealGuestFixture : IAsyncLifetime
         new GuestProcess("scratch", 24, "STALEMARK", Freed: true),
     ]);
 
+    /// <summary>Where guests are booted: a test source worker takes this as its guests folder.</summary>
+    public static string Folder => Path.Combine(Path.GetTempPath(), "semigrate-test-guests");
+
     public BootedGuest Guest { get; private set; } = null!;
 
     public async ValueTask InitializeAsync()
     {
-        var root = Path.Combine(Path.GetTempPath(), "semigrate-test-guests");
+        var root = Folder;
         Directory.CreateDirectory(root);
         // One run = one `dotnet test`, the parent of every test process.
         var run = ParentProcessId();

@@ -21,7 +21,7 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
         };
         try
         {
-            var r = await SemigrateProcess.RunAsync(environment, "migrate", "--guest", guest.Guest.Directory, "--source", run.Source,
+            var r = await SemigrateProcess.RunAsync(environment, "migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source,
                 "--main", $"{run.Main}:80M", "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--json");
 
             Assert.True(r.ExitCode == 0, r.Stderr);

@@ -57,9 +57,8 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         Assert.All(outcome.Transfers, t => Assert.True(t.ResentBytes <= bound, $"{t.Host} resent {t.ResentBytes} bytes"));
         Assert.True(killed.ResentBytes < killed.Bytes / 2, $"{killed}");
 
-        var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
-            run.MapOf(request.MigrationId)), ct);
-        Assert.Equal(0, verified.Mismatches);
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+        Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
     }
 
@@ -83,7 +82,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         {
             Assert.False((await client.UsageAsync(host, ct)).PagesPerVm.ContainsKey(request.Vm), $"{host} still holds pages of the VM");
         }
-        Assert.True(File.Exists(Path.Combine(request.GuestDir, "memory.elf")));
+        Assert.True(File.Exists(Path.Combine(guest.Guest.Directory, "memory.elf")));
         Assert.False(File.Exists(Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "data.key")));
 
         var summary = await Orchestrator.AuditedEndAsync(run.Host.Services, request.MigrationId, TimeSpan.FromSeconds(30), ct);

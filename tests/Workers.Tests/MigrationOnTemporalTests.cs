@@ -1,6 +1,7 @@
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
+using SEmigrate.Workers.Embedded;
 using SEmigrate.Workflows;
 using Temporalio.Api.Enums.V1;
 using Temporalio.Api.OperatorService.V1;
@@ -33,9 +34,8 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         var described = await handle.DescribeAsync();
         Assert.Equal(nameof(MigrationState.SwitchedOver), described.TypedSearchAttributes.Get(MigrationWorkflow.StateKey));
         Assert.Equal(request.Vm.ToString(), described.TypedSearchAttributes.Get(MigrationWorkflow.VmKey));
-        var verified = await run.Steps.VerifyAsync(run.Main, new VerifyMemory(request.MigrationId, request.Vm, request.GuestDir,
-            run.MapOf(request.MigrationId)), ct);
-        Assert.Equal(0, verified.Mismatches);
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+        Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
     }
 

@@ -1,6 +1,5 @@
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
-using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
@@ -43,16 +42,15 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public string StateOf(string host) => Path.Combine(state.FullName, host);
 
-    /// <summary>Where the source keeps a migration's classification map.</summary>
-    public string MapOf(Guid migrationId) => new SourceState(new HostContext(Source, StateOf(Source)).MigrationDirectory(migrationId)).MapPath;
-
-    /// <summary>A sub-host's store folder: what its administrator could read.</summary>
+    /// <summary>A memory server's store folder (the main host's holds its share): what its administrator could read.</summary>
     public string StoreOf(string host) => Path.Combine(state.FullName, $"{host}-store");
 
     /// <summary>With <paramref name="temporalAddress"/>, the workers also serve their activities on Temporal
     /// and the orchestrator runs the migration workflow's worker.</summary>
+    /// <summary>The source keeps its guests in <paramref name="guests"/> (where the test fixture boots them); a
+    /// request names one of them.</summary>
     public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0,
-        string? temporalAddress = null)
+        string? temporalAddress = null, string? guests = null)
     {
         foreach (var (key, value) in await ServicesScript.SettingsAsync())
         {
@@ -62,7 +60,7 @@ internal sealed class MigrationRun : IAsyncDisposable
         var state = Directory.CreateTempSubdirectory("semigrate-e2e-");
         WorkerFleet.Worker[] workers =
         [
-            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps), new("main", $"main-{suffix}", 200_000),
+            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps, GuestsFolder: guests ?? RealGuestFixture.Folder), new("main", $"main-{suffix}", 200_000, Path.Combine(state.FullName, $"main-{suffix}-store")),
             new("sub", $"sub1-{suffix}", 30_000, Path.Combine(state.FullName, $"sub1-{suffix}-store")),
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Path.Combine(state.FullName, $"sub2-{suffix}-store"))] : Array.Empty<WorkerFleet.Worker>(),
         ];
@@ -80,8 +78,9 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     private readonly List<Guid> vms = [];
 
+    /// <summary>A request to move the guest in <paramref name="guestDir"/> (in the source's guests folder).</summary>
     public MigrationRequest Request(string guestDir, MigrationMode mode, long mainCapacity, long subCapacity) =>
-        new(Guid.NewGuid(), NewVm(), guestDir, Source, new Destination(Main, mainCapacity),
+        new(Guid.NewGuid(), NewVm(), Path.GetFileName(guestDir), Source, new Destination(Main, mainCapacity),
             [new Destination(Sub1, subCapacity), new Destination(Sub2, subCapacity)], mode, ["vaultdb"]);
 
     private Guid NewVm()

@@ -13,10 +13,10 @@ namespace SEmigrate.Workflows.Tests;
 public class MigrationReplayTests
 {
     private static readonly MigrationRequest Request = new(Guid.Parse("11111111-2222-3333-4444-555555555555"), Guid.Parse("66666666-7777-8888-9999-000000000000"),
-        "/guests/g1", "src", new Destination("main", 1000), [new Destination("sub-a", 1000), new Destination("sub-b", 1000)], MigrationMode.Semigrate, ["vaultdb"]);
+        "g1", "src", new Destination("main", 1000), [new Destination("sub-a", 1000), new Destination("sub-b", 1000)], MigrationMode.Semigrate, ["vaultdb"]);
 
     // Six chunks of 500 guest pages: main takes chunks 0-1, sub-a 2-3, sub-b 4-5.
-    private static readonly IntrospectionResult Introspected = new(new PageCounts(1000, 200, 1800), 3072, 40, 12, [], "/state/src/classes.map", 512, [500, 500, 500, 500, 500, 500]);
+    private static readonly IntrospectionResult Introspected = new(new PageCounts(1000, 200, 1800), 3072, 40, 12, [], 512, [500, 500, 500, 500, 500, 500]);
 
     private static readonly string[] Hosts = ["main", "sub-a", "sub-b"];
 
@@ -80,10 +80,10 @@ public class MigrationReplayTests
         h.Completed([.. transfers.Select((t, i) => (t, (object?)Transferred(Hosts[i])))]);
         var r = h.Task(Record(), Record(), Record()); // one per destination
         h.Completed([.. r.Select(id => (id, (object?)null))]);
-        var wrap = h.Task(On("WrapKey", "src"));
-        h.Completed((wrap[0], new KeyWrapped([9, 9])));
+        var handOver = h.Task(On("HandOver", "src"));
+        h.Completed((handOver[0], new HandedOver([9, 9], 4148)));
         var switchOver = h.Task(On("SwitchOver", "main"));
-        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000, "/state/main/memory.img")));
+        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
         r = h.Task(Record()); // switched over
         h.Completed((r[0], null));
         var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
@@ -107,7 +107,7 @@ public class MigrationReplayTests
             transfers.Select(t => ((TransferPages)t.Input!).Assignment));
         Assert.All(transfers, t => Assert.Null(((TransferPages)t.Input!).ChannelKeyFor)); // semigrate mode: no key to any sub-host
         // The data key is wrapped for the main host's public key, and only the main host switches over.
-        Assert.Equal([2], ((WrapKey)capture.Scheduled.Single(s => s.Activity == "WrapKey").Input!).MainPublicKey);
+        Assert.Equal([2], ((HandOver)capture.Scheduled.Single(s => s.Activity == "HandOver").Input!).MainPublicKey);
         var switchOver = capture.Scheduled.Single(s => s.Activity == "SwitchOver");
         Assert.Equal(StepQueues.Host("main"), switchOver.TaskQueue);
         Assert.Equal([9, 9], ((SwitchOver)switchOver.Input!).WrappedKey);

@@ -16,6 +16,7 @@ namespace SEmigrate.Contracts.Audit;
 [JsonDerivedType(typeof(MigrationSwitchedOver), nameof(MigrationSwitchedOver))]
 [JsonDerivedType(typeof(MigrationCompensated), nameof(MigrationCompensated))]
 [JsonDerivedType(typeof(MigrationRefused), nameof(MigrationRefused))]
+[JsonDerivedType(typeof(PageCheckFailed), nameof(PageCheckFailed))]
 public interface IMigrationEvent
 {
     Guid MigrationId { get; }
@@ -40,6 +41,11 @@ public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long L
 public sealed record MigrationCompensated(Guid MigrationId, string Reason, IReadOnlyList<string> ReleasedHosts, DateTimeOffset At) : IMigrationEvent;
 
 public sealed record MigrationRefused(Guid MigrationId, string Reason, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>A security event: a page that <paramref name="Host"/> returned to the main host failed its
+/// check (altered, swapped, replayed, relabelled, or missing), so it was not used. Names the page, never
+/// its content.</summary>
+public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, string Problem, DateTimeOffset At) : IMigrationEvent;
 
 /// <summary>An event as a workflow activity's input: the property's declared interface type makes the
 /// JSON carry the event's type name, so the activity gets the same event back.</summary>

@@ -1,17 +1,16 @@
 namespace SEmigrate.Contracts.Migration;
 
-/// <summary>At the source: read the guest kernel's structures and classify every page.</summary>
-public sealed record IntrospectGuest(Guid MigrationId, Guid Vm, string GuestDir, MigrationMode Mode, IReadOnlyList<string> PlainProcesses);
+/// <summary>At the source: read the kernel structures of its guest <paramref name="Guest"/> and classify every page.</summary>
+public sealed record IntrospectGuest(Guid MigrationId, Guid Vm, string Guest, MigrationMode Mode, IReadOnlyList<string> PlainProcesses);
 
-/// <summary>What introspection found. The per-page classes stay in a file at the source
-/// (<paramref name="MapPath"/>); placement gets guest pages per chunk of <paramref name="ChunkPages"/>
-/// pages, which is small for any VM size.</summary>
+/// <summary>What introspection found. The per-page classes stay at the source (they reach the main
+/// host sealed, over the page path); placement gets guest pages per chunk of
+/// <paramref name="ChunkPages"/> pages, which is small for any VM size.</summary>
 public sealed record IntrospectionResult(
     PageCounts Pages,
     long PfnLimit,
     int Tasks,
     int Processes,
     IReadOnlyList<string> Diagnostics,
-    string MapPath,
     int ChunkPages,
     IReadOnlyList<int> ChunkGuestPages);

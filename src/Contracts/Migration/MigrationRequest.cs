@@ -1,13 +1,14 @@
 namespace SEmigrate.Contracts.Migration;
 
-/// <summary>An operator's request: move VM <paramref name="Vm"/>, whose memory the source holds in
-/// <paramref name="GuestDir"/> (a guest made by `semigrate guest boot`), from <paramref name="Source"/> to
-/// <paramref name="Main"/> plus <paramref name="SubHosts"/>. Processes in <paramref name="PlainProcesses"/>
-/// keep their own data encrypted, so their pages may travel as-is.</summary>
+/// <summary>An operator's request: move VM <paramref name="Vm"/>, whose memory the source holds as its guest
+/// <paramref name="Guest"/> (a name in the source's own guest folder, never a path: hosts share no
+/// files), from <paramref name="Source"/> to <paramref name="Main"/> plus <paramref name="SubHosts"/>.
+/// Processes in <paramref name="PlainProcesses"/> keep their own data encrypted, so their pages may
+/// travel as-is (authenticated, not encrypted).</summary>
 public sealed record MigrationRequest(
     Guid MigrationId,
     Guid Vm,
-    string GuestDir,
+    string Guest,
     string Source,
     Destination Main,
     IReadOnlyList<Destination> SubHosts,

@@ -1,30 +1,33 @@
 namespace SEmigrate.Contracts.Migration;
 
-/// <summary>At the source: the migration's data key, wrapped for the main host's public key.</summary>
-public sealed record WrapKey(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey);
+/// <summary>At the source, once every page is at its destination: send the main host the manifest (the
+/// class of every page, sealed under the data key, over the page path) and wrap the data key for the
+/// main host's public key.</summary>
+public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey);
 
-/// <summary>The wrapped data key: only the main host's private key opens it.</summary>
-public sealed record KeyWrapped(byte[] WrappedKey);
+/// <summary>The wrapped data key (only the main host's private key opens it) and the manifest's size on the wire.</summary>
+public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes);
 
-/// <summary>At the main host: take over the VM: its core state, where every page is, and the wrapped key.
-/// The per-page classes come from the source's classification map (<paramref name="MapPath"/>).</summary>
-public sealed record SwitchOver(
-    Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, string MapPath, PlacementPlan Placement);
+/// <summary>At the main host: take over the VM: unwrap the key, open the manifest it received, and serve
+/// every page from then on (its own from its store, the rest from the sub-hosts of the placement).</summary>
+public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement);
 
-/// <summary>The VM runs at the main host: <paramref name="LocalPages"/> in its memory, the rest at sub-hosts.</summary>
-public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, string ImagePath);
+/// <summary>The VM runs at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
+/// at sub-hosts (free pages count where their range is placed, though nothing of them travelled).</summary>
+public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages);
+
+/// <summary>At the source, or at the main host after switch-over: a digest of every guest page in
+/// [<paramref name="FirstPfn"/>, <paramref name="EndPfn"/>), one per chunk of <paramref name="ChunkPages"/>
+/// pages, as that host sees the VM's memory (the source: what it sent, a free page as zeros in
+/// semigrate mode; the main host: every page read through its pager, fetched, checked and opened).
+/// Equal digests on both hosts mean the same memory without either sending it to the other.</summary>
+public sealed record DigestMemory(Guid MigrationId, Guid Vm, string Host, long FirstPfn, long EndPfn, int ChunkPages);
+
+/// <summary>Guest pages digested, how many came from sub-hosts, a digest per chunk (16 bytes, hex) and
+/// one over every page.</summary>
+public sealed record MemoryDigest(long Pages, long FetchedPages, IReadOnlyList<string> Chunks, string Digest);
 
 /// <summary>At the source: the VM has left (or stays, after compensation); drop the migration's key and state.</summary>
 public sealed record ReleaseSource(Guid MigrationId, Guid Vm, bool VmLeft);
 
 public sealed record SourceReleased(bool VmLeft);
-
-/// <summary>At the main host, after switch-over (the demo's and the tests' check; one machine only, since
-/// it reads the source's memory from <paramref name="GuestDir"/>): rebuild the guest's memory from the
-/// main host's pages and every sub-host page fetched and opened, and compare each page's digest with
-/// the source's (a free page compares as zeros: its stale bytes must not travel).</summary>
-public sealed record VerifyMemory(Guid MigrationId, Guid Vm, string GuestDir, string MapPath);
-
-/// <summary>The check's result: pages compared, how many differ (the first few named), how many
-/// came from sub-hosts, and a digest over every page's digest.</summary>
-public sealed record MemoryVerified(long Pages, long Mismatches, IReadOnlyList<long> FirstMismatches, long FetchedPages, string Digest);

@@ -1,11 +1,11 @@
 namespace SEmigrate.Contracts.Migration;
 
-/// <summary>At the source: seal (by mode) and send the pages of one assignment to its host.
-/// <paramref name="ResumeFrom"/> is the first page not yet confirmed by an earlier attempt (0 at first);
-/// <paramref name="ChannelKeyFor"/> is the host's public key in the allenc baseline only.</summary>
+/// <summary>At the source: seal (by mode) and send the pages of one assignment to its host; free pages
+/// stay behind (the manifest says which they are). <paramref name="ResumeFrom"/> is the first page not
+/// yet confirmed by an earlier attempt (0 at first); <paramref name="ChannelKeyFor"/> is a sub-host's
+/// public key in the allenc baseline only.</summary>
 public sealed record TransferPages(
-    Guid MigrationId, Guid Vm, string GuestDir, string MapPath, MigrationMode Mode, Assignment Assignment,
-    long ResumeFrom, int Attempt, byte[]? ChannelKeyFor);
+    Guid MigrationId, Guid Vm, MigrationMode Mode, Assignment Assignment, long ResumeFrom, int Attempt, byte[]? ChannelKeyFor);
 
 /// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host.</summary>
 public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes);

@@ -4,7 +4,8 @@ using SEmigrate.Contracts;
 namespace SEmigrate.Introspection.Classification;
 
 /// <summary>The class of every guest page, by page number: far too large for a workflow payload, so
-/// it lives in a file (2 bits a page, with the counts in the header) and travels by reference.</summary>
+/// the source keeps it in a file (2 bits a page, with the counts in the header) and the main host gets
+/// it, with each class as the mode puts it on the wire, as the sealed manifest.</summary>
 public sealed class ClassificationMap
 {
     /// <summary>The value for page numbers that are not guest memory (holes between ranges).</summary>
@@ -43,37 +44,46 @@ public sealed class ClassificationMap
     public PageClass this[ulong pfn] =>
         IsGuestPage(pfn) ? (PageClass)classes[pfn] : throw new ArgumentOutOfRangeException(nameof(pfn), $"page 0x{pfn:x} is not guest memory");
 
+    /// <summary>The same pages with each class mapped (how a mode puts classes on the wire).</summary>
+    public ClassificationMap Select(Func<PageClass, PageClass> map) =>
+        new([.. classes.Select(c => c == NotGuest ? c : (byte)map((PageClass)c))]);
+
     public void Save(string path)
     {
-        using var stream = new FileStream(path + ".tmp", FileMode.Create, FileAccess.Write);
-        Span<byte> header = stackalloc byte[40];
-        Magic.CopyTo(header);
-        BinaryPrimitives.WriteUInt64LittleEndian(header[8..], PfnLimit);
-        BinaryPrimitives.WriteUInt64LittleEndian(header[16..], Zero);
-        BinaryPrimitives.WriteUInt64LittleEndian(header[24..], Plain);
-        BinaryPrimitives.WriteUInt64LittleEndian(header[32..], Sealed);
-        stream.Write(header);
-        var packed = new byte[(classes.Length + 3) / 4];
-        for (var i = 0; i < classes.Length; i++)
-        {
-            packed[i >> 2] |= (byte)(classes[i] << ((i & 3) * 2));
-        }
-        stream.Write(packed);
-        stream.Close();
+        File.WriteAllBytes(path + ".tmp", ToBytes());
         File.Move(path + ".tmp", path, overwrite: true);
     }
 
-    public static ClassificationMap Load(string path)
+    public static ClassificationMap Load(string path) => FromBytes(File.ReadAllBytes(path), path);
+
+    /// <summary>The map's form in files and in the manifest: a 40-byte header (magic, page count, counts
+    /// per class), then 2 bits a page.</summary>
+    public byte[] ToBytes()
     {
-        var data = File.ReadAllBytes(path);
-        if (data.Length < 40 || !data.AsSpan(0, 8).SequenceEqual(Magic))
+        var data = new byte[40 + (classes.Length + 3) / 4];
+        Magic.CopyTo(data);
+        BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(8), PfnLimit);
+        BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(16), Zero);
+        BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(24), Plain);
+        BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(32), Sealed);
+        for (var i = 0; i < classes.Length; i++)
         {
-            throw new InvalidDataException($"{path} is not a classification map");
+            data[40 + (i >> 2)] |= (byte)(classes[i] << ((i & 3) * 2));
         }
-        var limit = BinaryPrimitives.ReadUInt64LittleEndian(data.AsSpan(8));
+        return data;
+    }
+
+    /// <summary>Parses <see cref="ToBytes"/>'s form; <paramref name="what"/> names it in errors.</summary>
+    public static ClassificationMap FromBytes(ReadOnlySpan<byte> data, string what = "classification map")
+    {
+        if (data.Length < 40 || !data[..8].SequenceEqual(Magic))
+        {
+            throw new InvalidDataException($"{what} is not a classification map");
+        }
+        var limit = BinaryPrimitives.ReadUInt64LittleEndian(data[8..]);
         if (limit > int.MaxValue || (ulong)data.Length != 40 + (limit + 3) / 4)
         {
-            throw new InvalidDataException($"{path}: size does not match its page count {limit}");
+            throw new InvalidDataException($"{what}: size does not match its page count {limit}");
         }
         var classes = new byte[limit];
         for (var i = 0; i < classes.Length; i++)
@@ -81,11 +91,11 @@ public sealed class ClassificationMap
             classes[i] = (byte)((data[40 + (i >> 2)] >> ((i & 3) * 2)) & 3);
         }
         var map = new ClassificationMap(classes);
-        if (map.Zero != BinaryPrimitives.ReadUInt64LittleEndian(data.AsSpan(16))
-            || map.Plain != BinaryPrimitives.ReadUInt64LittleEndian(data.AsSpan(24))
-            || map.Sealed != BinaryPrimitives.ReadUInt64LittleEndian(data.AsSpan(32)))
+        if (map.Zero != BinaryPrimitives.ReadUInt64LittleEndian(data[16..])
+            || map.Plain != BinaryPrimitives.ReadUInt64LittleEndian(data[24..])
+            || map.Sealed != BinaryPrimitives.ReadUInt64LittleEndian(data[32..]))
         {
-            throw new InvalidDataException($"{path}: the page classes do not add up to the counts in its header: corrupt");
+            throw new InvalidDataException($"{what}: the page classes do not add up to the counts in its header: corrupt");
         }
         return map;
     }

@@ -11,7 +11,7 @@ namespace SEmigrate.Workers.Audit;
 public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<MigrationSwitchedOver>,
-    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>
+    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>
 {
     public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context, context.Message);
 
@@ -30,6 +30,8 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
     public Task Consume(ConsumeContext<MigrationCompensated> context) => AppendAsync(context, context.Message);
 
     public Task Consume(ConsumeContext<MigrationRefused> context) => AppendAsync(context, context.Message);
+
+    public Task Consume(ConsumeContext<PageCheckFailed> context) => AppendAsync(context, context.Message);
 
     private async Task AppendAsync(ConsumeContext context, IMigrationEvent e)
     {

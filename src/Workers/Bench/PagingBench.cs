@@ -134,7 +134,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
 
         // Page-in: fetch, check and open pages that travel with bytes (sealed ones where there are any).
         var candidates = Enumerable.Range(0, (int)settings.Pages).Select(p => (ulong)p).Where(p => table[p].Class == wanted).ToArray();
-        var pager = new RemotePager(client, codec, table, _ => host);
+        var pager = new VmPager(client, codec, table, _ => host, "bench", local: null);
         var requestBytes = PageFrame.HeaderSize + 8;
         await PageInsAsync(pager, candidates, 1, 200, ct); // warm-up
         await RawRabbit.RoundTripsAsync(connection, echoQueue, requestBytes, 1, 200, ct);
@@ -193,7 +193,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         return (wireBytes, messages);
     }
 
-    private static async Task<List<double>> PageInsAsync(RemotePager pager, ulong[] pfns, int inFlight, int count, CancellationToken ct)
+    private static async Task<List<double>> PageInsAsync(VmPager pager, ulong[] pfns, int inFlight, int count, CancellationToken ct)
     {
         var latencies = new System.Collections.Concurrent.ConcurrentBag<double>();
         var next = 0;

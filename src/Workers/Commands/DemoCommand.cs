@@ -4,7 +4,6 @@ using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
-using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Memory;
@@ -36,7 +35,7 @@ public static class DemoCommand
     public sealed record CpuSeconds(double Source, double Main, double Sub, double Orchestrator);
 
     public sealed record Run(
-        string Mode, Guid MigrationId, string State, string? Reason, bool DigestOk, long PagesCompared, long Mismatches, long PagesFromSubHosts, string? Digest,
+        string Mode, Guid MigrationId, string State, string? Reason, bool DigestOk, long PagesCompared, long MismatchedChunks, long PagesFromSubHosts, string? Digest,
         PageCounts? Pages, IReadOnlyList<Destination> Destinations, double WallSeconds, CpuSeconds CpuSeconds, int AuditEvents);
 
     public static RootCommand AddDemoCommand(this RootCommand root)
@@ -108,7 +107,7 @@ public static class DemoCommand
         say($"{name}: starting workers {source}, {main}, {sub1}, {sub2} (state and logs in {root})");
         using var fleet = await WorkerFleet.StartAsync(
         [
-            new WorkerFleet.Worker("source", source),
+            new WorkerFleet.Worker("source", source, GuestsFolder: Path.GetDirectoryName(guest.Directory)),
             new WorkerFleet.Worker("main", main, mainPages + 1024),
             new WorkerFleet.Worker("sub", sub1, subPages + 1024, keepDir is null ? null : Path.Combine(root, $"{sub1}-store")),
             new WorkerFleet.Worker("sub", sub2, subPages + 1024, keepDir is null ? null : Path.Combine(root, $"{sub2}-store")),
@@ -118,7 +117,7 @@ public static class DemoCommand
         var vm = Guid.NewGuid();
         try
         {
-            var request = new MigrationRequest(Guid.NewGuid(), vm, guest.Directory, source, new Contracts.Migration.Destination(main, mainPages),
+            var request = new MigrationRequest(Guid.NewGuid(), vm, Path.GetFileName(guest.Directory), source, new Contracts.Migration.Destination(main, mainPages),
                 [new Contracts.Migration.Destination(sub1, subPages), new Contracts.Migration.Destination(sub2, subPages)], mode, plainProcesses);
             var cpu0 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
             var clock = Stopwatch.StartNew();
@@ -127,12 +126,11 @@ public static class DemoCommand
             var cpu1 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
             var cpu = new CpuSeconds(cpu1.Item1["source"] - cpu0.Item1["source"], cpu1.Item1["main"] - cpu0.Item1["main"], cpu1.Item1["sub"] - cpu0.Item1["sub"], cpu1.Item2 - cpu0.Item2);
 
-            MemoryVerified? verified = null;
+            MemoryCheck.Result? verified = null;
             if (outcome.State == MigrationState.SwitchedOver)
             {
-                say($"{name}: switched over in {wall:0.0} s; checking every page at {main} against the source");
-                var map = new SourceState(new HostContext(source, Path.Combine(root, source)).MigrationDirectory(request.MigrationId)).MapPath;
-                verified = await host.Services.GetRequiredService<EmbeddedSteps>().VerifyAsync(main, new VerifyMemory(request.MigrationId, request.Vm, guest.Directory, map), ct);
+                say($"{name}: switched over in {wall:0.0} s; checking every page {main} serves against what {source} sent (digests only)");
+                verified = await MemoryCheck.CompareAsync(host.Services.GetRequiredService<EmbeddedSteps>(), request, outcome.Placement!, ct);
             }
             else
             {
@@ -142,7 +140,7 @@ public static class DemoCommand
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var events = audited is null ? 0 : (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Count;
             return new Run(name, request.MigrationId, outcome.State.ToString(), outcome.Reason,
-                verified is { Mismatches: 0 } v && v.Pages == outcome.Pages?.Total, verified?.Pages ?? 0, verified?.Mismatches ?? 0, verified?.FetchedPages ?? 0, verified?.Digest,
+                verified is { Ok: true } v && v.Pages == outcome.Pages?.Total, verified?.Pages ?? 0, verified?.MismatchedChunks ?? 0, verified?.FetchedPages ?? 0, verified?.Digest,
                 outcome.Pages, [.. outcome.Transfers.OrderBy(t => t.Host, StringComparer.Ordinal).Select(t => new Destination(t.Host, t.Pages, t.Bytes))],
                 wall, cpu, events);
         }
@@ -164,7 +162,7 @@ public static class DemoCommand
         string Row(string label, Func<Run, string> cell) => $"{label,-26}" + string.Concat(runs.Select(r => $"{cell(r),20}"));
         Console.WriteLine(Row("", r => r.Mode));
         Console.WriteLine(Row("state", r => r.State));
-        Console.WriteLine(Row("digest check", r => r.DigestOk ? "ok" : r.State == "SwitchedOver" ? $"{r.Mismatches} differ" : "not run"));
+        Console.WriteLine(Row("digest check", r => r.DigestOk ? "ok" : r.State == "SwitchedOver" ? $"{r.MismatchedChunks} chunks differ" : "not run"));
         Console.WriteLine(Row("pages compared", r => $"{r.PagesCompared}"));
         Console.WriteLine(Row("  of them from sub-hosts", r => $"{r.PagesFromSubHosts}"));
         Console.WriteLine(Row("pages zero/plain/sealed", r => r.Pages is { } p ? $"{p.Zero}/{p.Plain}/{p.Sealed}" : "-"));
@@ -216,7 +214,7 @@ public static class DemoCommand
                 throw new InvalidOperationException($"{given.FullName} is not a guest made by `semigrate guest boot`: {e.Message}");
             }
         }
-        var cached = "/opt/semigrate/demo-guest";
+        var cached = "/opt/semigrate/guests/demo"; // the demo source's guests folder: /opt/semigrate/guests
         try
         {
             var guest = QemuGuest.Load(cached);

@@ -25,7 +25,7 @@ public static class MigrateCommand
 
     public static RootCommand AddMigrateCommand(this RootCommand root)
     {
-        var guest = new Option<DirectoryInfo>("--guest") { Description = "The VM's memory at the source: a folder made by `semigrate guest boot`", Required = true };
+        var guest = new Option<string>("--guest") { Description = "The VM at the source: the name of a guest in the source worker's --guests folder (made by `semigrate guest boot`)", Required = true };
         var source = new Option<string>("--source") { Description = "The source host (its worker runs with --role source)", Required = true };
         var main = new Option<string>("--main") { Description = "NAME:SIZE: the main host and how much of the VM it may take (e.g. main-1:96M, or pages)", Required = true };
         var sub = new Option<string[]>("--sub") { Description = "NAME:SIZE: a sub-host and how much it may hold (repeatable)" };
@@ -42,7 +42,7 @@ public static class MigrateCommand
             MigrationRequest request;
             try
             {
-                request = new MigrationRequest(Guid.NewGuid(), parse.GetValue(vm) ?? Guid.NewGuid(), parse.GetValue(guest)!.FullName,
+                request = new MigrationRequest(Guid.NewGuid(), parse.GetValue(vm) ?? Guid.NewGuid(), parse.GetValue(guest)!,
                     parse.GetValue(source)!, ParseDestination(parse.GetValue(main)!), [.. (parse.GetValue(sub) ?? []).Select(ParseDestination)],
                     MigrationModes.Parse(parse.GetValue(mode)!), parse.GetValue(plain) ?? []);
             }

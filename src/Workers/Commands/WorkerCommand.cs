@@ -23,8 +23,9 @@ public static class WorkerCommand
         var state = new Option<DirectoryInfo?>("--state") { Description = "Where this host keeps its state (default /opt/semigrate/hosts/NAME)" };
         var store = new Option<DirectoryInfo?>("--store") { Description = "main, sub: keep pages in files in this folder (default: in memory)" };
         var capacity = new Option<long?>("--capacity-pages") { Description = "main, sub: how many 4 KiB pages the memory server may hold (default 262144 = 1 GiB)" };
-        var maxMbps = new Option<double>("--max-mbps") { Description = "source: the most its transfers may send, in MB/s (default 0: no limit)" };
-        var command = new Command("worker", "Run this host's worker process for a role until stopped (Ctrl+C)") { role, host, state, store, capacity, maxMbps };
+        var maxMbps = new Option<double>("--max-mbps") { Description = "source: the most its transfers may send together, in MB/s (default 0: no limit)" };
+        var guests = new Option<DirectoryInfo?>("--guests") { Description = "source: the folder of its guests (made by `semigrate guest boot`), which migrations name (default STATE/guests)" };
+        var command = new Command("worker", "Run this host's worker process for a role until stopped (Ctrl+C)") { role, host, state, store, capacity, maxMbps, guests };
         command.SetAction(async (parse, ct) =>
         {
             var (r, name) = (parse.GetValue(role)!, parse.GetValue(host)!);
@@ -54,7 +55,7 @@ public static class WorkerCommand
                 await Console.Error.WriteLineAsync("semigrate: --max-mbps must not be negative");
                 return 2;
             }
-            builder.AddHostRole(r, new Activities.HostContext(name, stateDirectory, parse.GetValue(maxMbps)));
+            builder.AddHostRole(r, new Activities.HostContext(name, stateDirectory, parse.GetValue(maxMbps), parse.GetValue(guests)?.FullName));
             using var app = builder.Build();
             await app.StartAsync(ct);
             if (app.Services.GetService<MemoryServerWorker>() is { } memoryServer)

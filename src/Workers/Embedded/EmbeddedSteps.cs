@@ -28,8 +28,8 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
             attempt => input with { Attempt = attempt, ResumeFrom = Math.Max(input.ResumeFrom, watch.Last(input.MigrationId, input.Assignment.Host)?.Progress.NextPfn ?? 0) },
             policies.Transfer, ct, () => watch.Last(input.MigrationId, input.Assignment.Host)?.At);
 
-    public Task<KeyWrapped> WrapKeyAsync(string host, WrapKey input, CancellationToken ct) =>
-        RunAsync<WrapKey, KeyWrapped>(host, "wrap key", _ => input, policies.Quick, ct);
+    public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) =>
+        RunAsync<HandOver, HandedOver>(host, "hand over", _ => input, policies.Quick, ct);
 
     public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
         RunAsync<SwitchOver, SwitchedOverResult>(host, "switch over", _ => input, policies.SwitchOver, ct);
@@ -42,9 +42,9 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
 
     public Task RecordAsync(IMigrationEvent e) => publish.Publish((object)e);
 
-    /// <summary>Also used by the demo and the tests for the main host's memory check.</summary>
-    public Task<MemoryVerified> VerifyAsync(string host, VerifyMemory input, CancellationToken ct) =>
-        RunAsync<VerifyMemory, MemoryVerified>(host, "verify memory", _ => input, policies.SwitchOver, ct);
+    /// <summary>Not a step of the procedure: the memory check of the demo and the tests (see MemoryCheck).</summary>
+    public Task<MemoryDigest> DigestAsync(DigestMemory input, CancellationToken ct) =>
+        RunAsync<DigestMemory, MemoryDigest>(input.Host, "digest memory", _ => input, policies.SwitchOver, ct);
 
     private async Task<TOut> RunAsync<TIn, TOut>(string host, string step, Func<int, TIn> forAttempt, StepPolicy policy, CancellationToken ct,
         Func<DateTime?>? lastHeartbeat = null)

@@ -9,7 +9,8 @@ namespace SEmigrate.Workers.Processes;
 /// its own state folder under <c>stateRoot</c>, and its log there too when <c>logDir</c> is set.</summary>
 public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDictionary<string, string>? environment = null) : IDisposable
 {
-    public sealed record Worker(string Role, string Host, long CapacityPages = 0, string? StoreFolder = null, double MaxMBps = 0);
+    /// <summary>A host's worker; a source keeps its guests in <paramref name="GuestsFolder"/> (default: its state's guests folder).</summary>
+    public sealed record Worker(string Role, string Host, long CapacityPages = 0, string? StoreFolder = null, double MaxMBps = 0, string? GuestsFolder = null);
 
     private readonly Dictionary<string, (Worker Spec, ChildProcess Process)> workers = new(StringComparer.Ordinal);
 
@@ -61,6 +62,10 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
         if (w.StoreFolder is not null)
         {
             args.AddRange(["--store", w.StoreFolder]);
+        }
+        if (w.GuestsFolder is not null)
+        {
+            args.AddRange(["--guests", w.GuestsFolder]);
         }
         var log = logDir is null ? null : Path.Combine(logDir, $"{w.Host}.log");
         return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, environment, ct, [.. args]);

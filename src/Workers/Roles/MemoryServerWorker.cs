@@ -10,7 +10,7 @@ namespace SEmigrate.Workers.Roles;
 
 /// <summary>The sub-host role: runs this host's memory server until the host stops.</summary>
 public sealed class MemoryServerWorker(
-    IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, ILogger<MemoryServerWorker> logger) : BackgroundService
+    IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, IPageStore store, ILogger<MemoryServerWorker> logger) : BackgroundService
 {
     private readonly TaskCompletionSource ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -22,12 +22,10 @@ public sealed class MemoryServerWorker(
         var o = options.Value;
         var factory = new ConnectionFactory { Uri = rabbit.Value.Uri!, ClientProvidedName = $"memory server {o.Host}" };
         IConnection connection;
-        IPageStore store;
         PageServer server;
         try
         {
             connection = await factory.CreateConnectionAsync(stoppingToken);
-            store = o.StoreFolder is { Length: > 0 } folder ? new FilePageStore(folder, o.CapacityPages) : new InMemoryPageStore(o.CapacityPages);
             server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken);
         }
         catch (Exception e)
@@ -36,7 +34,6 @@ public sealed class MemoryServerWorker(
             throw;
         }
         await using var closeConnection = connection;
-        using var closeStore = store;
         await using var closeServer = server;
         // The ready line: scripts and the benchmark wait for it.
         Console.WriteLine($"memory server {o.Host} ready");

@@ -1,3 +1,5 @@
+using System.Reflection;
+using System.Text.Json.Serialization;
 using JasperFx;
 using JasperFx.Events.Projections;
 using Marten;
@@ -10,7 +12,9 @@ using RabbitMQ.Client;
 using SEmigrate.Activities;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.MemoryServer;
 using SEmigrate.MemoryServer.Client;
+using SEmigrate.MemoryServer.Store;
 using SEmigrate.Sealing;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
@@ -39,6 +43,9 @@ public static class RoleRegistration
         builder.AddPagePath($"{role} worker {host}");
         if (role is "main" or "sub")
         {
+            // The memory server's store; at the main host the VM's pager reads its share from it directly.
+            builder.Services.AddSingleton<IPageStore>(sp => sp.GetRequiredService<IOptions<MemoryServerOptions>>().Value is var o && o.StoreFolder is { Length: > 0 } folder
+                ? new FilePageStore(folder, o.CapacityPages) : new InMemoryPageStore(o.CapacityPages));
             builder.Services.AddSingleton<MemoryServerWorker>();
             builder.Services.AddHostedService(sp => sp.GetRequiredService<MemoryServerWorker>());
             builder.Services.AddSingleton<PagingActivities>();
@@ -134,8 +141,8 @@ public static class RoleRegistration
             o.Connection(pg.ConnectionString);
             o.DatabaseSchemaName = pg.Schema;
             o.AutoCreateSchemaObjects = AutoCreate.CreateOrUpdate;
-            o.Events.AddEventTypes([typeof(MigrationRequested), typeof(GuestIntrospected), typeof(PagesClassified), typeof(PagesPlaced),
-                typeof(PagingServersStarted), typeof(DestinationTransferred), typeof(MigrationSwitchedOver), typeof(MigrationCompensated), typeof(MigrationRefused)]);
+            // Every event type, as the contract lists them for JSON (one list to keep).
+            o.Events.AddEventTypes([.. typeof(IMigrationEvent).GetCustomAttributes<JsonDerivedTypeAttribute>().Select(a => a.DerivedType)]);
             o.Projections.Add<MigrationSummaryProjection>(ProjectionLifecycle.Inline);
             return o;
         }).UseLightweightSessions();

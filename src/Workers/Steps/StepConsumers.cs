@@ -9,13 +9,15 @@ namespace SEmigrate.Workers.Steps;
 /// same activity classes Temporal runs. A non-retryable failure is answered with StepRefused; any
 /// other exception becomes MassTransit's fault, which the engine retries.</summary>
 public sealed class SourceStepsConsumer(SourceActivities source)
-    : IConsumer<IntrospectGuest>, IConsumer<TransferPages>, IConsumer<WrapKey>, IConsumer<ReleaseSource>
+    : IConsumer<IntrospectGuest>, IConsumer<TransferPages>, IConsumer<HandOver>, IConsumer<ReleaseSource>, IConsumer<DigestMemory>
 {
     public Task Consume(ConsumeContext<IntrospectGuest> context) => Step.RespondAsync(context, () => source.IntrospectAsync(context.Message, context.CancellationToken));
 
     public Task Consume(ConsumeContext<TransferPages> context) => Step.RespondAsync(context, () => source.TransferAsync(context.Message, context.CancellationToken));
 
-    public Task Consume(ConsumeContext<WrapKey> context) => Step.RespondAsync(context, () => source.WrapKeyAsync(context.Message));
+    public Task Consume(ConsumeContext<HandOver> context) => Step.RespondAsync(context, () => source.HandOverAsync(context.Message));
+
+    public Task Consume(ConsumeContext<DigestMemory> context) => Step.RespondAsync(context, () => source.DigestAsync(context.Message));
 
     public Task Consume(ConsumeContext<ReleaseSource> context) => Step.RespondAsync(context, () => source.ReleaseSourceAsync(context.Message));
 }
@@ -27,11 +29,11 @@ public sealed class PagingStepsConsumer(PagingActivities paging) : IConsumer<Sta
     public Task Consume(ConsumeContext<ReleasePaging> context) => Step.RespondAsync(context, () => paging.ReleasePagingAsync(context.Message));
 }
 
-public sealed class MainHostStepsConsumer(MainHostActivities main) : IConsumer<SwitchOver>, IConsumer<VerifyMemory>
+public sealed class MainHostStepsConsumer(MainHostActivities main) : IConsumer<SwitchOver>, IConsumer<DigestMemory>
 {
     public Task Consume(ConsumeContext<SwitchOver> context) => Step.RespondAsync(context, () => main.SwitchOverAsync(context.Message));
 
-    public Task Consume(ConsumeContext<VerifyMemory> context) => Step.RespondAsync(context, () => main.VerifyAsync(context.Message));
+    public Task Consume(ConsumeContext<DigestMemory> context) => Step.RespondAsync(context, () => main.DigestAsync(context.Message));
 }
 
 internal static class Step
