@@ -220,8 +220,11 @@ public sealed class PageServer : IAsyncDisposable
             {
                 var wrapped = PageFrame.Parse(body.Span).Payload;
                 var key = KeyWrap.Unwrap(wrapped, allEncKeys, $"allenc-channel|{vmId:N}|{options.Host}");
-                vm.AllEnc?.Dispose();
-                vm.AllEnc = new AllEncBaseline(vmId, key, 0x8000_0000u | (uint)RandomNumberGenerator.GetInt32(int.MaxValue));
+                lock (vm)
+                {
+                    vm.AllEnc ??= new AllEncBaseline(vmId);
+                }
+                vm.AllEnc.SetChannelKey(key, 0x8000_0000u | (uint)RandomNumberGenerator.GetInt32(int.MaxValue));
                 return (PageFrame.Build(FrameKind.ChannelKeyAccepted, vmId, requestId, 0), null);
             }
             case FrameKind.ChannelKey:

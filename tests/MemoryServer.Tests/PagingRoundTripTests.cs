@@ -72,4 +72,22 @@ public class PagingRoundTripTests(RabbitMqFixture rabbit) : IClassFixture<Rabbit
         Assert.Equal(sealedPage.Body.ToArray(), PageFrame.ReadRecord(reopened.Get(vm, 2)!).Body.ToArray());
         Directory.Delete(folder, recursive: true);
     }
+
+    [Fact]
+    public async Task An_allenc_transfer_retried_sends_its_channel_key_again_and_every_page_stored_before_still_opens()
+    {
+        await using var h = await PagingHarness.StartAsync(rabbit, MigrationMode.AllEnc);
+        await h.TransferAsync();
+        // A retried transfer attempt starts by sending the channel key again (the same key, wrapped anew).
+        var serverKey = await h.Client.StartVmAsync(h.Host, h.Vm, MigrationMode.AllEnc);
+        await h.Client.SendChannelKeyAsync(h.Host, h.Vm, h.WrapChannelKey(serverKey));
+
+        var page = new byte[4096];
+        for (ulong pfn = 0; pfn < PagingHarness.Pages; pfn++)
+        {
+            await h.Pager.PageInAsync(pfn, page);
+            Assert.Equal(PagingHarness.GuestPage(pfn).Bytes, page);
+        }
+        Assert.Empty(h.Violations);
+    }
 }
