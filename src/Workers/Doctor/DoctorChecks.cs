@@ -2,7 +2,6 @@ using JasperFx;
 using Marten;
 using Microsoft.Extensions.Options;
 using Npgsql;
-using RabbitMQ.Client;
 using SEmigrate.Workers.Settings;
 using Temporalio.Client;
 
@@ -68,20 +67,15 @@ public sealed class DoctorChecks(
 
     private async Task<string> RabbitMqAsync(CancellationToken ct)
     {
-        var uri = rabbitMq.Value.Uri!;
-        var factory = new ConnectionFactory
-        {
-            Uri = uri,
-            RequestedConnectionTimeout = TimeSpan.FromSeconds(5),
-            AutomaticRecoveryEnabled = false,
-            ClientProvidedName = "semigrate doctor",
-        };
+        var factory = rabbitMq.Value.ConnectionFactory("semigrate doctor");
+        factory.RequestedConnectionTimeout = TimeSpan.FromSeconds(5);
+        factory.AutomaticRecoveryEnabled = false;
         await using var connection = await factory.CreateConnectionAsync(ct);
         await using var channel = await connection.CreateChannelAsync(cancellationToken: ct);
         var version = connection.ServerProperties?.TryGetValue("version", out var v) == true && v is byte[] b
             ? System.Text.Encoding.UTF8.GetString(b)
             : "unknown version";
-        return $"{uri.Host}:{uri.Port}, RabbitMQ {version}";
+        return $"{factory.HostName}:{factory.Endpoint.Port}{(factory.Ssl.Enabled ? " (TLS)" : "")}, RabbitMQ {version}";
     }
 
     private async Task<string> TemporalAsync(CancellationToken ct)

@@ -20,7 +20,7 @@ public sealed class MemoryServerWorker(
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var o = options.Value;
-        var factory = new ConnectionFactory { Uri = rabbit.Value.Uri!, ClientProvidedName = $"memory server {o.Host}" };
+        var factory = rabbit.Value.ConnectionFactory($"memory server {o.Host}");
         IConnection connection;
         PageServer server;
         try

@@ -158,8 +158,7 @@ public static class RoleRegistration
     {
         builder.Services.AddSingleton(sp =>
         {
-            var factory = new ConnectionFactory { Uri = sp.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, ClientProvidedName = name };
-            return factory.CreateConnectionAsync().GetAwaiter().GetResult();
+            return sp.GetRequiredService<IOptions<RabbitMqOptions>>().Value.ConnectionFactory(name).CreateConnectionAsync().GetAwaiter().GetResult();
         });
         builder.Services.AddSingleton(sp => PageClient.CreateAsync(sp.GetRequiredService<IConnection>()).GetAwaiter().GetResult());
     }
@@ -180,14 +179,15 @@ public static class RoleRegistration
             consumers(x);
             x.UsingRabbitMq((bus, cfg) =>
             {
-                var uri = bus.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!;
-                var user = Uri.UnescapeDataString(uri.UserInfo.Split(':')[0]);
-                var password = Uri.UnescapeDataString(uri.UserInfo.Split(':').ElementAtOrDefault(1) ?? "");
-                var vhost = uri.AbsolutePath is "/" or "" ? "/" : Uri.UnescapeDataString(uri.AbsolutePath.TrimStart('/'));
-                cfg.Host(uri.Host, (ushort)uri.Port, vhost, h =>
+                var f = bus.GetRequiredService<IOptions<RabbitMqOptions>>().Value.ConnectionFactory("masstransit");
+                cfg.Host(f.HostName, (ushort)f.Endpoint.Port, f.VirtualHost, h =>
                 {
-                    h.Username(user);
-                    h.Password(password);
+                    h.Username(f.UserName);
+                    h.Password(f.Password);
+                    if (f.Ssl.Enabled)
+                    {
+                        h.UseSsl(s => s.ServerName = f.Ssl.ServerName);
+                    }
                 });
                 endpoints(bus, cfg);
             });
