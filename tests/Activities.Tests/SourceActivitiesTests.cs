@@ -154,4 +154,36 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         var e = Assert.Throws<PageIntegrityException>(() => Manifest.Open(intro.Vm, p => store.Get(intro.Vm, p) is { } r ? PageFrame.ReadRecord(r) : null, wrongOpener, mainHost, 1 << 24));
         Assert.Contains("manifest record does not open", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Transfers_to_several_destinations_share_the_hosts_bandwidth_limit()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        const double limit = 25; // MB/s, for all transfers of the host together
+        var throttled = new SourceActivities(Host with { MaxTransferMBps = limit }, client, bus, NullLogger<SourceActivities>.Instance);
+        var migration = Guid.NewGuid();
+        var intro = Introspect(migration);
+        var found = await new ActivityEnvironment().RunAsync(() => throttled.IntrospectAsync(intro));
+        var (a, b) = (rabbit.Name("dest-a"), rabbit.Name("dest-b"));
+        using var storeA = new InMemoryPageStore(200_000);
+        using var storeB = new InMemoryPageStore(200_000);
+        await using var serverA = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = a, CapacityPages = 200_000 }, storeA, NullLogger.Instance, ct);
+        await using var serverB = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = b, CapacityPages = 200_000 }, storeB, NullLogger.Instance, ct);
+        await client.StartVmAsync(a, intro.Vm, MigrationMode.Semigrate, 0, ct);
+        await client.StartVmAsync(b, intro.Vm, MigrationMode.Semigrate, 0, ct);
+        // Both send the whole guest (each to its own host): two transfers at once from one source.
+        TransferPages To(string host) => new(migration, intro.Vm, MigrationMode.Semigrate, new Assignment(host, 0, found.PfnLimit, found.Pages.Total), 0, 1, null);
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var results = await Task.WhenAll(
+            new ActivityEnvironment().RunAsync(() => throttled.TransferAsync(To(a))),
+            new ActivityEnvironment().RunAsync(() => throttled.TransferAsync(To(b))));
+        var seconds = clock.Elapsed.TotalSeconds;
+
+        // Each transfer kept to the limit on its own before: together they sent at twice the limit.
+        var rate = results.Sum(r => r.Bytes) / seconds / 1e6;
+        TestContext.Current.TestOutputHelper?.WriteLine($"{results.Sum(r => r.Bytes)} bytes in {seconds:0.00} s: {rate:0.0} MB/s, limit {limit}");
+        Assert.True(rate <= limit * 1.1, $"{rate:0.0} MB/s together, limit {limit}");
+        Assert.True(rate >= limit * 0.5, $"{rate:0.0} MB/s: the limit should not starve them either");
+    }
 }

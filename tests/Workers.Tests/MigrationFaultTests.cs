@@ -25,7 +25,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
     public async Task A_source_killed_mid_transfer_and_restarted_resumes_and_the_migration_completes()
     {
         var ct = TestContext.Current.CancellationToken;
-        // The source keeps to 8 MB/s per transfer, so the transfers last seconds and the kill lands in them.
+        // The source keeps to 8 MB/s over all its transfers, so they last seconds and the kill lands in them.
         await using var run = await MigrationRun.StartAsync(postgres, Fast, ct, sourceMaxMBps: 8);
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
         var watch = run.Host.Services.GetRequiredService<TransferWatch>();
