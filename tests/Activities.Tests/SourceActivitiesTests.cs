@@ -27,16 +27,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
 
     public async ValueTask InitializeAsync()
     {
-        bus = Bus.Factory.CreateUsingRabbitMq(cfg =>
-        {
-            var user = rabbit.Uri.UserInfo.Split(':');
-            cfg.Host(rabbit.Uri.Host, (ushort)rabbit.Uri.Port, "/", h =>
-            {
-                h.Username(user[0]);
-                h.Password(user[1]);
-            });
-        });
-        await bus.StartAsync(TestContext.Current.CancellationToken);
+        bus = await TestBus.StartAsync(rabbit);
         client = await PageClient.CreateAsync(rabbit.Connection);
         source = new SourceActivities(Host, client, bus, NullLogger<SourceActivities>.Instance);
     }

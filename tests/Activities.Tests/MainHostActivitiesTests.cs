@@ -1,0 +1,114 @@
+using MassTransit;
+using Microsoft.Extensions.Logging.Abstractions;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Contracts.Paging;
+using SEmigrate.Introspection.Classification;
+using SEmigrate.MemoryServer;
+using SEmigrate.MemoryServer.Client;
+using SEmigrate.MemoryServer.Store;
+using SEmigrate.Sealing;
+using SEmigrate.TestSupport;
+using Temporalio.Exceptions;
+using Temporalio.Testing;
+
+namespace SEmigrate.Activities.Tests;
+
+/// <summary>The main host's switch-over as Temporal runs it (ActivityEnvironment): the manifest from its
+/// own store, page-outs to a real memory server over RabbitMQ.</summary>
+public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixture>, IAsyncLifetime
+{
+    private const string Main = "main";
+    private readonly DirectoryInfo state = Directory.CreateTempSubdirectory("semigrate-main-");
+    private readonly DataKey key = DataKey.Generate();
+    private readonly HostKeyPair keys = HostKeyPair.Generate();
+    private readonly InMemoryPageStore store = new(1000);
+    private readonly Guid vm = Guid.NewGuid();
+    private readonly Guid migration = Guid.NewGuid();
+    private IBusControl bus = null!;
+    private PageClient client = null!;
+    private PageServer sub = null!;
+
+    public async ValueTask InitializeAsync()
+    {
+        bus = await TestBus.StartAsync(rabbit);
+        client = await PageClient.CreateAsync(rabbit.Connection);
+        sub = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = rabbit.Name("sub"), CapacityPages = 1000 },
+            new InMemoryPageStore(1000), NullLogger.Instance);
+        await client.StartVmAsync(sub.Host, vm, MigrationMode.Semigrate);
+        // What the source's hand-over leaves in the main host's store: the manifest of 8 sealed pages.
+        using var sealer = key.CreateSealer(vm, 7);
+        store.Put(vm, Manifest.Seal(new ClassificationMap([2, 2, 2, 2, 2, 2, 2, 2]).ToBytes(), sealer));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await sub.DisposeAsync();
+        sub.Store.Dispose();
+        await client.DisposeAsync();
+        await bus.StopAsync();
+        state.Delete(recursive: true);
+        key.Dispose();
+        keys.Dispose();
+    }
+
+    /// <summary>A main host worker, as started afresh on the same state folder.</summary>
+    private (MainHostActivities Activities, MainHostVms Vms) Worker()
+    {
+        var vms = new MainHostVms();
+        return (new MainHostActivities(new HostContext(Main, state.FullName), client, store, keys, vms, bus, NullLogger<MainHostActivities>.Instance), vms);
+    }
+
+    private SwitchOver Input(byte[]? wrapped = null) => new(migration, vm, Main, MigrationMode.Semigrate,
+        wrapped ?? KeyWrap.Wrap(key, keys.PublicKey, SourceActivities.KeyContext(migration, Main)),
+        new PlacementPlan([new Assignment(Main, 0, 4, 4), new Assignment(sub.Host, 4, 8, 4)]));
+
+    [Fact]
+    public async Task A_vm_taken_over_again_by_a_restarted_worker_never_pages_out_under_the_same_epoch()
+    {
+        var epochs = new List<uint>();
+        var nonces = new List<string>();
+        for (var take = 0; take < 2; take++)
+        {
+            var (main, vms) = Worker();
+            var result = await new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input()));
+            Assert.Equal((4L, 4L), (result.LocalPages, result.RemotePages));
+            await vms.Find(vm)!.Pager.PageOutAsync(5, Enumerable.Repeat((byte)take, 4096).ToArray(), TestContext.Current.CancellationToken);
+            var record = PageFrame.ReadRecord(sub.Store.Get(vm, 5)!);
+            epochs.Add(record.KeyEpoch);
+            nonces.Add(Convert.ToHexString(record.Body.Span[..PageRecord.NonceSize]));
+        }
+        // Both page-outs are version 2 of page 5: under one epoch (as with the constant epoch before)
+        // they would have had the same key and nonce.
+        Assert.NotEqual(epochs[0], epochs[1]);
+        Assert.All(epochs, e => Assert.True(e >= 0x4000_0000u, $"epoch {e:x} is in the main host's range"));
+    }
+
+    [Fact]
+    public async Task A_page_missing_from_its_own_store_is_a_security_event_not_zeros()
+    {
+        var (main, vms) = Worker();
+        await new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input()));
+
+        var e = await Assert.ThrowsAsync<PageIntegrityException>(() => vms.Find(vm)!.Pager.PageInAsync(1, new byte[4096], TestContext.Current.CancellationToken));
+        Assert.Contains("missing from this host's own store", e.Message, StringComparison.Ordinal);
+        Assert.Equal((1UL, Main), (e.Pfn, e.Host));
+    }
+
+    [Fact]
+    public async Task A_key_wrapped_for_another_host_or_an_altered_manifest_is_refused_without_retries()
+    {
+        var (main, _) = Worker();
+        var other = KeyWrap.Wrap(key, keys.PublicKey, SourceActivities.KeyContext(migration, "main-2"));
+        var wrongKey = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input(other))));
+        Assert.True(wrongKey.NonRetryable);
+        Assert.Contains("does not open with this host's key", wrongKey.Message, StringComparison.Ordinal);
+
+        var record = store.Get(vm, Manifest.FirstPfn)!;
+        record[PageRecord.HeaderSize + 20] ^= 1;
+        store.Put(vm, [PageFrame.ReadRecord(record)]);
+        var altered = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input())));
+        Assert.True(altered.NonRetryable);
+        Assert.Contains("manifest record does not open", altered.Message, StringComparison.Ordinal);
+    }
+}
