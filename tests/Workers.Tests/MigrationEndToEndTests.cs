@@ -56,6 +56,9 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             Assert.Equal(0, found["WEBAPPMARK"]);
             Assert.Equal(0, found["STALEMARK"]);
             Assert.True(found["VAULTDBMARK"] > 0, "the plain pages of vaultdb are found by the same scan");
+            // Nor does the main host leave decrypted memory in its state folder (it used to write memory.img).
+            var mainState = Directory.GetFiles(run.StateOf(run.Main), "*", SearchOption.AllDirectories);
+            Assert.Equal(0, Occurrences(mainState, "WEBAPPMARK")["WEBAPPMARK"]);
 
             // A switch-over retried after its answer was lost finds the VM running and answers the same.
             var again = await run.Steps.SwitchOverAsync(run.Main, new SwitchOver(request.MigrationId, request.Vm, run.Main, request.Mode, [], outcome.Placement!), ct);

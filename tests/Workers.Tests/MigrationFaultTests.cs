@@ -72,7 +72,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
 
         Assert.Equal(MigrationState.Compensated, outcome.State);
-        Assert.Contains($"host {run.Sub2} did not answer within 5 s", outcome.Reason, StringComparison.Ordinal);
+        Assert.Contains($"no worker for host {run.Sub2} is running", outcome.Reason, StringComparison.Ordinal);
         Assert.Null(outcome.SwitchOver);
         Assert.Empty(outcome.Transfers);
         // Nothing is left at the destinations that answered; the source keeps the VM (its memory) and
@@ -111,5 +111,21 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         {
             Assert.Equal(0, (await client.UsageAsync(host, ct)).UsedPages);
         }
+    }
+
+    [Fact]
+    public async Task A_source_with_no_worker_is_refused_in_seconds_naming_the_host()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // The default policies: introspection may take 10 minutes, three times; a host with no worker must not.
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000) with { Source = $"nobody-{Guid.NewGuid():N}"[..15] };
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+
+        Assert.Equal(MigrationState.Refused, outcome.State);
+        Assert.Contains($"no worker for host {request.Source} is running", outcome.Reason, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed < TimeSpan.FromMinutes(1), $"refused after {clock.Elapsed}");
     }
 }

@@ -10,7 +10,7 @@ namespace SEmigrate.Workers.Embedded;
 /// of the host each must run on, with the same retry policy, timeouts and heartbeat timeout Temporal
 /// would apply. A retried transfer resumes from its last heartbeat. Not durable: if this process dies,
 /// the migration stops (the hosts keep what they have; Temporal is the durable engine).</summary>
-public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, TransferWatch watch, StepPolicies policies, ILogger<EmbeddedSteps> logger)
+public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, TransferWatch watch, HostWorkers workers, StepPolicies policies, ILogger<EmbeddedSteps> logger)
     : IMigrationSteps
 {
     public DateTimeOffset UtcNow => DateTimeOffset.UtcNow;
@@ -56,15 +56,21 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
         for (var attempt = 1; attempt <= policy.MaxAttempts; attempt++)
         {
             ct.ThrowIfCancellationRequested();
+            if (!await workers.AwaitAsync(host, ct))
+            {
+                // Sending would only wait out the step's timeout: say so now, and do not retry.
+                throw new StepFailedException($"{step}: no worker for host {host} is running (nothing consumes {StepQueues.Host(host)})");
+            }
             using var attemptCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
             var started = DateTime.UtcNow;
             try
             {
                 var request = client.GetResponse<TOut, StepRefused>(forAttempt(attempt), attemptCts.Token, RequestTimeout.After(ms: (int)policy.Timeout.TotalMilliseconds));
-                if (policy.Heartbeat is { } beat && lastHeartbeat is not null)
+                var lastSeen = DateTime.UtcNow;
+                while (await Task.WhenAny(request, Task.Delay(TimeSpan.FromMilliseconds(500), ct)) != request)
                 {
                     // No heartbeat for that long, counted from this attempt's start: the attempt is dead.
-                    while (await Task.WhenAny(request, Task.Delay(TimeSpan.FromMilliseconds(500), ct)) != request)
+                    if (policy.Heartbeat is { } beat && lastHeartbeat is not null)
                     {
                         var seen = lastHeartbeat() is { } at && at > started ? at : started;
                         if (DateTime.UtcNow - seen > beat)
@@ -72,6 +78,20 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
                             await attemptCts.CancelAsync();
                             throw new TimeoutException($"no heartbeat from {host} for {beat.TotalSeconds:0} s");
                         }
+                    }
+                    // A worker that went away does not answer: waiting out a long step's timeout tells nobody anything.
+                    if (DateTime.UtcNow - lastSeen < TimeSpan.FromSeconds(2))
+                    {
+                        continue;
+                    }
+                    if (await workers.IsRunningAsync(host, ct))
+                    {
+                        lastSeen = DateTime.UtcNow;
+                    }
+                    else if (DateTime.UtcNow - lastSeen > HostWorkers.Grace)
+                    {
+                        await attemptCts.CancelAsync();
+                        throw new TimeoutException($"the worker of host {host} stopped during the step");
                     }
                 }
                 var response = await request;

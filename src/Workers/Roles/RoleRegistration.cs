@@ -108,6 +108,8 @@ public static class RoleRegistration
         }
         builder.Services.AddSingleton(policies);
         builder.Services.AddSingleton<TransferWatch>();
+        builder.AddBrokerConnection("orchestrator");
+        builder.Services.AddSingleton<HostWorkers>();
         builder.Services.AddSingleton<EmbeddedSteps>();
         builder.AddAuditTrail();
         return builder.AddMessaging(
@@ -156,12 +158,14 @@ public static class RoleRegistration
     /// <summary>The page path: one RabbitMQ.Client connection and a page client on it.</summary>
     private static void AddPagePath(this IHostApplicationBuilder builder, string name)
     {
-        builder.Services.AddSingleton(sp =>
-        {
-            return sp.GetRequiredService<IOptions<RabbitMqOptions>>().Value.ConnectionFactory(name).CreateConnectionAsync().GetAwaiter().GetResult();
-        });
+        builder.AddBrokerConnection(name);
         builder.Services.AddSingleton(sp => PageClient.CreateAsync(sp.GetRequiredService<IConnection>()).GetAwaiter().GetResult());
     }
+
+    /// <summary>One RabbitMQ.Client connection of the process (MassTransit keeps its own).</summary>
+    private static void AddBrokerConnection(this IHostApplicationBuilder builder, string name) =>
+        builder.Services.AddSingleton(sp =>
+            sp.GetRequiredService<IOptions<RabbitMqOptions>>().Value.ConnectionFactory(name).CreateConnectionAsync().GetAwaiter().GetResult());
 
     private static IHostApplicationBuilder AddMessaging(this IHostApplicationBuilder builder,
         Action<IBusRegistrationConfigurator> consumers, Action<IBusRegistrationContext, IRabbitMqBusFactoryConfigurator> endpoints)
