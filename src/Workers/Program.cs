@@ -14,7 +14,13 @@ var root = new RootCommand("SEmigrate: split migration of large-memory VMs witho
 
 try
 {
-    return await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    var parsed = root.Parse(args);
+    return await parsed.InvokeAsync(new InvocationConfiguration
+    {
+        EnableDefaultExceptionHandler = false,
+        // migrate answers Ctrl+C itself (cancel, or detach): it must never be cut short mid-compensation.
+        ProcessTerminationTimeout = parsed.CommandResult.Command.Name == MigrateCommand.Name ? null : TimeSpan.FromSeconds(2),
+    });
 }
 catch (OptionsValidationException e)
 {

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Text.Json;
+using SEmigrate.MemoryServer.Client;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workflows;
@@ -6,7 +8,8 @@ using SEmigrate.Workflows;
 namespace SEmigrate.Workers.Tests;
 
 /// <summary>`semigrate migrate` as an operator runs it, against running host workers.</summary>
-public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgres) : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
+public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgres, RabbitMqFixture rabbit)
+    : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>, IClassFixture<RabbitMqFixture>
 {
     [Fact]
     public async Task Migrate_moves_the_vm_and_prints_the_outcome_as_json()
@@ -38,5 +41,76 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
         {
             await WorkerFleet.DeleteQueuesAsync(new Uri(environment["SEMIGRATE__RabbitMq__Uri"]), [], [], audit);
         }
+    }
+
+    [Fact]
+    public async Task Ctrl_c_asks_first_and_a_second_one_cancels_and_waits_until_every_destination_has_let_go()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // 4 MB/s: the transfers take tens of seconds, so the Ctrl+C lands in them.
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 4);
+        var audit = $"semigrate-audit-{Guid.NewGuid():N}"[..28];
+        var vm = Guid.NewGuid();
+        var start = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "semigrate"),
+            ["migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source, "--main", $"{run.Main}:80M",
+             "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--vm", vm.ToString(), "--json"])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        foreach (var (key, value) in await ServicesScript.SettingsAsync())
+        {
+            start.Environment[key] = value;
+        }
+        start.Environment["SEMIGRATE__Postgres__Schema"] = postgres.Schema;
+        start.Environment["SEMIGRATE__Audit__Queue"] = audit;
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync(ct);
+        var stderr = process.StandardError.ReadToEndAsync(ct);
+        try
+        {
+            await using var client = await PageClient.CreateAsync(rabbit.Connection, ct);
+            var until = DateTime.UtcNow.AddSeconds(60);
+            while ((await client.UsageAsync(run.Main, ct)).PagesPerVm.GetValueOrDefault(vm) == 0)
+            {
+                Assert.True(DateTime.UtcNow < until && !process.HasExited, "the transfer never started");
+                await Task.Delay(100, ct);
+            }
+
+            await InterruptAsync(process);
+            await Task.Delay(1500, ct);
+            Assert.False(process.HasExited, "one Ctrl+C only asks");
+            await InterruptAsync(process);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+            await process.WaitForExitAsync(timeout.Token);
+
+            Assert.True(process.ExitCode == 1, await stderr);
+            Assert.Contains("press Ctrl+C again within 5 s to cancel", await stderr, StringComparison.Ordinal);
+            using var outcome = JsonDocument.Parse(await stdout);
+            Assert.Equal("compensated", outcome.RootElement.GetProperty("state").GetString());
+            Assert.StartsWith("cancelled", outcome.RootElement.GetProperty("reason").GetString(), StringComparison.Ordinal);
+            foreach (var host in new[] { run.Main, run.Sub1, run.Sub2 })
+            {
+                Assert.False((await client.UsageAsync(host, ct)).PagesPerVm.ContainsKey(vm), $"{host} still holds pages of the VM");
+            }
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+            }
+            await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [], [vm], audit);
+        }
+    }
+
+    /// <summary>Ctrl+C, as a terminal sends it.</summary>
+    private static async Task InterruptAsync(Process process)
+    {
+        using var kill = Process.Start("kill", ["-INT", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!;
+        await kill.WaitForExitAsync();
+        Assert.Equal(0, kill.ExitCode);
     }
 }

@@ -121,7 +121,7 @@ public static class DemoCommand
                 [new Contracts.Migration.Destination(sub1, subPages), new Contracts.Migration.Destination(sub2, subPages)], mode, plainProcesses);
             var cpu0 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
             var clock = Stopwatch.StartNew();
-            var outcome = await MigrateCommand.FollowAsync(host.Services, request, quiet, ct);
+            var outcome = await MigrateCommand.FollowAsync(host.Services, request, quiet, ct) ?? throw new InvalidOperationException("the demo never detaches");
             var wall = clock.Elapsed.TotalSeconds;
             var cpu1 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
             var cpu = new CpuSeconds(cpu1.Item1["source"] - cpu0.Item1["source"], cpu1.Item1["main"] - cpu0.Item1["main"], cpu1.Item1["sub"] - cpu0.Item1["sub"], cpu1.Item2 - cpu0.Item2);

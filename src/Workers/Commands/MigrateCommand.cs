@@ -17,6 +17,8 @@ namespace SEmigrate.Workers.Commands;
 /// progress bar per destination, until it switches over or is undone.</summary>
 public static class MigrateCommand
 {
+    public const string Name = "migrate";
+
     public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web)
     {
         WriteIndented = false,
@@ -33,7 +35,7 @@ public static class MigrateCommand
         var plain = new Option<string[]>("--plain-process") { Description = "A process whose memory is already encrypted and may travel as-is (repeatable)" };
         var vm = new Option<Guid?>("--vm") { Description = "The VM's id (default: a new one)" };
         var json = new Option<bool>("--json") { Description = "Print the outcome as one JSON object" };
-        var command = new Command("migrate", "Migrate a VM from its source to a main host plus sub-hosts (their workers must be running) and follow it")
+        var command = new Command(Name, "Migrate a VM from its source to a main host plus sub-hosts (their workers must be running) and follow it")
         {
             guest, source, main, sub, mode, plain, vm, json,
         };
@@ -53,8 +55,15 @@ public static class MigrateCommand
             }
             using var host = Orchestrator.Build(StepPolicies.Default);
             await host.StartAsync(ct);
-            var outcome = await FollowAsync(host.Services, request, quiet: parse.GetValue(json), ct);
+            var temporal = host.Services.GetRequiredService<IOptions<TemporalOptions>>().Value.IsConfigured;
+            using var interruption = new Interruption(canDetach: temporal, line => Console.Error.WriteLine($"semigrate: {line}"));
+            var outcome = await FollowAsync(host.Services, request, quiet: parse.GetValue(json), interruption.Cancelled, interruption.Detached);
             await host.StopAsync(CancellationToken.None);
+            if (outcome is null)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: detached; migration {request.MigrationId} goes on (`semigrate status {request.MigrationId}`)");
+                return 3;
+            }
             Console.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(outcome, Json) : Describe(outcome));
             return outcome.State == MigrationState.SwitchedOver ? 0 : 1;
         });
@@ -63,8 +72,11 @@ public static class MigrateCommand
     }
 
     /// <summary>Runs the migration (on Temporal when one is configured, else on the embedded engine) and
-    /// shows its stages and a bar per destination on standard error.</summary>
-    public static async Task<MigrationOutcome> FollowAsync(IServiceProvider services, MigrationRequest request, bool quiet, CancellationToken ct)
+    /// shows its stages and a bar per destination on standard error. <paramref name="ct"/> cancels the
+    /// migration (it compensates, and this waits for that); <paramref name="detach"/> stops following it
+    /// (Temporal only), and then the outcome is null.</summary>
+    public static async Task<MigrationOutcome?> FollowAsync(IServiceProvider services, MigrationRequest request, bool quiet, CancellationToken ct,
+        CancellationToken detach = default)
     {
         Func<MigrationState> state;
         Task<MigrationOutcome> migration;
@@ -76,6 +88,7 @@ public static class MigrateCommand
             var last = MigrationState.Requested;
             state = () => last;
             migration = handle.GetResultAsync();
+            ct.Register(() => _ = handle.SignalAsync(w => w.CancelAsync(new CancelMigration("cancelled by the operator"))));
             _ = Task.Run(async () =>
             {
                 while (!migration.IsCompleted)
@@ -88,9 +101,9 @@ public static class MigrateCommand
                     {
                         // A query can fail while the workflow finishes or a worker restarts: try again.
                     }
-                    await Task.Delay(500, ct);
+                    await Task.Delay(500, CancellationToken.None);
                 }
-            }, ct);
+            }, CancellationToken.None);
         }
         else
         {
@@ -101,7 +114,8 @@ public static class MigrateCommand
         var watch = services.GetRequiredService<TransferWatch>();
         if (quiet)
         {
-            return await migration;
+            await Task.WhenAny(migration, Task.Delay(Timeout.Infinite, detach));
+            return migration.IsCompleted ? await migration : null;
         }
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
         console.MarkupLineInterpolated($"migration [bold]{request.MigrationId}[/] of VM {request.Vm}: {request.Source} -> {request.Main.Host} + {string.Join(", ", request.SubHosts.Select(s => s.Host))} ({request.Mode.ToWireName()})");
@@ -127,14 +141,14 @@ public static class MigrateCommand
                         }
                         bar.Value = p.PagesSent;
                     }
-                    if (migration.IsCompleted)
+                    if (migration.IsCompleted || detach.IsCancellationRequested)
                     {
                         break;
                     }
-                    await Task.WhenAny(migration, Task.Delay(200, ct));
+                    await Task.WhenAny(migration, Task.Delay(200, CancellationToken.None));
                 }
             });
-        return await migration;
+        return detach.IsCancellationRequested && !migration.IsCompleted ? null : await migration;
     }
 
     public static string Describe(MigrationOutcome o)
