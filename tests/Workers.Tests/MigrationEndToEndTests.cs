@@ -131,25 +131,6 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
         }
     }
 
-    [Theory]
-    [InlineData(MigrationMode.AllEnc)]
-    [InlineData(MigrationMode.NoEnc)]
-    public async Task The_baselines_serve_the_same_memory_at_the_main_host(MigrationMode mode)
-    {
-        var ct = TestContext.Current.CancellationToken;
-        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
-        var request = run.Request(guest.Guest.Directory, mode, mainCapacity: 20000, subCapacity: 30000);
-
-        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
-
-        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
-        Assert.True(verified.Ok, $"{verified}");
-        Assert.Equal(outcome.Pages!.Total, verified.Pages);
-        // The baselines send every page's bytes, free ones too: more on the wire than semigrate would.
-        Assert.True(outcome.Transfers.Sum(t => t.Bytes) > outcome.Pages.Total * 4096L, $"{outcome.Transfers.Sum(t => t.Bytes)} bytes");
-    }
-
     /// <summary>The first page of these assignments that travelled with bytes, as the source's map says.</summary>
     private static long FirstPageWithBytes(MigrationRun run, IEnumerable<Assignment> assignments)
     {

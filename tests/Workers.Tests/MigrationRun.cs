@@ -43,7 +43,7 @@ internal sealed class MigrationRun : IAsyncDisposable
     public string StateOf(string host) => Path.Combine(state.FullName, host);
 
     /// <summary>A memory server's store folder (the main host's holds its share): what its administrator could read.</summary>
-    public string StoreOf(string host) => Path.Combine(state.FullName, $"{host}-store");
+    public string StoreOf(string host) => Path.Combine(StateOf(host), "store");
 
     /// <summary>With <paramref name="temporalAddress"/>, the workers also serve their activities on Temporal
     /// and the orchestrator runs the migration workflow's worker.</summary>
@@ -58,14 +58,16 @@ internal sealed class MigrationRun : IAsyncDisposable
         }
         var suffix = Guid.NewGuid().ToString("N")[..8];
         var state = Directory.CreateTempSubdirectory("semigrate-e2e-");
+        string Store(string host) => Path.Combine(state.FullName, host, "store");
         WorkerFleet.Worker[] workers =
         [
-            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps, GuestsFolder: guests ?? RealGuestFixture.Folder), new("main", $"main-{suffix}", 200_000, Path.Combine(state.FullName, $"main-{suffix}-store")),
-            new("sub", $"sub1-{suffix}", 30_000, Path.Combine(state.FullName, $"sub1-{suffix}-store")),
-            .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Path.Combine(state.FullName, $"sub2-{suffix}-store"))] : Array.Empty<WorkerFleet.Worker>(),
+            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps, GuestsFolder: guests ?? RealGuestFixture.Folder), new("main", $"main-{suffix}", 200_000, Store($"main-{suffix}")),
+            new("sub", $"sub1-{suffix}", 30_000, Store($"sub1-{suffix}")),
+            .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Store($"sub2-{suffix}"))] : Array.Empty<WorkerFleet.Worker>(),
         ];
         var temporal = temporalAddress is null ? [] : new Dictionary<string, string> { ["SEMIGRATE__Temporal__Address"] = temporalAddress };
-        var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct, temporal);
+        // Hosts share nothing: every worker runs in a mount namespace of its own (see WorkerFleet).
+        var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct, temporal, isolated: true);
         var host = Orchestrator.Build(policies, new Dictionary<string, string?>
         {
             ["Postgres:Schema"] = postgres.Schema,

@@ -104,14 +104,17 @@ public static class DemoCommand
         // The main host takes about a third, the sub-hosts the rest: none could take the VM alone.
         var (mainPages, subPages) = (guestPages * 35 / 100, guestPages * 40 / 100);
         var logs = Directory.CreateDirectory(Path.Combine(root, "logs")).FullName;
-        say($"{name}: starting workers {source}, {main}, {sub1}, {sub2} (state and logs in {root})");
+        var isolated = WorkerFleet.CanIsolate;
+        say($"{name}: starting workers {source}, {main}, {sub1}, {sub2} (state and logs in {root}; " +
+            (isolated ? "each in a mount namespace of its own: no host sees another's files)" : "not isolated: mount namespaces need root)"));
+        string? Store(string host) => keepDir is null ? null : Path.Combine(root, host, "store");
         using var fleet = await WorkerFleet.StartAsync(
         [
             new WorkerFleet.Worker("source", source, GuestsFolder: Path.GetDirectoryName(guest.Directory)),
-            new WorkerFleet.Worker("main", main, mainPages + 1024),
-            new WorkerFleet.Worker("sub", sub1, subPages + 1024, keepDir is null ? null : Path.Combine(root, $"{sub1}-store")),
-            new WorkerFleet.Worker("sub", sub2, subPages + 1024, keepDir is null ? null : Path.Combine(root, $"{sub2}-store")),
-        ], root, logs, ct);
+            new WorkerFleet.Worker("main", main, mainPages + 1024, Store(main)),
+            new WorkerFleet.Worker("sub", sub1, subPages + 1024, Store(sub1)),
+            new WorkerFleet.Worker("sub", sub2, subPages + 1024, Store(sub2)),
+        ], root, logs, ct, isolated: isolated);
         using var host = Orchestrator.Build(StepPolicies.Default);
         await host.StartAsync(ct);
         var vm = Guid.NewGuid();

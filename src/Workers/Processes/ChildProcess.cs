@@ -18,17 +18,18 @@ public sealed class ChildProcess : IDisposable
     public static string Executable => Path.Combine(AppContext.BaseDirectory, "semigrate");
 
     public static Task<ChildProcess> StartAsync(string readyLine, CancellationToken ct, params string[] args) =>
-        StartAsync(readyLine, null, null, ct, args);
+        StartAsync(readyLine, null, null, [], ct, args);
 
-    /// <summary>Starts it and waits for its ready line; <paramref name="environment"/> adds to this process's.</summary>
-    public static async Task<ChildProcess> StartAsync(string readyLine, string? logPath, IReadOnlyDictionary<string, string>? environment, CancellationToken ct, params string[] args)
+    /// <summary>Starts it and waits for its ready line; <paramref name="environment"/> adds to this process's;
+    /// <paramref name="launcher"/>, when not empty, is a command line that runs it (the executable and
+    /// <paramref name="args"/> follow it), such as a new namespace.</summary>
+    public static async Task<ChildProcess> StartAsync(string readyLine, string? logPath, IReadOnlyDictionary<string, string>? environment,
+        IReadOnlyList<string> launcher, CancellationToken ct, params string[] args)
     {
-        var start = new ProcessStartInfo(Executable, args)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var start = launcher.Count == 0 ? new ProcessStartInfo(Executable, args) : new ProcessStartInfo(launcher[0], [.. launcher.Skip(1), Executable, .. args]);
+        start.RedirectStandardOutput = true;
+        start.RedirectStandardError = true;
+        start.UseShellExecute = false;
         foreach (var (key, value) in environment ?? new Dictionary<string, string>())
         {
             start.Environment[key] = value;

@@ -6,18 +6,35 @@ using SEmigrate.Workers.Roles;
 namespace SEmigrate.Workers.Processes;
 
 /// <summary>One worker process per host, on this machine (the demo and the end-to-end tests): each with
-/// its own state folder under <c>stateRoot</c>, and its log there too when <c>logDir</c> is set.</summary>
-public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDictionary<string, string>? environment = null) : IDisposable
+/// its own state folder under <c>stateRoot</c>, and its log there too when <c>logDir</c> is set.
+/// <c>isolated</c> workers share nothing but the network, as hosts do: each runs in a mount namespace of
+/// its own (unshare, as root) where its state folder is <see cref="IsolatedState"/> (the same path on
+/// every host, so no path can name another host's files), a source's guests are
+/// <see cref="IsolatedGuests"/>, and the folders of every other host (the fleet's state root and every
+/// guests folder) are empty.</summary>
+public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDictionary<string, string>? environment, bool isolated, IReadOnlyList<WorkerFleet.Worker> all)
+    : IDisposable
 {
+    public const string IsolatedState = "/var/lib/semigrate/host";
+    public const string IsolatedGuests = "/var/lib/semigrate/guests";
+
+    /// <summary>Whether this process may isolate workers (mount namespaces need root).</summary>
+    public static bool CanIsolate => Environment.IsPrivilegedProcess && File.Exists("/usr/bin/unshare");
+
     /// <summary>A host's worker; a source keeps its guests in <paramref name="GuestsFolder"/> (default: its state's guests folder).</summary>
     public sealed record Worker(string Role, string Host, long CapacityPages = 0, string? StoreFolder = null, double MaxMBps = 0, string? GuestsFolder = null);
 
     private readonly Dictionary<string, (Worker Spec, ChildProcess Process)> workers = new(StringComparer.Ordinal);
 
-    public static async Task<WorkerFleet> StartAsync(IEnumerable<Worker> specs, string stateRoot, string? logDir, CancellationToken ct,
-        IReadOnlyDictionary<string, string>? environment = null)
+    public static async Task<WorkerFleet> StartAsync(IReadOnlyList<Worker> specs, string stateRoot, string? logDir, CancellationToken ct,
+        IReadOnlyDictionary<string, string>? environment = null, bool isolated = false)
     {
-        var fleet = new WorkerFleet(stateRoot, logDir, environment);
+        if (isolated)
+        {
+            Directory.CreateDirectory(IsolatedState); // mount points, empty in this namespace
+            Directory.CreateDirectory(IsolatedGuests);
+        }
+        var fleet = new WorkerFleet(stateRoot, logDir, environment, isolated, specs);
         try
         {
             var started = await Task.WhenAll(specs.Select(async s => (s, await fleet.SpawnAsync(s, ct))));
@@ -50,7 +67,13 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
 
     private Task<ChildProcess> SpawnAsync(Worker w, CancellationToken ct)
     {
-        var args = new List<string> { "worker", "--role", w.Role, "--host", w.Host, "--state", Path.Combine(stateRoot, w.Host) };
+        var state = Path.Combine(stateRoot, w.Host);
+        Directory.CreateDirectory(state);
+        // Where the worker sees a folder of its own: at its real path, or under the common state path.
+        string Own(string path) => !isolated ? path
+            : path == state || path.StartsWith(state + "/", StringComparison.Ordinal) ? IsolatedState + path[state.Length..]
+            : throw new ArgumentException($"an isolated worker keeps its folders in its state folder {state}, not {path}");
+        var args = new List<string> { "worker", "--role", w.Role, "--host", w.Host, "--state", Own(state) };
         if (w.CapacityPages > 0)
         {
             args.AddRange(["--capacity-pages", w.CapacityPages.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
@@ -61,14 +84,33 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
         }
         if (w.StoreFolder is not null)
         {
-            args.AddRange(["--store", w.StoreFolder]);
+            args.AddRange(["--store", Own(w.StoreFolder)]);
         }
         if (w.GuestsFolder is not null)
         {
-            args.AddRange(["--guests", w.GuestsFolder]);
+            args.AddRange(["--guests", isolated ? IsolatedGuests : w.GuestsFolder]);
         }
         var log = logDir is null ? null : Path.Combine(logDir, $"{w.Host}.log");
-        return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, environment, ct, [.. args]);
+        return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, environment, isolated ? Namespace(w, state) : [], ct, [.. args]);
+    }
+
+    /// <summary>The launcher of an isolated worker: a mount namespace where its own folders are bound to
+    /// the common paths, then every folder of the fleet is covered by an empty tmpfs.</summary>
+    private string[] Namespace(Worker w, string state)
+    {
+        static string Quoted(string path) => "'" + path.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
+        var script = new System.Text.StringBuilder("set -e\n");
+        script.Append($"mount --bind {Quoted(state)} {IsolatedState}\n");
+        if (w.GuestsFolder is not null)
+        {
+            script.Append($"mount --bind {Quoted(w.GuestsFolder)} {IsolatedGuests}\n");
+        }
+        foreach (var hidden in all.Select(x => x.GuestsFolder).OfType<string>().Prepend(stateRoot).Distinct(StringComparer.Ordinal))
+        {
+            script.Append($"mount -t tmpfs -o size=1m,mode=0755 another-host {Quoted(hidden)}\n");
+        }
+        script.Append("exec \"$@\"\n");
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script.ToString(), "sh"];
     }
 
     /// <summary>For hosts that are gone for good (the demo's, the tests', the benchmark's): their queues
