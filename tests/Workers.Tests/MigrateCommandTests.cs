@@ -16,31 +16,25 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
     {
         var ct = TestContext.Current.CancellationToken;
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
-        var audit = $"semigrate-audit-{Guid.NewGuid():N}"[..28];
+        // The run's own audit queue: one auditor at a time appends this migration's events.
+        var audit = run.AuditQueue;
         var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
         {
             ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
             ["SEMIGRATE__Audit__Queue"] = audit,
         };
-        try
-        {
-            var r = await SemigrateProcess.RunAsync(environment, "migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source,
-                "--main", $"{run.Main}:80M", "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--json");
+        var r = await SemigrateProcess.RunAsync(environment, "migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source,
+            "--main", $"{run.Main}:80M", "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--json");
 
-            Assert.True(r.ExitCode == 0, r.Stderr);
-            using var outcome = JsonDocument.Parse(r.Stdout);
-            Assert.Equal("switchedOver", outcome.RootElement.GetProperty("state").GetString());
-            var transfers = outcome.RootElement.GetProperty("transfers").EnumerateArray().ToList();
-            Assert.Equal(3, transfers.Count);
-            Assert.Equal(outcome.RootElement.GetProperty("pages").GetProperty("total").GetInt64(), transfers.Sum(t => t.GetProperty("pages").GetInt64()));
-            // --main NAME:80M is 20,480 pages: the main host is filled to within a chunk of it.
-            var atMain = outcome.RootElement.GetProperty("placement").GetProperty("assignments")[0].GetProperty("pages").GetInt64();
-            Assert.InRange(atMain, 80 * 256 - 512, 80 * 256);
-        }
-        finally
-        {
-            await WorkerFleet.DeleteQueuesAsync(new Uri(environment["SEMIGRATE__RabbitMq__Uri"]), [], [], audit);
-        }
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        using var outcome = JsonDocument.Parse(r.Stdout);
+        Assert.Equal("switchedOver", outcome.RootElement.GetProperty("state").GetString());
+        var transfers = outcome.RootElement.GetProperty("transfers").EnumerateArray().ToList();
+        Assert.Equal(3, transfers.Count);
+        Assert.Equal(outcome.RootElement.GetProperty("pages").GetProperty("total").GetInt64(), transfers.Sum(t => t.GetProperty("pages").GetInt64()));
+        // --main NAME:80M is 20,480 pages: the main host is filled to within a chunk of it.
+        var atMain = outcome.RootElement.GetProperty("placement").GetProperty("assignments")[0].GetProperty("pages").GetInt64();
+        Assert.InRange(atMain, 80 * 256 - 512, 80 * 256);
     }
 
     [Fact]
@@ -49,7 +43,8 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
         var ct = TestContext.Current.CancellationToken;
         // 4 MB/s: the transfers take tens of seconds, so the Ctrl+C lands in them.
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 4);
-        var audit = $"semigrate-audit-{Guid.NewGuid():N}"[..28];
+        // The run's own audit queue: one auditor at a time appends this migration's events.
+        var audit = run.AuditQueue;
         var vm = Guid.NewGuid();
         var start = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "semigrate"),
             ["migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source, "--main", $"{run.Main}:80M",
@@ -86,8 +81,9 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
             using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
             await process.WaitForExitAsync(timeout.Token);
 
-            Assert.True(process.ExitCode == 1, await stderr);
-            Assert.Contains("press Ctrl+C again within 5 s to cancel", await stderr, StringComparison.Ordinal);
+            var said = string.Join('\n', (await stderr).Split('\n').Where(l => l.StartsWith("semigrate:", StringComparison.Ordinal)));
+            Assert.True(process.ExitCode == 1, $"exit code {process.ExitCode}: {said}");
+            Assert.Contains("press Ctrl+C again within 5 s to cancel", said, StringComparison.Ordinal);
             using var outcome = JsonDocument.Parse(await stdout);
             Assert.Equal("compensated", outcome.RootElement.GetProperty("state").GetString());
             Assert.StartsWith("cancelled", outcome.RootElement.GetProperty("reason").GetString(), StringComparison.Ordinal);
@@ -102,7 +98,7 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
             {
                 process.Kill();
             }
-            await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [], [vm], audit);
+            await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [run.Main, run.Sub1, run.Sub2], [vm]);
         }
     }
 

@@ -14,10 +14,11 @@ public enum MigrationState
 }
 
 /// <summary>How a migration ended: switched over, or compensated / refused with the reason
-/// (the VM then keeps running at the source).</summary>
+/// (the VM then keeps running at the source). <paramref name="ManifestBytes"/>: what the hand-over put
+/// on the page path besides the transfers.</summary>
 public sealed record MigrationOutcome(
     Guid MigrationId, MigrationState State, string? Reason, PageCounts? Pages,
-    IReadOnlyList<TransferResult> Transfers, PlacementPlan? Placement, SwitchedOverResult? SwitchOver);
+    IReadOnlyList<TransferResult> Transfers, PlacementPlan? Placement, SwitchedOverResult? SwitchOver, long ManifestBytes = 0);
 
 /// <summary>The progress query's answer: the state and each finished transfer.</summary>
 public sealed record MigrationProgress(Guid MigrationId, MigrationState State, IReadOnlyList<TransferResult> Transfers, string? Reason);

@@ -36,7 +36,11 @@ public static class DemoCommand
 
     public sealed record Run(
         string Mode, Guid MigrationId, string State, string? Reason, bool DigestOk, long PagesCompared, long MismatchedChunks, long PagesFromSubHosts, string? Digest,
-        PageCounts? Pages, IReadOnlyList<Destination> Destinations, double WallSeconds, CpuSeconds CpuSeconds, int AuditEvents);
+        PageCounts? Pages, IReadOnlyList<Destination> Destinations, long ManifestBytes, double WallSeconds, CpuSeconds CpuSeconds, int AuditEvents)
+    {
+        /// <summary>Everything the migration put on the broker's page path: each page once, and the manifest.</summary>
+        public long BrokerBytes => Destinations.Sum(d => d.Bytes) + ManifestBytes;
+    }
 
     public static RootCommand AddDemoCommand(this RootCommand root)
     {
@@ -145,7 +149,7 @@ public static class DemoCommand
             return new Run(name, request.MigrationId, outcome.State.ToString(), outcome.Reason,
                 verified is { Ok: true } v && v.Pages == outcome.Pages?.Total, verified?.Pages ?? 0, verified?.MismatchedChunks ?? 0, verified?.FetchedPages ?? 0, verified?.Digest,
                 outcome.Pages, [.. outcome.Transfers.OrderBy(t => t.Host, StringComparer.Ordinal).Select(t => new Destination(t.Host, t.Pages, t.Bytes))],
-                wall, cpu, events);
+                outcome.ManifestBytes, wall, cpu, events);
         }
         finally
         {
@@ -172,8 +176,10 @@ public static class DemoCommand
         foreach (var role in new[] { "main", "sub-1", "sub-2" })
         {
             Console.WriteLine(Row($"to {role}: pages", r => r.Destinations.FirstOrDefault(d => d.Host.EndsWith(role, StringComparison.Ordinal))?.Pages.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "-"));
-            Console.WriteLine(Row($"to {role}: MiB", r => r.Destinations.FirstOrDefault(d => d.Host.EndsWith(role, StringComparison.Ordinal)) is { } d ? $"{d.Bytes / 1048576.0:0.0}" : "-"));
+            Console.WriteLine(Row($"to {role}: MiB on broker", r => r.Destinations.FirstOrDefault(d => d.Host.EndsWith(role, StringComparison.Ordinal)) is { } d ? $"{d.Bytes / 1048576.0:0.0}" : "-"));
         }
+        Console.WriteLine(Row("manifest KiB (to main)", r => $"{r.ManifestBytes / 1024.0:0.0}"));
+        Console.WriteLine(Row("on the broker: MiB", r => $"{r.BrokerBytes / 1048576.0:0.0}"));
         Console.WriteLine(Row("wall seconds", r => $"{r.WallSeconds:0.00}"));
         Console.WriteLine(Row("CPU s source", r => $"{r.CpuSeconds.Source:0.00}"));
         Console.WriteLine(Row("CPU s main", r => $"{r.CpuSeconds.Main:0.00}"));
