@@ -28,7 +28,7 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
         // The main host keeps its share as it arrives (it holds the data key and opens pages itself), so
         // its memory server never plays the allenc baseline's decrypt-and-re-seal.
         var serverMode = mainHostKeys is null ? input.Mode : MigrationMode.Semigrate;
-        var serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ExpectedPages, StepToken.Current);
+        var serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, StepToken.Current);
         return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey);
     }
 

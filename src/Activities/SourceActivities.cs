@@ -51,16 +51,19 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
         var chunkPages = (int)Math.Max(512, (map.PfnLimit + MaxChunks - 1) / MaxChunks);
         var chunks = new int[(map.PfnLimit + (ulong)chunkPages - 1) / (ulong)chunkPages];
+        var sent = new int[chunks.Length];
+        var codec = new PageCodec(input.Mode, input.Vm, null, null);
         for (ulong pfn = 0; pfn < map.PfnLimit; pfn++)
         {
             if (map.IsGuestPage(pfn))
             {
                 chunks[pfn / (ulong)chunkPages]++;
+                sent[pfn / (ulong)chunkPages] += codec.WireClass(map[pfn]) == PageClass.Zero ? 0 : 1;
             }
         }
         logger.LogInformation("introspected VM {Vm}: {Zero} zero, {Plain} plain, {Sealed} sealed pages", input.Vm, map.Zero, map.Plain, map.Sealed);
         return new IntrospectionResult(new PageCounts((long)map.Zero, (long)map.Plain, (long)map.Sealed), (long)map.PfnLimit,
-            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks);
+            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks, sent);
     }, ct);
 
     [Activity("TransferPages")]

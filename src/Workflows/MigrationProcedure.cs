@@ -66,7 +66,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         try
         {
             var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host,
-                new StartPaging(id, request.Vm, host, request.Mode, plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages)), ct)));
+                new StartPaging(id, request.Vm, host, request.Mode, plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages),
+                    plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a))), ct)));
             var keys = started.ToDictionary(s => s.Host, StringComparer.Ordinal);
             state = MigrationState.PagingStarted;
             await steps.RecordAsync(new PagingServersStarted(id, destinations, steps.UtcNow));
@@ -87,6 +88,10 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             return await CompensateAsync(request, destinations, guest.Pages, plan, ct.IsCancellationRequested ? $"cancelled: {CancelReason ?? Reason(e)}" : Reason(e));
         }
     }
+
+    /// <summary>Pages of an assignment that travel with bytes (assignments are whole chunks).</summary>
+    private static long Arriving(IntrospectionResult guest, Assignment a) =>
+        guest.ChunkSentPages.Skip((int)(a.FirstPfn / guest.ChunkPages)).Take((int)((a.EndPfn - a.FirstPfn) / guest.ChunkPages)).Sum(c => (long)c);
 
     private async Task<TransferResult> TransferAsync(MigrationRequest request, Assignment a, byte[] serverKey, CancellationToken ct)
     {

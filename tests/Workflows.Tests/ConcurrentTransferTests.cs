@@ -50,7 +50,7 @@ public class ConcurrentTransferTests
         public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
 
         public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
-            Task.Run(() => new IntrospectionResult(new PageCounts(0, 0, (SubHosts + 1) * 512), (SubHosts + 1) * 512, 1, 1, [], 512, [.. Enumerable.Repeat(512, SubHosts + 1)]), ct);
+            Task.Run(() => new IntrospectionResult(new PageCounts(0, 0, (SubHosts + 1) * 512), (SubHosts + 1) * 512, 1, 1, [], 512, [.. Enumerable.Repeat(512, SubHosts + 1)], [.. Enumerable.Repeat(512, SubHosts + 1)]), ct);
 
         public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
             Task.Run(() => new PagingStarted(host, [1], host == "main" ? [2] : null), ct);

@@ -16,7 +16,7 @@ public class MigrationReplayTests
         "g1", "src", new Destination("main", 1000), [new Destination("sub-a", 1000), new Destination("sub-b", 1000)], MigrationMode.Semigrate, ["vaultdb"]);
 
     // Six chunks of 500 guest pages: main takes chunks 0-1, sub-a 2-3, sub-b 4-5.
-    private static readonly IntrospectionResult Introspected = new(new PageCounts(1000, 200, 1800), 3072, 40, 12, [], 512, [500, 500, 500, 500, 500, 500]);
+    private static readonly IntrospectionResult Introspected = new(new PageCounts(1000, 200, 1800), 3072, 40, 12, [], 512, [500, 500, 500, 500, 500, 500], [300, 300, 300, 400, 400, 300]);
 
     private static readonly string[] Hosts = ["main", "sub-a", "sub-b"];
 

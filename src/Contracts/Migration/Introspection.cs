@@ -5,7 +5,9 @@ public sealed record IntrospectGuest(Guid MigrationId, Guid Vm, string Guest, Mi
 
 /// <summary>What introspection found. The per-page classes stay at the source (they reach the main
 /// host sealed, over the page path); placement gets guest pages per chunk of
-/// <paramref name="ChunkPages"/> pages, which is small for any VM size.</summary>
+/// <paramref name="ChunkPages"/> pages, which is small for any VM size, and
+/// <paramref name="ChunkSentPages"/> says how many of them travel with bytes in the migration's mode
+/// (the rest are free: nothing of them travels), which is what a destination must make room for now.</summary>
 public sealed record IntrospectionResult(
     PageCounts Pages,
     long PfnLimit,
@@ -13,4 +15,5 @@ public sealed record IntrospectionResult(
     int Processes,
     IReadOnlyList<string> Diagnostics,
     int ChunkPages,
-    IReadOnlyList<int> ChunkGuestPages);
+    IReadOnlyList<int> ChunkGuestPages,
+    IReadOnlyList<int> ChunkSentPages);

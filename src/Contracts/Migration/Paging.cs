@@ -1,7 +1,9 @@
 namespace SEmigrate.Contracts.Migration;
 
-/// <summary>At a destination: serve this VM's pages (idempotent), with room for <paramref name="ExpectedPages"/>.</summary>
-public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, MigrationMode Mode, long ExpectedPages);
+/// <summary>At a destination: serve this VM's pages (idempotent). Its share is <paramref name="ExpectedPages"/>
+/// guest pages (it must have room for them all: free ones may be paged out to it later), of which
+/// <paramref name="ArrivingPages"/> travel now (the memory it prepares at once).</summary>
+public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, MigrationMode Mode, long ExpectedPages, long ArrivingPages);
 
 /// <summary>The destination serves the VM. <paramref name="HostKey"/> is the main host's public key, for
 /// which the data key is wrapped (null at a sub-host); <paramref name="ServerKey"/> is its memory

@@ -34,9 +34,12 @@ public static class DemoCommand
 
     public sealed record CpuSeconds(double Source, double Main, double Sub, double Orchestrator);
 
+    /// <summary>Peak resident memory of each role's worker (the largest sub-host's), in MiB.</summary>
+    public sealed record PeakRssMiB(double Source, double Main, double Sub);
+
     public sealed record Run(
         string Mode, Guid MigrationId, string State, string? Reason, bool DigestOk, long PagesCompared, long MismatchedChunks, long PagesFromSubHosts, string? Digest,
-        PageCounts? Pages, IReadOnlyList<Destination> Destinations, long ManifestBytes, double WallSeconds, CpuSeconds CpuSeconds, int AuditEvents)
+        PageCounts? Pages, IReadOnlyList<Destination> Destinations, long ManifestBytes, double WallSeconds, CpuSeconds CpuSeconds, PeakRssMiB PeakRssMiB, int AuditEvents)
     {
         /// <summary>Everything the migration put on the broker's page path: each page once, and the manifest.</summary>
         public long BrokerBytes => Destinations.Sum(d => d.Bytes) + ManifestBytes;
@@ -143,13 +146,15 @@ public static class DemoCommand
             {
                 say($"{name}: {outcome.State}: {outcome.Reason}");
             }
+            var rss = fleet.PeakResidentBytesByRole();
+            var peak = new PeakRssMiB(rss["source"] / 1048576.0, rss["main"] / 1048576.0, rss["sub"] / 1048576.0);
             var audited = await Orchestrator.AuditedEndAsync(host.Services, request.MigrationId, TimeSpan.FromSeconds(30), ct);
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var events = audited is null ? 0 : (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Count;
             return new Run(name, request.MigrationId, outcome.State.ToString(), outcome.Reason,
                 verified is { Ok: true } v && v.Pages == outcome.Pages?.Total, verified?.Pages ?? 0, verified?.MismatchedChunks ?? 0, verified?.FetchedPages ?? 0, verified?.Digest,
                 outcome.Pages, [.. outcome.Transfers.OrderBy(t => t.Host, StringComparer.Ordinal).Select(t => new Destination(t.Host, t.Pages, t.Bytes))],
-                outcome.ManifestBytes, wall, cpu, events);
+                outcome.ManifestBytes, wall, cpu, peak, events);
         }
         finally
         {
@@ -185,6 +190,9 @@ public static class DemoCommand
         Console.WriteLine(Row("CPU s main", r => $"{r.CpuSeconds.Main:0.00}"));
         Console.WriteLine(Row("CPU s sub-hosts", r => $"{r.CpuSeconds.Sub:0.00}"));
         Console.WriteLine(Row("CPU s orchestrator", r => $"{r.CpuSeconds.Orchestrator:0.00}"));
+        Console.WriteLine(Row("peak RSS MiB source", r => $"{r.PeakRssMiB.Source:0}"));
+        Console.WriteLine(Row("peak RSS MiB main", r => $"{r.PeakRssMiB.Main:0}"));
+        Console.WriteLine(Row("peak RSS MiB sub (largest)", r => $"{r.PeakRssMiB.Sub:0}"));
         Console.WriteLine(Row("audit events", r => $"{r.AuditEvents}"));
         Console.WriteLine(Row("migration", r => $"{r.MigrationId.ToString()[..13]}"));
     }

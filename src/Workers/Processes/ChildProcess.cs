@@ -64,6 +64,8 @@ public sealed class ChildProcess : IDisposable
 
     public double CpuSeconds => process.HasExited ? 0 : CpuMeter.Seconds(process.Id);
 
+    public long PeakResidentBytes => process.HasExited ? 0 : CpuMeter.PeakResidentBytes(process.Id);
+
     /// <summary>Kills it at once (SIGKILL): the fault tests' dead host.</summary>
     public void Kill()
     {

@@ -25,6 +25,20 @@ public static class CpuMeter
 
     public static double Self() => Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
 
+    /// <summary>The most resident memory the process has had (VmHWM in /proc/PID/status), in bytes.</summary>
+    public static long PeakResidentBytes(int pid)
+    {
+        try
+        {
+            var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+            return line is null ? 0 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+    }
+
     /// <summary>The RabbitMQ node (beam.smp), or 0 when there is none to see.</summary>
     public static int BrokerPid()
     {

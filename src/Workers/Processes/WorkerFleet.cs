@@ -57,6 +57,10 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
     public IReadOnlyDictionary<string, double> CpuSecondsByRole() =>
         RoleRegistration.Roles.ToDictionary(r => r, r => workers.Values.Where(w => w.Spec.Role == r).Sum(w => w.Process.CpuSeconds), StringComparer.Ordinal);
 
+    /// <summary>The most resident memory any worker of each role has had so far, in bytes.</summary>
+    public IReadOnlyDictionary<string, long> PeakResidentBytesByRole() =>
+        RoleRegistration.Roles.ToDictionary(r => r, r => workers.Values.Where(w => w.Spec.Role == r).Select(w => w.Process.PeakResidentBytes).DefaultIfEmpty().Max(), StringComparer.Ordinal);
+
     /// <summary>Starts a host's worker again after it died (or was killed), with the same state folder.</summary>
     public async Task RestartAsync(string host, CancellationToken ct)
     {
