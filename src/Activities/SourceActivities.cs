@@ -133,7 +133,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 }
             }
             await window.AllStoredAsync();
-            progress.AllStored(a.EndPfn); // holes at the end of the range included
+            progress.AllStored(a.EndPfn, a.Pages); // holes and free pages at the end of the range included
             var done = await ReportAsync(force: true);
             logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s, attempt {Attempt} ({Resent} bytes resent over all attempts)",
                 input.Vm, a.Host, a.Pages, bytesThisAttempt, clock.Elapsed.TotalSeconds, done.Attempts, done.ResentBytes);
@@ -364,11 +364,12 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             }
         }
 
-        public void AllStored(long end)
+        public void AllStored(long end, long pages)
         {
             lock (batches)
             {
                 now = now with { Confirmed = Math.Max(now.Confirmed, end), Sent = Math.Max(now.Sent, end) };
+                pagesDone = pages;
             }
         }
 

@@ -105,6 +105,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         Assert.All(above, p => Assert.Equal(map[p] != PageClass.Zero, store.Get(intro.Vm, p) is not null));
         Assert.Equal(above.Count(p => map[p] != PageClass.Zero), store.PagesPerVm()[intro.Vm]);
         Assert.Equal(found.PfnLimit, heartbeats[^1].NextPfn);
+        Assert.Equal(found.Pages.Total, heartbeats[^1].PagesSent); // free pages count as done, though nothing of them went
         Assert.True(heartbeats.Select(h => h.NextPfn).SequenceEqual(heartbeats.Select(h => h.NextPfn).Order()), "heartbeats only move forward");
         Assert.Equal(0, result.ResentBytes);
         // What was sent is sealed where the map says so: a sealed page's record holds no plaintext.

@@ -46,8 +46,10 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
         // The run's own audit queue: one auditor at a time appends this migration's events.
         var audit = run.AuditQueue;
         var vm = Guid.NewGuid();
-        var start = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "semigrate"),
-            ["migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source, "--main", $"{run.Main}:80M",
+        // As from a terminal: a test host started in the background (CI, `test.sh &`) passes SIGINT on
+        // ignored, and .NET leaves an ignored SIGINT ignored; env resets it to the default first.
+        var start = new ProcessStartInfo("env",
+            ["--default-signal=INT", Path.Combine(AppContext.BaseDirectory, "semigrate"), "migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source, "--main", $"{run.Main}:80M",
              "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--vm", vm.ToString(), "--json"])
         {
             RedirectStandardOutput = true,
