@@ -54,6 +54,8 @@ public sealed class MainHostActivities(
         }
         catch (PageIntegrityException e)
         {
+            opener.Dispose();
+            key.Dispose(); // nothing runs here: the key goes now, not whenever the collector comes
             await ReportAsync(input.MigrationId, e);
             throw new ApplicationFailureException(e.Message, nonRetryable: true);
         }
@@ -86,7 +88,7 @@ public sealed class MainHostActivities(
             throw new ApplicationFailureException($"a step for host {input.Host} reached host {host.Host}", nonRetryable: true);
         }
         var vm = vms.Find(input.Vm) ?? throw new ApplicationFailureException($"VM {input.Vm} does not run on {host.Host}", nonRetryable: true);
-        var digest = new PageDigests(input);
+        using var digest = new PageDigests(input);
         var before = vm.Pager.FetchedPages;
         var pages = new byte[ReadBatch * PageRecord.PageSize];
         var pfns = new List<ulong>(ReadBatch);

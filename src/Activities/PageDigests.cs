@@ -5,7 +5,7 @@ namespace SEmigrate.Activities;
 
 /// <summary>The digests of <see cref="DigestMemory"/>, the same at the source and at the main host: each
 /// page's SHA-256, a digest of those per chunk, and one over all of them.</summary>
-internal sealed class PageDigests
+internal sealed class PageDigests : IDisposable
 {
     private readonly DigestMemory range;
     private readonly IncrementalHash all = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -34,4 +34,13 @@ internal sealed class PageDigests
 
     public MemoryDigest Result(long fetchedPages) =>
         new(pages, fetchedPages, [.. chunks.Select(c => Convert.ToHexStringLower(c.GetHashAndReset().AsSpan(0, 16)))], Convert.ToHexStringLower(all.GetHashAndReset()));
+
+    public void Dispose()
+    {
+        all.Dispose();
+        foreach (var chunk in chunks)
+        {
+            chunk.Dispose();
+        }
+    }
 }

@@ -265,7 +265,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var map = ClassificationMap.Load(state.MapPath);
         using var memory = GuestMemory.Open(LoadGuest(guest.Name).DumpPath);
         var zeros = new byte[PageRecord.PageSize];
-        var digest = new PageDigests(input);
+        using var digest = new PageDigests(input);
         for (var pfn = (ulong)input.FirstPfn; pfn < (ulong)input.EndPfn; pfn++)
         {
             if (map.IsGuestPage(pfn))

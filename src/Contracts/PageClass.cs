@@ -4,7 +4,8 @@ namespace SEmigrate.Contracts;
 /// classification maps): never renumber.</summary>
 public enum PageClass : byte
 {
-    /// <summary>Free in the guest: travels as a marker, its bytes never leave the source.</summary>
+    /// <summary>Free in the guest: its bytes never leave the source. A migration sends no record for it
+    /// (the manifest names it); a zero record is a body-less marker.</summary>
     Zero = 0,
 
     /// <summary>Owned only by processes whose data is already encrypted: travels as-is, with a GMAC

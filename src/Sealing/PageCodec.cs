@@ -5,7 +5,7 @@ namespace SEmigrate.Sealing;
 
 /// <summary>How one migration's pages are put on the wire and taken off it, by mode, so that every
 /// mode uses the same protocol and code paths:
-/// semigrate: by class (zero markers, plain as-is with a GMAC tag, sealed with the data key);
+/// semigrate: by class (free pages as body-less markers, plain as-is with a GMAC tag, sealed with the data key);
 /// allenc: every page sealed with the channel key (the sub-host decrypts and re-encrypts at rest);
 /// noenc: every page's bytes as-is (with a GMAC tag: nothing is encrypted, but nothing goes unchecked).
 /// Opening checks, before any byte reaches the guest: the page number asked for, the class and version

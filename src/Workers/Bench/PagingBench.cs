@@ -169,8 +169,8 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
             messageBytes, cpu, rawCpu);
     }
 
-    /// <summary>The sender's bulk path, as the source's transfer runs it: batches encoded (sealed)
-    /// straight into reusable frame buffers, a window of them in flight (BatchWindow).</summary>
+    /// <summary>The sender's bulk path, as the source's transfer runs it: pages with bytes encoded (sealed)
+    /// straight into reusable frame buffers, a window of them in flight (BatchWindow); free pages stay behind.</summary>
     private async Task<(long WireBytes, long Messages)> BulkAsync(PageClient client, string host, PageCodec codec, PageTable table, long first, long end, CancellationToken ct)
     {
         long wireBytes = 0, messages = 0;
@@ -179,9 +179,12 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         for (var pfn = (ulong)first; pfn < (ulong)end; pfn++)
         {
             var classified = ClassOf(pfn);
-            batch.Advance(codec.EncodeInto(batch.Next, pfn, 1, classified, Pool[pfn % 64]));
             table.Set(pfn, codec.WireClass(classified), 1);
-            if (batch.IsFull || pfn + 1 == (ulong)end)
+            if (codec.WireClass(classified) != PageClass.Zero) // free pages stay behind, as in a transfer
+            {
+                batch.Advance(codec.EncodeInto(batch.Next, pfn, 1, classified, Pool[pfn % 64]));
+            }
+            if (batch.IsFull || (pfn + 1 == (ulong)end && batch.Count > 0))
             {
                 wireBytes += batch.Length;
                 messages++;

@@ -16,9 +16,10 @@ using SEmigrate.Workflows;
 namespace SEmigrate.Workers.Commands;
 
 /// <summary>`semigrate demo`: the main job on one machine. Starts the services, boots (or reuses) a real
-/// guest, starts a source, a main and two sub-host workers as separate processes, migrates, checks the
-/// memory the main host rebuilds (its pages plus every sub-host page fetched and opened) against the
-/// source's, page by page, and prints a summary; once per mode, side by side.</summary>
+/// guest, starts a source, a main and two sub-host workers as separate processes (each in a mount
+/// namespace of its own, as root), migrates, checks by digests that the main host serves (its share from
+/// its store, every other page fetched, checked and opened) exactly what the source sent, and prints a
+/// summary; once per mode, side by side.</summary>
 public static class DemoCommand
 {
     /// <summary>The default guest: an encrypted database (its pages may travel as-is), a web app, and a
