@@ -6,6 +6,8 @@
 #   deploy/guest/guest-kit.sh OUTDIR SPEC...
 #     SPEC = NAME:MIB:MARKER        a process NAME that fills MIB MiB with MARKER and stays
 #          | free:NAME:MIB:MARKER   a process that fills, frees the memory, and exits (stale markers)
+#          | work:MIB               the memory workload (workload.c): checks and rewrites MIB MiB for
+#                                   ever, one WORKLOAD line per pass on the console
 #   Writes OUTDIR/vmlinuz, OUTDIR/initrd.gz, OUTDIR/kernel-release; prints OUTDIR.
 #   deploy/guest/guest-kit.sh --kernel FLAVOUR   prints the path of that flavour's cached vmlinuz
 #   Cache: $SEMIGRATE_STATE_DIR/guest-cache (default /opt/semigrate/guest-cache).
@@ -72,11 +74,12 @@ mkdir -p "$out"
 kdir=$(fetch_kernel cloud-amd64)
 
 # --- in-guest programs, cached by source hash ---------------------------------------------------
-tools=$CACHE/tools-$(cat "$here/marker.c" "$here/pagemap.c" | sha256sum | cut -c1-12)
-if [ ! -x "$tools/pagemap" ]; then
+tools=$CACHE/tools-$(cat "$here/marker.c" "$here/pagemap.c" "$here/workload.c" | sha256sum | cut -c1-12)
+if [ ! -x "$tools/workload" ]; then
   mkdir -p "$tools"
   gcc -static -O2 -o "$tools/marker" "$here/marker.c"
   gcc -static -O2 -o "$tools/pagemap" "$here/pagemap.c"
+  gcc -static -O2 -o "$tools/workload" "$here/workload.c"
 fi
 
 # --- initramfs ----------------------------------------------------------------------------------
@@ -84,7 +87,7 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,proc,sys,dev,run,tmp,lib}
 cp /bin/busybox "$root/bin/busybox"
-cp "$tools/marker" "$tools/pagemap" "$root/bin/"
+cp "$tools/marker" "$tools/pagemap" "$tools/workload" "$root/bin/"
 [ -f "$kdir/qemu_fw_cfg.ko" ] && cp "$kdir/qemu_fw_cfg.ko" "$root/lib/"
 
 {
@@ -96,8 +99,14 @@ cp "$tools/marker" "$tools/pagemap" "$root/bin/"
   echo '[ -f /lib/qemu_fw_cfg.ko ] && insmod /lib/qemu_fw_cfg.ko'
   echo 'echo SEMIGRATE-BOOTED'
   n=0
+  work=
   for spec in "$@"; do
     IFS=: read -r a b c d <<<"$spec"
+    if [ "$a" = work ]; then
+      [[ "$b" =~ ^[0-9]+$ ]] || die "bad workload size '$b' in '$spec'"
+      work=$b
+      continue
+    fi
     if [ "$a" = free ]; then name=$b mib=$c marker=$d mode=free; else name=$a mib=$b marker=$c mode=; fi
     [[ "$name" =~ ^[A-Za-z0-9_.-]{1,15}$ ]] || die "bad process name '$name' (1-15 of A-Za-z0-9_.-)"
     [[ "$mib" =~ ^[0-9]+$ ]] || die "bad size '$mib' in '$spec'"
@@ -111,6 +120,10 @@ cp "$tools/marker" "$tools/pagemap" "$root/bin/"
     n=$((n + 1))
   done
   echo "while [ \$(ls /run/ready | wc -l) -lt $n ]; do sleep 0.2; done"
+  if [ -n "$work" ]; then
+    echo "/bin/workload $work &"
+    echo 'while [ ! -e /run/work-ready ]; do sleep 0.2; done'
+  fi
   echo 'echo GT-BEGIN'
   echo 'for pid in $(ls /run/ready); do [ -d /proc/$pid ] && /bin/pagemap $pid; done'
   echo "awk '/^Node/ {z=\$4} /^ +pages free/ {print \"GT-ZONE\", z, \$3}' /proc/zoneinfo"
@@ -121,7 +134,7 @@ cp "$tools/marker" "$tools/pagemap" "$root/bin/"
 } >"$root/init"
 chmod +x "$root/init"
 
-key=$( (cat "$root/init" "$tools/marker" "$tools/pagemap" /bin/busybox; cat "$root/lib/qemu_fw_cfg.ko" 2>/dev/null) | sha256sum | cut -c1-16)
+key=$( (cat "$root/init" "$tools/marker" "$tools/pagemap" "$tools/workload" /bin/busybox; cat "$root/lib/qemu_fw_cfg.ko" 2>/dev/null) | sha256sum | cut -c1-16)
 if [ ! -f "$CACHE/initrd-$key.gz" ]; then
   (cd "$root" && find . | sort | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) >"$CACHE/initrd-$key.tmp"
   mv "$CACHE/initrd-$key.tmp" "$CACHE/initrd-$key.gz"

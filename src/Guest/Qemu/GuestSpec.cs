@@ -28,5 +28,10 @@ public sealed partial record GuestProcess(string Name, int MiB, string Marker, b
     private static partial Regex MarkerPattern();
 }
 
-/// <summary>What to boot: guest memory size and the processes its init starts.</summary>
-public sealed record GuestSpec(int MemoryMiB, IReadOnlyList<GuestProcess> Processes);
+/// <summary>What to boot: guest memory size, the processes its init starts, and the MiB of memory the
+/// workload (deploy/guest/workload.c) checks and rewrites for ever (0: none).</summary>
+public sealed record GuestSpec(int MemoryMiB, IReadOnlyList<GuestProcess> Processes, int WorkloadMiB = 0)
+{
+    /// <summary>The guest kit's arguments (deploy/guest/guest-kit.sh).</summary>
+    public IEnumerable<string> KitArguments => Processes.Select(p => p.KitArgument).Concat(WorkloadMiB > 0 ? [$"work:{WorkloadMiB}"] : []);
+}

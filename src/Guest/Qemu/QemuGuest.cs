@@ -29,7 +29,7 @@ public static class QemuGuest
     {
         Directory.CreateDirectory(directory);
         progress?.Invoke("preparing kernel and initramfs");
-        await RunKitAsync(directory, spec, ct);
+        await PrepareKitAsync(directory, spec, ct);
 
         var serial = Path.Combine(directory, "serial.log");
         var dump = BootedGuest.DumpIn(directory);
@@ -109,10 +109,12 @@ public static class QemuGuest
 
     private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = false };
 
-    private static async Task RunKitAsync(string directory, GuestSpec spec, CancellationToken ct)
+    /// <summary>Writes the kernel and an initramfs for <paramref name="spec"/> into <paramref name="directory"/>
+    /// (deploy/guest/guest-kit.sh: installs QEMU when missing, caches the kernel).</summary>
+    public static async Task PrepareKitAsync(string directory, GuestSpec spec, CancellationToken ct)
     {
         var script = Path.Combine(AppContext.BaseDirectory, "deploy", "guest", "guest-kit.sh");
-        var start = new ProcessStartInfo("bash", [script, directory, .. spec.Processes.Select(p => p.KitArgument)])
+        var start = new ProcessStartInfo("bash", [script, directory, .. spec.KitArguments])
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -129,7 +131,7 @@ public static class QemuGuest
         _ = await stdout;
     }
 
-    private static string ReadShared(string path)
+    internal static string ReadShared(string path)
     {
         if (!File.Exists(path))
         {
@@ -140,7 +142,7 @@ public static class QemuGuest
         return reader.ReadToEnd();
     }
 
-    private static string Tail(string path)
+    internal static string Tail(string path)
     {
         var lines = ReadShared(path).Split('\n');
         return string.Join('\n', lines.TakeLast(15));
