@@ -4,6 +4,8 @@ using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
+using SEmigrate.Guest.Fuse;
+using SEmigrate.Guest.Qemu;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.MemoryServer.MainHost;
@@ -48,8 +50,8 @@ public sealed class MainHostActivities(
         ClassificationMap manifest;
         try
         {
-            var content = Manifest.Open(input.Vm, pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null, opener, host.Host,
-                maxContent: Manifest.MaxBytes * 4);
+            var content = SealedBlob.Open(BlobKind.Manifest, input.Vm, pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null, opener, host.Host,
+                maxContent: SealedBlob.MaxBytes * 4);
             manifest = ClassificationMap.FromBytes(content, "the manifest");
         }
         catch (PageIntegrityException e)
@@ -72,14 +74,54 @@ public sealed class MainHostActivities(
         var pager = new VmPager(client, codec, table, pfn => MainHostVms.RunningVm.HostOf(input.Placement, pfn), host.Host, store,
             e => new ValueTask(ReportAsync(input.MigrationId, e)));
         var local = input.Placement.Assignments.Where(a => a.Host == host.Host).Sum(a => a.Pages);
-        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local);
-        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager));
+        Func<ulong, PageRecord?> blobs = pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null;
+        var (guest, ram) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
+            ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit)
+            : (null, null);
+        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null);
+        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, guest, ram));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
         return result;
     }
 
-    /// <summary>The VM's memory as it runs here: every guest page read through the pager.</summary>
+    /// <summary>A running guest continues here: its kernel, initramfs and device state come out of the
+    /// sealed blobs the source handed over; its RAM is a FUSE file served by its pager; QEMU starts
+    /// with -incoming, loads the device state and continues the guest where it stopped.</summary>
+    private async Task<(LiveGuest, FuseRamFile)> RunAsync(SwitchOver input, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager, ulong pages)
+    {
+        var folder = Path.Combine(host.MigrationDirectory(input.MigrationId), "vm");
+        Directory.CreateDirectory(folder);
+        byte[] Blob(BlobKind kind) => SealedBlob.Open(kind, input.Vm, blobs, opener, host.Host, SealedBlob.MaxBytes * 4);
+        await File.WriteAllBytesAsync(BootedGuest.KernelIn(folder), Blob(BlobKind.Kernel));
+        await File.WriteAllBytesAsync(Path.Combine(folder, "initrd.gz"), Blob(BlobKind.Initrd));
+        var deviceState = Path.Combine(folder, "device.state");
+        await File.WriteAllBytesAsync(deviceState, Blob(BlobKind.DeviceState));
+        var size = (long)pages * PageRecord.PageSize;
+        var ram = await FuseRamFile.MountAsync(Path.Combine(folder, "ram"), "ram", new PagedRam(pager, pages, size),
+            line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line));
+        LiveGuest? guest = null;
+        try
+        {
+            guest = await LiveGuest.StartAsync(folder, (int)(size >> 20), ram.FilePath, Path.Combine(folder, "serial.log"), incoming: true, StepToken.Current);
+            await guest.LoadDeviceStateAsync(deviceState, StepToken.Current);
+            await guest.ContinueAsync(StepToken.Current);
+            logger.LogInformation("VM {Vm} runs here (QEMU {Pid}), its RAM served from {Ram}", input.Vm, guest.Pid, ram.FilePath);
+            return (guest, ram);
+        }
+        catch
+        {
+            if (guest is not null)
+            {
+                await guest.DisposeAsync();
+            }
+            await ram.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>The VM's memory as it was migrated: every guest page read through the pager (a running
+    /// guest's later writes are not in it).</summary>
     [Activity("DigestMemory")]
     public async Task<MemoryDigest> DigestAsync(DigestMemory input)
     {

@@ -1,5 +1,7 @@
 using System.Collections.Concurrent;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.Guest.Fuse;
+using SEmigrate.Guest.Qemu;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.MemoryServer.MainHost;
 
@@ -9,7 +11,10 @@ namespace SEmigrate.Activities;
 /// pages it has, and their classes) and its pager.</summary>
 public sealed class MainHostVms
 {
-    public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, ClassificationMap Manifest, VmPager Pager)
+    /// <summary><paramref name="Guest"/> and <paramref name="Ram"/>: the guest's QEMU and the FUSE file
+    /// of its RAM, when it was a running guest.</summary>
+    public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, ClassificationMap Manifest, VmPager Pager,
+        LiveGuest? Guest = null, FuseRamFile? Ram = null)
     {
         /// <summary>The host that holds a page, from the placement's ranges.</summary>
         public static string HostOf(PlacementPlan plan, ulong pfn) =>

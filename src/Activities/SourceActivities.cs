@@ -32,9 +32,18 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     [Activity("Introspect")]
     public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input) => IntrospectAsync(input, ActivityExecutionContext.Current.CancellationToken);
 
-    public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input, CancellationToken ct) => Task.Run(() =>
+    public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input, CancellationToken ct) => Task.Run(async () =>
     {
         var guest = LoadGuest(input.Guest);
+        var live = LiveGuest.IsLive(host.GuestDirectory(input.Guest));
+        if (live)
+        {
+            // Stop-and-copy: the guest stays paused from its scan to the end (it continues here if
+            // the migration is undone, at the main host if not). A page written after a scan would
+            // need to travel again, sealed (pre-copy): not done, the guest does not run meanwhile.
+            await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(input.Guest), ct);
+            await running.PauseAsync(ct);
+        }
         var layout = KernelLayout.Load(guest.KernelPath);
         using var memory = GuestMemory.Open(guest.DumpPath);
         ct.ThrowIfCancellationRequested();
@@ -42,7 +51,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var map = Classifier.Classify(memory, found, input.PlainProcesses.ToHashSet(StringComparer.Ordinal));
         var state = State(input.MigrationId);
         map.Save(state.MapPath);
-        state.Guest = new MigratedGuest(input.Guest, input.Mode);
+        state.Guest = new MigratedGuest(input.Guest, input.Mode, live);
         if (!File.Exists(state.KeyPath))
         {
             using var key = DataKey.Generate();
@@ -236,7 +245,22 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var map = ClassificationMap.Load(state.MapPath).Select(codec.WireClass);
         using var key = state.LoadKey();
         using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
-        var records = Manifest.Seal(map.ToBytes(), sealer);
+        var records = SealedBlob.Seal(BlobKind.Manifest, map.ToBytes(), sealer);
+        if (guest.Live)
+        {
+            // A running guest's core goes with it: its device state (saved now, while it is paused) and
+            // the kernel and initramfs its QEMU runs, sealed like everything else, to the main host only.
+            var folder = host.GuestDirectory(guest.Name);
+            var deviceState = Path.Combine(host.MigrationDirectory(input.MigrationId), "device.state");
+            await using (var running = await LiveGuest.AttachAsync(folder, StepToken.Current))
+            {
+                await running.SaveDeviceStateAsync(deviceState, StepToken.Current);
+            }
+            records.AddRange(SealedBlob.Seal(BlobKind.DeviceState, await File.ReadAllBytesAsync(deviceState), sealer));
+            records.AddRange(SealedBlob.Seal(BlobKind.Kernel, await File.ReadAllBytesAsync(BootedGuest.KernelIn(folder)), sealer));
+            records.AddRange(SealedBlob.Seal(BlobKind.Initrd, await File.ReadAllBytesAsync(Path.Combine(folder, "initrd.gz")), sealer));
+            File.Delete(deviceState);
+        }
         foreach (var part in records.Chunk(BatchWindow.DefaultBatchBytes / (PageRecord.HeaderSize + PageRecord.SealedBodySize)))
         {
             try
@@ -284,13 +308,28 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
     }
 
+    /// <summary>Drops the migration's key; a running guest ends here when it has left (it runs at the
+    /// main host now) and continues here when the migration was undone.</summary>
     [Activity("ReleaseSource")]
-    public Task<SourceReleased> ReleaseSourceAsync(ReleaseSource input)
+    public async Task<SourceReleased> ReleaseSourceAsync(ReleaseSource input)
     {
-        State(input.MigrationId).Release();
+        var state = State(input.MigrationId);
+        if (state.HasGuest && state.Guest is { Live: true } guest && File.Exists(LiveGuest.SocketIn(host.GuestDirectory(guest.Name))))
+        {
+            await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(guest.Name), StepToken.Current);
+            if (input.VmLeft)
+            {
+                await running.QuitAsync();
+            }
+            else
+            {
+                await running.ContinueAsync(StepToken.Current);
+            }
+        }
+        state.Release();
         logger.LogInformation(input.VmLeft ? "VM {Vm} left this host: its migration key is gone" : "VM {Vm} stays on this host: migration {Migration} undone",
             input.Vm, input.MigrationId);
-        return Task.FromResult(new SourceReleased(input.VmLeft));
+        return new SourceReleased(input.VmLeft);
     }
 
     /// <summary>What the wrapped data key is bound to: a wrap for another migration or host does not open.</summary>
@@ -298,11 +337,12 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     private SourceState State(Guid migrationId) => new(host.MigrationDirectory(migrationId));
 
-    /// <summary>This host's guest <paramref name="name"/>, as `semigrate guest boot` leaves it: the memory dump and the kernel.</summary>
+    /// <summary>This host's guest <paramref name="name"/>, as `semigrate guest boot` or `guest start` leaves it: its memory and kernel.</summary>
     private (string DumpPath, string KernelPath) LoadGuest(string name)
     {
         var dir = host.GuestDirectory(name);
-        var (dump, kernel) = (BootedGuest.DumpIn(dir), BootedGuest.KernelIn(dir));
+        // A running guest's memory is its RAM file (read while it is paused); a booted one's, its dump.
+        var (dump, kernel) = (LiveGuest.IsLive(dir) ? LiveGuest.RamIn(dir) : BootedGuest.DumpIn(dir), BootedGuest.KernelIn(dir));
         foreach (var path in new[] { dump, kernel }.Where(p => !File.Exists(p)))
         {
             throw new ApplicationFailureException($"host {host.Host} has no guest '{name}' ({path} does not exist; guests made by `semigrate guest boot` live in {Path.GetDirectoryName(dir)})", nonRetryable: true);

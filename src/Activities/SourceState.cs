@@ -21,6 +21,9 @@ public sealed class SourceState(string directory)
         set => WriteAtomically(GuestPath, JsonSerializer.Serialize(value));
     }
 
+    /// <summary>Whether introspection got as far as recording the guest.</summary>
+    public bool HasGuest => File.Exists(GuestPath);
+
     private string GuestPath => Path.Combine(directory, "guest.json");
 
     /// <summary>A key epoch never used before for this migration, written down before it is used: a
@@ -63,8 +66,9 @@ public sealed class SourceState(string directory)
     }
 }
 
-/// <summary>The guest a migration moves (its name in the source's guest folder) and the migration's mode.</summary>
-public sealed record MigratedGuest(string Name, Contracts.MigrationMode Mode);
+/// <summary>The guest a migration moves (its name in the source's guest folder), the migration's mode, and
+/// whether the guest is running (its memory a RAM file, its core moving as device state).</summary>
+public sealed record MigratedGuest(string Name, Contracts.MigrationMode Mode, bool Live = false);
 
 /// <summary>Pages below <paramref name="Confirmed"/> are stored at the host; pages below
 /// <paramref name="Sent"/> were sent at least once. Bytes and resends add up over attempts.</summary>

@@ -38,7 +38,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
         await client.StartVmAsync(sub.Host, vm, MigrationMode.Semigrate);
         // What the source's hand-over leaves in the main host's store: the manifest of 8 sealed pages.
         using var sealer = key.CreateSealer(vm, 7);
-        store.Put(vm, Manifest.Seal(new ClassificationMap([2, 2, 2, 2, 2, 2, 2, 2]).ToBytes(), sealer));
+        store.Put(vm, SealedBlob.Seal(BlobKind.Manifest, new ClassificationMap([2, 2, 2, 2, 2, 2, 2, 2]).ToBytes(), sealer));
     }
 
     public async ValueTask DisposeAsync()
@@ -104,7 +104,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
         Assert.True(wrongKey.NonRetryable);
         Assert.Contains("does not open with this host's key", wrongKey.Message, StringComparison.Ordinal);
 
-        var record = store.Get(vm, Manifest.FirstPfn)!;
+        var record = store.Get(vm, SealedBlob.FirstPfn(BlobKind.Manifest))!;
         record[PageRecord.HeaderSize + 20] ^= 1;
         store.Put(vm, [PageFrame.ReadRecord(record)]);
         var altered = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input())));

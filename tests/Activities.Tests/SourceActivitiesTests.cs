@@ -136,14 +136,14 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         // The manifest is the map, as sealed records only the data key opens; the free pages of 256 MiB
         // (over half of them) cost a few KiB.
         using var opener = new PageOpener(key, intro.Vm);
-        var manifest = ClassificationMap.FromBytes(Manifest.Open(intro.Vm, p => store.Get(intro.Vm, p) is { } r ? PageFrame.ReadRecord(r) : null, opener, mainHost, 1 << 24));
+        var manifest = ClassificationMap.FromBytes(SealedBlob.Open(BlobKind.Manifest, intro.Vm, p => store.Get(intro.Vm, p) is { } r ? PageFrame.ReadRecord(r) : null, opener, mainHost, 1 << 24));
         var map = ClassificationMap.Load(MapOf(migration));
         Assert.Equal(map.ToBytes(), manifest.ToBytes());
         Assert.True(handedOver.ManifestBytes < 64 << 10, $"{handedOver.ManifestBytes} bytes");
         Assert.All(store.PagesPerVm().Keys, vm => Assert.Equal(intro.Vm, vm));
         using var wrongKey = DataKey.Generate();
         using var wrongOpener = new PageOpener(wrongKey, intro.Vm);
-        var e = Assert.Throws<PageIntegrityException>(() => Manifest.Open(intro.Vm, p => store.Get(intro.Vm, p) is { } r ? PageFrame.ReadRecord(r) : null, wrongOpener, mainHost, 1 << 24));
+        var e = Assert.Throws<PageIntegrityException>(() => SealedBlob.Open(BlobKind.Manifest, intro.Vm, p => store.Get(intro.Vm, p) is { } r ? PageFrame.ReadRecord(r) : null, wrongOpener, mainHost, 1 << 24));
         Assert.Contains("manifest record does not open", e.Message, StringComparison.Ordinal);
     }
 

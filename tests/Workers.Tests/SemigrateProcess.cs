@@ -7,14 +7,16 @@ internal static class SemigrateProcess
 {
     public sealed record Result(int ExitCode, string Stdout, string Stderr);
 
-    public static async Task<Result> RunAsync(IReadOnlyDictionary<string, string> environment, params string[] args)
+    public static Task<Result> RunAsync(IReadOnlyDictionary<string, string> environment, params string[] args) => RunAsync(environment, null, args);
+
+    /// <summary>With <paramref name="nsenter"/>, run inside another process's namespaces (nsenter's options).</summary>
+    public static async Task<Result> RunAsync(IReadOnlyDictionary<string, string> environment, string[]? nsenter, params string[] args)
     {
-        var start = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "semigrate"), args)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var semigrate = Path.Combine(AppContext.BaseDirectory, "semigrate");
+        var start = nsenter is null ? new ProcessStartInfo(semigrate, args) : new ProcessStartInfo("nsenter", [.. nsenter, semigrate, .. args]);
+        start.RedirectStandardOutput = true;
+        start.RedirectStandardError = true;
+        start.UseShellExecute = false;
         foreach (var (key, value) in environment)
         {
             start.Environment[key] = value;

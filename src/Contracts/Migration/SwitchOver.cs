@@ -12,9 +12,10 @@ public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes);
 /// every page from then on (its own from its store, the rest from the sub-hosts of the placement).</summary>
 public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement);
 
-/// <summary>The VM runs at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
-/// at sub-hosts (free pages count where their range is placed, though nothing of them travelled).</summary>
-public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages);
+/// <summary>The VM is at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
+/// at sub-hosts (free pages count where their range is placed, though nothing of them travelled);
+/// <paramref name="Running"/> when it was a running guest, which now runs there on RAM its pager serves.</summary>
+public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, bool Running = false);
 
 /// <summary>At the source, or at the main host after switch-over: a digest of every guest page in
 /// [<paramref name="FirstPfn"/>, <paramref name="EndPfn"/>), one per chunk of <paramref name="ChunkPages"/>

@@ -14,12 +14,72 @@ public sealed partial class LiveGuest : IAsyncDisposable
 {
     private readonly Process qemu;
     private readonly Qmp qmp;
-    private readonly string socketPath;
+    private readonly string? socketPath;
     private readonly Task<string> stderr;
+    private bool detached;
 
-    private LiveGuest(Process qemu, Qmp qmp, string socketPath, string serialPath, Task<string> stderr)
+    /// <summary><paramref name="socketPath"/>: a socket of this object's own, removed with it (null for
+    /// a guest that lives on its own, see <see cref="StartInFolderAsync"/>).</summary>
+    private LiveGuest(Process qemu, Qmp qmp, string? socketPath, string serialPath, Task<string> stderr)
     {
         (this.qemu, this.qmp, this.socketPath, SerialPath, this.stderr) = (qemu, qmp, socketPath, serialPath, stderr);
+    }
+
+    /// <summary>Where a guest that lives on its own keeps itself: its kit (vmlinuz, initrd.gz), its RAM,
+    /// serial log, QMP socket, QEMU's pid, and live.json (its memory size).</summary>
+    public static string RamIn(string folder) => Path.Combine(folder, "ram");
+
+    public static string SocketIn(string folder) => Path.Combine(folder, "qmp.sock");
+
+    public static bool IsLive(string folder) => File.Exists(Path.Combine(folder, "live.json"));
+
+    /// <summary>The memory size of the guest living in <paramref name="folder"/>.</summary>
+    public static int MemoryMiBIn(string folder) =>
+        System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "live.json"))).RootElement.GetProperty("memoryMiB").GetInt32();
+
+    /// <summary>Boots a guest that outlives this process (QEMU daemonised) in <paramref name="folder"/>,
+    /// which holds its kit; returns once its init is ready. <see cref="AttachAsync"/> controls it later,
+    /// from any process that sees the folder.</summary>
+    public static async Task StartInFolderAsync(string folder, int memoryMiB, CancellationToken ct)
+    {
+        if (SocketIn(folder).Length > 100)
+        {
+            throw new ArgumentException($"{folder} is too long a path for QEMU's control socket (unix sockets take 108 bytes)");
+        }
+        File.Delete(Path.Combine(folder, "serial.log"));
+        await File.WriteAllTextAsync(Path.Combine(folder, "live.json"), System.Text.Json.JsonSerializer.Serialize(new { memoryMiB }), ct);
+        var start = Arguments(folder, memoryMiB, RamIn(folder), Path.Combine(folder, "serial.log"), SocketIn(folder), incoming: false);
+        start.ArgumentList.Add("-daemonize");
+        start.ArgumentList.Add("-pidfile");
+        start.ArgumentList.Add(Path.Combine(folder, "qemu.pid"));
+        using (var launcher = Process.Start(start) ?? throw new InvalidOperationException("could not start qemu-system-x86_64"))
+        {
+            var stderr = launcher.StandardError.ReadToEndAsync(ct);
+            await launcher.WaitForExitAsync(ct);
+            if (launcher.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"QEMU did not start (exit {launcher.ExitCode}): {(await stderr).Trim()}");
+            }
+        }
+        await using var guest = await AttachAsync(folder, ct);
+        await guest.WaitForAsync("SEMIGRATE-READY", QemuGuest.BootTimeout, ct);
+    }
+
+    /// <summary>Takes control of the guest living in <paramref name="folder"/>; disposing ends the
+    /// control connection, not the guest, unless <see cref="QuitAsync"/> ends it.</summary>
+    public static async Task<LiveGuest> AttachAsync(string folder, CancellationToken ct)
+    {
+        var pid = int.Parse(File.ReadAllText(Path.Combine(folder, "qemu.pid")).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        var qemu = Process.GetProcessById(pid);
+        var qmp = await Qmp.ConnectAsync(SocketIn(folder), ct);
+        return new LiveGuest(qemu, qmp, null, Path.Combine(folder, "serial.log"), Task.FromResult("(daemonised: see its serial log)")) { detached = true };
+    }
+
+    /// <summary>Ends the guest.</summary>
+    public async Task QuitAsync()
+    {
+        detached = false;
+        await DisposeAsync();
     }
 
     public string SerialPath { get; }
@@ -35,21 +95,7 @@ public sealed partial class LiveGuest : IAsyncDisposable
     {
         // Unix socket paths are limited to 108 bytes: keep it short, outside the (maybe long) directory.
         var socketPath = Path.Combine(Path.GetTempPath(), $"semigrate-qmp-{Guid.NewGuid():N}"[..30] + ".sock");
-        var start = new ProcessStartInfo("qemu-system-x86_64",
-        [
-            "-accel", "tcg", "-m", $"{memoryMiB}M", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-vga", "none",
-            "-machine", "pc,memory-backend=ram",
-            "-object", $"memory-backend-file,id=ram,size={memoryMiB}M,mem-path={ramPath},share=on",
-            "-kernel", BootedGuest.KernelIn(kitDirectory), "-initrd", Path.Combine(kitDirectory, "initrd.gz"),
-            "-device", "vmcoreinfo", "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
-            "-serial", $"file:{serialPath}", "-monitor", "none", "-qmp", $"unix:{socketPath},server=on,wait=off",
-            .. incoming ? new[] { "-incoming", "defer" } : [],
-        ])
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var start = Arguments(kitDirectory, memoryMiB, ramPath, serialPath, socketPath, incoming);
         var qemu = Process.Start(start) ?? throw new InvalidOperationException("could not start qemu-system-x86_64");
         var stderr = qemu.StandardError.ReadToEndAsync(CancellationToken.None);
         try
@@ -77,6 +123,26 @@ public sealed partial class LiveGuest : IAsyncDisposable
         }
     }
 
+    /// <summary>The one QEMU command line: the same at the source and at the main host (device state
+    /// loads only into a machine made alike), but for -incoming.</summary>
+    private static ProcessStartInfo Arguments(string kitDirectory, int memoryMiB, string ramPath, string serialPath, string socketPath, bool incoming) =>
+        new("qemu-system-x86_64",
+        [
+            // -display none, not -nographic: a daemonised QEMU refuses -nographic.
+            "-accel", "tcg", "-m", $"{memoryMiB}M", "-smp", "1", "-display", "none", "-no-reboot", "-nodefaults", "-vga", "none",
+            "-machine", "pc,memory-backend=ram",
+            "-object", $"memory-backend-file,id=ram,size={memoryMiB}M,mem-path={ramPath},share=on",
+            "-kernel", BootedGuest.KernelIn(kitDirectory), "-initrd", Path.Combine(kitDirectory, "initrd.gz"),
+            "-device", "vmcoreinfo", "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
+            "-serial", $"file:{serialPath}", "-monitor", "none", "-qmp", $"unix:{socketPath},server=on,wait=off",
+            .. incoming ? new[] { "-incoming", "defer" } : [],
+        ])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+
     /// <summary>The serial console so far.</summary>
     public string Serial => QemuGuest.ReadShared(SerialPath);
 
@@ -99,7 +165,10 @@ public sealed partial class LiveGuest : IAsyncDisposable
     }
 
     /// <summary>The workload's reports so far, in order.</summary>
-    public IReadOnlyList<WorkloadPass> Passes => [.. WorkloadLine().Matches(Serial).Select(m => new WorkloadPass(
+    public IReadOnlyList<WorkloadPass> Passes => PassesIn(Serial);
+
+    /// <summary>The workload's reports in a serial log.</summary>
+    public static IReadOnlyList<WorkloadPass> PassesIn(string serial) => [.. WorkloadLine().Matches(serial).Select(m => new WorkloadPass(
         long.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), long.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture),
         m.Groups[3].Value, long.Parse(m.Groups[4].Value, System.Globalization.CultureInfo.InvariantCulture)))];
 
@@ -158,9 +227,15 @@ public sealed partial class LiveGuest : IAsyncDisposable
         }
     }
 
-    /// <summary>Ends QEMU (quit, or kill if it does not answer).</summary>
+    /// <summary>Ends QEMU (quit, or kill if it does not answer), unless detached: then only the control connection.</summary>
     public async ValueTask DisposeAsync()
     {
+        if (detached)
+        {
+            await qmp.DisposeAsync();
+            qemu.Dispose();
+            return;
+        }
         try
         {
             if (!qemu.HasExited)
@@ -180,7 +255,10 @@ public sealed partial class LiveGuest : IAsyncDisposable
         }
         await qmp.DisposeAsync();
         qemu.Dispose();
-        File.Delete(socketPath);
+        if (socketPath is not null)
+        {
+            File.Delete(socketPath);
+        }
     }
 
     [GeneratedRegex(@"WORKLOAD pass=(\d+) mib=\d+ errors=(\d+) checksum=([0-9a-f]+) ms=(\d+)")]

@@ -15,9 +15,12 @@ public static class GuestCommand
 {
     public static RootCommand AddGuestCommand(this RootCommand root)
     {
-        var guest = new Command("guest", "Boot a real Linux guest under QEMU and introspect guest memory dumps");
+        var guest = new Command("guest", "Boot real Linux guests under QEMU (dumped, or running on their own) and introspect guest memory");
         guest.Subcommands.Add(Boot());
         guest.Subcommands.Add(Introspect());
+        guest.Subcommands.Add(LiveGuestCommands.Start());
+        guest.Subcommands.Add(LiveGuestCommands.Stop());
+        guest.Subcommands.Add(LiveGuestCommands.List());
         root.Subcommands.Add(guest);
         return root;
     }

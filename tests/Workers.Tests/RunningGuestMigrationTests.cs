@@ -1,0 +1,87 @@
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Guest.Qemu;
+using SEmigrate.TestSupport;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>A running guest migrated: paused at the source for the stop-and-copy, its pages placed on
+/// the main host and two sub-hosts as ever, its device state and kernel handed over sealed, and it
+/// continues at the main host on RAM the main host's pager serves over FUSE, paging in from the
+/// sub-hosts. The guest's own workload, which checks every page it owns on every pass, must go on
+/// where it stopped with no page ever wrong.</summary>
+public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClassFixture<PostgresFixture>, IAsyncLifetime
+{
+    private readonly DirectoryInfo guests = Directory.CreateTempSubdirectory("semigrate-live-");
+
+    public ValueTask InitializeAsync() => ValueTask.CompletedTask;
+
+    public ValueTask DisposeAsync()
+    {
+        // The source's QEMU lives on its own: end it if the migration did not.
+        var pidFile = Path.Combine(guests.FullName, "g1", "qemu.pid");
+        if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
+        {
+            try
+            {
+                System.Diagnostics.Process.GetProcessById(pid).Kill();
+            }
+            catch (ArgumentException)
+            {
+            }
+        }
+        guests.Delete(recursive: true);
+        return ValueTask.CompletedTask;
+    }
+
+    [Fact]
+    public async Task A_running_guest_continues_at_the_main_host_with_its_workload_intact()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var folder = Path.Combine(guests.FullName, "g1");
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
+        // The guest runs on the source host: started there, in the source worker's mount namespace, as
+        // an operator would start it with `semigrate guest start`.
+        var started = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), ["--target", run.Fleet[run.Source].Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--"],
+            "guest", "start", "g1", "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "256M",
+            "--process", "vaultdb:16:VAULTDBMARK", "--freed", "scratch:24:STALEMARK", "--workload", "48");
+        Assert.True(started.ExitCode == 0, started.Stderr);
+        var listed = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), "guest", "list", "--guests", guests.FullName);
+        Assert.Matches(@"g1\s+running\s+256 MiB", listed.Stdout);
+        var request = run.Request(folder, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+
+        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        Assert.True(outcome.SwitchOver!.Running);
+        var atSource = LiveGuest.PassesIn(File.ReadAllText(Path.Combine(folder, "serial.log")));
+        Assert.NotEmpty(atSource);
+        Assert.False(File.Exists(Path.Combine(folder, "qemu.pid")) && IsRunning(File.ReadAllText(Path.Combine(folder, "qemu.pid"))),
+            "the source's QEMU ended when the VM left");
+
+        var serial = Path.Combine(run.StateOf(run.Main), "migrations", request.MigrationId.ToString("N"), "vm", "serial.log");
+        var until = DateTime.UtcNow.AddMinutes(2);
+        IReadOnlyList<WorkloadPass> atMain;
+        while ((atMain = LiveGuest.PassesIn(File.Exists(serial) ? File.ReadAllText(serial) : "")).Count < 3)
+        {
+            Assert.True(DateTime.UtcNow < until, $"the guest did not go on at the main host; serial log:\n{(File.Exists(serial) ? File.ReadAllText(serial) : "(none)")}");
+            await Task.Delay(200, ct);
+        }
+        TestContext.Current.TestOutputHelper?.WriteLine($"at the source: {atSource[^1]}; at the main host: {atMain.Count} passes, first {atMain[0]}, last {atMain[^1]}");
+        Assert.Equal(atSource[^1].Pass + 1, atMain[0].Pass);
+        Assert.All(atMain, p => Assert.Equal(0, p.Errors));
+    }
+
+    private static bool IsRunning(string pid)
+    {
+        try
+        {
+            return !System.Diagnostics.Process.GetProcessById(int.Parse(pid.Trim())).HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+}
