@@ -75,20 +75,22 @@ public sealed class MainHostActivities(
             e => new ValueTask(ReportAsync(input.MigrationId, e)));
         var local = input.Placement.Assignments.Where(a => a.Host == host.Host).Sum(a => a.Pages);
         Func<ulong, PageRecord?> blobs = pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null;
-        var (guest, ram) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
-            ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit)
-            : (null, null);
+        var (guest, ram, memory) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
+            ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
+            : (null, null, null);
         var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null);
-        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, guest, ram));
+        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, guest, ram, memory));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
         return result;
     }
 
     /// <summary>A running guest continues here: its kernel, initramfs and device state come out of the
-    /// sealed blobs the source handed over; its RAM is a FUSE file served by its pager; QEMU starts
-    /// with -incoming, loads the device state and continues the guest where it stopped.</summary>
-    private async Task<(LiveGuest, FuseRamFile)> RunAsync(SwitchOver input, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager, ulong pages)
+    /// sealed blobs the source handed over; its RAM is a FUSE file served by its pager, kept within
+    /// this host's share (<paramref name="budgetPages"/>); QEMU starts with -incoming, loads the device
+    /// state and continues the guest where it stopped.</summary>
+    private async Task<(LiveGuest, FuseRamFile, PagedRam)> RunAsync(SwitchOver input, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager, ulong pages,
+        long budgetPages)
     {
         var folder = Path.Combine(host.MigrationDirectory(input.MigrationId), "vm");
         Directory.CreateDirectory(folder);
@@ -98,16 +100,18 @@ public sealed class MainHostActivities(
         var deviceState = Path.Combine(folder, "device.state");
         await File.WriteAllBytesAsync(deviceState, Blob(BlobKind.DeviceState));
         var size = (long)pages * PageRecord.PageSize;
-        var ram = await FuseRamFile.MountAsync(Path.Combine(folder, "ram"), "ram", new PagedRam(pager, pages, size),
+        var memory = new PagedRam(pager, pages, size, budgetPages, line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line));
+        var ram = await FuseRamFile.MountAsync(Path.Combine(folder, "ram"), "ram", memory,
             line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line));
+        memory.StartEviction(ram);
         LiveGuest? guest = null;
         try
         {
             guest = await LiveGuest.StartAsync(folder, (int)(size >> 20), ram.FilePath, Path.Combine(folder, "serial.log"), incoming: true, StepToken.Current);
             await guest.LoadDeviceStateAsync(deviceState, StepToken.Current);
             await guest.ContinueAsync(StepToken.Current);
-            logger.LogInformation("VM {Vm} runs here (QEMU {Pid}), its RAM served from {Ram}", input.Vm, guest.Pid, ram.FilePath);
-            return (guest, ram);
+            logger.LogInformation("VM {Vm} runs here (QEMU {Pid}), its RAM served from {Ram}, at most {Budget} pages resident", input.Vm, guest.Pid, ram.FilePath, budgetPages);
+            return (guest, ram, memory);
         }
         catch
         {
@@ -116,6 +120,7 @@ public sealed class MainHostActivities(
                 await guest.DisposeAsync();
             }
             await ram.DisposeAsync();
+            await memory.DisposeAsync();
             throw;
         }
     }

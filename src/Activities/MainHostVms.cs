@@ -11,10 +11,10 @@ namespace SEmigrate.Activities;
 /// pages it has, and their classes) and its pager.</summary>
 public sealed class MainHostVms
 {
-    /// <summary><paramref name="Guest"/> and <paramref name="Ram"/>: the guest's QEMU and the FUSE file
-    /// of its RAM, when it was a running guest.</summary>
+    /// <summary><paramref name="Guest"/>, <paramref name="Ram"/> and <paramref name="Memory"/>: the guest's
+    /// QEMU, the FUSE file of its RAM and what serves it, when it was a running guest.</summary>
     public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, ClassificationMap Manifest, VmPager Pager,
-        LiveGuest? Guest = null, FuseRamFile? Ram = null)
+        LiveGuest? Guest = null, FuseRamFile? Ram = null, PagedRam? Memory = null)
     {
         /// <summary>The host that holds a page, from the placement's ranges.</summary>
         public static string HostOf(PlacementPlan plan, ulong pfn) =>
@@ -27,4 +27,6 @@ public sealed class MainHostVms
     public void Add(RunningVm vm) => vms[vm.Vm] = vm;
 
     public RunningVm? Find(Guid vm) => vms.GetValueOrDefault(vm);
+
+    public IReadOnlyList<RunningVm> All => [.. vms.Values];
 }

@@ -42,6 +42,9 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public string StateOf(string host) => Path.Combine(state.FullName, host);
 
+    /// <summary>What a host's worker wrote to its standard error (its log).</summary>
+    public string LogOf(string host) => File.Exists(Path.Combine(state.FullName, $"{host}.log")) ? File.ReadAllText(Path.Combine(state.FullName, $"{host}.log")) : "";
+
     /// <summary>A memory server's store folder (the main host's holds its share): what its administrator could read.</summary>
     public string StoreOf(string host) => Path.Combine(StateOf(host), "store");
 

@@ -50,3 +50,16 @@ public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, str
 /// <summary>An event as a workflow activity's input: the property's declared interface type makes the
 /// JSON carry the event's type name, so the activity gets the same event back.</summary>
 public sealed record RecordEvent(IMigrationEvent Event);
+
+/// <summary>Paging of a running VM at its main host over one interval (<paramref name="From"/> to
+/// <paramref name="At"/>): pages and bytes in and out per host (a host is a sub-host, or the main host
+/// for pages it sealed into its own store), page-in request latency percentiles, and the guest's
+/// resident memory against its budget (the main host's share), and what the guest's QEMU read from and
+/// wrote back to its RAM file in the interval (its page faults and the kernel's write-backs, bytes).
+/// Appended to the VM's own stream (stream id = <paramref name="Vm"/>); never page content or keys.</summary>
+public sealed record VmPaged(
+    Guid MigrationId, Guid Vm, string Main, IReadOnlyList<HostPaging> Hosts, double PageInP50Ms, double PageInP99Ms,
+    long ResidentPages, long PeakResidentPages, long BudgetPages, long FaultedBytes, long WrittenBackBytes, DateTimeOffset From, DateTimeOffset At);
+
+/// <summary>One host's paging in a <see cref="VmPaged"/> interval.</summary>
+public sealed record HostPaging(string Host, long PagesIn, long BytesIn, long PagesOut, long BytesOut);

@@ -1,4 +1,5 @@
 using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.MemoryServer.Store;
@@ -21,9 +22,16 @@ public sealed class VmPager(
     Func<PageIntegrityException, ValueTask>? onViolation = null)
 {
     private long fetched;
+    private long pagedOut;
+    private readonly Lock statsGate = new();
+    private readonly Dictionary<string, HostPaging> interval = new(StringComparer.Ordinal);
+    private readonly List<double> latencies = [];
 
     /// <summary>Pages paged in from sub-hosts so far.</summary>
     public long FetchedPages => Interlocked.Read(ref fetched);
+
+    /// <summary>Pages paged out so far (to sub-hosts, or sealed into this host's own store).</summary>
+    public long PagedOutPages => Interlocked.Read(ref pagedOut);
 
     public Task PageInAsync(ulong pfn, Memory<byte> page, CancellationToken ct = default) => ReadAsync([pfn], page, ct);
 
@@ -63,11 +71,13 @@ public sealed class VmPager(
     {
         var wanted = indexes.Select(i => pfns[i]).ToArray();
         IReadOnlyList<PageRecord> records = [];
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
         await CheckedAsync(wanted[0], host, async () =>
         {
             try
             {
                 records = await client.FetchAsync(host, codec.Vm, wanted, ct);
+                Count(host, wanted.Length, records.Sum(r => (long)r.WireSize), 0, 0, System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
             }
             catch (PageProtocolException e) when (e.Code is PageError.Malformed or PageError.UnknownPage)
             {
@@ -83,6 +93,34 @@ public sealed class VmPager(
             await CheckedAsync(wanted[i], host, () => codec.Open(wanted[i], records[i], table, host, pages.Slice(indexes[i] * PageRecord.PageSize, PageRecord.PageSize).Span));
         }
         Interlocked.Add(ref fetched, wanted.Length);
+    }
+
+    /// <summary>Paging per host since the last report, and page-in request latency percentiles (ms);
+    /// the counts start again from zero.</summary>
+    public (IReadOnlyList<HostPaging> Hosts, double P50Ms, double P99Ms) TakeReport()
+    {
+        lock (statsGate)
+        {
+            var sorted = latencies.Order().ToList();
+            double At(int p) => sorted.Count == 0 ? 0 : sorted[Math.Min(sorted.Count - 1, sorted.Count * p / 100)];
+            (IReadOnlyList<HostPaging>, double, double) report = ([.. interval.Values.OrderBy(h => h.Host, StringComparer.Ordinal)], At(50), At(99));
+            interval.Clear();
+            latencies.Clear();
+            return report;
+        }
+    }
+
+    private void Count(string host, long pagesIn, long bytesIn, long pagesOut, long bytesOut, double? latencyMs)
+    {
+        lock (statsGate)
+        {
+            var h = interval.GetValueOrDefault(host) ?? new HostPaging(host, 0, 0, 0, 0);
+            interval[host] = h with { PagesIn = h.PagesIn + pagesIn, BytesIn = h.BytesIn + bytesIn, PagesOut = h.PagesOut + pagesOut, BytesOut = h.BytesOut + bytesOut };
+            if (latencyMs is { } ms && latencies.Count < 100_000)
+            {
+                latencies.Add(ms);
+            }
+        }
     }
 
     private PageRecord Missing(ulong pfn, string host) => throw new PageIntegrityException(codec.Vm, pfn, host, $"page 0x{pfn:x} is missing from this host's own store");
@@ -109,11 +147,29 @@ public sealed class VmPager(
         }
     }
 
-    public async Task PageOutAsync(ulong pfn, ReadOnlyMemory<byte> page, CancellationToken ct = default)
+    public Task PageOutAsync(ulong pfn, ReadOnlyMemory<byte> page, CancellationToken ct = default) => PageOutAsync([(pfn, page)], ct);
+
+    /// <summary>Pages out several pages, one request per host that holds them (this host's own share
+    /// goes to its own store); each page's table entry moves on once its host has it.</summary>
+    public async Task PageOutAsync(IReadOnlyList<(ulong Pfn, ReadOnlyMemory<byte> Page)> pages, CancellationToken ct = default)
     {
-        var version = table[pfn].Version + 1;
-        var record = codec.Encode(pfn, version, PageClass.Sealed, page.Span);
-        await client.PageOutAsync(hostOf(pfn), codec.Vm, [record], ct);
-        table.Set(pfn, record.Class, version);
+        await Task.WhenAll(pages.GroupBy(p => hostOf(p.Pfn)).Select(async group =>
+        {
+            var records = group.Select(p => codec.Encode(p.Pfn, table[p.Pfn].Version + 1, PageClass.Sealed, p.Page.Span)).ToList();
+            if (group.Key == self && local is not null)
+            {
+                local.Put(codec.Vm, records);
+            }
+            else
+            {
+                await client.PageOutAsync(group.Key, codec.Vm, records, ct);
+            }
+            foreach (var r in records)
+            {
+                table.Set(r.Pfn, r.Class, r.Version);
+            }
+            Interlocked.Add(ref pagedOut, records.Count);
+            Count(group.Key, 0, 0, records.Count, records.Sum(r => (long)r.WireSize), null);
+        }));
     }
 }

@@ -11,7 +11,7 @@ namespace SEmigrate.Workers.Audit;
 public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<MigrationSwitchedOver>,
-    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>
+    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<VmPaged>
 {
     public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context, context.Message);
 
@@ -33,15 +33,20 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
 
     public Task Consume(ConsumeContext<PageCheckFailed> context) => AppendAsync(context, context.Message);
 
-    private async Task AppendAsync(ConsumeContext context, IMigrationEvent e)
+    /// <summary>Paging goes to the VM's own stream: it outlives the migration that brought the VM.</summary>
+    public Task Consume(ConsumeContext<VmPaged> context) => AppendAsync(context, context.Message.Vm, context.Message);
+
+    private Task AppendAsync(ConsumeContext context, IMigrationEvent e) => AppendAsync(context, e.MigrationId, e);
+
+    private async Task AppendAsync(ConsumeContext context, Guid stream, object e)
     {
         var id = context.MessageId ?? throw new InvalidOperationException($"a {e.GetType().Name} without a message id cannot be recorded once");
         if (await session.LoadAsync<AuditedMessage>(id, context.CancellationToken) is not null)
         {
             return; // recorded before the broker's redelivery
         }
-        session.Events.Append(e.MigrationId, e);
-        session.Insert(new AuditedMessage(id, e.MigrationId));
+        session.Events.Append(stream, e);
+        session.Insert(new AuditedMessage(id, stream));
         await session.SaveChangesAsync(context.CancellationToken);
     }
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Contracts.Migration;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Roles;
 
@@ -34,12 +35,18 @@ public static class StatusCommand
                 Console.WriteLine(JsonSerializer.Serialize(found, MigrateCommand.Json));
                 return 0;
             }
+            var paging = found.Count == 0 ? [] : (await query.LoadManyAsync<VmPagingSummary>(ct, found.Select(m => m.Vm).Distinct())).ToDictionary(p => p.Id);
             foreach (var m in found)
             {
                 Console.WriteLine($"{m.Id}  {m.State,-13} {m.Mode,-9} {m.Source} -> {m.Main} + {string.Join(", ", m.SubHosts)}  {m.RequestedAt:u}" +
                     (m.Pages is { } p ? $"  pages {p.Zero}/{p.Plain}/{p.Sealed} zero/plain/sealed" : "") +
                     (m.Transfers.Count > 0 ? $"  {m.Transfers.Count} transfers done" : "") +
                     (m.SecurityEvents > 0 ? $"  SECURITY EVENTS: {m.SecurityEvents} (pages that failed their check)" : "") + (m.Reason is null ? "" : $"  reason: {m.Reason}"));
+                if (paging.GetValueOrDefault(m.Vm) is { } v && m.State == MigrationState.SwitchedOver)
+                {
+                    Console.WriteLine($"  VM {m.Vm} runs at {v.Main}: {v.PagesIn} pages paged in ({v.BytesIn / 1048576.0:0.0} MiB), {v.PagesOut} paged out ({v.BytesOut / 1048576.0:0.0} MiB); " +
+                        $"resident {v.ResidentPages / 256.0:0} MiB (peak {v.PeakResidentPages / 256.0:0}, share {v.BudgetPages / 256.0:0}); page-in p99 {v.LastPageInP99Ms:0.0} ms; as of {v.UpdatedAt:u}");
+                }
             }
             if (found.Count == 0)
             {

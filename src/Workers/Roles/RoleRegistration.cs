@@ -59,6 +59,7 @@ public static class RoleRegistration
                 builder.Services.AddSingleton(_ => HostKeyPair.LoadOrCreate(Path.Combine(stateDirectory, "host.key")));
                 builder.Services.AddSingleton<MainHostVms>();
                 builder.Services.AddSingleton<MainHostActivities>();
+                builder.Services.AddHostedService<PagingReporter>();
                 break;
         }
         if (Temporal(builder) is { } temporal)
@@ -144,8 +145,9 @@ public static class RoleRegistration
             o.DatabaseSchemaName = pg.Schema;
             o.AutoCreateSchemaObjects = AutoCreate.CreateOrUpdate;
             // Every event type, as the contract lists them for JSON (one list to keep).
-            o.Events.AddEventTypes([.. typeof(IMigrationEvent).GetCustomAttributes<JsonDerivedTypeAttribute>().Select(a => a.DerivedType)]);
+            o.Events.AddEventTypes([.. typeof(IMigrationEvent).GetCustomAttributes<JsonDerivedTypeAttribute>().Select(a => a.DerivedType), typeof(VmPaged)]);
             o.Projections.Add<MigrationSummaryProjection>(ProjectionLifecycle.Inline);
+            o.Projections.Add<VmPagingSummaryProjection>(ProjectionLifecycle.Inline);
             return o;
         }).UseLightweightSessions();
         return builder;
