@@ -236,12 +236,19 @@ public sealed partial class LiveGuest : IAsyncDisposable
             qemu.Dispose();
             return;
         }
+        // /proc, not Process.HasExited: an attached QEMU is no child of this process, and Process
+        // answers for it only while it lives.
+        var pid = qemu.Id;
+        bool Exited() => !Directory.Exists($"/proc/{pid}");
         try
         {
-            if (!qemu.HasExited)
+            if (!Exited())
             {
                 await qmp.ExecuteAsync("quit", null, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5));
-                await qemu.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+                for (var until = DateTime.UtcNow.AddSeconds(10); !Exited() && DateTime.UtcNow < until;)
+                {
+                    await Task.Delay(50);
+                }
             }
         }
 #pragma warning disable CA1031 // ending it anyway
@@ -249,9 +256,16 @@ public sealed partial class LiveGuest : IAsyncDisposable
 #pragma warning restore CA1031
         {
         }
-        if (!qemu.HasExited)
+        try
         {
-            qemu.Kill(entireProcessTree: true);
+            if (!Exited())
+            {
+                qemu.Kill(entireProcessTree: true);
+            }
+        }
+        catch (InvalidOperationException)
+        {
+            // it ended meanwhile
         }
         await qmp.DisposeAsync();
         qemu.Dispose();

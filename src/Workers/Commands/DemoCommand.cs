@@ -52,10 +52,11 @@ public static class DemoCommand
         var guestDir = new Option<DirectoryInfo?>("--guest") { Description = "Migrate this guest (made by `semigrate guest boot`) instead of the default one" };
         var plain = new Option<string[]>("--plain-process") { Description = "A process whose memory is already encrypted (default: vaultdb, when the guest has it)" };
         var keep = new Option<DirectoryInfo?>("--keep") { Description = "Leave each host's state, the sub-hosts' store folders and the logs here" };
-        var json = new Option<bool>("--json") { Description = "Print one JSON object per mode (one line each)" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object per mode (one line each), and one for the running guest" };
+        var noRunning = new Option<bool>("--no-running") { Description = "Skip the running guest (migrated while it runs, then watched at the main host)" };
         var command = new Command("demo", "Start everything on this machine, migrate a real guest to a main host and two sub-hosts, check every page, print a summary")
         {
-            modes, guestDir, plain, keep, json,
+            modes, guestDir, plain, keep, json, noRunning,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -87,11 +88,24 @@ public static class DemoCommand
                     Console.WriteLine(JsonSerializer.Serialize(run, MigrateCommand.Json));
                 }
             }
+            var running = parse.GetValue(noRunning) ? null : await DemoRunningGuest.RunAsync(keepDir, Say, ct);
+            if (parse.GetValue(json) && running is not null)
+            {
+                Console.WriteLine(JsonSerializer.Serialize(new { running }, MigrateCommand.Json));
+            }
             if (!parse.GetValue(json))
             {
                 PrintSummary(runs, guest.Directory, plainProcesses);
+                if (running is not null)
+                {
+                    Console.WriteLine();
+                    Console.WriteLine($"running guest ({running.State}, semigrate): workload at pass {running.PassAtSource} at the source, then {running.PassesAtMain} passes at the main host, " +
+                        $"{running.WrongPages} pages ever wrong; migrated in {running.MigrationSeconds:0.0} s");
+                    Console.WriteLine($"  at the main host: {running.PagedInMiB:0} MiB paged in, {running.PagedOutMiB:0} MiB paged out, {running.FaultedMiB:0} MiB faulted in by the guest, " +
+                        $"resident at most {running.PeakResidentMiB:0} MiB of a {running.ShareMiB:0} MiB share, page-in p99 {running.PageInP99Ms:0.0} ms");
+                }
             }
-            return runs.All(r => r.DigestOk) ? 0 : 1;
+            return runs.All(r => r.DigestOk) && running is null or { State: "SwitchedOver", WrongPages: 0 } ? 0 : 1;
         });
         root.Subcommands.Add(command);
         return root;

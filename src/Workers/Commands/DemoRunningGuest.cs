@@ -1,0 +1,161 @@
+using System.Diagnostics;
+using Marten;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Guest.Qemu;
+using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Processes;
+using SEmigrate.Workers.Roles;
+using SEmigrate.Workers.Settings;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Commands;
+
+/// <summary>The demo's running guest: a guest started on the source host (in the source worker's mount
+/// namespace, as `semigrate guest start` there) with a memory workload, migrated while it runs, and
+/// watched going on at the main host on RAM paged from the sub-hosts.</summary>
+public static class DemoRunningGuest
+{
+    private const string Name = "demo-live";
+    private const int MemoryMiB = 256;
+    private const int WorkloadMiB = 48;
+
+    /// <summary>What the demo saw: the workload's last pass at the source, its passes at the main host
+    /// (pages ever found wrong), and the main host's paging.</summary>
+    public sealed record Result(
+        string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double PagedInMiB, double PagedOutMiB,
+        double FaultedMiB, double PeakResidentMiB, double ShareMiB, double PageInP99Ms);
+
+    public static async Task<Result?> RunAsync(string? keepDir, Action<string> say, CancellationToken ct)
+    {
+        if (!WorkerFleet.CanIsolate)
+        {
+            say("running guest: skipped (the hosts' mount namespaces and FUSE need root)");
+            return null;
+        }
+        var id = Guid.NewGuid().ToString("N")[..6];
+        var (source, main, sub1, sub2) = ($"live-{id}-source", $"live-{id}-main", $"live-{id}-sub-1", $"live-{id}-sub-2");
+        var root = keepDir is null ? Directory.CreateTempSubdirectory("semigrate-live-").FullName : Path.Combine(keepDir, "running");
+        var guests = Directory.CreateDirectory(Path.Combine(root, "guests")).FullName;
+        var logs = Directory.CreateDirectory(Path.Combine(root, "logs")).FullName;
+        // The main host's share is a third of the guest, as in the original paper; the sub-hosts hold the rest.
+        var (mainPages, subPages) = (MemoryMiB * 256L * 35 / 100, MemoryMiB * 256L * 40 / 100);
+        say($"running guest: starting workers {source}, {main}, {sub1}, {sub2}, each in a mount namespace of its own");
+        using var fleet = await WorkerFleet.StartAsync(
+        [
+            new WorkerFleet.Worker("source", source, GuestsFolder: guests),
+            new WorkerFleet.Worker("main", main, mainPages + 1024),
+            new WorkerFleet.Worker("sub", sub1, subPages + 1024),
+            new WorkerFleet.Worker("sub", sub2, subPages + 1024),
+        ], Path.Combine(root, "hosts"), logs, ct, isolated: true);
+        using var host = Orchestrator.Build(StepPolicies.Default);
+        await host.StartAsync(ct);
+        var vm = Guid.NewGuid();
+        try
+        {
+            say($"running guest: booting {Name} ({MemoryMiB} MiB, a {WorkloadMiB} MiB workload) on {source}");
+            await StartOnSourceAsync(fleet[source].Pid, ct);
+            var serial = Path.Combine(guests, Name, "serial.log");
+            await UntilAsync(() => LiveGuest.PassesIn(File.ReadAllText(serial)).Count >= 3, TimeSpan.FromMinutes(3), ct);
+            say($"running guest: at {source}: {LiveGuest.PassesIn(File.ReadAllText(serial))[^1]}; migrating while it runs");
+
+            var request = new MigrationRequest(Guid.NewGuid(), vm, Name, source, new Destination(main, mainPages),
+                [new Destination(sub1, subPages), new Destination(sub2, subPages)], MigrationMode.Semigrate, ["vaultdb"]);
+            var clock = Stopwatch.StartNew();
+            var outcome = await MigrateCommand.FollowAsync(host.Services, request, quiet: true, ct) ?? throw new InvalidOperationException("the demo never detaches");
+            var seconds = clock.Elapsed.TotalSeconds;
+            var atSource = LiveGuest.PassesIn(File.ReadAllText(serial));
+            if (outcome.State != MigrationState.SwitchedOver || outcome.SwitchOver is not { Running: true })
+            {
+                say($"running guest: {outcome.State}: {outcome.Reason}");
+                return new Result(outcome.State.ToString(), outcome.Reason, atSource.LastOrDefault()?.Pass ?? 0, 0, 0, seconds, 0, 0, 0, 0, 0, 0);
+            }
+
+            // The main host's view of the guest: its serial log there, where the workload goes on.
+            var mainSerial = Path.Combine(root, "hosts", main, "migrations", request.MigrationId.ToString("N"), "vm", "serial.log");
+            IReadOnlyList<WorkloadPass> PassesAtMain() => File.Exists(mainSerial) ? LiveGuest.PassesIn(File.ReadAllText(mainSerial)) : [];
+            say($"running guest: switched over in {seconds:0.0} s; it runs at {main} now, watching it for 20 s");
+            await UntilAsync(() => PassesAtMain().Count >= 3, TimeSpan.FromMinutes(2), ct);
+            await Task.Delay(TimeSpan.FromSeconds(20), ct);
+            var atMain = PassesAtMain();
+            await Task.Delay(PagingReporter.Every * 2, ct); // the last paging report reaches the audit trail
+            await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+            var paging = await query.LoadAsync<VmPagingSummary>(vm, ct);
+            var result = new Result(outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1, seconds,
+                (paging?.BytesIn ?? 0) / 1048576.0, (paging?.BytesOut ?? 0) / 1048576.0, (paging?.FaultedBytes ?? 0) / 1048576.0,
+                (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0);
+            say($"running guest: at {main}: passes {atMain.FirstOrDefault()?.Pass}..{atMain.LastOrDefault()?.Pass}, {result.WrongPages} pages ever wrong; " +
+                $"{result.PagedInMiB:0} MiB paged in, {result.PagedOutMiB:0} MiB paged out, resident at most {result.PeakResidentMiB:0} MiB of a {result.ShareMiB:0} MiB share");
+            return result;
+        }
+        finally
+        {
+            await host.StopAsync(CancellationToken.None);
+            fleet.Dispose();
+            StopSourceGuest(Path.Combine(guests, Name));
+            await WorkerFleet.DeleteQueuesAsync(host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, [source, main, sub1, sub2], [vm]);
+            if (keepDir is null)
+            {
+                Directory.Delete(root, recursive: true);
+            }
+        }
+    }
+
+    /// <summary>`semigrate guest start` inside the source worker's mount namespace: the guest runs on the source host.</summary>
+    private static async Task StartOnSourceAsync(int sourcePid, CancellationToken ct)
+    {
+        var start = new ProcessStartInfo("nsenter",
+        [
+            "--target", sourcePid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--", ChildProcess.Executable,
+            "guest", "start", Name, "--guests", WorkerFleet.IsolatedGuests, "--mem", $"{MemoryMiB}M", "--process", "vaultdb:16:VAULTDBMARK",
+            "--process", "webapp:8:WEBAPPMARK", "--freed", "scratch:24:STALEMARK", "--workload", $"{WorkloadMiB}",
+        ])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start nsenter");
+        var stderr = process.StandardError.ReadToEndAsync(ct);
+        _ = await process.StandardOutput.ReadToEndAsync(ct);
+        await process.WaitForExitAsync(ct);
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"starting the running guest failed: {(await stderr).Trim()}");
+        }
+    }
+
+    /// <summary>The source's QEMU lives on its own; a migration that switched over ended it already.</summary>
+    private static void StopSourceGuest(string folder)
+    {
+        var pidFile = Path.Combine(folder, "qemu.pid");
+        if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
+        {
+            try
+            {
+                using var qemu = Process.GetProcessById(pid);
+                qemu.Kill();
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                // gone already
+            }
+        }
+    }
+
+    private static async Task UntilAsync(Func<bool> done, TimeSpan timeout, CancellationToken ct)
+    {
+        var until = DateTime.UtcNow + timeout;
+        while (!done())
+        {
+            if (DateTime.UtcNow > until)
+            {
+                throw new TimeoutException($"the running guest did not get there within {timeout.TotalSeconds:0} s");
+            }
+            await Task.Delay(250, ct);
+        }
+    }
+}
