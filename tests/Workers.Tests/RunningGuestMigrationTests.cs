@@ -38,8 +38,11 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         return ValueTask.CompletedTask;
     }
 
-    [Fact]
-    public async Task A_running_guest_continues_at_the_main_host_with_its_workload_intact()
+    [Theory]
+    [InlineData(MigrationMode.Semigrate)]
+    [InlineData(MigrationMode.AllEnc)]
+    [InlineData(MigrationMode.NoEnc)]
+    public async Task A_running_guest_continues_at_the_main_host_with_its_workload_intact_through_paging(MigrationMode mode)
     {
         var ct = TestContext.Current.CancellationToken;
         var folder = Path.Combine(guests.FullName, "g1");
@@ -54,7 +57,7 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         Assert.Matches(@"g1\s+running\s+256 MiB", listed.Stdout);
         // The main host's share (62 MiB) holds the workload's 48 MiB but not all the guest touches: the
         // guest runs on paging, its pages going out to the sub-hosts and coming back.
-        var request = run.Request(folder, MigrationMode.Semigrate, mainCapacity: 16000, subCapacity: 30000);
+        var request = run.Request(folder, mode, mainCapacity: 16000, subCapacity: 30000);
 
         var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
 
