@@ -25,6 +25,9 @@ public class CommandLineTests
     [InlineData("guest")]
     [InlineData("guest", "boot")]
     [InlineData("guest", "introspect")]
+    [InlineData("guest", "start")]
+    [InlineData("guest", "stop")]
+    [InlineData("guest", "list")]
     [InlineData("worker")]
     [InlineData("migrate")]
     [InlineData("status")]
@@ -52,6 +55,35 @@ public class CommandLineTests
         Assert.Equal(2, r.ExitCode);
         Assert.Contains(message, r.Stderr, StringComparison.Ordinal);
         Assert.Single(r.Stderr.Trim().Split('\n'));
+    }
+
+    [Theory]
+    [InlineData("--mem", "4G", "at most 3G for a running guest")]
+    [InlineData("--workload", "-1", "must not be negative")]
+    [InlineData("--process", "vaultdb", "is not NAME:MIB:MARKER")]
+    public async Task Guest_start_refuses_bad_arguments_before_anything_starts(string option, string value, string message)
+    {
+        var guests = Directory.CreateTempSubdirectory("semigrate-cli-guests-");
+        var r = await SemigrateProcess.RunAsync(NoEnvironment, "guest", "start", "g1", "--guests", guests.FullName, option, value);
+
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(message, r.Stderr, StringComparison.Ordinal);
+        Assert.Empty(guests.GetFileSystemInfos());
+        guests.Delete();
+    }
+
+    [Fact]
+    public async Task Guest_stop_and_list_say_what_is_not_there()
+    {
+        var guests = Directory.CreateTempSubdirectory("semigrate-cli-guests-");
+        var stop = await SemigrateProcess.RunAsync(NoEnvironment, "guest", "stop", "nobody", "--guests", guests.FullName);
+        var list = await SemigrateProcess.RunAsync(NoEnvironment, "guest", "list", "--guests", guests.FullName);
+
+        Assert.Equal(1, stop.ExitCode);
+        Assert.Contains("guest nobody does not run here", stop.Stderr, StringComparison.Ordinal);
+        Assert.Equal(0, list.ExitCode);
+        Assert.Contains("no guests in", list.Stdout, StringComparison.Ordinal);
+        guests.Delete();
     }
 
     [Fact]

@@ -32,6 +32,16 @@ public sealed partial record GuestProcess(string Name, int MiB, string Marker, b
 /// workload (deploy/guest/workload.c) checks and rewrites for ever (0: none).</summary>
 public sealed record GuestSpec(int MemoryMiB, IReadOnlyList<GuestProcess> Processes, int WorkloadMiB = 0)
 {
+    /// <summary>A spec from the command line's words: memory ("256M"), NAME:MIB:MARKER processes that stay
+    /// and ones that free their memory, the workload's MiB; a bad one throws FormatException.</summary>
+    public static GuestSpec Parse(string memory, IEnumerable<string>? processes, IEnumerable<string>? freed, int workloadMiB = 0) =>
+        workloadMiB < 0 ? throw new FormatException("the workload's size must not be negative")
+        : new(QemuGuest.ParseMemoryMiB(memory),
+        [
+            .. (processes ?? []).Select(p => GuestProcess.Parse(p)),
+            .. (freed ?? []).Select(p => GuestProcess.Parse(p, freed: true)),
+        ], workloadMiB);
+
     /// <summary>The guest kit's arguments (deploy/guest/guest-kit.sh).</summary>
     public IEnumerable<string> KitArguments => Processes.Select(p => p.KitArgument).Concat(WorkloadMiB > 0 ? [$"work:{WorkloadMiB}"] : []);
 }

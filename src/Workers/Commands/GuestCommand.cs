@@ -47,11 +47,7 @@ public static class GuestCommand
             GuestSpec spec;
             try
             {
-                spec = new GuestSpec(QemuGuest.ParseMemoryMiB(parse.GetValue(mem)!),
-                [
-                    .. (parse.GetValue(process) ?? []).Select(p => GuestProcess.Parse(p)),
-                    .. (parse.GetValue(freed) ?? []).Select(p => GuestProcess.Parse(p, freed: true)),
-                ]);
+                spec = GuestSpec.Parse(parse.GetValue(mem)!, parse.GetValue(process), parse.GetValue(freed));
             }
             catch (FormatException e)
             {

@@ -28,14 +28,10 @@ public static class LiveGuestCommands
             GuestSpec spec;
             try
             {
-                spec = new GuestSpec(QemuGuest.ParseMemoryMiB(parse.GetValue(mem)!),
-                [
-                    .. (parse.GetValue(process) ?? []).Select(p => GuestProcess.Parse(p)),
-                    .. (parse.GetValue(freed) ?? []).Select(p => GuestProcess.Parse(p, freed: true)),
-                ], parse.GetValue(workload));
-                if (spec.MemoryMiB > 3072 || spec.WorkloadMiB < 0)
+                spec = GuestSpec.Parse(parse.GetValue(mem)!, parse.GetValue(process), parse.GetValue(freed), parse.GetValue(workload));
+                if (spec.MemoryMiB > 3072)
                 {
-                    throw new FormatException("--mem: at most 3G for a running guest; --workload must not be negative");
+                    throw new FormatException("--mem: at most 3G for a running guest (its RAM file maps guest memory from 0)");
                 }
             }
             catch (FormatException e)
