@@ -71,8 +71,10 @@ public sealed class MainHostActivities(
         }
         var epochs = new EpochFile(Path.Combine(host.MigrationDirectory(input.MigrationId), "page-out-epoch"), PageOutEpochs);
         var codec = new PageCodec(input.Mode, input.Vm, key.CreateSealer(input.Vm, epochs.Next()), opener);
+        var unavailable = new System.Collections.Concurrent.ConcurrentDictionary<string, DateTime>(StringComparer.Ordinal);
         var pager = new VmPager(client, codec, table, pfn => MainHostVms.RunningVm.HostOf(input.Placement, pfn), host.Host, store,
-            e => new ValueTask(ReportAsync(input.MigrationId, e)));
+            e => new ValueTask(ReportAsync(input.MigrationId, e)),
+            (e, pfn, count) => new ValueTask(UnavailableAsync(input.MigrationId, input.Vm, e, pfn, count, unavailable)));
         var local = input.Placement.Assignments.Where(a => a.Host == host.Host).Sum(a => a.Pages);
         Func<ulong, PageRecord?> blobs = pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null;
         var (guest, ram, memory) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
@@ -168,6 +170,22 @@ public sealed class MainHostActivities(
             }
         }
         return digest.Result(vm.Pager.FetchedPages - before);
+    }
+
+    /// <summary>A host that does not serve a running VM's pages: a clear log line each time, an
+    /// availability event at most every 10 s per host.</summary>
+    private async Task UnavailableAsync(Guid migrationId, Guid vm, MemoryServer.PageProtocolException e, ulong pfn, int pages,
+        System.Collections.Concurrent.ConcurrentDictionary<string, DateTime> last)
+    {
+        logger.LogError("VM {Vm}: {Pages} pages from 0x{Pfn:x} could not be paged in from {Host}: {Problem}; the guest's read fails (QEMU stops the guest)",
+            vm, pages, pfn, e.Host, e.Message);
+        var now = DateTime.UtcNow;
+        if (last.TryGetValue(e.Host, out var at) && now - at < TimeSpan.FromSeconds(10))
+        {
+            return;
+        }
+        last[e.Host] = now;
+        await publish.Publish(new PagesUnavailable(migrationId, vm, host.Host, e.Host, (long)pfn, pages, e.Message, DateTimeOffset.UtcNow));
     }
 
     private async Task ReportAsync(Guid migrationId, PageIntegrityException e)

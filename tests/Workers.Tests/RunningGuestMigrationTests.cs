@@ -1,6 +1,7 @@
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Qemu;
 using SEmigrate.TestSupport;
@@ -96,6 +97,71 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         Assert.True(paging.PeakResidentPages <= paging.BudgetPages * 11 / 10,
             $"peak resident {paging.PeakResidentPages} pages, share {paging.BudgetPages}; main host's log:\n{string.Join('\n', run.LogOf(run.Main).Split('\n').Where(l => l.Contains("RAM", StringComparison.Ordinal) || l.Contains("fail", StringComparison.OrdinalIgnoreCase)).Take(20))}");
         Assert.All(atMain, p => Assert.Equal(0, p.Errors));
+    }
+
+    [Fact]
+    public async Task Sub_hosts_that_die_under_a_running_guest_are_an_availability_event_never_wrong_memory()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var folder = Path.Combine(guests.FullName, "g1");
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
+        var started = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), ["--target", run.Fleet[run.Source].Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--"],
+            "guest", "start", "g1", "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "256M", "--workload", "48");
+        Assert.True(started.ExitCode == 0, started.Stderr);
+        var request = run.Request(folder, MigrationMode.Semigrate, mainCapacity: 16000, subCapacity: 30000);
+        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        var serial = Path.Combine(run.StateOf(run.Main), "migrations", request.MigrationId.ToString("N"), "vm", "serial.log");
+        var until = DateTime.UtcNow.AddMinutes(2);
+        while (LiveGuest.PassesIn(File.Exists(serial) ? File.ReadAllText(serial) : "").Count < 2)
+        {
+            Assert.True(DateTime.UtcNow < until, "the guest did not go on at the main host");
+            await Task.Delay(200, ct);
+        }
+
+        run.Fleet[run.Sub1].Kill();
+        run.Fleet[run.Sub2].Kill();
+
+        await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+        until = DateTime.UtcNow.AddMinutes(2);
+        IReadOnlyList<object> events;
+        while (!(events = [.. (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data)]).OfType<PagesUnavailable>().Any())
+        {
+            Assert.True(DateTime.UtcNow < until, "no availability event");
+            await Task.Delay(500, ct);
+        }
+        var unavailable = events.OfType<PagesUnavailable>().First();
+        Assert.Contains(unavailable.Host, new[] { run.Sub1, run.Sub2 });
+        Assert.Equal(run.Main, unavailable.Main);
+        Assert.Contains($"could not be paged in from {unavailable.Host}", run.LogOf(run.Main), StringComparison.Ordinal);
+        // Nothing wrong was ever served: no pass found a wrong page, and no page failed its check.
+        Assert.All(LiveGuest.PassesIn(File.ReadAllText(serial)), p => Assert.Equal(0, p.Errors));
+        Assert.Empty(events.OfType<PageCheckFailed>());
+        // And the guest does not run on unreadable RAM: its QEMU stops (the bus error ends it).
+        var id = request.MigrationId.ToString("N");
+        bool QemuRuns() => Directory.GetDirectories("/proc").Any(d => int.TryParse(Path.GetFileName(d), out _) && Cmdline(d).Contains(id, StringComparison.Ordinal));
+        until = DateTime.UtcNow.AddSeconds(60);
+        while (QemuRuns())
+        {
+            Assert.True(DateTime.UtcNow < until, "the guest's QEMU still runs on RAM it cannot read");
+            await Task.Delay(500, ct);
+        }
+    }
+
+    private static string Cmdline(string proc)
+    {
+        try
+        {
+            return File.ReadAllText(Path.Combine(proc, "cmdline"));
+        }
+        catch (IOException)
+        {
+            return "";
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return "";
+        }
     }
 
     private static bool IsRunning(string pid)

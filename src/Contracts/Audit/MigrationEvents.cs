@@ -17,6 +17,7 @@ namespace SEmigrate.Contracts.Audit;
 [JsonDerivedType(typeof(MigrationCompensated), nameof(MigrationCompensated))]
 [JsonDerivedType(typeof(MigrationRefused), nameof(MigrationRefused))]
 [JsonDerivedType(typeof(PageCheckFailed), nameof(PageCheckFailed))]
+[JsonDerivedType(typeof(PagesUnavailable), nameof(PagesUnavailable))]
 public interface IMigrationEvent
 {
     Guid MigrationId { get; }
@@ -46,6 +47,11 @@ public sealed record MigrationRefused(Guid MigrationId, string Reason, DateTimeO
 /// check (altered, swapped, replayed, relabelled, or missing), so it was not used. Names the page, never
 /// its content.</summary>
 public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, string Problem, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>An availability event: <paramref name="Host"/> did not serve pages the main host needed (from
+/// <paramref name="Pfn"/>, <paramref name="Pages"/> of them) for a VM that runs there, so the guest's read
+/// failed (QEMU stops a guest whose RAM cannot be read). At most one per host every 10 s.</summary>
+public sealed record PagesUnavailable(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, int Pages, string Problem, DateTimeOffset At) : IMigrationEvent;
 
 /// <summary>An event as a workflow activity's input: the property's declared interface type makes the
 /// JSON carry the event's type name, so the activity gets the same event back.</summary>

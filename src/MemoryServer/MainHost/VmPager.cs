@@ -19,7 +19,7 @@ namespace SEmigrate.MemoryServer.MainHost;
 /// caller drops its copy only after that.</summary>
 public sealed class VmPager(
     PageClient client, PageCodec codec, PageTable table, Func<ulong, string> hostOf, string self, IPageStore? local,
-    Func<PageIntegrityException, ValueTask>? onViolation = null)
+    Func<PageIntegrityException, ValueTask>? onViolation = null, Func<PageProtocolException, ulong, int, ValueTask>? onUnavailable = null)
 {
     private long fetched;
     private long pagedOut;
@@ -82,6 +82,12 @@ public sealed class VmPager(
             catch (PageProtocolException e) when (e.Code is PageError.Malformed or PageError.UnknownPage)
             {
                 throw new PageIntegrityException(codec.Vm, wanted[0], host, e.Message);
+            }
+            catch (PageProtocolException e) when (onUnavailable is not null)
+            {
+                // The host is down or does not answer: no wrong page, but none at all (reported, then thrown).
+                await onUnavailable(e, wanted[0], wanted.Length);
+                throw;
             }
             if (records.Count != wanted.Length)
             {
