@@ -81,7 +81,7 @@ public sealed class MainHostActivities(
             ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
         var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null);
-        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, guest, ram, memory));
+        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
         return result;
@@ -170,6 +170,50 @@ public sealed class MainHostActivities(
             }
         }
         return digest.Result(vm.Pager.FetchedPages - before);
+    }
+
+    /// <summary>Stops a VM migrated here: its QEMU ends, its RAM file goes, and every host of its placement
+    /// releases its pages (a host that is gone is named in the failure; what was released stays released).</summary>
+    [Activity("StopVm")]
+    public async Task<VmStopped> StopVmAsync(StopVm input)
+    {
+        if (input.Main != host.Host)
+        {
+            throw new ApplicationFailureException($"a stop for main host {input.Main} reached host {host.Host}", nonRetryable: true);
+        }
+        var vm = vms.Remove(input.Vm) ?? throw new ApplicationFailureException($"VM {input.Vm} does not run on {host.Host}", nonRetryable: true);
+        if (vm.Guest is not null)
+        {
+            await vm.Guest.QuitAsync();
+        }
+        if (vm.Ram is not null)
+        {
+            await vm.Ram.DisposeAsync();
+        }
+        if (vm.Memory is not null)
+        {
+            await vm.Memory.DisposeAsync();
+        }
+        var released = new List<PagingReleased>();
+        foreach (var h in vm.Placement.Assignments.Select(a => a.Host).Append(host.Host).Distinct(StringComparer.Ordinal))
+        {
+            released.Add(new PagingReleased(h, h == host.Host ? store.Release(input.Vm) : await ReleaseAtAsync(h, input.Vm)));
+        }
+        await publish.Publish(new MigratedVmStopped(vm.MigrationId, input.Vm, host.Host, [.. released.Select(r => r.Host)], released.Sum(r => r.Pages), DateTimeOffset.UtcNow));
+        logger.LogInformation("VM {Vm} stopped; {Pages} pages released at {Hosts}", input.Vm, released.Sum(r => r.Pages), string.Join(", ", released.Select(r => r.Host)));
+        return new VmStopped(vm.MigrationId, released);
+    }
+
+    private async Task<long> ReleaseAtAsync(string at, Guid vm)
+    {
+        try
+        {
+            return await client.ReleaseAsync(at, vm, StepToken.Current);
+        }
+        catch (MemoryServer.PageProtocolException e) when (e.Code == Contracts.Paging.PageError.UnknownVm)
+        {
+            return 0; // released before, or the host restarted without it
+        }
     }
 
     /// <summary>A host that does not serve a running VM's pages: a clear log line each time, an

@@ -13,7 +13,7 @@ public sealed class MainHostVms
 {
     /// <summary><paramref name="Guest"/>, <paramref name="Ram"/> and <paramref name="Memory"/>: the guest's
     /// QEMU, the FUSE file of its RAM and what serves it, when it was a running guest.</summary>
-    public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, ClassificationMap Manifest, VmPager Pager,
+    public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, ClassificationMap Manifest, VmPager Pager, PlacementPlan Placement,
         LiveGuest? Guest = null, FuseRamFile? Ram = null, PagedRam? Memory = null)
     {
         /// <summary>The host that holds a page, from the placement's ranges.</summary>
@@ -29,4 +29,6 @@ public sealed class MainHostVms
     public RunningVm? Find(Guid vm) => vms.GetValueOrDefault(vm);
 
     public IReadOnlyList<RunningVm> All => [.. vms.Values];
+
+    public RunningVm? Remove(Guid vm) => vms.TryRemove(vm, out var gone) ? gone : null;
 }

@@ -31,6 +31,9 @@ public class CommandLineTests
     [InlineData("worker")]
     [InlineData("migrate")]
     [InlineData("status")]
+    [InlineData("vm")]
+    [InlineData("vm", "list")]
+    [InlineData("vm", "stop")]
     [InlineData("demo")]
     public async Task Every_subcommand_has_help(params string[] command)
     {

@@ -97,6 +97,29 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         Assert.True(paging.PeakResidentPages <= paging.BudgetPages * 11 / 10,
             $"peak resident {paging.PeakResidentPages} pages, share {paging.BudgetPages}; main host's log:\n{string.Join('\n', run.LogOf(run.Main).Split('\n').Where(l => l.Contains("RAM", StringComparison.Ordinal) || l.Contains("fail", StringComparison.OrdinalIgnoreCase)).Take(20))}");
         Assert.All(atMain, p => Assert.Equal(0, p.Errors));
+
+        // An operator sees where the VM runs, and stops it: every host lets go of its pages.
+        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
+        {
+            ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
+            ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
+        };
+        var vms = await SemigrateProcess.RunAsync(environment, "vm", "list");
+        Assert.Contains($"{request.Vm}  at {run.Main} (from {run.Source}", vms.Stdout, StringComparison.Ordinal);
+        var stopped = await SemigrateProcess.RunAsync(environment, "vm", "stop", request.Vm.ToString());
+        Assert.True(stopped.ExitCode == 0, stopped.Stderr);
+        Assert.Matches($@"pages released: {run.Main} \d+, {run.Sub1} \d+, {run.Sub2} \d+|pages released: .*{run.Sub2} \d+", stopped.Stdout);
+        Assert.False(File.Exists(Path.Combine(Path.GetDirectoryName(serial)!, "ram", "ram")), "the VM's RAM file is gone");
+        until = DateTime.UtcNow.AddSeconds(30);
+        while ((await query.LoadAsync<MigrationSummary>(request.MigrationId, ct))?.StoppedAt is null)
+        {
+            Assert.True(DateTime.UtcNow < until, "the stop is not in the audit trail");
+            await Task.Delay(200, ct);
+        }
+        Assert.DoesNotContain(request.Vm.ToString(), (await SemigrateProcess.RunAsync(environment, "vm", "list")).Stdout, StringComparison.Ordinal);
+        var again = await SemigrateProcess.RunAsync(environment, "vm", "stop", request.Vm.ToString());
+        Assert.Equal(1, again.ExitCode);
+        Assert.Contains("runs at no main host", again.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -18,6 +18,7 @@ namespace SEmigrate.Contracts.Audit;
 [JsonDerivedType(typeof(MigrationRefused), nameof(MigrationRefused))]
 [JsonDerivedType(typeof(PageCheckFailed), nameof(PageCheckFailed))]
 [JsonDerivedType(typeof(PagesUnavailable), nameof(PagesUnavailable))]
+[JsonDerivedType(typeof(MigratedVmStopped), nameof(MigratedVmStopped))]
 public interface IMigrationEvent
 {
     Guid MigrationId { get; }
@@ -52,6 +53,10 @@ public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, str
 /// <paramref name="Pfn"/>, <paramref name="Pages"/> of them) for a VM that runs there, so the guest's read
 /// failed (QEMU stops a guest whose RAM cannot be read). At most one per host every 10 s.</summary>
 public sealed record PagesUnavailable(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, int Pages, string Problem, DateTimeOffset At) : IMigrationEvent;
+
+/// <summary>The VM a migration brought to <paramref name="Main"/> was stopped there and its pages released
+/// at every host (<paramref name="ReleasedPages"/> in all).</summary>
+public sealed record MigratedVmStopped(Guid MigrationId, Guid Vm, string Main, IReadOnlyList<string> ReleasedHosts, long ReleasedPages, DateTimeOffset At) : IMigrationEvent;
 
 /// <summary>An event as a workflow activity's input: the property's declared interface type makes the
 /// JSON carry the event's type name, so the activity gets the same event back.</summary>

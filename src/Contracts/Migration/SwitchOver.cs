@@ -28,6 +28,13 @@ public sealed record DigestMemory(Guid MigrationId, Guid Vm, string Host, long F
 /// one over every page.</summary>
 public sealed record MemoryDigest(long Pages, long FetchedPages, IReadOnlyList<string> Chunks, string Digest);
 
+/// <summary>At the main host: stop a VM that was migrated there (its QEMU ends if it runs) and release its
+/// pages everywhere: at every sub-host of its placement and in the main host's own store.</summary>
+public sealed record StopVm(Guid Vm, string Main);
+
+/// <summary>The VM is gone: the pages each host released.</summary>
+public sealed record VmStopped(Guid MigrationId, IReadOnlyList<PagingReleased> Released);
+
 /// <summary>At the source: the VM has left (or stays, after compensation); drop the migration's key and state.</summary>
 public sealed record ReleaseSource(Guid MigrationId, Guid Vm, bool VmLeft);
 

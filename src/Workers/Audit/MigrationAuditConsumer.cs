@@ -11,7 +11,7 @@ namespace SEmigrate.Workers.Audit;
 public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<MigrationSwitchedOver>,
-    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<PagesUnavailable>, IConsumer<VmPaged>
+    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>
 {
     public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context, context.Message);
 
@@ -34,6 +34,8 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
     public Task Consume(ConsumeContext<PageCheckFailed> context) => AppendAsync(context, context.Message);
 
     public Task Consume(ConsumeContext<PagesUnavailable> context) => AppendAsync(context, context.Message);
+
+    public Task Consume(ConsumeContext<MigratedVmStopped> context) => AppendAsync(context, context.Message);
 
     /// <summary>Paging goes to the VM's own stream: it outlives the migration that brought the VM.</summary>
     public Task Consume(ConsumeContext<VmPaged> context) => AppendAsync(context, context.Message.Vm, context.Message);

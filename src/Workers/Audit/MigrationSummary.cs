@@ -8,7 +8,7 @@ namespace SEmigrate.Workers.Audit;
 public sealed record MigrationSummary(
     Guid Id, Guid Vm, string Source, string Main, IReadOnlyList<string> SubHosts, string Mode, MigrationState State,
     DateTimeOffset RequestedAt, DateTimeOffset UpdatedAt, PageCounts? Pages, IReadOnlyList<DestinationTransferred> Transfers, string? Reason,
-    int SecurityEvents = 0, int AvailabilityEvents = 0);
+    int SecurityEvents = 0, int AvailabilityEvents = 0, DateTimeOffset? StoppedAt = null);
 
 /// <summary>Builds <see cref="MigrationSummary"/> from one migration's stream, inline: it is updated in
 /// the same transaction as the events it reads.</summary>
@@ -36,4 +36,6 @@ public sealed class MigrationSummaryProjection : SingleStreamProjection<Migratio
     public static MigrationSummary Apply(PageCheckFailed e, MigrationSummary s) => s with { SecurityEvents = s.SecurityEvents + 1, UpdatedAt = e.At };
 
     public static MigrationSummary Apply(PagesUnavailable e, MigrationSummary s) => s with { AvailabilityEvents = s.AvailabilityEvents + 1, UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(MigratedVmStopped e, MigrationSummary s) => s with { StoppedAt = e.At, UpdatedAt = e.At };
 }

@@ -42,6 +42,10 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
 
     public Task RecordAsync(IMigrationEvent e) => publish.Publish((object)e);
 
+    /// <summary>Not a step of the procedure: `semigrate vm stop`.</summary>
+    public Task<VmStopped> StopVmAsync(StopVm input, CancellationToken ct) =>
+        RunAsync<StopVm, VmStopped>(input.Main, "stop VM", _ => input, policies.Quick, ct);
+
     /// <summary>Not a step of the procedure: the memory check of the demo and the tests (see MemoryCheck).</summary>
     public Task<MemoryDigest> DigestAsync(DigestMemory input, CancellationToken ct) =>
         RunAsync<DigestMemory, MemoryDigest>(input.Host, "digest memory", _ => input, policies.SwitchOver, ct);

@@ -29,11 +29,13 @@ public sealed class PagingStepsConsumer(PagingActivities paging) : IConsumer<Sta
     public Task Consume(ConsumeContext<ReleasePaging> context) => Step.RespondAsync(context, () => paging.ReleasePagingAsync(context.Message));
 }
 
-public sealed class MainHostStepsConsumer(MainHostActivities main) : IConsumer<SwitchOver>, IConsumer<DigestMemory>
+public sealed class MainHostStepsConsumer(MainHostActivities main) : IConsumer<SwitchOver>, IConsumer<DigestMemory>, IConsumer<StopVm>
 {
     public Task Consume(ConsumeContext<SwitchOver> context) => Step.RespondAsync(context, () => main.SwitchOverAsync(context.Message));
 
     public Task Consume(ConsumeContext<DigestMemory> context) => Step.RespondAsync(context, () => main.DigestAsync(context.Message));
+
+    public Task Consume(ConsumeContext<StopVm> context) => Step.RespondAsync(context, () => main.StopVmAsync(context.Message));
 }
 
 internal static class Step
