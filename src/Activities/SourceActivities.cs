@@ -72,7 +72,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
         logger.LogInformation("introspected VM {Vm}: {Zero} zero, {Plain} plain, {Sealed} sealed pages", input.Vm, map.Zero, map.Plain, map.Sealed);
         return new IntrospectionResult(new PageCounts((long)map.Zero, (long)map.Plain, (long)map.Sealed), (long)map.PfnLimit,
-            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks, sent);
+            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks, sent, HandOverPages(input.Guest, map, live));
     }, ct);
 
     [Activity("TransferPages")]
@@ -201,6 +201,16 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         {
             gate.Release();
         }
+    }
+
+    /// <summary>At most what the hand-over stores at the main host: the manifest (its map uncompressed),
+    /// and for a running guest its kernel, initramfs and device state (QEMU's is well under 1 MiB).</summary>
+    private long HandOverPages(string guest, ClassificationMap map, bool live)
+    {
+        long Pages(long bytes) => (bytes + PageRecord.PageSize - 1) / PageRecord.PageSize + 1;
+        var folder = host.GuestDirectory(guest);
+        return Pages(map.ToBytes().Length)
+            + (live ? Pages(new FileInfo(BootedGuest.KernelIn(folder)).Length) + Pages(new FileInfo(Path.Combine(folder, "initrd.gz")).Length) + Pages(1 << 20) : 0);
     }
 
     /// <summary>Holds all transfers of this host together to its limit: each batch takes the next free

@@ -66,8 +66,10 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         try
         {
             var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host,
-                new StartPaging(id, request.Vm, host, request.Mode, plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages),
-                    plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a))), ct)));
+                new StartPaging(id, request.Vm, host, request.Mode, plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages) + HandedOverTo(host),
+                    plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a)) + HandedOverTo(host)), ct)));
+            // The main host also keeps what the hand-over brings: it must have room for it too.
+            long HandedOverTo(string host) => host == request.Main.Host ? guest.HandOverPages : 0;
             var keys = started.ToDictionary(s => s.Host, StringComparer.Ordinal);
             state = MigrationState.PagingStarted;
             await steps.RecordAsync(new PagingServersStarted(id, destinations, steps.UtcNow));

@@ -7,7 +7,9 @@ public sealed record IntrospectGuest(Guid MigrationId, Guid Vm, string Guest, Mi
 /// host sealed, over the page path); placement gets guest pages per chunk of
 /// <paramref name="ChunkPages"/> pages, which is small for any VM size, and
 /// <paramref name="ChunkSentPages"/> says how many of them travel with bytes in the migration's mode
-/// (the rest are free: nothing of them travels), which is what a destination must make room for now.</summary>
+/// (the rest are free: nothing of them travels), which is what a destination must make room for now.
+/// <paramref name="HandOverPages"/>: what the hand-over will store at the main host besides its share
+/// (the manifest, and a running guest's device state, kernel and initramfs), at most.</summary>
 public sealed record IntrospectionResult(
     PageCounts Pages,
     long PfnLimit,
@@ -16,4 +18,5 @@ public sealed record IntrospectionResult(
     IReadOnlyList<string> Diagnostics,
     int ChunkPages,
     IReadOnlyList<int> ChunkGuestPages,
-    IReadOnlyList<int> ChunkSentPages);
+    IReadOnlyList<int> ChunkSentPages,
+    long HandOverPages = 0);

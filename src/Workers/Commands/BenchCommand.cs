@@ -24,6 +24,7 @@ public static class BenchCommand
         var bench = new Command("bench", "Benchmarks: print figures measured in one run");
         bench.Subcommands.Add(Introspect());
         bench.Subcommands.Add(Paging());
+        bench.Subcommands.Add(PaperBenchCommand.Paper());
         bench.Subcommands.Add(EchoServer());
         root.Subcommands.Add(bench);
         return root;

@@ -88,7 +88,7 @@ public static class DemoCommand
                     Console.WriteLine(JsonSerializer.Serialize(run, MigrateCommand.Json));
                 }
             }
-            var running = parse.GetValue(noRunning) ? null : await DemoRunningGuest.RunAsync(keepDir, Say, ct);
+            var running = parse.GetValue(noRunning) ? null : await RunningGuestTrial.RunAsync(MigrationMode.Semigrate, 3, TimeSpan.FromSeconds(20), keepDir, Say, ct);
             if (parse.GetValue(json) && running is not null)
             {
                 Console.WriteLine(JsonSerializer.Serialize(new { running }, MigrateCommand.Json));
@@ -212,7 +212,7 @@ public static class DemoCommand
         Console.WriteLine(Row("migration", r => $"{r.MigrationId.ToString()[..13]}"));
     }
 
-    private static async Task ServicesUpAsync(CancellationToken ct)
+    public static async Task ServicesUpAsync(CancellationToken ct)
     {
         var script = Path.Combine(AppContext.BaseDirectory, "deploy", "services.sh");
         var start = new ProcessStartInfo("bash", [script, "up"]) { RedirectStandardOutput = true, UseShellExecute = false };

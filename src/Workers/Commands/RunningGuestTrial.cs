@@ -14,10 +14,11 @@ using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Commands;
 
-/// <summary>The demo's running guest: a guest started on the source host (in the source worker's mount
-/// namespace, as `semigrate guest start` there) with a memory workload, migrated while it runs, and
-/// watched going on at the main host on RAM paged from the sub-hosts.</summary>
-public static class DemoRunningGuest
+/// <summary>A running guest migrated and watched (the demo's, and each mode of `bench paper`): a guest
+/// started on the source host (in the source worker's mount namespace, as `semigrate guest start`
+/// there) with a memory workload, migrated while it runs to a main host holding about a third of it and
+/// two sub-hosts, and watched going on at the main host on RAM paged from the sub-hosts.</summary>
+public static class RunningGuestTrial
 {
     private const string Name = "demo-live";
     private const int MemoryMiB = 256;
@@ -25,11 +26,19 @@ public static class DemoRunningGuest
 
     /// <summary>What the demo saw: the workload's last pass at the source, its passes at the main host
     /// (pages ever found wrong), and the main host's paging.</summary>
+    /// <summary>Downtime: from the request (the guest is paused at once, for introspection) to the main
+    /// host's continue, an upper bound. RunSeconds: the first passes at the main host, timed inside the
+    /// guest. CPU seconds per role over the migration and the watch (the guest's own QEMU excluded).</summary>
     public sealed record Result(
-        string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double PagedInMiB, double PagedOutMiB,
-        double FaultedMiB, double PeakResidentMiB, double ShareMiB, double PageInP99Ms);
+        string Mode, string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double DowntimeSeconds,
+        double RunSeconds, long PageIns, long PageOuts, double PagedInMiB, double PagedOutMiB, double FaultedMiB, double PeakResidentMiB, double ShareMiB,
+        double PageInP99Ms, Cpu CpuSeconds);
 
-    public static async Task<Result?> RunAsync(string? keepDir, Action<string> say, CancellationToken ct)
+    public sealed record Cpu(double Source, double Main, double Sub, double Broker);
+
+    /// <summary>Migrates in <paramref name="mode"/>, then watches until <paramref name="passes"/> passes ran
+    /// at the main host and at least <paramref name="watch"/> went by.</summary>
+    public static async Task<Result?> RunAsync(MigrationMode mode, int passes, TimeSpan watch, string? keepDir, Action<string> say, CancellationToken ct)
     {
         if (!WorkerFleet.CanIsolate)
         {
@@ -38,7 +47,7 @@ public static class DemoRunningGuest
         }
         var id = Guid.NewGuid().ToString("N")[..6];
         var (source, main, sub1, sub2) = ($"live-{id}-source", $"live-{id}-main", $"live-{id}-sub-1", $"live-{id}-sub-2");
-        var root = keepDir is null ? Directory.CreateTempSubdirectory("semigrate-live-").FullName : Path.Combine(keepDir, "running");
+        var root = keepDir is null ? Directory.CreateTempSubdirectory("semigrate-live-").FullName : Path.Combine(keepDir, $"running-{mode.ToWireName()}");
         var guests = Directory.CreateDirectory(Path.Combine(root, "guests")).FullName;
         var logs = Directory.CreateDirectory(Path.Combine(root, "logs")).FullName;
         // The main host's share is a third of the guest, as in the original paper; the sub-hosts hold the rest.
@@ -47,7 +56,7 @@ public static class DemoRunningGuest
         using var fleet = await WorkerFleet.StartAsync(
         [
             new WorkerFleet.Worker("source", source, GuestsFolder: guests),
-            new WorkerFleet.Worker("main", main, mainPages + 1024),
+            new WorkerFleet.Worker("main", main, mainPages + 8192), // its share, and the kernel, initramfs and device state handed over
             new WorkerFleet.Worker("sub", sub1, subPages + 1024),
             new WorkerFleet.Worker("sub", sub2, subPages + 1024),
         ], Path.Combine(root, "hosts"), logs, ct, isolated: true);
@@ -63,7 +72,9 @@ public static class DemoRunningGuest
             say($"running guest: at {source}: {LiveGuest.PassesIn(File.ReadAllText(serial))[^1]}; migrating while it runs");
 
             var request = new MigrationRequest(Guid.NewGuid(), vm, Name, source, new Destination(main, mainPages),
-                [new Destination(sub1, subPages), new Destination(sub2, subPages)], MigrationMode.Semigrate, ["vaultdb"]);
+                [new Destination(sub1, subPages), new Destination(sub2, subPages)], mode, ["vaultdb"]);
+            var broker = CpuMeter.BrokerPid();
+            var cpu0 = (fleet.CpuSecondsByRole(), CpuMeter.Seconds(broker));
             var clock = Stopwatch.StartNew();
             var outcome = await MigrateCommand.FollowAsync(host.Services, request, quiet: true, ct) ?? throw new InvalidOperationException("the demo never detaches");
             var seconds = clock.Elapsed.TotalSeconds;
@@ -71,22 +82,30 @@ public static class DemoRunningGuest
             if (outcome.State != MigrationState.SwitchedOver || outcome.SwitchOver is not { Running: true })
             {
                 say($"running guest: {outcome.State}: {outcome.Reason}");
-                return new Result(outcome.State.ToString(), outcome.Reason, atSource.LastOrDefault()?.Pass ?? 0, 0, 0, seconds, 0, 0, 0, 0, 0, 0);
+                return new Result(mode.ToWireName(), outcome.State.ToString(), outcome.Reason, atSource.LastOrDefault()?.Pass ?? 0, 0, 0, seconds, seconds, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    new Cpu(0, 0, 0, 0));
             }
 
             // The main host's view of the guest: its serial log there, where the workload goes on.
             var mainSerial = Path.Combine(root, "hosts", main, "migrations", request.MigrationId.ToString("N"), "vm", "serial.log");
             IReadOnlyList<WorkloadPass> PassesAtMain() => File.Exists(mainSerial) ? LiveGuest.PassesIn(File.ReadAllText(mainSerial)) : [];
-            say($"running guest: switched over in {seconds:0.0} s; it runs at {main} now, watching it for 20 s");
-            await UntilAsync(() => PassesAtMain().Count >= 3, TimeSpan.FromMinutes(2), ct);
-            await Task.Delay(TimeSpan.FromSeconds(20), ct);
+            say($"running guest: switched over in {seconds:0.0} s; it runs at {main} now, watching it for {passes} passes and {watch.TotalSeconds:0} s");
+            var watching = Stopwatch.StartNew();
+            await UntilAsync(() => PassesAtMain().Count >= passes, TimeSpan.FromMinutes(10), ct);
+            if (watching.Elapsed < watch)
+            {
+                await Task.Delay(watch - watching.Elapsed, ct);
+            }
             var atMain = PassesAtMain();
+            var cpu1 = (fleet.CpuSecondsByRole(), CpuMeter.Seconds(broker));
+            var cpu = new Cpu(cpu1.Item1["source"] - cpu0.Item1["source"], cpu1.Item1["main"] - cpu0.Item1["main"], cpu1.Item1["sub"] - cpu0.Item1["sub"], cpu1.Item2 - cpu0.Item2);
             await Task.Delay(PagingReporter.Every * 2, ct); // the last paging report reaches the audit trail
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var paging = await query.LoadAsync<VmPagingSummary>(vm, ct);
-            var result = new Result(outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1, seconds,
+            var result = new Result(mode.ToWireName(), outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1,
+                seconds, seconds, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,
                 (paging?.BytesIn ?? 0) / 1048576.0, (paging?.BytesOut ?? 0) / 1048576.0, (paging?.FaultedBytes ?? 0) / 1048576.0,
-                (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0);
+                (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0, cpu);
             say($"running guest: at {main}: passes {atMain.FirstOrDefault()?.Pass}..{atMain.LastOrDefault()?.Pass}, {result.WrongPages} pages ever wrong; " +
                 $"{result.PagedInMiB:0} MiB paged in, {result.PagedOutMiB:0} MiB paged out, resident at most {result.PeakResidentMiB:0} MiB of a {result.ShareMiB:0} MiB share");
             return result;

@@ -1,0 +1,90 @@
+using System.CommandLine;
+using System.Text.Json;
+using SEmigrate.Contracts;
+
+namespace SEmigrate.Workers.Commands;
+
+/// <summary>`semigrate bench paper`: the original paper's experiment on this machine. A running guest
+/// with a memory workload is migrated in each mode to a main host holding about a third of it and two
+/// sub-hosts; after the switch-over its workload runs on, paging. Per mode: migration time and
+/// downtime, the workload's own run time for its first passes at the main host (timed inside the
+/// guest), page-ins and page-outs, whether the workload ever found a wrong page, CPU per role.</summary>
+public static class PaperBenchCommand
+{
+    /// <summary>The original paper's headline, to read ours against: post-migration run time with remote
+    /// paging, selective encryption against encrypting everything.</summary>
+    private const double SeedRunRatio = 0.53;
+
+    public static Command Paper()
+    {
+        var modes = new Option<string[]>("--mode") { Description = "semigrate, allenc or noenc (repeatable; default all three)" };
+        var passes = new Option<int>("--passes") { Description = "Workload passes at the main host whose run time counts", DefaultValueFactory = _ => 10 };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object: {\"modes\":[...]}" };
+        var keep = new Option<DirectoryInfo?>("--keep") { Description = "Leave each mode's hosts' state and logs here" };
+        var command = new Command("paper", "The original paper's experiment: a running guest migrated in each mode, then run on remote paging") { modes, passes, json, keep };
+        command.SetAction(async (parse, ct) =>
+        {
+            MigrationMode[] chosen;
+            try
+            {
+                chosen = parse.GetValue(modes) is { Length: > 0 } m ? [.. m.Select(MigrationModes.Parse).Distinct()] : [MigrationMode.Semigrate, MigrationMode.AllEnc, MigrationMode.NoEnc];
+                if (parse.GetValue(passes) is < 1 or > 1000)
+                {
+                    throw new FormatException("--passes must be from 1 to 1000");
+                }
+            }
+            catch (FormatException e)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: {e.Message}");
+                return 2;
+            }
+            void Say(string line) => Console.Error.WriteLine($"bench: {line}");
+            Say("starting PostgreSQL and RabbitMQ (installing them if needed)");
+            await DemoCommand.ServicesUpAsync(ct);
+            var results = new List<RunningGuestTrial.Result>();
+            foreach (var mode in chosen)
+            {
+                Say($"{mode.ToWireName()}: a running guest migrated, then {parse.GetValue(passes)} workload passes at the main host");
+                results.Add(await RunningGuestTrial.RunAsync(mode, parse.GetValue(passes), TimeSpan.Zero, parse.GetValue(keep)?.FullName, Say, ct)
+                    ?? throw new InvalidOperationException("bench paper needs root: the hosts run in mount namespaces and serve RAM over FUSE"));
+            }
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(new
+                {
+                    modes = results.Select(r => new
+                    {
+                        r.Mode, r.MigrationSeconds, r.DowntimeSeconds, r.RunSeconds, r.PageIns, r.PageOuts, ChecksumOk = r.WrongPages == 0 && r.State == "SwitchedOver",
+                        r.CpuSeconds, r.PagedInMiB, r.PagedOutMiB, r.FaultedMiB, r.PeakResidentMiB, r.ShareMiB, r.PageInP99Ms,
+                    }),
+                }, MigrateCommand.Json));
+            }
+            else
+            {
+                string Row(string label, Func<RunningGuestTrial.Result, string> cell) => $"{label,-30}" + string.Concat(results.Select(r => $"{cell(r),14}"));
+                Console.WriteLine(Row("", r => r.Mode));
+                Console.WriteLine(Row("state", r => r.State));
+                Console.WriteLine(Row("workload: pages ever wrong", r => $"{r.WrongPages}"));
+                Console.WriteLine(Row("migration s", r => $"{r.MigrationSeconds:0.00}"));
+                Console.WriteLine(Row("downtime s (at most)", r => $"{r.DowntimeSeconds:0.00}"));
+                Console.WriteLine(Row("run s (first passes, in guest)", r => $"{r.RunSeconds:0.00}"));
+                Console.WriteLine(Row("page-ins / page-outs", r => $"{r.PageIns}/{r.PageOuts}"));
+                Console.WriteLine(Row("MiB in / out", r => $"{r.PagedInMiB:0}/{r.PagedOutMiB:0}"));
+                Console.WriteLine(Row("faulted MiB", r => $"{r.FaultedMiB:0}"));
+                Console.WriteLine(Row("peak resident / share MiB", r => $"{r.PeakResidentMiB:0}/{r.ShareMiB:0}"));
+                Console.WriteLine(Row("page-in p99 ms", r => $"{r.PageInP99Ms:0.0}"));
+                Console.WriteLine(Row("CPU s source", r => $"{r.CpuSeconds.Source:0.00}"));
+                Console.WriteLine(Row("CPU s main", r => $"{r.CpuSeconds.Main:0.00}"));
+                Console.WriteLine(Row("CPU s sub-hosts", r => $"{r.CpuSeconds.Sub:0.00}"));
+                Console.WriteLine(Row("CPU s broker", r => $"{r.CpuSeconds.Broker:0.00}"));
+                var (sem, all, none) = (results.FirstOrDefault(r => r.Mode == "semigrate"), results.FirstOrDefault(r => r.Mode == "allenc"), results.FirstOrDefault(r => r.Mode == "noenc"));
+                if (sem is not null && all is not null && none is not null)
+                {
+                    Console.WriteLine($"run time semigrate/allenc {sem.RunSeconds / all.RunSeconds:0.00} (seed {SeedRunRatio:0.00}; target <= 0.7), semigrate/noenc {sem.RunSeconds / none.RunSeconds:0.00} (target <= 1.1)");
+                }
+            }
+            return results.All(r => r.State == "SwitchedOver" && r.WrongPages == 0) ? 0 : 1;
+        });
+        return command;
+    }
+}
