@@ -175,12 +175,24 @@ public sealed class MainHostActivities(
     /// <summary>Stops a VM migrated here: its QEMU ends, its RAM file goes, and every host of its placement
     /// releases its pages (a host that is gone is named in the failure; what was released stays released).</summary>
     [Activity("StopVm")]
-    public async Task<VmStopped> StopVmAsync(StopVm input)
+    public Task<VmStopped> StopVmAsync(StopVm input)
     {
         if (input.Main != host.Host)
         {
             throw new ApplicationFailureException($"a stop for main host {input.Main} reached host {host.Host}", nonRetryable: true);
         }
+        if (vms.Find(input.Vm)?.MigrationId != input.MigrationId && !stopping.ContainsKey(input.MigrationId))
+        {
+            throw new ApplicationFailureException($"VM {input.Vm} of migration {input.MigrationId} does not run on {host.Host}", nonRetryable: true);
+        }
+        // A retry (its answer was slow or lost) waits for the stop under way and gets its result.
+        return stopping.GetOrAdd(input.MigrationId, _ => new Lazy<Task<VmStopped>>(() => StopAsync(input))).Value;
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<Guid, Lazy<Task<VmStopped>>> stopping = new();
+
+    private async Task<VmStopped> StopAsync(StopVm input)
+    {
         var vm = vms.Remove(input.Vm) ?? throw new ApplicationFailureException($"VM {input.Vm} does not run on {host.Host}", nonRetryable: true);
         if (vm.Guest is not null)
         {

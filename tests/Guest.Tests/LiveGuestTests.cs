@@ -54,7 +54,7 @@ public sealed class LiveGuestTests : IAsyncLifetime
 
         var passes = main.Passes;
         TestContext.Current.TestOutputHelper?.WriteLine($"paused at {atPause}; at the main host {string.Join("; ", passes)}; FUSE {fuse.Traffic}, {faulted} bytes read before the eviction");
-        Assert.Equal(atPause.Pass + 1, passes[0].Pass); // it went on where it stopped
+        Assert.InRange(passes[0].Pass, atPause.Pass + 1, atPause.Pass + 2); // it went on where it stopped (a line the pause cut is lost)
         Assert.All(passes, p => Assert.Equal(0, p.Errors));
         Assert.True(faulted >= 48 << 20, $"{faulted} bytes paged in through FUSE before the eviction");
         Assert.True(fuse.Traffic.Read > faulted && fuse.Traffic.Written > 0, $"{fuse.Traffic}");

@@ -28,6 +28,7 @@ public class CommandLineTests
     [InlineData("guest", "start")]
     [InlineData("guest", "stop")]
     [InlineData("guest", "list")]
+    [InlineData("bench", "paper")]
     [InlineData("worker")]
     [InlineData("migrate")]
     [InlineData("status")]
@@ -73,6 +74,14 @@ public class CommandLineTests
         Assert.Contains(message, r.Stderr, StringComparison.Ordinal);
         Assert.Empty(guests.GetFileSystemInfos());
         guests.Delete();
+    }
+
+    [Fact]
+    public async Task Bench_paper_refuses_a_bad_pass_count_before_anything_starts()
+    {
+        var r = await SemigrateProcess.RunAsync(NoEnvironment, "bench", "paper", "--passes", "0");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--passes must be from 1 to 1000", r.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]

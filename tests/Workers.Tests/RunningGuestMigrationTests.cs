@@ -78,7 +78,8 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
             await Task.Delay(200, ct);
         }
         TestContext.Current.TestOutputHelper?.WriteLine($"at the source: {atSource[^1]}; at the main host: {atMain.Count} passes, first {atMain[0]}, last {atMain[^1]}");
-        Assert.Equal(atSource[^1].Pass + 1, atMain[0].Pass);
+        // It went on where it stopped (a report line the pause cut in two, half in each serial log, is lost).
+        Assert.InRange(atMain[0].Pass, atSource[^1].Pass + 1, atSource[^1].Pass + 2);
 
         // Paging, as the main host reports it into the VM's stream: at least 200 MiB paged in and 50 MiB
         // paged out, and the guest stayed within the main host's share (+10%).

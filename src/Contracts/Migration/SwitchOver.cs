@@ -30,7 +30,7 @@ public sealed record MemoryDigest(long Pages, long FetchedPages, IReadOnlyList<s
 
 /// <summary>At the main host: stop a VM that was migrated there (its QEMU ends if it runs) and release its
 /// pages everywhere: at every sub-host of its placement and in the main host's own store.</summary>
-public sealed record StopVm(Guid Vm, string Main);
+public sealed record StopVm(Guid MigrationId, Guid Vm, string Main);
 
 /// <summary>The VM is gone: the pages each host released.</summary>
 public sealed record VmStopped(Guid MigrationId, IReadOnlyList<PagingReleased> Released);

@@ -21,7 +21,8 @@ public static class PaperBenchCommand
         var passes = new Option<int>("--passes") { Description = "Workload passes at the main host whose run time counts", DefaultValueFactory = _ => 10 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object: {\"modes\":[...]}" };
         var keep = new Option<DirectoryInfo?>("--keep") { Description = "Leave each mode's hosts' state and logs here" };
-        var command = new Command("paper", "The original paper's experiment: a running guest migrated in each mode, then run on remote paging") { modes, passes, json, keep };
+        var charts = new Option<DirectoryInfo>("--charts") { Description = "Write the PNG charts here", DefaultValueFactory = _ => new DirectoryInfo("paper-charts") };
+        var command = new Command("paper", "The original paper's experiment: a running guest migrated in each mode, then run on remote paging") { modes, passes, json, keep, charts };
         command.SetAction(async (parse, ct) =>
         {
             MigrationMode[] chosen;
@@ -48,6 +49,7 @@ public static class PaperBenchCommand
                 results.Add(await RunningGuestTrial.RunAsync(mode, parse.GetValue(passes), TimeSpan.Zero, parse.GetValue(keep)?.FullName, Say, ct)
                     ?? throw new InvalidOperationException("bench paper needs root: the hosts run in mount namespaces and serve RAM over FUSE"));
             }
+            Say($"charts: {string.Join(", ", PaperCharts.Write(results, parse.GetValue(charts)!.FullName))}");
             if (parse.GetValue(json))
             {
                 Console.WriteLine(JsonSerializer.Serialize(new

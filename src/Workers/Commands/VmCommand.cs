@@ -69,7 +69,7 @@ public static class VmCommand
                     await Console.Error.WriteLineAsync($"semigrate: VM {vm} runs at no main host, as far as the audit trail knows");
                     return 1;
                 }
-                var stopped = await host.Services.GetRequiredService<EmbeddedSteps>().StopVmAsync(new StopVm(vm, migration.Main), ct);
+                var stopped = await host.Services.GetRequiredService<EmbeddedSteps>().StopVmAsync(new StopVm(migration.Id, vm, migration.Main), ct);
                 Console.WriteLine($"VM {vm} stopped at {migration.Main}; pages released: {string.Join(", ", stopped.Released.Select(r => $"{r.Host} {r.Pages}"))}");
                 return 0;
             }

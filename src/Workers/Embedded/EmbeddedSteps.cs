@@ -44,7 +44,7 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
 
     /// <summary>Not a step of the procedure: `semigrate vm stop`.</summary>
     public Task<VmStopped> StopVmAsync(StopVm input, CancellationToken ct) =>
-        RunAsync<StopVm, VmStopped>(input.Main, "stop VM", _ => input, policies.Quick, ct);
+        RunAsync<StopVm, VmStopped>(input.Main, "stop VM", _ => input, policies.SwitchOver, ct);
 
     /// <summary>Not a step of the procedure: the memory check of the demo and the tests (see MemoryCheck).</summary>
     public Task<MemoryDigest> DigestAsync(DigestMemory input, CancellationToken ct) =>
