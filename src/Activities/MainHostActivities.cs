@@ -47,11 +47,12 @@ public sealed class MainHostActivities(
             throw new ApplicationFailureException($"the wrapped data key does not open with this host's key: {e.Message}", nonRetryable: true);
         }
         var opener = new PageOpener(key, input.Vm);
+        // What the source handed over is in this host's store, as sealed records (SealedBlob).
+        Func<ulong, PageRecord?> blobs = pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null;
         ClassificationMap manifest;
         try
         {
-            var content = SealedBlob.Open(BlobKind.Manifest, input.Vm, pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null, opener, host.Host,
-                maxContent: SealedBlob.MaxBytes * 4);
+            var content = SealedBlob.Open(BlobKind.Manifest, input.Vm, blobs, opener, host.Host, maxContent: SealedBlob.MaxBytes * 4);
             manifest = ClassificationMap.FromBytes(content, "the manifest");
         }
         catch (PageIntegrityException e)
@@ -76,7 +77,6 @@ public sealed class MainHostActivities(
             e => new ValueTask(ReportAsync(input.MigrationId, e)),
             (e, pfn, count) => new ValueTask(UnavailableAsync(input.MigrationId, input.Vm, e, pfn, count, unavailable)));
         var local = input.Placement.Assignments.Where(a => a.Host == host.Host).Sum(a => a.Pages);
-        Func<ulong, PageRecord?> blobs = pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null;
         var (guest, ram, memory) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
             ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
