@@ -5,6 +5,7 @@ using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Roles;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Commands;
@@ -89,7 +90,7 @@ public static class VmCommand
     private static Microsoft.Extensions.Hosting.IHost AuditTrail()
     {
         var builder = SemigrateHost.CreateBuilder();
-        Roles.RoleRegistration.AddAuditTrail(builder);
+        builder.AddAuditTrail();
         return builder.Build();
     }
 
