@@ -80,7 +80,7 @@ public sealed class MainHostActivities(
         var (guest, ram, memory) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
             ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
-        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null);
+        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow);
         vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);

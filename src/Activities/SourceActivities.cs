@@ -36,6 +36,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     {
         var guest = LoadGuest(input.Guest);
         var live = LiveGuest.IsLive(host.GuestDirectory(input.Guest));
+        DateTimeOffset? pausedAt = null;
         if (live)
         {
             // Stop-and-copy: the guest stays paused from its scan to the end (it continues here if
@@ -43,6 +44,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             // need to travel again, sealed (pre-copy): not done, the guest does not run meanwhile.
             await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(input.Guest), ct);
             await running.PauseAsync(ct);
+            pausedAt = DateTimeOffset.UtcNow;
         }
         var layout = KernelLayout.Load(guest.KernelPath);
         using var memory = GuestMemory.Open(guest.DumpPath);
@@ -72,7 +74,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
         logger.LogInformation("introspected VM {Vm}: {Zero} zero, {Plain} plain, {Sealed} sealed pages", input.Vm, map.Zero, map.Plain, map.Sealed);
         return new IntrospectionResult(new PageCounts((long)map.Zero, (long)map.Plain, (long)map.Sealed), (long)map.PfnLimit,
-            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks, sent, HandOverPages(input.Guest, map, live));
+            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks, sent, HandOverPages(input.Guest, map, live), pausedAt);
     }, ct);
 
     [Activity("TransferPages")]

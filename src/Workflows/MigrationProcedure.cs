@@ -83,7 +83,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
                 new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow));
-            return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, Transfers(), plan, switched, handedOver.ManifestBytes);
+            return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, Transfers(), plan, switched, handedOver.ManifestBytes, guest.PausedAt);
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {

@@ -9,7 +9,8 @@ public sealed record IntrospectGuest(Guid MigrationId, Guid Vm, string Guest, Mi
 /// <paramref name="ChunkSentPages"/> says how many of them travel with bytes in the migration's mode
 /// (the rest are free: nothing of them travels), which is what a destination must make room for now.
 /// <paramref name="HandOverPages"/>: what the hand-over will store at the main host besides its share
-/// (the manifest, and a running guest's device state, kernel and initramfs), at most.</summary>
+/// (the manifest, and a running guest's device state, kernel and initramfs), at most.
+/// <paramref name="PausedAt"/>: when a running guest was paused for the stop-and-copy (the source's clock).</summary>
 public sealed record IntrospectionResult(
     PageCounts Pages,
     long PfnLimit,
@@ -19,4 +20,5 @@ public sealed record IntrospectionResult(
     int ChunkPages,
     IReadOnlyList<int> ChunkGuestPages,
     IReadOnlyList<int> ChunkSentPages,
-    long HandOverPages = 0);
+    long HandOverPages = 0,
+    DateTimeOffset? PausedAt = null);

@@ -14,8 +14,9 @@ public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, Migratio
 
 /// <summary>The VM is at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
 /// at sub-hosts (free pages count where their range is placed, though nothing of them travelled);
-/// <paramref name="Running"/> when it was a running guest, which now runs there on RAM its pager serves.</summary>
-public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, bool Running = false);
+/// <paramref name="Running"/> when it was a running guest, which now runs there on RAM its pager serves,
+/// continued at <paramref name="ContinuedAt"/> (the main host's clock).</summary>
+public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, bool Running = false, DateTimeOffset? ContinuedAt = null);
 
 /// <summary>At the source, or at the main host after switch-over: a digest of every guest page in
 /// [<paramref name="FirstPfn"/>, <paramref name="EndPfn"/>), one per chunk of <paramref name="ChunkPages"/>

@@ -68,7 +68,7 @@ public static class PaperBenchCommand
                 Console.WriteLine(Row("state", r => r.State));
                 Console.WriteLine(Row("workload: pages ever wrong", r => $"{r.WrongPages}"));
                 Console.WriteLine(Row("migration s", r => $"{r.MigrationSeconds:0.00}"));
-                Console.WriteLine(Row("downtime s (at most)", r => $"{r.DowntimeSeconds:0.00}"));
+                Console.WriteLine(Row("downtime s (pause to continue)", r => $"{r.DowntimeSeconds:0.00}"));
                 Console.WriteLine(Row("run s (first passes, in guest)", r => $"{r.RunSeconds:0.00}"));
                 Console.WriteLine(Row("page-ins / page-outs", r => $"{r.PageIns}/{r.PageOuts}"));
                 Console.WriteLine(Row("MiB in / out", r => $"{r.PagedInMiB:0}/{r.PagedOutMiB:0}"));

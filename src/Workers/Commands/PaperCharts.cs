@@ -12,7 +12,7 @@ public static class PaperCharts
         [
             Bars(folder, "run-seconds.png", "Workload run time after migration (s, in the guest)", modes, ("run", results.Select(r => r.RunSeconds))),
             Bars(folder, "migration-seconds.png", "Migration and downtime (s)", modes,
-                ("migration", results.Select(r => r.MigrationSeconds)), ("downtime (at most)", results.Select(r => r.DowntimeSeconds))),
+                ("migration", results.Select(r => r.MigrationSeconds)), ("downtime", results.Select(r => r.DowntimeSeconds))),
             Bars(folder, "paging-mib.png", "Paged at the main host (MiB)", modes,
                 ("in", results.Select(r => r.PagedInMiB)), ("out", results.Select(r => r.PagedOutMiB))),
             Bars(folder, "cpu-seconds.png", "CPU seconds per role", modes,

@@ -26,8 +26,8 @@ public static class RunningGuestTrial
 
     /// <summary>What the demo saw: the workload's last pass at the source, its passes at the main host
     /// (pages ever found wrong), and the main host's paging.</summary>
-    /// <summary>Downtime: from the request (the guest is paused at once, for introspection) to the main
-    /// host's continue, an upper bound. RunSeconds: the first passes at the main host, timed inside the
+    /// <summary>Downtime: from the pause at the source (for introspection) to the continue at the main
+    /// host. RunSeconds: the first passes at the main host, timed inside the
     /// guest. CPU seconds per role over the migration and the watch (the guest's own QEMU excluded).</summary>
     public sealed record Result(
         string Mode, string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double DowntimeSeconds,
@@ -103,7 +103,7 @@ public static class RunningGuestTrial
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var paging = await query.LoadAsync<VmPagingSummary>(vm, ct);
             var result = new Result(mode.ToWireName(), outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1,
-                seconds, seconds, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,
+                seconds, outcome.Downtime?.TotalSeconds ?? seconds, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,
                 (paging?.BytesIn ?? 0) / 1048576.0, (paging?.BytesOut ?? 0) / 1048576.0, (paging?.FaultedBytes ?? 0) / 1048576.0,
                 (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0, cpu);
             say($"running guest: at {main}: passes {atMain.FirstOrDefault()?.Pass}..{atMain.LastOrDefault()?.Pass}, {result.WrongPages} pages ever wrong; " +
