@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using SEmigrate.Contracts.Paging;
@@ -27,7 +28,6 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     private readonly CancellationTokenSource stop = new();
     private Task evictor = Task.CompletedTask;
     private TaskCompletionSource roomFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private long evictedBlocks;
 
     public long Size => size;
 
@@ -37,8 +37,8 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     /// <summary>Blocks of the guest's RAM the kernel holds now, in pages.</summary>
     public long ResidentPages => resident.Count * (long)BlockPages;
 
-    /// <summary>The most resident pages seen, and blocks evicted so far.</summary>
-    public (long PeakResidentPages, long EvictedBlocks) Residency => (Interlocked.Read(ref peak), Interlocked.Read(ref evictedBlocks));
+    /// <summary>The most resident pages seen.</summary>
+    public long PeakResidentPages => Interlocked.Read(ref peak);
 
     private long peak;
 
@@ -48,7 +48,11 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     public async ValueTask ReadAsync(long offset, Memory<byte> data)
     {
         var (first, end) = ((ulong)(offset / Page), (ulong)((offset + data.Length + Page - 1) / Page));
-        var blocks = Enumerable.Range(0, (int)(((long)end - 1) / BlockPages - (long)first / BlockPages + 1)).Select(b => (long)first / BlockPages + b).ToList();
+        var blocks = new List<long>(2);
+        for (var block = (long)first / BlockPages; block <= ((long)end - 1) / BlockPages; block++)
+        {
+            blocks.Add(block);
+        }
         // Past the budget the evictor makes room; past it by a tenth, a read that brings new blocks
         // waits for that room (the guest slows down rather than overrun the host's share).
         var hardLimit = Math.Max(budgetPages + budgetPages / 10, 4L * BlockPages);
@@ -81,29 +85,63 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         {
             pressure.Release();
         }
-        var pages = new byte[(int)(end - first) * Page];
-        var wanted = new List<ulong>();
-        for (var pfn = first; pfn < end; pfn++)
+        // The page path: FUSE reads are whole pages, so they fill the kernel's buffer directly, and
+        // when no page of the range was written here (the usual case) the pager reads straight into it.
+        var count = (int)(end - first);
+        var aligned = offset % Page == 0 && data.Length == count * Page;
+        var staging = aligned ? null : ArrayPool<byte>.Shared.Rent(count * Page);
+        var pages = aligned ? data : staging.AsMemory(0, count * Page);
+        try
         {
-            if (written.TryGetValue(pfn, out var latest))
+            var wanted = new List<ulong>(count);
+            for (var pfn = first; pfn < end; pfn++)
             {
-                latest.CopyTo(pages.AsSpan((int)(pfn - first) * Page, Page));
+                var at = pages.Span.Slice((int)(pfn - first) * Page, Page);
+                if (written.TryGetValue(pfn, out var latest))
+                {
+                    latest.CopyTo(at);
+                }
+                else if (pfn < pfnLimit)
+                {
+                    wanted.Add(pfn);
+                }
+                else
+                {
+                    at.Clear();
+                }
             }
-            else if (pfn < pfnLimit)
+            if (wanted.Count == count)
             {
-                wanted.Add(pfn);
+                await pager.ReadAsync([.. wanted], pages);
+            }
+            else if (wanted.Count > 0)
+            {
+                var read = ArrayPool<byte>.Shared.Rent(wanted.Count * Page);
+                try
+                {
+                    await pager.ReadAsync([.. wanted], read.AsMemory(0, wanted.Count * Page));
+                    for (var i = 0; i < wanted.Count; i++)
+                    {
+                        read.AsSpan(i * Page, Page).CopyTo(pages.Span[((int)(wanted[i] - first) * Page)..]);
+                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(read);
+                }
+            }
+            if (!aligned)
+            {
+                pages.Span.Slice((int)(offset - (long)first * Page), data.Length).CopyTo(data.Span);
             }
         }
-        if (wanted.Count > 0)
+        finally
         {
-            var read = new byte[wanted.Count * Page];
-            await pager.ReadAsync([.. wanted], read);
-            for (var i = 0; i < wanted.Count; i++)
+            if (staging is not null)
             {
-                read.AsSpan(i * Page, Page).CopyTo(pages.AsSpan((int)(wanted[i] - first) * Page));
+                ArrayPool<byte>.Shared.Return(staging);
             }
         }
-        pages.AsSpan((int)(offset - (long)first * Page), data.Length).CopyTo(data.Span);
     }
 
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data)
@@ -220,7 +258,6 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                 written.TryRemove(new KeyValuePair<ulong, byte[]>(pfn, page)); // unless written again meanwhile
             }
         }
-        Interlocked.Increment(ref evictedBlocks);
         Interlocked.Exchange(ref roomFreed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
     }
 

@@ -211,7 +211,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     {
         long Pages(long bytes) => (bytes + PageRecord.PageSize - 1) / PageRecord.PageSize + 1;
         var folder = host.GuestDirectory(guest);
-        return Pages(map.ToBytes().Length)
+        return Pages(map.ByteSize)
             + (live ? Pages(new FileInfo(BootedGuest.KernelIn(folder)).Length) + Pages(new FileInfo(Path.Combine(folder, "initrd.gz")).Length) + Pages(1 << 20) : 0);
     }
 

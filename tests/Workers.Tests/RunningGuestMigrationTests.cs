@@ -48,12 +48,7 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         var ct = TestContext.Current.CancellationToken;
         var folder = Path.Combine(guests.FullName, "g1");
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
-        // The guest runs on the source host: started there, in the source worker's mount namespace, as
-        // an operator would start it with `semigrate guest start`.
-        var started = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), ["--target", run.Fleet[run.Source].Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--"],
-            "guest", "start", "g1", "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "256M",
-            "--process", "vaultdb:16:VAULTDBMARK", "--freed", "scratch:24:STALEMARK", "--workload", "48");
-        Assert.True(started.ExitCode == 0, started.Stderr);
+        await StartGuestOnSourceAsync(run, "--process", "vaultdb:16:VAULTDBMARK", "--freed", "scratch:24:STALEMARK");
         var listed = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), "guest", "list", "--guests", guests.FullName);
         Assert.Matches(@"g1\s+running\s+256 MiB", listed.Stdout);
         // The main host's share (62 MiB) holds the workload's 48 MiB but not all the guest touches: the
@@ -69,7 +64,7 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         Assert.False(File.Exists(Path.Combine(folder, "qemu.pid")) && IsRunning(File.ReadAllText(Path.Combine(folder, "qemu.pid"))),
             "the source's QEMU ended when the VM left");
 
-        var serial = Path.Combine(run.StateOf(run.Main), "migrations", request.MigrationId.ToString("N"), "vm", "serial.log");
+        var serial = SerialAtMain(run, request);
         var until = DateTime.UtcNow.AddMinutes(2);
         IReadOnlyList<WorkloadPass> atMain;
         while ((atMain = LiveGuest.PassesIn(File.Exists(serial) ? File.ReadAllText(serial) : "")).Count < 3)
@@ -129,13 +124,11 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         var ct = TestContext.Current.CancellationToken;
         var folder = Path.Combine(guests.FullName, "g1");
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
-        var started = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), ["--target", run.Fleet[run.Source].Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--"],
-            "guest", "start", "g1", "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "256M", "--workload", "48");
-        Assert.True(started.ExitCode == 0, started.Stderr);
+        await StartGuestOnSourceAsync(run);
         var request = run.Request(folder, MigrationMode.Semigrate, mainCapacity: 16000, subCapacity: 30000);
         var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-        var serial = Path.Combine(run.StateOf(run.Main), "migrations", request.MigrationId.ToString("N"), "vm", "serial.log");
+        var serial = SerialAtMain(run, request);
         var until = DateTime.UtcNow.AddMinutes(2);
         while (LiveGuest.PassesIn(File.Exists(serial) ? File.ReadAllText(serial) : "").Count < 2)
         {
@@ -187,6 +180,19 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
             return "";
         }
     }
+
+    /// <summary>The guest g1 (256 MiB, a 48 MiB workload) runs on the source host: started there, in the
+    /// source worker's mount namespace, as an operator would start it with `semigrate guest start`.</summary>
+    private static async Task StartGuestOnSourceAsync(MigrationRun run, params string[] processes)
+    {
+        var started = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), ["--target", run.Fleet[run.Source].Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--"],
+            ["guest", "start", "g1", "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "256M", .. processes, "--workload", "48"]);
+        Assert.True(started.ExitCode == 0, started.Stderr);
+    }
+
+    /// <summary>The guest's serial log at the main host, once it runs there.</summary>
+    private static string SerialAtMain(MigrationRun run, MigrationRequest request) =>
+        Path.Combine(run.StateOf(run.Main), "migrations", request.MigrationId.ToString("N"), "vm", "serial.log");
 
     private static bool IsRunning(string pid)
     {

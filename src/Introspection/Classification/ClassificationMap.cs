@@ -56,11 +56,14 @@ public sealed class ClassificationMap
 
     public static ClassificationMap Load(string path) => FromBytes(File.ReadAllBytes(path), path);
 
+    /// <summary>The size of <see cref="ToBytes"/>'s form.</summary>
+    public int ByteSize => 40 + (classes.Length + 3) / 4;
+
     /// <summary>The map's form in files and in the manifest: a 40-byte header (magic, page count, counts
     /// per class), then 2 bits a page.</summary>
     public byte[] ToBytes()
     {
-        var data = new byte[40 + (classes.Length + 3) / 4];
+        var data = new byte[ByteSize];
         Magic.CopyTo(data);
         BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(8), PfnLimit);
         BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(16), Zero);

@@ -22,7 +22,6 @@ public sealed class VmPager(
     Func<PageIntegrityException, ValueTask>? onViolation = null, Func<PageProtocolException, ulong, int, ValueTask>? onUnavailable = null)
 {
     private long fetched;
-    private long pagedOut;
     private readonly Lock statsGate = new();
     private readonly Dictionary<string, HostPaging> interval = new(StringComparer.Ordinal);
     private readonly List<double> latencies = [];
@@ -30,8 +29,6 @@ public sealed class VmPager(
     /// <summary>Pages paged in from sub-hosts so far.</summary>
     public long FetchedPages => Interlocked.Read(ref fetched);
 
-    /// <summary>Pages paged out so far (to sub-hosts, or sealed into this host's own store).</summary>
-    public long PagedOutPages => Interlocked.Read(ref pagedOut);
 
     public Task PageInAsync(ulong pfn, Memory<byte> page, CancellationToken ct = default) => ReadAsync([pfn], page, ct);
 
@@ -174,7 +171,6 @@ public sealed class VmPager(
             {
                 table.Set(r.Pfn, r.Class, r.Version);
             }
-            Interlocked.Add(ref pagedOut, records.Count);
             Count(group.Key, 0, 0, records.Count, records.Sum(r => (long)r.WireSize), null);
         }));
     }

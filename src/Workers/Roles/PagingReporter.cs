@@ -23,7 +23,7 @@ public sealed class PagingReporter(MainHostVms vms, HostContext host, IBus bus) 
             foreach (var vm in vms.All.Where(v => v.Memory is not null))
             {
                 var (hosts, p50, p99) = vm.Pager.TakeReport();
-                var (peak, _) = vm.Memory!.Residency;
+                var peak = vm.Memory!.PeakResidentPages;
                 var now = vm.Ram!.Traffic;
                 var before = traffic.GetValueOrDefault(vm.Vm);
                 traffic[vm.Vm] = now;
