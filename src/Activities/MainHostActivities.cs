@@ -104,7 +104,7 @@ public sealed class MainHostActivities(
         var size = (long)pages * PageRecord.PageSize;
         var memory = new PagedRam(pager, pages, size, budgetPages, line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line));
         var ram = await FuseRamFile.MountAsync(Path.Combine(folder, "ram"), "ram", memory,
-            line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line));
+            line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line), PagedRam.ReadaheadBytes);
         memory.StartEviction(ram);
         LiveGuest? guest = null;
         try

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Numerics;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.Guest.Fuse;
 using SEmigrate.MemoryServer.MainHost;
@@ -10,37 +11,63 @@ namespace SEmigrate.Activities;
 /// <summary>A running guest's RAM at the main host, as the FUSE file its QEMU maps. A page the guest
 /// wrote is kept here as its latest copy until it is paged out; any other is read through the VM's
 /// pager (zeros for a free page, this host's share from its store, the rest paged in from the
-/// sub-hosts, every page checked), one pager call per FUSE read, so a 2 MiB fault costs one request per
-/// sub-host. The guest's resident memory (2 MiB blocks the kernel read and still holds) is kept within
-/// a budget: past it, the oldest blocks are evicted (the kernel writes their dirty pages back here,
-/// then drops them), and the pages written back are sealed under a new version and paged out to the
-/// host that holds their range; pages never written cost nothing to evict.</summary>
+/// sub-hosts, every page checked), one pager call per FUSE read, so a fault costs one request per
+/// sub-host. A fault reads its page and the chunk around it (<see cref="ReadaheadBytes"/>: QEMU starts
+/// without its huge-page advice, or every fault would read 2 MiB). The guest's resident memory (the
+/// pages the kernel read and still holds) is kept within a budget: past it, the chunks that came in
+/// first are evicted (the kernel writes their dirty pages back here, then drops them), and the pages
+/// written back are sealed under a new version and paged out to the host that holds their range; pages
+/// never written cost nothing to evict.</summary>
 public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budgetPages, Action<string> log) : IRamFile, IAsyncDisposable
 {
     private const int Page = PageRecord.PageSize;
-    private const int BlockPages = 512;
+
+    /// <summary>The unit of residency and eviction, in pages (at most 64: a chunk's pages are a bit mask).</summary>
+    private const int ChunkPages = 16;
+
+    /// <summary>What a page fault reads: the page and the chunk around it.</summary>
+    public const uint ReadaheadBytes = ChunkPages * Page;
+
+    /// <summary>Chunks evicted together, their dirty pages paged out in one request per host: 4 MiB.</summary>
+    private const int EvictBatch = 64;
+
+    /// <summary>A chunk read again this soon after its eviction counts as hot (kernel text, page
+    /// tables, stacks): hot chunks are evicted only when no other is left.</summary>
+    private static readonly TimeSpan HotWithin = TimeSpan.FromMilliseconds(500);
+
     private readonly ConcurrentDictionary<ulong, byte[]> written = new();
-    private readonly ConcurrentDictionary<long, long> resident = new(); // block -> when it was read (ticks)
-    private readonly ConcurrentDictionary<long, long> evictedAt = new(); // block -> when it was evicted (ticks)
-    private readonly ConcurrentDictionary<long, bool> hot = new(); // blocks read again right after eviction
-    private readonly ConcurrentDictionary<long, bool> evicting = new(); // blocks being dropped from the kernel now
+    private readonly Lock gate = new();
+    private readonly Dictionary<long, Chunk> chunks = []; // resident, or being evicted
+    private readonly Queue<(long Chunk, long Stamp)> cold = new();
+    private readonly Queue<(long Chunk, long Stamp)> hot = new();
+    private readonly Dictionary<long, long> evictedAt = []; // chunk -> when it was evicted (ticks)
     private readonly SemaphoreSlim pressure = new(0);
     private readonly CancellationTokenSource stop = new();
     private Task evictor = Task.CompletedTask;
     private TaskCompletionSource roomFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private long residentPages;
+    private long peak;
+    private long stamps;
+
+    /// <summary>A chunk's pages the kernel holds (a bit each), and those read while it was being evicted.</summary>
+    private sealed class Chunk
+    {
+        public ulong Pages;
+        public ulong ReadWhileEvicting;
+        public bool Evicting;
+        public long Stamp;
+    }
 
     public long Size => size;
 
     /// <summary>The most pages the guest may keep resident here: the main host's share.</summary>
     public long BudgetPages => budgetPages;
 
-    /// <summary>Blocks of the guest's RAM the kernel holds now, in pages.</summary>
-    public long ResidentPages => resident.Count * (long)BlockPages;
+    /// <summary>Pages of the guest's RAM the kernel holds now (read here and not evicted since).</summary>
+    public long ResidentPages => Interlocked.Read(ref residentPages);
 
     /// <summary>The most resident pages seen.</summary>
     public long PeakResidentPages => Interlocked.Read(ref peak);
-
-    private long peak;
 
     /// <summary>Starts keeping the guest within its budget, evicting through <paramref name="fuse"/>.</summary>
     public void StartEviction(FuseRamFile fuse) => evictor = Task.Run(() => EvictAsync(fuse, stop.Token));
@@ -48,16 +75,11 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     public async ValueTask ReadAsync(long offset, Memory<byte> data)
     {
         var (first, end) = ((ulong)(offset / Page), (ulong)((offset + data.Length + Page - 1) / Page));
-        var blocks = new List<long>(2);
-        for (var block = (long)first / BlockPages; block <= ((long)end - 1) / BlockPages; block++)
-        {
-            blocks.Add(block);
-        }
-        // Past the budget the evictor makes room; past it by a tenth, a read that brings new blocks
+        // Past the budget the evictor makes room; past it by a tenth, a read that brings new pages
         // waits for that room (the guest slows down rather than overrun the host's share).
-        var hardLimit = Math.Max(budgetPages + budgetPages / 10, 4L * BlockPages);
+        var hardLimit = Math.Max(budgetPages + budgetPages / 10, 4L * ChunkPages);
         var reserved = false;
-        for (var tries = 0; !(reserved = TryReserve(blocks, hardLimit)) && tries < 300; tries++)
+        for (var tries = 0; !(reserved = TryReserve(first, end, hardLimit, force: false)) && tries < 300; tries++)
         {
             pressure.Release();
             try
@@ -71,17 +93,9 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         if (!reserved)
         {
             log($"no room for a read at 0x{offset:x} within 30 s ({ResidentPages} pages resident, limit {hardLimit}): read anyway");
-            foreach (var block in blocks)
-            {
-                resident.TryAdd(block, Stopwatch.GetTimestamp()); // over the limit rather than a failed read
-            }
+            TryReserve(first, end, hardLimit, force: true); // over the limit rather than a failed read
         }
-        var now = ResidentPages;
-        if (now > Interlocked.Read(ref peak))
-        {
-            Interlocked.Exchange(ref peak, now);
-        }
-        if (now > budgetPages)
+        if (ResidentPages > budgetPages)
         {
             pressure.Release();
         }
@@ -162,34 +176,83 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         }
     }
 
-    /// <summary>A block read again this soon after its eviction counts as hot.</summary>
-    private static readonly TimeSpan HotWithin = TimeSpan.FromMilliseconds(500);
-
-    /// <summary>The oldest block that is not hot, else the oldest hot one (a sweep over more memory than
-    /// the budget misses either way; the blocks the guest keeps coming back to should stay).</summary>
-    private long? Victim() =>
-        resident.OrderBy(b => hot.ContainsKey(b.Key) ? 1 : 0).ThenBy(b => b.Value).Select(b => (long?)b.Key).FirstOrDefault();
-
-    /// <summary>Marks the blocks resident if they fit under the limit, all at once (reads come concurrently).</summary>
-    private bool TryReserve(List<long> blocks, long limit)
+    /// <summary>The pages of [first, end) that fall in each chunk, as that chunk's bit mask.</summary>
+    private static IEnumerable<(long Chunk, ulong Mask)> Masks(ulong first, ulong end)
     {
-        lock (resident)
+        for (var chunk = (long)(first / ChunkPages); chunk <= (long)((end - 1) / ChunkPages); chunk++)
         {
-            // A block being evicted is not waited for: its reads are the kernel's I/O in flight, which
-            // the eviction itself waits on (the kernel drops the block once they are answered).
-            if (ResidentPages + blocks.Count(b => !resident.ContainsKey(b) && !evicting.ContainsKey(b)) * (long)BlockPages > limit)
+            var (from, to) = (Math.Max(first, (ulong)chunk * ChunkPages), Math.Min(end, (ulong)(chunk + 1) * ChunkPages));
+            var bits = (int)(to - from);
+            yield return (chunk, (bits == 64 ? ulong.MaxValue : (1UL << bits) - 1) << (int)(from - (ulong)chunk * ChunkPages));
+        }
+    }
+
+    /// <summary>Counts the pages of a read as resident if they fit under the limit (or <paramref name="force"/>),
+    /// all at once (reads come concurrently). Pages of a chunk being evicted never wait: their reads are
+    /// the kernel's I/O in flight, which the eviction itself waits on; they count once it is done.</summary>
+    private bool TryReserve(ulong first, ulong end, long limit, bool force)
+    {
+        lock (gate)
+        {
+            var adding = 0L;
+            foreach (var (chunk, mask) in Masks(first, end))
+            {
+                adding += chunks.TryGetValue(chunk, out var c) ? (c.Evicting ? 0 : BitOperations.PopCount(mask & ~c.Pages)) : BitOperations.PopCount(mask);
+            }
+            if (!force && adding > 0 && residentPages + adding > limit)
             {
                 return false;
             }
-            foreach (var block in blocks.Where(b => !evicting.ContainsKey(b))) // an evicted block is gone once its reads are answered
+            foreach (var (chunk, mask) in Masks(first, end))
             {
-                if (resident.TryAdd(block, Stopwatch.GetTimestamp()) && evictedAt.TryRemove(block, out var gone)
-                    && Stopwatch.GetElapsedTime(gone) < HotWithin)
+                if (!chunks.TryGetValue(chunk, out var c))
                 {
-                    hot[block] = true; // wanted again at once (kernel text, page tables): evicted last
+                    chunks[chunk] = c = new Chunk { Stamp = ++stamps };
+                    var wantedAgain = evictedAt.Remove(chunk, out var gone) && Stopwatch.GetElapsedTime(gone) < HotWithin;
+                    (wantedAgain ? hot : cold).Enqueue((chunk, c.Stamp));
+                }
+                if (c.Evicting)
+                {
+                    c.ReadWhileEvicting |= mask;
+                }
+                else
+                {
+                    c.Pages |= mask;
                 }
             }
+            residentPages += adding;
+            peak = Math.Max(peak, residentPages);
             return true;
+        }
+    }
+
+    /// <summary>Up to <see cref="EvictBatch"/> chunks to evict, oldest first, hot ones last, until the
+    /// pages left resident are down to <paramref name="downTo"/>; they stop counting as resident now.</summary>
+    private List<long> TakeVictims(long downTo)
+    {
+        var victims = new List<long>(EvictBatch);
+        lock (gate)
+        {
+            while (victims.Count < EvictBatch && residentPages > downTo && (Next(cold) ?? Next(hot)) is { } chunk)
+            {
+                victims.Add(chunk);
+            }
+        }
+        return victims;
+
+        long? Next(Queue<(long Chunk, long Stamp)> queue)
+        {
+            while (queue.TryDequeue(out var entry))
+            {
+                if (chunks.TryGetValue(entry.Chunk, out var c) && c.Stamp == entry.Stamp && !c.Evicting)
+                {
+                    c.Evicting = true;
+                    residentPages -= BitOperations.PopCount(c.Pages);
+                    c.Pages = 0;
+                    return entry.Chunk;
+                }
+            }
+            return null;
         }
     }
 
@@ -200,10 +263,10 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
             try
             {
                 await pressure.WaitAsync(ct);
-                // Down to nine tenths of the budget: eviction runs in bursts, not a block per read.
-                while (ResidentPages > budgetPages * 9 / 10 && Victim() is { } block)
+                // Down to nine tenths of the budget: eviction runs in bursts, not a chunk per read.
+                while (TakeVictims(budgetPages * 9 / 10) is { Count: > 0 } victims)
                 {
-                    await EvictAsync(fuse, block, ct);
+                    await EvictAsync(fuse, victims, ct);
                 }
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested)
@@ -220,45 +283,76 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         }
     }
 
-    /// <summary>Drops one block from the kernel (its dirty pages come back here first), then pages out
-    /// every page of it that was written since it came in.</summary>
-    private async Task EvictAsync(FuseRamFile fuse, long block, CancellationToken ct)
+    /// <summary>Drops chunks from the kernel (their dirty pages come back here first), then pages out
+    /// every page of them that was written since it came in, one request per host.</summary>
+    private async Task EvictAsync(FuseRamFile fuse, List<long> victims, CancellationToken ct)
     {
-        var (first, end) = ((ulong)(block * BlockPages), (ulong)((block + 1) * BlockPages));
-        evicting[block] = true;
-        resident.TryRemove(block, out _);
-        hot.TryRemove(block, out _);
-        evictedAt[block] = Stopwatch.GetTimestamp();
         var clock = Stopwatch.StartNew();
         try
         {
-            await Task.Run(() => fuse.Invalidate((long)first * Page, (long)BlockPages * Page), ct);
+            await Task.Run(() =>
+            {
+                foreach (var chunk in victims)
+                {
+                    fuse.Invalidate(chunk * ChunkPages * Page, ChunkPages * Page);
+                }
+            }, ct);
+            if (clock.Elapsed > TimeSpan.FromSeconds(1))
+            {
+                log($"evicting {victims.Count} chunks took {clock.Elapsed.TotalSeconds:0.0} s");
+            }
+            var dirty = new List<(ulong Pfn, ReadOnlyMemory<byte> Page)>();
+            var copies = new List<(ulong Pfn, byte[] Page)>();
+            foreach (var chunk in victims)
+            {
+                for (var pfn = (ulong)chunk * ChunkPages; pfn < (ulong)(chunk + 1) * ChunkPages && pfn < pfnLimit; pfn++)
+                {
+                    if (written.TryGetValue(pfn, out var page))
+                    {
+                        dirty.Add((pfn, page));
+                        copies.Add((pfn, page));
+                    }
+                }
+            }
+            if (dirty.Count > 0)
+            {
+                await pager.PageOutAsync(dirty, ct);
+                foreach (var copy in copies)
+                {
+                    written.TryRemove(new KeyValuePair<ulong, byte[]>(copy.Pfn, copy.Page)); // unless written again meanwhile
+                }
+            }
         }
         finally
         {
-            evicting.TryRemove(block, out _);
-        }
-        if (clock.Elapsed > TimeSpan.FromSeconds(1))
-        {
-            log($"evicting block {block} took {clock.Elapsed.TotalSeconds:0.0} s");
-        }
-        var dirty = new List<(ulong Pfn, byte[] Page)>();
-        for (var pfn = first; pfn < end; pfn++)
-        {
-            if (written.TryGetValue(pfn, out var page) && pfn < pfnLimit)
-            {
-                dirty.Add((pfn, page));
-            }
-        }
-        if (dirty.Count > 0)
-        {
-            await pager.PageOutAsync([.. dirty.Select(d => (d.Pfn, (ReadOnlyMemory<byte>)d.Page))], ct);
-            foreach (var (pfn, page) in dirty)
-            {
-                written.TryRemove(new KeyValuePair<ulong, byte[]>(pfn, page)); // unless written again meanwhile
-            }
+            Evicted(victims);
         }
         Interlocked.Exchange(ref roomFreed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+    }
+
+    /// <summary>The chunks are gone from the kernel, but for pages read while they were being evicted:
+    /// those count as resident again (the kernel may or may not hold them; count them).</summary>
+    private void Evicted(List<long> victims)
+    {
+        lock (gate)
+        {
+            var now = Stopwatch.GetTimestamp();
+            foreach (var chunk in victims)
+            {
+                var c = chunks[chunk];
+                c.Evicting = false;
+                if (c.ReadWhileEvicting == 0)
+                {
+                    chunks.Remove(chunk);
+                    evictedAt[chunk] = now;
+                    continue;
+                }
+                (c.Pages, c.ReadWhileEvicting, c.Stamp) = (c.ReadWhileEvicting, 0, ++stamps);
+                residentPages += BitOperations.PopCount(c.Pages);
+                peak = Math.Max(peak, residentPages);
+                hot.Enqueue((chunk, c.Stamp));
+            }
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -51,8 +51,8 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         await StartGuestOnSourceAsync(run, "--process", "vaultdb:16:VAULTDBMARK", "--freed", "scratch:24:STALEMARK");
         var listed = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), "guest", "list", "--guests", guests.FullName);
         Assert.Matches(@"g1\s+running\s+256 MiB", listed.Stdout);
-        // The main host's share (62 MiB) holds the workload's 48 MiB but not all the guest touches: the
-        // guest runs on paging, its pages going out to the sub-hosts and coming back.
+        // The main host's share (62 MiB) is less than the workload's 96 MiB: the guest runs on paging,
+        // its pages going out to the sub-hosts and coming back.
         var request = run.Request(folder, mode, mainCapacity: 16000, subCapacity: 30000);
 
         var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
@@ -184,12 +184,12 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         }
     }
 
-    /// <summary>The guest g1 (256 MiB, a 48 MiB workload) runs on the source host: started there, in the
+    /// <summary>The guest g1 (256 MiB, a 96 MiB workload) runs on the source host: started there, in the
     /// source worker's mount namespace, as an operator would start it with `semigrate guest start`.</summary>
     private static async Task StartGuestOnSourceAsync(MigrationRun run, params string[] processes)
     {
         var started = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), ["--target", run.Fleet[run.Source].Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--"],
-            ["guest", "start", "g1", "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "256M", .. processes, "--workload", "48"]);
+            ["guest", "start", "g1", "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "256M", .. processes, "--workload", "96"]);
         Assert.True(started.ExitCode == 0, started.Stderr);
     }
 

@@ -26,15 +26,16 @@ public sealed class FuseRamFile : IAsyncDisposable
     private readonly string name;
     private readonly IRamFile file;
     private readonly Action<string> log;
+    private readonly uint readahead;
     private readonly Thread reader;
     private readonly TaskCompletionSource initialised = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long bytesRead;
     private long bytesWritten;
     private int disposed;
 
-    private FuseRamFile(int fd, string mountpoint, string name, IRamFile file, Action<string> log)
+    private FuseRamFile(int fd, string mountpoint, string name, IRamFile file, Action<string> log, uint readahead)
     {
-        (this.fd, this.mountpoint, this.name, this.file, this.log) = (fd, mountpoint, name, file, log);
+        (this.fd, this.mountpoint, this.name, this.file, this.log, this.readahead) = (fd, mountpoint, name, file, log, readahead);
         reader = new Thread(ReadRequests) { IsBackground = true, Name = $"fuse {mountpoint}" };
     }
 
@@ -45,8 +46,11 @@ public sealed class FuseRamFile : IAsyncDisposable
     public (long Read, long Written) Traffic => (Interlocked.Read(ref bytesRead), Interlocked.Read(ref bytesWritten));
 
     /// <summary>Mounts an empty folder <paramref name="mountpoint"/> (as root) holding the file
-    /// <paramref name="name"/>; returns once the kernel has initialised the connection.</summary>
-    public static async Task<FuseRamFile> MountAsync(string mountpoint, string name, IRamFile file, Action<string>? log = null)
+    /// <paramref name="name"/>; returns once the kernel has initialised the connection. A page fault
+    /// reads at most <paramref name="readaheadBytes"/> around the page (the kernel's own limit if that
+    /// is lower; 0: the faulting page alone), unless the mapping asks for huge pages (see
+    /// <see cref="Qemu.HugePageAdvice"/>).</summary>
+    public static async Task<FuseRamFile> MountAsync(string mountpoint, string name, IRamFile file, Action<string>? log = null, uint readaheadBytes = 128 * 1024)
     {
         if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal) || Encoding.UTF8.GetByteCount(name) > 255)
         {
@@ -65,7 +69,7 @@ public sealed class FuseRamFile : IAsyncDisposable
             Libc.Close(fd);
             throw new IOException(why);
         }
-        var server = new FuseRamFile(fd, Path.GetFullPath(mountpoint), name, file, log ?? (_ => { }));
+        var server = new FuseRamFile(fd, Path.GetFullPath(mountpoint), name, file, log ?? (_ => { }), readaheadBytes);
         server.reader.Start();
         await server.initialised.Task.WaitAsync(TimeSpan.FromSeconds(30));
         return server;
@@ -206,7 +210,7 @@ public sealed class FuseRamFile : IAsyncDisposable
     {
         var major = BinaryPrimitives.ReadUInt32LittleEndian(body);
         var minor = BinaryPrimitives.ReadUInt32LittleEndian(body[4..]);
-        var readahead = BinaryPrimitives.ReadUInt32LittleEndian(body[8..]);
+        var offered = BinaryPrimitives.ReadUInt32LittleEndian(body[8..]);
         if (major != 7)
         {
             Fail(unique, Errno.Protocol);
@@ -217,7 +221,7 @@ public sealed class FuseRamFile : IAsyncDisposable
         var reply = new byte[64];
         BinaryPrimitives.WriteUInt32LittleEndian(reply, 7);
         BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(4), Math.Min(minor, ProtocolMinor));
-        BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(8), readahead);
+        BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(8), Math.Min(offered, readahead));
         BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(12), asyncRead | bigWrites | maxPages);
         BinaryPrimitives.WriteUInt16LittleEndian(reply.AsSpan(16), 64); // max_background
         BinaryPrimitives.WriteUInt16LittleEndian(reply.AsSpan(18), 48); // congestion_threshold

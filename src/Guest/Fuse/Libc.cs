@@ -2,8 +2,9 @@ using System.Runtime.InteropServices;
 
 namespace SEmigrate.Guest.Fuse;
 
-/// <summary>The few system calls a FUSE server needs that .NET does not offer: /dev/fuse is read and
-/// written a whole request or reply per call, and the file system is mounted with mount(2).</summary>
+/// <summary>The few system calls .NET does not offer: a FUSE server's (/dev/fuse is read and written a
+/// whole request or reply per call, and the file system is mounted with mount(2)), and prctl(2) for
+/// the seccomp filter QEMU starts under (<see cref="Qemu.HugePageAdvice"/>).</summary>
 internal static unsafe partial class Libc
 {
     public const int ReadWrite = 2;
@@ -32,6 +33,9 @@ internal static unsafe partial class Libc
 
     [LibraryImport("libc", EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Unmount(string target, int flags);
+
+    [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
+    public static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
 
     public static string Error(string what) => $"{what}: {Marshal.GetLastPInvokeErrorMessage()} (errno {Marshal.GetLastPInvokeError()})";
 }

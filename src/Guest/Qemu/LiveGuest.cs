@@ -17,6 +17,7 @@ public sealed partial class LiveGuest : IAsyncDisposable
     private readonly string? socketPath;
     private readonly Task<string> stderr;
     private bool detached;
+    private int disposed;
 
     /// <summary><paramref name="socketPath"/>: a socket of this object's own, removed with it (null for
     /// a guest that lives on its own, see <see cref="StartInFolderAsync"/>).</summary>
@@ -96,7 +97,7 @@ public sealed partial class LiveGuest : IAsyncDisposable
         // Unix socket paths are limited to 108 bytes: keep it short, outside the (maybe long) directory.
         var socketPath = Path.Combine(Path.GetTempPath(), $"semigrate-qmp-{Guid.NewGuid():N}"[..30] + ".sock");
         var start = Arguments(kitDirectory, memoryMiB, ramPath, serialPath, socketPath, incoming);
-        var qemu = Process.Start(start) ?? throw new InvalidOperationException("could not start qemu-system-x86_64");
+        var qemu = HugePageAdvice.StartWithout(start); // faults read what readahead says, not 2 MiB each
         var stderr = qemu.StandardError.ReadToEndAsync(CancellationToken.None);
         try
         {
@@ -107,7 +108,7 @@ public sealed partial class LiveGuest : IAsyncDisposable
                 {
                     throw new InvalidOperationException($"QEMU did not start (exit {(qemu.HasExited ? qemu.ExitCode : -1)}): {(qemu.HasExited ? (await stderr).Trim() : "no QMP socket")}");
                 }
-                await Task.Delay(50, ct);
+                await Task.Delay(10, ct); // the guest's downtime runs
             }
             var qmp = await Qmp.ConnectAsync(socketPath, ct);
             return new LiveGuest(qemu, qmp, socketPath, serialPath, stderr);
@@ -197,7 +198,7 @@ public sealed partial class LiveGuest : IAsyncDisposable
             {
                 throw new TimeoutException("the device state did not load within 60 s");
             }
-            await Task.Delay(20, ct);
+            await Task.Delay(5, ct);
         }
     }
 
@@ -223,13 +224,17 @@ public sealed partial class LiveGuest : IAsyncDisposable
             {
                 throw new TimeoutException($"saving the device state did not complete within 60 s (status {status})");
             }
-            await Task.Delay(20, ct);
+            await Task.Delay(5, ct);
         }
     }
 
     /// <summary>Ends QEMU (quit, or kill if it does not answer), unless detached: then only the control connection.</summary>
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref disposed, 1) == 1)
+        {
+            return; // after QuitAsync, a using's dispose finds nothing left to do
+        }
         if (detached)
         {
             await qmp.DisposeAsync();
