@@ -36,6 +36,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     {
         var guest = LoadGuest(input.Guest);
         var live = LiveGuest.IsLive(host.GuestDirectory(input.Guest));
+        var layout = KernelLayout.Load(guest.KernelPath); // the kernel's types: from its file, before the pause
         DateTimeOffset? pausedAt = null;
         if (live)
         {
@@ -46,7 +47,6 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             await running.PauseAsync(ct);
             pausedAt = DateTimeOffset.UtcNow;
         }
-        var layout = KernelLayout.Load(guest.KernelPath);
         using var memory = GuestMemory.Open(guest.DumpPath);
         ct.ThrowIfCancellationRequested();
         var found = GuestIntrospection.Run(memory, layout);
@@ -273,16 +273,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             records.AddRange(SealedBlob.Seal(BlobKind.Initrd, await File.ReadAllBytesAsync(Path.Combine(folder, "initrd.gz")), sealer));
             File.Delete(deviceState);
         }
-        foreach (var part in records.Chunk(BatchWindow.DefaultBatchBytes / (PageRecord.HeaderSize + PageRecord.SealedBodySize)))
+        // All at once (a running guest's kernel is a dozen batches): the guest is paused meanwhile.
+        try
         {
-            try
-            {
-                await client.StoreAsync(input.Main, input.Vm, part, StepToken.Current);
-            }
-            catch (PageProtocolException e) when (e.Code is PageError.StoreFull or PageError.UnknownVm)
-            {
-                throw new ApplicationFailureException($"{input.Main} refused the manifest of VM {input.Vm}: {e.Message}", nonRetryable: true);
-            }
+            await Task.WhenAll(records.Chunk(BatchWindow.DefaultBatchBytes / (PageRecord.HeaderSize + PageRecord.SealedBodySize))
+                .Select(part => client.StoreAsync(input.Main, input.Vm, part, StepToken.Current)));
+        }
+        catch (PageProtocolException e) when (e.Code is PageError.StoreFull or PageError.UnknownVm)
+        {
+            throw new ApplicationFailureException($"{input.Main} refused the manifest of VM {input.Vm}: {e.Message}", nonRetryable: true);
         }
         var bytes = records.Sum(r => (long)r.WireSize);
         logger.LogInformation("VM {Vm}: manifest of {Pages} pages sent to {Main} in {Bytes} bytes", input.Vm, map.PfnLimit, input.Main, bytes);

@@ -38,7 +38,10 @@ public static class SealedBlob
     {
         using var compressed = new MemoryStream();
         compressed.Write(stackalloc byte[8]);
-        using (var deflate = new ZLibStream(compressed, CompressionLevel.Optimal, leaveOpen: true))
+        // The kernel and initramfs are compressed already: deflating them again would only cost time
+        // (half a second of the guest's downtime for the demo's kernel).
+        var level = kind is BlobKind.Kernel or BlobKind.Initrd ? CompressionLevel.NoCompression : CompressionLevel.Fastest;
+        using (var deflate = new ZLibStream(compressed, level, leaveOpen: true))
         {
             deflate.Write(content);
         }
