@@ -3,6 +3,7 @@ using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Qemu;
 using SEmigrate.Workers.Audit;
@@ -22,16 +23,17 @@ public static class RunningGuestTrial
 {
     private const string Name = "demo-live";
     private const int MemoryMiB = 256;
-    private const int WorkloadMiB = 48;
+    private const int WorkloadMiB = 128;
 
     /// <summary>What the demo saw: the workload's last pass at the source, its passes at the main host
     /// (pages ever found wrong), and the main host's paging.</summary>
     /// <summary>Downtime: from the pause at the source (for introspection) to the continue at the main
-    /// host. RunSeconds: the first passes at the main host, timed inside the
+    /// host; TransferSeconds: the part of it spent sending the pages (paging started at every
+    /// destination to the last destination's transfer recorded). RunSeconds: the first passes at the main host, timed inside the
     /// guest. CPU seconds per role over the migration and the watch (the guest's own QEMU excluded).</summary>
     public sealed record Result(
         string Mode, string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double DowntimeSeconds,
-        double RunSeconds, long PageIns, long PageOuts, double PagedInMiB, double PagedOutMiB, double FaultedMiB, double PeakResidentMiB, double ShareMiB,
+        double TransferSeconds, double WatchedSeconds, double RunSeconds, long PageIns, long PageOuts, double PagedInMiB, double PagedOutMiB, double FaultedMiB, double PeakResidentMiB, double ShareMiB,
         double PageInP99Ms, Cpu CpuSeconds);
 
     public sealed record Cpu(double Source, double Main, double Sub, double Broker);
@@ -82,7 +84,7 @@ public static class RunningGuestTrial
             if (outcome.State != MigrationState.SwitchedOver || outcome.SwitchOver is not { Running: true })
             {
                 say($"running guest: {outcome.State}: {outcome.Reason}");
-                return new Result(mode.ToWireName(), outcome.State.ToString(), outcome.Reason, atSource.LastOrDefault()?.Pass ?? 0, 0, 0, seconds, seconds, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                return new Result(mode.ToWireName(), outcome.State.ToString(), outcome.Reason, atSource.LastOrDefault()?.Pass ?? 0, 0, 0, seconds, seconds, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                     new Cpu(0, 0, 0, 0));
             }
 
@@ -92,18 +94,31 @@ public static class RunningGuestTrial
             say($"running guest: switched over in {seconds:0.0} s; it runs at {main} now, watching it for {passes} passes and {watch.TotalSeconds:0} s");
             var watching = Stopwatch.StartNew();
             await UntilAsync(() => PassesAtMain().Count >= passes, TimeSpan.FromMinutes(10), ct);
-            if (watching.Elapsed < watch)
+            while (watching.Elapsed < watch)
             {
-                await Task.Delay(watch - watching.Elapsed, ct);
+                await Task.Delay(Min(watch - watching.Elapsed, TimeSpan.FromMinutes(1)), ct);
+                var seen = PassesAtMain();
+                say($"running guest: {watching.Elapsed.TotalMinutes:0.0} of {watch.TotalMinutes:0.0} min at {main}: pass {seen.LastOrDefault()?.Pass}, {seen.LastOrDefault()?.Errors} pages ever wrong");
             }
+            var watched = watching.Elapsed.TotalSeconds;
             var atMain = PassesAtMain();
             var cpu1 = (fleet.CpuSecondsByRole(), CpuMeter.Seconds(broker));
             var cpu = new Cpu(cpu1.Item1["source"] - cpu0.Item1["source"], cpu1.Item1["main"] - cpu0.Item1["main"], cpu1.Item1["sub"] - cpu0.Item1["sub"], cpu1.Item2 - cpu0.Item2);
             await Task.Delay(PagingReporter.Every * 2, ct); // the last paging report reaches the audit trail
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var paging = await query.LoadAsync<VmPagingSummary>(vm, ct);
+            var events = (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data).ToList();
+            var transferSeconds = events.OfType<PagingServersStarted>().FirstOrDefault() is { } started && events.OfType<DestinationTransferred>().Any()
+                ? (events.OfType<DestinationTransferred>().Max(e => e.At) - started.At).TotalSeconds : 0;
+            if (outcome.PausedAt is { } paused && outcome.SwitchOver.ContinuedAt is { } continued && events.OfType<GuestIntrospected>().FirstOrDefault() is { } introspected
+                && events.OfType<PagingServersStarted>().FirstOrDefault() is { } pagingStarted)
+            {
+                say($"running guest: downtime {(continued - paused).TotalSeconds:0.00} s: introspection {(introspected.At - paused).TotalSeconds:0.00}, placing and starting paging " +
+                    $"{(pagingStarted.At - introspected.At).TotalSeconds:0.00}, sending pages {transferSeconds:0.00}, hand-over and switch-over " +
+                    $"{(continued - pagingStarted.At).TotalSeconds - transferSeconds:0.00}");
+            }
             var result = new Result(mode.ToWireName(), outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1,
-                seconds, outcome.Downtime?.TotalSeconds ?? seconds, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,
+                seconds, outcome.Downtime?.TotalSeconds ?? seconds, transferSeconds, watched, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,
                 (paging?.BytesIn ?? 0) / 1048576.0, (paging?.BytesOut ?? 0) / 1048576.0, (paging?.FaultedBytes ?? 0) / 1048576.0,
                 (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0, cpu);
             say($"running guest: at {main}: passes {atMain.FirstOrDefault()?.Pass}..{atMain.LastOrDefault()?.Pass}, {result.WrongPages} pages ever wrong; " +
@@ -164,6 +179,8 @@ public static class RunningGuestTrial
             }
         }
     }
+
+    private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
 
     private static async Task UntilAsync(Func<bool> done, TimeSpan timeout, CancellationToken ct)
     {

@@ -99,6 +99,7 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
                     }
                 }
                 var response = await request;
+                logger.LogInformation("{Step} at {Host}: answered in {Ms:0} ms", step, host, (DateTime.UtcNow - started).TotalMilliseconds);
                 if (response.Is(out Response<StepRefused>? refused))
                 {
                     throw new StepFailedException($"{step} at {host} refused: {refused.Message.Reason}");
