@@ -84,6 +84,19 @@ public class CommandLineTests
         Assert.Contains("--passes must be from 1 to 1000", r.Stderr, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("10x")]
+    [InlineData("m")]
+    [InlineData("0m")]
+    [InlineData("2d")]
+    [InlineData("25h")]
+    public async Task Bench_paper_refuses_a_bad_soak_duration_before_anything_starts(string soak)
+    {
+        var r = await SemigrateProcess.RunAsync(NoEnvironment, "bench", "paper", "--soak", soak);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains($"--soak takes a duration up to a day, as 90s, 10m or 1h, not '{soak}'", r.Stderr, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Guest_stop_and_list_say_what_is_not_there()
     {

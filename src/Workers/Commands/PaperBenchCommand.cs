@@ -101,7 +101,7 @@ public static class PaperBenchCommand
     public static TimeSpan Duration(string text, string option)
     {
         var unit = text.Length > 1 ? text[^1] : ' ';
-        if (!double.TryParse(text[..^1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var n) || n <= 0
+        if (unit == ' ' || !double.TryParse(text[..^1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var n) || n <= 0
             || unit is not ('s' or 'm' or 'h') || n * (unit == 'h' ? 3600 : unit == 'm' ? 60 : 1) > 24 * 3600)
         {
             throw new FormatException($"{option} takes a duration up to a day, as 90s, 10m or 1h, not '{text}'");

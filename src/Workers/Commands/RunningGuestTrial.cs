@@ -26,8 +26,7 @@ public static class RunningGuestTrial
     private const int WorkloadMiB = 128;
 
     /// <summary>What the demo saw: the workload's last pass at the source, its passes at the main host
-    /// (pages ever found wrong), and the main host's paging.</summary>
-    /// <summary>Downtime: from the pause at the source (for introspection) to the continue at the main
+    /// (pages ever found wrong), and the main host's paging. Downtime: from the pause at the source (for introspection) to the continue at the main
     /// host; TransferSeconds: the part of it spent sending the pages (paging started at every
     /// destination to the last destination's transfer recorded). RunSeconds: the first passes at the main host, timed inside the
     /// guest. CPU seconds per role over the migration and the watch (the guest's own QEMU excluded).</summary>
