@@ -74,6 +74,10 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
 
     public async ValueTask ReadAsync(long offset, Memory<byte> data)
     {
+        if (data.Length == 0)
+        {
+            return; // a read at the end of the file
+        }
         var (first, end) = ((ulong)(offset / Page), (ulong)((offset + data.Length + Page - 1) / Page));
         // Past the budget the evictor makes room; past it by a tenth, a read that brings new pages
         // waits for that room (the guest slows down rather than overrun the host's share).

@@ -55,7 +55,7 @@ public static class HugePageAdvice
     }
 
     [StructLayout(LayoutKind.Sequential)]
-    private unsafe struct Program
+    private unsafe struct FilterProgram
     {
         public ushort Length;
         public Instruction* Filter;
@@ -79,7 +79,7 @@ public static class HugePageAdvice
         ];
         fixed (Instruction* f = filter)
         {
-            var program = new Program { Length = (ushort)filter.Length, Filter = f };
+            var program = new FilterProgram { Length = (ushort)filter.Length, Filter = f };
             // No new privileges: what a filter needs without CAP_SYS_ADMIN, and QEMU needs none anyway.
             if (Libc.Prctl(SetNoNewPrivileges, 1, 0, 0, 0) != 0 || Libc.Prctl(SetSeccomp, ModeFilter, (nuint)(&program), 0, 0) != 0)
             {
