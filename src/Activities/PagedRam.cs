@@ -305,8 +305,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
             {
                 log($"evicting {victims.Count} chunks took {clock.Elapsed.TotalSeconds:0.0} s");
             }
-            var dirty = new List<(ulong Pfn, ReadOnlyMemory<byte> Page)>();
-            var copies = new List<(ulong Pfn, byte[] Page)>();
+            var dirty = new List<(ulong Pfn, byte[] Page)>();
             foreach (var chunk in victims)
             {
                 for (var pfn = (ulong)chunk * ChunkPages; pfn < (ulong)(chunk + 1) * ChunkPages && pfn < pfnLimit; pfn++)
@@ -314,16 +313,15 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                     if (written.TryGetValue(pfn, out var page))
                     {
                         dirty.Add((pfn, page));
-                        copies.Add((pfn, page));
                     }
                 }
             }
             if (dirty.Count > 0)
             {
-                await pager.PageOutAsync(dirty, ct);
-                foreach (var copy in copies)
+                await pager.PageOutAsync([.. dirty.Select(d => (d.Pfn, (ReadOnlyMemory<byte>)d.Page))], ct);
+                foreach (var (pfn, page) in dirty)
                 {
-                    written.TryRemove(new KeyValuePair<ulong, byte[]>(copy.Pfn, copy.Page)); // unless written again meanwhile
+                    written.TryRemove(new KeyValuePair<ulong, byte[]>(pfn, page)); // unless written again meanwhile
                 }
             }
         }

@@ -107,10 +107,11 @@ public static class RunningGuestTrial
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var paging = await query.LoadAsync<VmPagingSummary>(vm, ct);
             var events = (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data).ToList();
-            var transferSeconds = events.OfType<PagingServersStarted>().FirstOrDefault() is { } started && events.OfType<DestinationTransferred>().Any()
-                ? (events.OfType<DestinationTransferred>().Max(e => e.At) - started.At).TotalSeconds : 0;
+            var pagingStarted = events.OfType<PagingServersStarted>().FirstOrDefault();
+            var transferSeconds = pagingStarted is not null && events.OfType<DestinationTransferred>().Any()
+                ? (events.OfType<DestinationTransferred>().Max(e => e.At) - pagingStarted.At).TotalSeconds : 0;
             if (outcome.PausedAt is { } paused && outcome.SwitchOver.ContinuedAt is { } continued && events.OfType<GuestIntrospected>().FirstOrDefault() is { } introspected
-                && events.OfType<PagingServersStarted>().FirstOrDefault() is { } pagingStarted)
+                && pagingStarted is not null)
             {
                 say($"running guest: downtime {(continued - paused).TotalSeconds:0.00} s: introspection {(introspected.At - paused).TotalSeconds:0.00}, placing and starting paging " +
                     $"{(pagingStarted.At - introspected.At).TotalSeconds:0.00}, sending pages {transferSeconds:0.00}, hand-over and switch-over " +
