@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 
@@ -102,16 +103,23 @@ public sealed partial class LiveGuest : IAsyncDisposable
         try
         {
             var until = DateTime.UtcNow.AddSeconds(30);
-            while (!File.Exists(socketPath))
+            while (true)
             {
+                try
+                {
+                    var qmp = await Qmp.ConnectAsync(socketPath, ct);
+                    return new LiveGuest(qemu, qmp, socketPath, serialPath, stderr);
+                }
+                catch (SocketException e) when (e.SocketErrorCode is SocketError.AddressNotAvailable or SocketError.ConnectionRefused)
+                {
+                    // No socket yet, or QEMU has bound it but does not listen yet: it is still starting.
+                }
                 if (qemu.HasExited || DateTime.UtcNow > until)
                 {
                     throw new InvalidOperationException($"QEMU did not start (exit {(qemu.HasExited ? qemu.ExitCode : -1)}): {(qemu.HasExited ? (await stderr).Trim() : "no QMP socket")}");
                 }
                 await Task.Delay(10, ct); // the guest's downtime runs
             }
-            var qmp = await Qmp.ConnectAsync(socketPath, ct);
-            return new LiveGuest(qemu, qmp, socketPath, serialPath, stderr);
         }
         catch
         {

@@ -23,7 +23,15 @@ internal sealed class Qmp : IAsyncDisposable
     public static async Task<Qmp> ConnectAsync(string socketPath, CancellationToken ct)
     {
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct);
+        try
+        {
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
         var qmp = new Qmp(socket);
         _ = await qmp.reader.ReadLineAsync(ct); // greeting
         await qmp.ExecuteAsync("qmp_capabilities", null, ct);
