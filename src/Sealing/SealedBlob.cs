@@ -21,31 +21,37 @@ public enum BlobKind : ulong
     Initrd = 3,
 }
 
-/// <summary>A blob from the source to the main host: compressed, then sealed under the migration's data
-/// key as page records at page numbers no guest has (from <see cref="FirstPfn"/> of its kind): it
-/// travels, is stored and is checked exactly like a sealed page, and a record moved, altered or
-/// replayed does not open. Content: the length of the compressed form (8), then the compressed form,
-/// in 4 KiB pages.</summary>
+/// <summary>A blob from the source to the main host: compressed (unless compressed already: the kernel
+/// and initramfs), then sealed under the migration's data key as page records at page numbers no guest
+/// has (from <see cref="FirstPfn"/> of its kind): it travels, is stored and is checked exactly like a
+/// sealed page, and a record moved, altered or replayed does not open. Content: the length of the
+/// stored form (8), then the stored form, in 4 KiB pages.</summary>
 public static class SealedBlob
 {
     /// <summary>Where a kind's records start: 2^62 and up, 2^40 pages apart.</summary>
     public static ulong FirstPfn(BlobKind kind) => (1UL << 62) + ((ulong)kind << 40);
 
-    /// <summary>The most a blob may take, compressed: 64 MiB (a 2 TiB guest's map uncompressed).</summary>
+    /// <summary>The most a blob may take, stored: 64 MiB (a 2 TiB guest's map uncompressed).</summary>
     public const int MaxBytes = 64 << 20;
+
+    /// <summary>The kernel and initramfs are compressed already: zlib, even storing without
+    /// compression, cost 15-120 ms each way on the demo's 14 MB kernel, inside the guest's downtime.</summary>
+    private static bool StoredAsIs(BlobKind kind) => kind is BlobKind.Kernel or BlobKind.Initrd;
 
     public static List<PageRecord> Seal(BlobKind kind, ReadOnlySpan<byte> content, PageSealer sealer)
     {
-        using var compressed = new MemoryStream();
-        compressed.Write(stackalloc byte[8]);
-        // The kernel and initramfs are compressed already: deflating them again would only cost time
-        // (half a second of the guest's downtime for the demo's kernel).
-        var level = kind is BlobKind.Kernel or BlobKind.Initrd ? CompressionLevel.NoCompression : CompressionLevel.Fastest;
-        using (var deflate = new ZLibStream(compressed, level, leaveOpen: true))
+        using var stored = new MemoryStream();
+        stored.Write(stackalloc byte[8]);
+        if (StoredAsIs(kind))
         {
+            stored.Write(content);
+        }
+        else
+        {
+            using var deflate = new ZLibStream(stored, CompressionLevel.Fastest, leaveOpen: true);
             deflate.Write(content);
         }
-        var bytes = compressed.GetBuffer().AsSpan(0, (int)compressed.Length);
+        var bytes = stored.GetBuffer().AsSpan(0, (int)stored.Length);
         BinaryPrimitives.WriteInt64LittleEndian(bytes, bytes.Length - 8);
         var records = new List<PageRecord>();
         var page = new byte[PageRecord.PageSize];
@@ -83,16 +89,24 @@ public static class SealedBlob
         {
             throw new PageIntegrityException(vm, first, host, $"{what} claims {length} bytes");
         }
-        var compressed = new byte[8 + length];
-        for (var at = 0; at < compressed.Length; at += PageRecord.PageSize)
+        if (StoredAsIs(kind) && length > maxContent)
+        {
+            throw new PageIntegrityException(vm, first, host, $"{what} is larger than the {maxContent} bytes allowed");
+        }
+        var stored = new byte[8 + length];
+        for (var at = 0; at < stored.Length; at += PageRecord.PageSize)
         {
             if (at > 0)
             {
                 Read(first + (ulong)(at / PageRecord.PageSize));
             }
-            page.AsSpan(0, Math.Min(PageRecord.PageSize, compressed.Length - at)).CopyTo(compressed.AsSpan(at));
+            page.AsSpan(0, Math.Min(PageRecord.PageSize, stored.Length - at)).CopyTo(stored.AsSpan(at));
         }
-        using var deflate = new ZLibStream(new MemoryStream(compressed, 8, (int)length), CompressionMode.Decompress);
+        if (StoredAsIs(kind))
+        {
+            return stored[8..];
+        }
+        using var deflate = new ZLibStream(new MemoryStream(stored, 8, (int)length), CompressionMode.Decompress);
         using var content = new MemoryStream();
         var buffer = new byte[1 << 16];
         for (int n; (n = deflate.Read(buffer)) > 0;)

@@ -15,7 +15,8 @@ public interface IPageStore : IDisposable
     void Put(Guid vm, IReadOnlyList<PageRecord> records);
 
     /// <summary>Prepares room for a VM's expected pages before its transfer starts (memory allocated
-    /// and touched now rather than during the transfer); does not count against capacity.</summary>
+    /// and touched ahead of the transfer rather than page by page in it, without delaying the
+    /// answer); does not count against capacity.</summary>
     void Reserve(Guid vm, long pages);
 
     /// <summary>The stored wire form of a page, or null.</summary>

@@ -75,24 +75,51 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
         }
     }
 
+    /// <summary>Answers at once: a page fault per 4 KiB costs 0.2-0.7 s for 90 MiB here, inside a
+    /// running guest's downtime. The slabs are allocated and touched in the background, ahead of the
+    /// transfer's stores (a store that overtakes it allocates its own slab).</summary>
     public void Reserve(Guid vm, long pages)
     {
+        VmPages vmPages;
+        long slabs;
         lock (gate)
         {
-            if (!vms.TryGetValue(vm, out var vmPages))
+            if (!vms.TryGetValue(vm, out vmPages!))
             {
                 vms[vm] = vmPages = new VmPages();
             }
             var slots = Math.Min(pages, capacityPages - used);
             vmPages.Slots.EnsureCapacity((int)Math.Min(slots, int.MaxValue));
-            while ((long)vmPages.Slabs.Count * SlotsPerSlab < slots)
+            slabs = (slots + SlotsPerSlab - 1) / SlotsPerSlab;
+        }
+        _ = Task.Run(() => Prefault(vm, vmPages, slabs));
+    }
+
+    private void Prefault(Guid vm, VmPages pages, long slabs)
+    {
+        // Stops when the VM has its slabs (or was released meanwhile).
+        bool Wanted() => vms.TryGetValue(vm, out var now) && ReferenceEquals(now, pages) && pages.Slabs.Count < slabs;
+        while (true)
+        {
+            lock (gate)
             {
-                var slab = GC.AllocateUninitializedArray<byte>(SlotsPerSlab * SlotSize);
-                for (var at = 0; at < slab.Length; at += 4096)
+                if (!Wanted())
                 {
-                    slab[at] = 0; // touch: the kernel maps the page now, not mid-transfer
+                    return;
                 }
-                vmPages.Slabs.Add(slab);
+            }
+            var slab = GC.AllocateUninitializedArray<byte>(SlotsPerSlab * SlotSize);
+            for (var at = 0; at < slab.Length; at += 4096)
+            {
+                slab[at] = 0; // touch: the kernel maps the page now, not mid-transfer
+            }
+            lock (gate)
+            {
+                if (!Wanted())
+                {
+                    return;
+                }
+                pages.Slabs.Add(slab);
             }
         }
     }
