@@ -13,6 +13,10 @@ public interface IMigrationSteps
 
     Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps);
 
+    /// <summary>Whether the procedure takes the path a change introduced (Temporal's patching: false only
+    /// while replaying a history recorded before the change, which took the old path).</summary>
+    bool Patched(string patchId);
+
     Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct);
 
     Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct);

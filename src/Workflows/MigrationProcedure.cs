@@ -75,10 +75,23 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             await steps.RecordAsync(new PagingServersStarted(id, destinations, steps.UtcNow));
 
             state = MigrationState.Transferring;
-            await steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, a, keys[a.Host].ServerKey, ct)));
-
-            var handedOver = await steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host,
-                keys[request.Main.Host].HostKey ?? throw new InvalidOperationException($"main host {request.Main.Host} sent no public key")), ct);
+            var mainKey = keys[request.Main.Host].HostKey ?? throw new InvalidOperationException($"main host {request.Main.Host} sent no public key");
+            Task<HandedOver> HandOverAsync() => steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host, mainKey), ct);
+            // The hand-over needs only the paused guest and the main host's key, so it runs beside the
+            // transfers: it is inside a running guest's downtime. Histories from before ran it after them.
+            var besideTransfers = steps.Patched(HandOverBesideTransfers);
+            var transferred = steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, a, keys[a.Host].ServerKey, ct)));
+            var handOver = besideTransfers ? HandOverAsync() : null;
+            try
+            {
+                await transferred;
+            }
+            catch (Exception) when (handOver is not null)
+            {
+                await SettledAsync(handOver); // nothing may still be storing at the main host while it releases
+                throw;
+            }
+            var handedOver = await (handOver ?? HandOverAsync());
             var switched = await steps.SwitchOverAsync(request.Main.Host,
                 new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan), ct);
             state = MigrationState.SwitchedOver;
@@ -88,6 +101,22 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {
             return await CompensateAsync(request, destinations, guest.Pages, plan, ct.IsCancellationRequested ? $"cancelled: {CancelReason ?? Reason(e)}" : Reason(e));
+        }
+    }
+
+    /// <summary>Temporal patch id: the hand-over runs beside the transfers, not after them.</summary>
+    public const string HandOverBesideTransfers = "hand-over-beside-transfers";
+
+    private static async Task SettledAsync(Task step)
+    {
+        try
+        {
+            await step;
+        }
+#pragma warning disable CA1031 // its outcome does not matter: the migration is being undone for another reason
+        catch (Exception)
+#pragma warning restore CA1031
+        {
         }
     }
 

@@ -15,6 +15,8 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
 
     public Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => Workflow.WhenAllAsync(steps);
 
+    public bool Patched(string patchId) => Workflow.Patched(patchId);
+
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
         Workflow.ExecuteActivityAsync((SourceActivities a) => a.IntrospectAsync(input), Options(host, policies.Introspect, ct));
 

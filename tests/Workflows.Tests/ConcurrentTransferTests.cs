@@ -49,6 +49,8 @@ public class ConcurrentTransferTests
 
         public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
 
+        public bool Patched(string patchId) => true;
+
         public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
             Task.Run(() => new IntrospectionResult(new PageCounts(0, 0, (SubHosts + 1) * 512), (SubHosts + 1) * 512, 1, 1, [], 512, [.. Enumerable.Repeat(512, SubHosts + 1)], [.. Enumerable.Repeat(512, SubHosts + 1)]), ct);
 

@@ -77,6 +77,10 @@ internal sealed class HistoryBuilder
 
     public sealed record Complete(object? Result) : Command;
 
+    /// <summary>Workflow.Patched(id) run live: sdk-core's "core_patch" marker, then (core flag 2) its
+    /// upsert of the TemporalChangeVersion search attribute.</summary>
+    public sealed record Patch(string Id) : Command;
+
     /// <summary>Completes the workflow task in progress with these commands; returns the scheduled event
     /// id of each activity it scheduled, in order.</summary>
     public long[] Task(params Command[] commands)
@@ -132,6 +136,24 @@ internal sealed class HistoryBuilder
                     {
                         ScheduledEventId = c.ScheduledEventId,
                         WorkflowTaskCompletedEventId = completed.EventId,
+                    });
+                    break;
+                case Patch patch:
+                    Add(EventType.MarkerRecorded, e => e.MarkerRecordedEventAttributes = new MarkerRecordedEventAttributes
+                    {
+                        MarkerName = "core_patch",
+                        Details = { ["patch-data"] = Payloads(new { id = patch.Id, deprecated = false }) },
+                        WorkflowTaskCompletedEventId = completed.EventId,
+                    });
+                    Add(EventType.UpsertWorkflowSearchAttributes, e =>
+                    {
+                        var versions = DataConverter.Default.PayloadConverter.ToPayload(new[] { patch.Id });
+                        versions.Metadata["type"] = Google.Protobuf.ByteString.CopyFromUtf8("KeywordList");
+                        e.UpsertWorkflowSearchAttributesEventAttributes = new UpsertWorkflowSearchAttributesEventAttributes
+                        {
+                            WorkflowTaskCompletedEventId = completed.EventId,
+                            SearchAttributes = new SearchAttributes { IndexedFields = { ["TemporalChangeVersion"] = versions } },
+                        };
                     });
                     break;
                 case Complete done:

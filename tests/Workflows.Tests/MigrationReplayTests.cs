@@ -32,7 +32,6 @@ public class MigrationReplayTests
         new WorkflowReplayer(new WorkflowReplayerOptions { Interceptors = capture is null ? [] : [capture] }.AddWorkflow<MigrationWorkflow>())
             .ReplayWorkflowAsync(history, throwOnReplayFailure: true, TestContext.Current.CancellationToken);
 
-    /// <summary>Up to the transfers being scheduled; returns their scheduled event ids.</summary>
     /// <summary>Up to the pages being classified and recorded; the next task places them.</summary>
     private static void UpToClassified(HistoryBuilder h, IntrospectionResult introspected)
     {
@@ -48,7 +47,9 @@ public class MigrationReplayTests
         h.Completed((r[0], null));
     }
 
-    private static long[] UpToTransfers(HistoryBuilder h)
+    /// <summary>Up to the transfers (and, since the patch, the hand-over beside them) being scheduled;
+    /// returns their scheduled event ids, the hand-over's last.</summary>
+    private static long[] UpToTransfers(HistoryBuilder h, bool handOverBeside)
     {
         UpToClassified(h, Introspected);
         var r = h.Task(Record()); // placed
@@ -57,7 +58,10 @@ public class MigrationReplayTests
         h.Completed((starts[0], new PagingStarted("main", [1], [2])), (starts[1], new PagingStarted("sub-a", [3], null)), (starts[2], new PagingStarted("sub-b", [4], null)));
         r = h.Task(Record()); // paging servers started
         h.Completed((r[0], null));
-        return h.Task(State(MigrationState.Transferring), On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src"));
+        Command[] transfers = [On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src")];
+        return handOverBeside
+            ? h.Task([State(MigrationState.Transferring), new Patch(MigrationProcedure.HandOverBesideTransfers), .. transfers, On("HandOver", "src")])
+            : h.Task([State(MigrationState.Transferring), .. transfers]);
     }
 
     /// <summary>The end of a compensation: the releases scheduled come back, the source lets go of the
@@ -72,16 +76,22 @@ public class MigrationReplayTests
         h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
     }
 
-    private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null)
+    /// <summary>A migration that switches over: as recorded since the hand-over runs beside the
+    /// transfers, or (<paramref name="handOverBeside"/> false) as recorded before, hand-over after them.</summary>
+    private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null, bool handOverBeside = true)
     {
         var h = new HistoryBuilder();
-        var transfers = UpToTransfers(h);
+        var scheduled = UpToTransfers(h, handOverBeside);
+        var transfers = scheduled[..3];
         beforeTransfersComplete?.Invoke(h, transfers);
-        h.Completed([.. transfers.Select((t, i) => (t, (object?)Transferred(Hosts[i])))]);
+        h.Completed([.. transfers.Select((t, i) => (t, (object?)Transferred(Hosts[i]))), .. handOverBeside ? [(scheduled[3], new HandedOver([9, 9], 4148))] : Array.Empty<(long, object?)>()]);
         var r = h.Task(Record(), Record(), Record()); // one per destination
         h.Completed([.. r.Select(id => (id, (object?)null))]);
-        var handOver = h.Task(On("HandOver", "src"));
-        h.Completed((handOver[0], new HandedOver([9, 9], 4148)));
+        if (!handOverBeside)
+        {
+            var handOver = h.Task(On("HandOver", "src"));
+            h.Completed((handOver[0], new HandedOver([9, 9], 4148)));
+        }
         var switchOver = h.Task(On("SwitchOver", "main"));
         h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
         r = h.Task(Record()); // switched over
@@ -99,6 +109,9 @@ public class MigrationReplayTests
         var result = await ReplayAsync(HappyPath().Build(), capture);
         Assert.Null(result.ReplayFailure);
 
+        // The hand-over is scheduled with the transfers, before any of them is recorded as done.
+        Assert.Equal(["TransferPages", "TransferPages", "TransferPages", "HandOver", "RecordEvent"],
+            capture.Scheduled.Select(s => s.Activity).SkipWhile(a => a != "TransferPages").Take(5));
         // Each destination's transfer runs at the source with its own range, in placement order.
         var transfers = capture.Scheduled.Where(s => s.Activity == "TransferPages").ToList();
         Assert.All(transfers, t => Assert.Equal(StepQueues.Host("src"), t.TaskQueue));
@@ -117,6 +130,26 @@ public class MigrationReplayTests
     }
 
     [Fact]
+    public async Task A_history_recorded_before_the_hand_over_moved_replays_it_after_the_transfers()
+    {
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(HappyPath(handOverBeside: false).Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        var order = capture.Scheduled.Select(s => s.Activity).Where(a => a is "TransferPages" or "HandOver").ToList();
+        Assert.Equal(["TransferPages", "TransferPages", "TransferPages", "HandOver"], order);
+    }
+
+    [Fact]
+    public async Task A_history_without_the_hand_over_beside_the_transfers_does_not_pass_for_one_with_it()
+    {
+        // The new history with the hand-over dropped from beside the transfers: the workflow, which
+        // sees the patch marker, schedules it there and must not match.
+        var e = await Assert.ThrowsAsync<WorkflowNondeterminismException>(() =>
+            ReplayAsync(HappyPath().BuildWithActivityTypeChanged("HandOver", "SwitchOver")));
+        Assert.Contains("SwitchOver", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_transfer_that_failed_once_and_was_retried_replays()
     {
         var result = await ReplayAsync(HappyPath((h, transfers) => h.Retried(transfers[1])).Build());
@@ -127,7 +160,7 @@ public class MigrationReplayTests
     public async Task A_transfer_that_fails_for_good_compensates_at_every_destination()
     {
         var h = new HistoryBuilder();
-        var transfers = UpToTransfers(h);
+        var transfers = UpToTransfers(h, handOverBeside: false); // recorded before the hand-over moved
         h.Completed((transfers[0], Transferred("main"))).Failed(transfers[1], "store full at sub-a").Completed((transfers[2], Transferred("sub-b")));
         var r = h.Task(Record(), Record()); // the two that finished
         h.Completed([.. r.Select(id => (id, (object?)null))]);
@@ -147,7 +180,7 @@ public class MigrationReplayTests
     public async Task A_cancel_during_the_transfers_stops_them_and_compensates()
     {
         var h = new HistoryBuilder();
-        var transfers = UpToTransfers(h);
+        var transfers = UpToTransfers(h, handOverBeside: false); // recorded before the hand-over moved
         h.Signaled("Cancel", new CancelMigration("maintenance window over"));
         // The cancel requests and the compensation's releases go out in the same workflow task.
         CompensatedAfter(h, h.Task(new CancelActivity(transfers[0]), new CancelActivity(transfers[1]), new CancelActivity(transfers[2]),

@@ -17,6 +17,9 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
 
     public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
 
+    /// <summary>Always the newest path: this engine keeps no history to replay.</summary>
+    public bool Patched(string patchId) => true;
+
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
         RunAsync<IntrospectGuest, IntrospectionResult>(host, "introspect", _ => input, policies.Introspect, ct);
 
