@@ -93,20 +93,22 @@ public static class SealedBlob
         {
             throw new PageIntegrityException(vm, first, host, $"{what} is larger than the {maxContent} bytes allowed");
         }
-        var stored = new byte[8 + length];
-        for (var at = 0; at < stored.Length; at += PageRecord.PageSize)
+        // The stored form without its length: records are read straight into it, past the length's 8 bytes.
+        var stored = new byte[length];
+        for (long at = 0; at < 8 + length; at += PageRecord.PageSize)
         {
             if (at > 0)
             {
                 Read(first + (ulong)(at / PageRecord.PageSize));
             }
-            page.AsSpan(0, Math.Min(PageRecord.PageSize, stored.Length - at)).CopyTo(stored.AsSpan(at));
+            var from = at == 0 ? 8 : 0;
+            page.AsSpan(from, (int)Math.Min(PageRecord.PageSize, 8 + length - at) - from).CopyTo(stored.AsSpan((int)(at + from - 8)));
         }
         if (StoredAsIs(kind))
         {
-            return stored[8..];
+            return stored;
         }
-        using var deflate = new ZLibStream(new MemoryStream(stored, 8, (int)length), CompressionMode.Decompress);
+        using var deflate = new ZLibStream(new MemoryStream(stored), CompressionMode.Decompress);
         using var content = new MemoryStream();
         var buffer = new byte[1 << 16];
         for (int n; (n = deflate.Read(buffer)) > 0;)
