@@ -29,6 +29,14 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     private readonly ConcurrentDictionary<(Guid, string), SemaphoreSlim> transfers = new();
     private readonly Throttle throttle = new();
 
+    [Activity("MeasureGuest")]
+    public Task<GuestLayout> MeasureAsync(MeasureGuest input) => Task.Run(() =>
+    {
+        var guest = LoadGuest(input.Guest);
+        using var memory = GuestMemory.Open(guest.DumpPath); // the ranges only: a running guest runs on
+        return Layout(memory, HandOverPages(input.Guest, memory.PfnLimit, LiveGuest.IsLive(host.GuestDirectory(input.Guest))));
+    });
+
     [Activity("Introspect")]
     public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input) => IntrospectAsync(input, ActivityExecutionContext.Current.CancellationToken);
 
@@ -47,6 +55,22 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             await running.PauseAsync(ct);
             pausedAt = DateTimeOffset.UtcNow;
         }
+        try
+        {
+            return Classify(input, guest, layout, live, pausedAt, ct);
+        }
+        catch (Exception) when (pausedAt is not null)
+        {
+            // Nothing here remembers the guest yet, so nothing else would let it run again.
+            await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(input.Guest), CancellationToken.None);
+            await running.ContinueAsync(CancellationToken.None);
+            throw;
+        }
+    }, ct);
+
+    private IntrospectionResult Classify(IntrospectGuest input, (string DumpPath, string KernelPath) guest, KernelLayout layout, bool live, DateTimeOffset? pausedAt,
+        CancellationToken ct)
+    {
         using var memory = GuestMemory.Open(guest.DumpPath);
         ct.ThrowIfCancellationRequested();
         var found = GuestIntrospection.Run(memory, layout);
@@ -60,22 +84,38 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             key.Save(state.KeyPath); // generated here, at the source; it leaves only wrapped for the main host
         }
 
-        var chunkPages = (int)Math.Max(512, (map.PfnLimit + MaxChunks - 1) / MaxChunks);
-        var chunks = new int[(map.PfnLimit + (ulong)chunkPages - 1) / (ulong)chunkPages];
-        var sent = new int[chunks.Length];
+        var chunks = Layout(memory, HandOverPages(input.Guest, map.PfnLimit, live));
+        var sent = new int[chunks.ChunkGuestPages.Count];
         var codec = new PageCodec(input.Mode, input.Vm, null, null);
         for (ulong pfn = 0; pfn < map.PfnLimit; pfn++)
         {
-            if (map.IsGuestPage(pfn))
+            if (map.IsGuestPage(pfn) && codec.WireClass(map[pfn]) != PageClass.Zero)
             {
-                chunks[pfn / (ulong)chunkPages]++;
-                sent[pfn / (ulong)chunkPages] += codec.WireClass(map[pfn]) == PageClass.Zero ? 0 : 1;
+                sent[pfn / (ulong)chunks.ChunkPages]++;
             }
         }
         logger.LogInformation("introspected VM {Vm}: {Zero} zero, {Plain} plain, {Sealed} sealed pages", input.Vm, map.Zero, map.Plain, map.Sealed);
         return new IntrospectionResult(new PageCounts((long)map.Zero, (long)map.Plain, (long)map.Sealed), (long)map.PfnLimit,
-            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunkPages, chunks, sent, HandOverPages(input.Guest, map, live), pausedAt);
-    }, ct);
+            found.Tasks.Count, found.Processes.Count, found.Diagnostics, chunks.ChunkPages, chunks.ChunkGuestPages, sent, chunks.HandOverPages, pausedAt);
+    }
+
+    /// <summary>Guest pages per chunk, from the memory's ranges: the same before the pause and after it.</summary>
+    private static GuestLayout Layout(GuestMemory memory, long handOverPages)
+    {
+        var chunkPages = (int)Math.Max(512, (memory.PfnLimit + MaxChunks - 1) / MaxChunks);
+        var chunks = new int[(memory.PfnLimit + (ulong)chunkPages - 1) / (ulong)chunkPages];
+        foreach (var r in memory.Ranges)
+        {
+            for (var pfn = r.FirstPfn; pfn < r.EndPfn;)
+            {
+                var chunk = pfn / (ulong)chunkPages;
+                var end = Math.Min(r.EndPfn, (chunk + 1) * (ulong)chunkPages);
+                chunks[chunk] += (int)(end - pfn);
+                pfn = end;
+            }
+        }
+        return new GuestLayout((long)memory.PfnLimit, chunkPages, chunks, handOverPages);
+    }
 
     [Activity("TransferPages")]
     public Task<TransferResult> TransferAsync(TransferPages input) => TransferAsync(input, ActivityExecutionContext.Current.CancellationToken);
@@ -207,11 +247,11 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     /// <summary>At most what the hand-over stores at the main host: the manifest (its map uncompressed),
     /// and for a running guest its kernel, initramfs and device state (QEMU's is well under 1 MiB).</summary>
-    private long HandOverPages(string guest, ClassificationMap map, bool live)
+    private long HandOverPages(string guest, ulong pfnLimit, bool live)
     {
         long Pages(long bytes) => (bytes + PageRecord.PageSize - 1) / PageRecord.PageSize + 1;
         var folder = host.GuestDirectory(guest);
-        return Pages(map.ByteSize)
+        return Pages(ClassificationMap.ByteSizeFor(pfnLimit))
             + (live ? Pages(new FileInfo(BootedGuest.KernelIn(folder)).Length) + Pages(new FileInfo(Path.Combine(folder, "initrd.gz")).Length) + Pages(1 << 20) : 0);
     }
 

@@ -17,6 +17,8 @@ public interface IMigrationSteps
     /// while replaying a history recorded before the change, which took the old path).</summary>
     bool Patched(string patchId);
 
+    Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct);
+
     Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct);
 
     Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct);

@@ -4,9 +4,10 @@ using SEmigrate.Contracts.Migration;
 
 namespace SEmigrate.Workflows;
 
-/// <summary>The split migration, written once for both engines: introspect and classify at the source,
-/// place, start paging at every destination (in parallel), transfer to every destination (in
-/// parallel), switch over at the main host, release the source. A failure or cancel after anything
+/// <summary>The split migration, written once for both engines: measure the guest at the source, place
+/// it, start paging at every destination (in parallel), introspect and classify at the source (a
+/// running guest is paused from here), transfer to every destination (in parallel) with the hand-over
+/// beside them, switch over at the main host, release the source. A failure or cancel after anything
 /// started at a destination compensates: every destination releases the VM's pages, the VM keeps
 /// running at the source, and the reason is recorded. Deterministic: all I/O, time and concurrency go
 /// through <see cref="IMigrationSteps"/>.</summary>
@@ -39,17 +40,25 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         await steps.RecordAsync(new MigrationRequested(id, request.Vm, request.Source, request.Main.Host,
             [.. request.SubHosts.Select(s => s.Host)], request.Mode.ToWireName(), steps.UtcNow));
 
+        // Since the patch, a running guest runs on while it is measured and placed and paging starts:
+        // only its classification, the transfers and the switch-over are inside its downtime.
+        var pagingFirst = steps.Patched(PagingBeforePause);
         // Before anything moves, a failure is a refusal: nothing to undo.
-        IntrospectionResult guest;
+        IntrospectionResult? guest = null;
+        GuestLayout layout;
         PlacementPlan plan;
         try
         {
-            guest = await steps.IntrospectAsync(request.Source,
-                new IntrospectGuest(id, request.Vm, request.Guest, request.Mode, request.PlainProcesses), ct);
-            state = MigrationState.Introspected;
-            await steps.RecordAsync(new GuestIntrospected(id, guest.Tasks, guest.Processes, guest.Diagnostics, steps.UtcNow));
-            await steps.RecordAsync(new PagesClassified(id, guest.Pages.Zero, guest.Pages.Plain, guest.Pages.Sealed, steps.UtcNow));
-            plan = Placement.Plan(guest.ChunkGuestPages, guest.ChunkPages, request.Main, request.SubHosts);
+            if (pagingFirst)
+            {
+                layout = await steps.MeasureAsync(request.Source, new MeasureGuest(id, request.Vm, request.Guest), ct);
+            }
+            else
+            {
+                guest = await IntrospectAsync(request, ct);
+                layout = new GuestLayout(guest.PfnLimit, guest.ChunkPages, guest.ChunkGuestPages, guest.HandOverPages);
+            }
+            plan = Placement.Plan(layout.ChunkGuestPages, layout.ChunkPages, request.Main, request.SubHosts);
             state = MigrationState.Placed;
             await steps.RecordAsync(new PagesPlaced(id, plan.Assignments, steps.UtcNow));
         }
@@ -65,21 +74,32 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         try
         {
+            // The main host also keeps what the hand-over brings: it must have room for it too. Which
+            // pages travel is known only once the guest is classified; until then a destination
+            // prepares room for its whole share.
+            long HandedOverTo(string host) => host == request.Main.Host ? layout.HandOverPages : 0;
+            long Share(string host) => plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages);
+            long ArrivingAt(string host) => guest is null ? Share(host) : plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a));
             var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host,
-                new StartPaging(id, request.Vm, host, request.Mode, plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages) + HandedOverTo(host),
-                    plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a)) + HandedOverTo(host)), ct)));
-            // The main host also keeps what the hand-over brings: it must have room for it too.
-            long HandedOverTo(string host) => host == request.Main.Host ? guest.HandOverPages : 0;
+                new StartPaging(id, request.Vm, host, request.Mode, Share(host) + HandedOverTo(host), ArrivingAt(host) + HandedOverTo(host)), ct)));
             var keys = started.ToDictionary(s => s.Host, StringComparer.Ordinal);
             state = MigrationState.PagingStarted;
             await steps.RecordAsync(new PagingServersStarted(id, destinations, steps.UtcNow));
+            if (guest is null)
+            {
+                guest = await IntrospectAsync(request, ct); // a running guest is paused from here on
+                if (!guest.ChunkGuestPages.SequenceEqual(layout.ChunkGuestPages))
+                {
+                    throw new InvalidOperationException("the guest's memory layout changed between its measure and its introspection");
+                }
+            }
 
             state = MigrationState.Transferring;
             var mainKey = keys[request.Main.Host].HostKey ?? throw new InvalidOperationException($"main host {request.Main.Host} sent no public key");
             Task<HandedOver> HandOverAsync() => steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host, mainKey), ct);
             // The hand-over needs only the paused guest and the main host's key, so it runs beside the
             // transfers: it is inside a running guest's downtime. Histories from before ran it after them.
-            var besideTransfers = steps.Patched(HandOverBesideTransfers);
+            var besideTransfers = pagingFirst || steps.Patched(HandOverBesideTransfers);
             var transferred = steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, a, keys[a.Host].ServerKey, ct)));
             var handOver = besideTransfers ? HandOverAsync() : null;
             try
@@ -100,9 +120,25 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {
-            return await CompensateAsync(request, destinations, guest.Pages, plan, ct.IsCancellationRequested ? $"cancelled: {CancelReason ?? Reason(e)}" : Reason(e));
+            return await CompensateAsync(request, destinations, guest?.Pages, plan, ct.IsCancellationRequested ? $"cancelled: {CancelReason ?? Reason(e)}" : Reason(e));
         }
     }
+
+    /// <summary>Introspects and classifies the guest at the source (a running guest is paused for it
+    /// and stays paused) and records what it found.</summary>
+    private async Task<IntrospectionResult> IntrospectAsync(MigrationRequest request, CancellationToken ct)
+    {
+        var id = request.MigrationId;
+        var guest = await steps.IntrospectAsync(request.Source, new IntrospectGuest(id, request.Vm, request.Guest, request.Mode, request.PlainProcesses), ct);
+        state = MigrationState.Introspected;
+        await steps.RecordAsync(new GuestIntrospected(id, guest.Tasks, guest.Processes, guest.Diagnostics, steps.UtcNow));
+        await steps.RecordAsync(new PagesClassified(id, guest.Pages.Zero, guest.Pages.Plain, guest.Pages.Sealed, steps.UtcNow));
+        return guest;
+    }
+
+    /// <summary>Temporal patch id: the guest is measured and placed, and paging starts, before it is
+    /// paused for its introspection (which came first before); it implies <see cref="HandOverBesideTransfers"/>.</summary>
+    public const string PagingBeforePause = "paging-before-pause";
 
     /// <summary>Temporal patch id: the hand-over runs beside the transfers, not after them.</summary>
     public const string HandOverBesideTransfers = "hand-over-beside-transfers";
@@ -170,7 +206,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
 
     /// <summary>Undo at every destination, whether or not it got as far as starting: release is
     /// idempotent, and a host that cannot be reached is named in the reason.</summary>
-    private async Task<MigrationOutcome> CompensateAsync(MigrationRequest request, IReadOnlyList<string> destinations, PageCounts pages, PlacementPlan plan, string why)
+    private async Task<MigrationOutcome> CompensateAsync(MigrationRequest request, IReadOnlyList<string> destinations, PageCounts? pages, PlacementPlan plan, string why)
     {
         var released = new List<string>();
         var unreleased = new List<string>();

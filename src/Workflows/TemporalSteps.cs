@@ -17,6 +17,9 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
 
     public bool Patched(string patchId) => Workflow.Patched(patchId);
 
+    public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.MeasureAsync(input), Options(host, policies.Quick, ct));
+
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
         Workflow.ExecuteActivityAsync((SourceActivities a) => a.IntrospectAsync(input), Options(host, policies.Introspect, ct));
 
@@ -48,22 +51,15 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
             StartToCloseTimeout = policies.Quick.Timeout,
             RetryPolicy = new RetryPolicy { InitialInterval = policies.Quick.Backoff, MaximumAttempts = 0 }, // never lose an audit event
         });
-        if (StateAfter(e) is { } state)
+        if (MigrationStates.After(e, state) is { } after)
         {
+            state = after;
             Workflow.UpsertTypedSearchAttributes(MigrationWorkflow.StateKey.ValueSet(state.ToString()));
         }
     }
 
-    private static MigrationState? StateAfter(IMigrationEvent e) => e switch
-    {
-        GuestIntrospected => MigrationState.Introspected,
-        PagesPlaced => MigrationState.Placed,
-        PagingServersStarted => MigrationState.Transferring,
-        MigrationSwitchedOver => MigrationState.SwitchedOver,
-        MigrationCompensated => MigrationState.Compensated,
-        MigrationRefused => MigrationState.Refused,
-        _ => null,
-    };
+    /// <summary>The state the search attribute shows, as the audit trail's read model reads it.</summary>
+    private MigrationState state = MigrationState.Requested;
 
     private static ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct) => new()
     {

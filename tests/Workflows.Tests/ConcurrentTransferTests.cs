@@ -51,6 +51,9 @@ public class ConcurrentTransferTests
 
         public bool Patched(string patchId) => true;
 
+        public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
+            Task.Run(() => new GuestLayout((SubHosts + 1) * 512, 512, [.. Enumerable.Repeat(512, SubHosts + 1)], 0), ct);
+
         public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
             Task.Run(() => new IntrospectionResult(new PageCounts(0, 0, (SubHosts + 1) * 512), (SubHosts + 1) * 512, 1, 1, [], 512, [.. Enumerable.Repeat(512, SubHosts + 1)], [.. Enumerable.Repeat(512, SubHosts + 1)]), ct);
 

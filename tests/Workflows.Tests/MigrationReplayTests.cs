@@ -32,26 +32,53 @@ public class MigrationReplayTests
         new WorkflowReplayer(new WorkflowReplayerOptions { Interceptors = capture is null ? [] : [capture] }.AddWorkflow<MigrationWorkflow>())
             .ReplayWorkflowAsync(history, throwOnReplayFailure: true, TestContext.Current.CancellationToken);
 
-    /// <summary>Up to the pages being classified and recorded; the next task places them.</summary>
-    private static void UpToClassified(HistoryBuilder h, IntrospectionResult introspected)
+    /// <summary>Which procedure recorded a history: today's (the guest measured, placed and paging started
+    /// before its introspection), the one before (introspection first, the hand-over beside the
+    /// transfers), or the first (the hand-over after the transfers).</summary>
+    public enum Recorded
+    {
+        PagingFirst,
+        HandOverBeside,
+        Original,
+    }
+
+    private static readonly GuestLayout Measured = new(Introspected.PfnLimit, Introspected.ChunkPages, Introspected.ChunkGuestPages, 0);
+
+    /// <summary>The workflow's start and its request recorded; the next task decides the first step.</summary>
+    private static void Requested(HistoryBuilder h)
     {
         h.Start("SplitMigration", MigrationWorkflow.OrchestratorQueue, Request);
         var r = h.Task(new Upsert(("SemigrateVm", Request.Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
             ("SemigrateState", "Requested")), Record());
         h.Completed((r[0], null));
-        var introspect = h.Task(On("Introspect", "src"));
-        h.Completed((introspect[0], introspected));
-        r = h.Task(Record()); // introspected
+    }
+
+    /// <summary>The introspection scheduled with <paramref name="with"/> in the same task, done and
+    /// recorded (introspected, classified) with the state it leads to.</summary>
+    private static void IntrospectedAfter(HistoryBuilder h, IntrospectionResult introspected, MigrationState after, params Command[] with)
+    {
+        var introspect = h.Task([.. with, On("Introspect", "src")]);
+        h.Completed((introspect[^1], introspected));
+        var r = h.Task(Record()); // introspected
         h.Completed((r[0], null));
-        r = h.Task(State(MigrationState.Introspected), Record()); // classified
+        r = h.Task(State(after), Record()); // classified
         h.Completed((r[0], null));
     }
 
-    /// <summary>Up to the transfers (and, since the patch, the hand-over beside them) being scheduled;
-    /// returns their scheduled event ids, the hand-over's last.</summary>
-    private static long[] UpToTransfers(HistoryBuilder h, bool handOverBeside)
+    /// <summary>Up to the transfers (and, since the hand-over moved, the hand-over beside them) being
+    /// scheduled; returns their scheduled event ids, the hand-over's last.</summary>
+    private static long[] UpToTransfers(HistoryBuilder h, Recorded recorded)
     {
-        UpToClassified(h, Introspected);
+        Requested(h);
+        if (recorded == Recorded.PagingFirst)
+        {
+            var measure = h.Task(new Patch(MigrationProcedure.PagingBeforePause), On("MeasureGuest", "src"));
+            h.Completed((measure[0], Measured));
+        }
+        else
+        {
+            IntrospectedAfter(h, Introspected, MigrationState.Introspected);
+        }
         var r = h.Task(Record()); // placed
         h.Completed((r[0], null));
         var starts = h.Task(State(MigrationState.Placed), On("StartPaging", "main"), On("StartPaging", "sub-a"), On("StartPaging", "sub-b"));
@@ -59,9 +86,17 @@ public class MigrationReplayTests
         r = h.Task(Record()); // paging servers started
         h.Completed((r[0], null));
         Command[] transfers = [On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src")];
-        return handOverBeside
-            ? h.Task([State(MigrationState.Transferring), new Patch(MigrationProcedure.HandOverBesideTransfers), .. transfers, On("HandOver", "src")])
-            : h.Task([State(MigrationState.Transferring), .. transfers]);
+        switch (recorded)
+        {
+            case Recorded.PagingFirst:
+                IntrospectedAfter(h, Introspected, MigrationState.Transferring, State(MigrationState.PagingStarted));
+                return h.Task([.. transfers, On("HandOver", "src")]);
+            // Recorded when the state after paging started read Transferring (the value is not replayed).
+            case Recorded.HandOverBeside:
+                return h.Task([State(MigrationState.Transferring), new Patch(MigrationProcedure.HandOverBesideTransfers), .. transfers, On("HandOver", "src")]);
+            default:
+                return h.Task([State(MigrationState.Transferring), .. transfers]);
+        }
     }
 
     /// <summary>The end of a compensation: the releases scheduled come back, the source lets go of the
@@ -76,12 +111,12 @@ public class MigrationReplayTests
         h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
     }
 
-    /// <summary>A migration that switches over: as recorded since the hand-over runs beside the
-    /// transfers, or (<paramref name="handOverBeside"/> false) as recorded before, hand-over after them.</summary>
-    private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null, bool handOverBeside = true)
+    /// <summary>A migration that switches over, as <paramref name="recorded"/> recorded it.</summary>
+    private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null, Recorded recorded = Recorded.PagingFirst)
     {
         var h = new HistoryBuilder();
-        var scheduled = UpToTransfers(h, handOverBeside);
+        var scheduled = UpToTransfers(h, recorded);
+        var handOverBeside = recorded != Recorded.Original;
         var transfers = scheduled[..3];
         beforeTransfersComplete?.Invoke(h, transfers);
         h.Completed([.. transfers.Select((t, i) => (t, (object?)Transferred(Hosts[i]))), .. handOverBeside ? [(scheduled[3], new HandedOver([9, 9], 4148))] : Array.Empty<(long, object?)>()]);
@@ -109,6 +144,11 @@ public class MigrationReplayTests
         var result = await ReplayAsync(HappyPath().Build(), capture);
         Assert.Null(result.ReplayFailure);
 
+        // Placed and paging started while the guest still runs: it is paused (introspected) only then.
+        Assert.Equal(["MeasureGuest", "StartPaging", "StartPaging", "StartPaging", "Introspect", "TransferPages"],
+            capture.Scheduled.Select(s => s.Activity).Where(a => a != "RecordEvent").Take(6));
+        // Until the guest is classified a destination prepares room for its whole share.
+        Assert.All(capture.Scheduled.Where(s => s.Activity == "StartPaging").Select(s => (StartPaging)s.Input!), p => Assert.Equal(p.ExpectedPages, p.ArrivingPages));
         // The hand-over is scheduled with the transfers, before any of them is recorded as done.
         Assert.Equal(["TransferPages", "TransferPages", "TransferPages", "HandOver", "RecordEvent"],
             capture.Scheduled.Select(s => s.Activity).SkipWhile(a => a != "TransferPages").Take(5));
@@ -133,10 +173,50 @@ public class MigrationReplayTests
     public async Task A_history_recorded_before_the_hand_over_moved_replays_it_after_the_transfers()
     {
         var capture = new ReplayCapture();
-        var result = await ReplayAsync(HappyPath(handOverBeside: false).Build(), capture);
+        var result = await ReplayAsync(HappyPath(recorded: Recorded.Original).Build(), capture);
         Assert.Null(result.ReplayFailure);
         var order = capture.Scheduled.Select(s => s.Activity).Where(a => a is "TransferPages" or "HandOver").ToList();
         Assert.Equal(["TransferPages", "TransferPages", "TransferPages", "HandOver"], order);
+    }
+
+    [Fact]
+    public async Task A_history_recorded_before_paging_started_ahead_of_the_pause_replays_introspection_first()
+    {
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(HappyPath(recorded: Recorded.HandOverBeside).Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        Assert.Equal(["Introspect", "StartPaging", "StartPaging", "StartPaging", "TransferPages", "TransferPages", "TransferPages", "HandOver", "SwitchOver"],
+            capture.Scheduled.Select(s => s.Activity).Where(a => a is not ("RecordEvent" or "ReleaseSource")));
+        // Then the classification was known: a destination prepared room only for the pages that travel.
+        Assert.Equal([600, 700, 700], capture.Scheduled.Where(s => s.Activity == "StartPaging").Select(s => ((StartPaging)s.Input!).ArrivingPages));
+    }
+
+    [Fact]
+    public async Task An_introspection_that_fails_once_paging_started_compensates_at_every_destination()
+    {
+        var h = new HistoryBuilder();
+        Requested(h);
+        var measure = h.Task(new Patch(MigrationProcedure.PagingBeforePause), On("MeasureGuest", "src"));
+        h.Completed((measure[0], Measured));
+        var r = h.Task(Record()); // placed
+        h.Completed((r[0], null));
+        var starts = h.Task(State(MigrationState.Placed), On("StartPaging", "main"), On("StartPaging", "sub-a"), On("StartPaging", "sub-b"));
+        h.Completed((starts[0], new PagingStarted("main", [1], [2])), (starts[1], new PagingStarted("sub-a", [3], null)), (starts[2], new PagingStarted("sub-b", [4], null)));
+        r = h.Task(Record()); // paging servers started
+        h.Completed((r[0], null));
+        var introspect = h.Task(State(MigrationState.PagingStarted), On("Introspect", "src"));
+        h.Failed(introspect[0], "the guest's buddy allocator does not add up");
+        CompensatedAfter(h, h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b")));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        Assert.Equal(Hosts, capture.Scheduled.Where(s => s.Activity == "ReleasePaging").Select(s => ((ReleasePaging)s.Input!).Host));
+        Assert.False(((ReleaseSource)capture.Scheduled.Single(s => s.Activity == "ReleaseSource").Input!).VmLeft);
+        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
+        Assert.Equal(MigrationState.Compensated, outcome.State);
+        Assert.Contains("buddy allocator does not add up", outcome.Reason, StringComparison.Ordinal);
+        Assert.Null(outcome.Pages);
     }
 
     [Fact]
@@ -160,7 +240,7 @@ public class MigrationReplayTests
     public async Task A_transfer_that_fails_for_good_compensates_at_every_destination()
     {
         var h = new HistoryBuilder();
-        var transfers = UpToTransfers(h, handOverBeside: false); // recorded before the hand-over moved
+        var transfers = UpToTransfers(h, Recorded.Original);
         h.Completed((transfers[0], Transferred("main"))).Failed(transfers[1], "store full at sub-a").Completed((transfers[2], Transferred("sub-b")));
         var r = h.Task(Record(), Record()); // the two that finished
         h.Completed([.. r.Select(id => (id, (object?)null))]);
@@ -180,7 +260,7 @@ public class MigrationReplayTests
     public async Task A_cancel_during_the_transfers_stops_them_and_compensates()
     {
         var h = new HistoryBuilder();
-        var transfers = UpToTransfers(h, handOverBeside: false); // recorded before the hand-over moved
+        var transfers = UpToTransfers(h, Recorded.Original);
         h.Signaled("Cancel", new CancelMigration("maintenance window over"));
         // The cancel requests and the compensation's releases go out in the same workflow task.
         CompensatedAfter(h, h.Task(new CancelActivity(transfers[0]), new CancelActivity(transfers[1]), new CancelActivity(transfers[2]),
@@ -198,7 +278,9 @@ public class MigrationReplayTests
     public async Task Destinations_too_small_refuse_the_migration_before_anything_moves()
     {
         var h = new HistoryBuilder();
-        UpToClassified(h, Introspected with { ChunkGuestPages = [500, 500, 500, 500, 500, 500, 500] }); // 3500 pages, room for 3000
+        Requested(h);
+        var measure = h.Task(new Patch(MigrationProcedure.PagingBeforePause), On("MeasureGuest", "src"));
+        h.Completed((measure[0], Measured with { ChunkGuestPages = [500, 500, 500, 500, 500, 500, 500] })); // 3500 pages, room for 3000
         var r = h.Task(Record()); // refused
         h.Completed((r[0], null));
         h.Task(State(MigrationState.Refused), State(MigrationState.Refused), new Complete(null));
@@ -206,7 +288,7 @@ public class MigrationReplayTests
         var capture = new ReplayCapture();
         var result = await ReplayAsync(h.Build(), capture);
         Assert.Null(result.ReplayFailure);
-        Assert.DoesNotContain(capture.Scheduled, s => s.Activity is "StartPaging" or "TransferPages");
+        Assert.DoesNotContain(capture.Scheduled, s => s.Activity is "StartPaging" or "Introspect" or "TransferPages");
         var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
         Assert.Equal(MigrationState.Refused, outcome.State);
         Assert.Contains("3500 pages but the destinations hold 3000", outcome.Reason, StringComparison.Ordinal);

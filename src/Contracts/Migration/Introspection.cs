@@ -22,3 +22,13 @@ public sealed record IntrospectionResult(
     IReadOnlyList<int> ChunkSentPages,
     long HandOverPages = 0,
     DateTimeOffset? PausedAt = null);
+
+/// <summary>At the source, before anything stops: the layout of its guest <paramref name="Guest"/>, enough
+/// to place it and start paging while a running guest still runs (its pages are classified later,
+/// paused).</summary>
+public sealed record MeasureGuest(Guid MigrationId, Guid Vm, string Guest);
+
+/// <summary>A guest's memory layout: guest pages per chunk of <paramref name="ChunkPages"/> pages (as
+/// <see cref="IntrospectionResult"/> gives them), and <paramref name="HandOverPages"/>, what the
+/// hand-over will store at the main host besides its share, at most.</summary>
+public sealed record GuestLayout(long PfnLimit, int ChunkPages, IReadOnlyList<int> ChunkGuestPages, long HandOverPages);

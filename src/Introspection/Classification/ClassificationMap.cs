@@ -57,7 +57,10 @@ public sealed class ClassificationMap
     public static ClassificationMap Load(string path) => FromBytes(File.ReadAllBytes(path), path);
 
     /// <summary>The size of <see cref="ToBytes"/>'s form.</summary>
-    public int ByteSize => 40 + (classes.Length + 3) / 4;
+    public int ByteSize => ByteSizeFor(PfnLimit);
+
+    /// <summary>The size of <see cref="ToBytes"/>'s form for a map of <paramref name="pfnLimit"/> pages.</summary>
+    public static int ByteSizeFor(ulong pfnLimit) => checked(40 + (int)((pfnLimit + 3) / 4));
 
     /// <summary>The map's form in files and in the manifest: a 40-byte header (magic, page count, counts
     /// per class), then 2 bits a page.</summary>

@@ -17,25 +17,27 @@ public sealed class MigrationSummaryProjection : SingleStreamProjection<Migratio
     public static MigrationSummary Create(MigrationRequested e) =>
         new(e.MigrationId, e.Vm, e.Source, e.Main, e.SubHosts, e.Mode, MigrationState.Requested, e.At, e.At, null, [], null);
 
-    public static MigrationSummary Apply(GuestIntrospected e, MigrationSummary s) => s with { State = MigrationState.Introspected, UpdatedAt = e.At };
+    public static MigrationSummary Apply(GuestIntrospected e, MigrationSummary s) => Moved(e, s);
 
     public static MigrationSummary Apply(PagesClassified e, MigrationSummary s) => s with { Pages = new PageCounts(e.Zero, e.Plain, e.Sealed), UpdatedAt = e.At };
 
-    public static MigrationSummary Apply(PagesPlaced e, MigrationSummary s) => s with { State = MigrationState.Placed, UpdatedAt = e.At };
+    public static MigrationSummary Apply(PagesPlaced e, MigrationSummary s) => Moved(e, s);
 
-    public static MigrationSummary Apply(PagingServersStarted e, MigrationSummary s) => s with { State = MigrationState.Transferring, UpdatedAt = e.At };
+    public static MigrationSummary Apply(PagingServersStarted e, MigrationSummary s) => Moved(e, s);
 
     public static MigrationSummary Apply(DestinationTransferred e, MigrationSummary s) => s with { Transfers = [.. s.Transfers, e], UpdatedAt = e.At };
 
-    public static MigrationSummary Apply(MigrationSwitchedOver e, MigrationSummary s) => s with { State = MigrationState.SwitchedOver, UpdatedAt = e.At };
+    public static MigrationSummary Apply(MigrationSwitchedOver e, MigrationSummary s) => Moved(e, s);
 
-    public static MigrationSummary Apply(MigrationCompensated e, MigrationSummary s) => s with { State = MigrationState.Compensated, Reason = e.Reason, UpdatedAt = e.At };
+    public static MigrationSummary Apply(MigrationCompensated e, MigrationSummary s) => Moved(e, s) with { Reason = e.Reason };
 
-    public static MigrationSummary Apply(MigrationRefused e, MigrationSummary s) => s with { State = MigrationState.Refused, Reason = e.Reason, UpdatedAt = e.At };
+    public static MigrationSummary Apply(MigrationRefused e, MigrationSummary s) => Moved(e, s) with { Reason = e.Reason };
 
     public static MigrationSummary Apply(PageCheckFailed e, MigrationSummary s) => s with { SecurityEvents = s.SecurityEvents + 1, UpdatedAt = e.At };
 
     public static MigrationSummary Apply(PagesUnavailable e, MigrationSummary s) => s with { AvailabilityEvents = s.AvailabilityEvents + 1, UpdatedAt = e.At };
 
     public static MigrationSummary Apply(MigratedVmStopped e, MigrationSummary s) => s with { StoppedAt = e.At, UpdatedAt = e.At };
+
+    private static MigrationSummary Moved(IMigrationEvent e, MigrationSummary s) => s with { State = MigrationStates.After(e, s.State) ?? s.State, UpdatedAt = e.At };
 }

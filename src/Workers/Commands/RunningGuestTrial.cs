@@ -27,8 +27,8 @@ public static class RunningGuestTrial
 
     /// <summary>What the demo saw: the workload's last pass at the source, its passes at the main host
     /// (pages ever found wrong), and the main host's paging. Downtime: from the pause at the source (for introspection) to the continue at the main
-    /// host; TransferSeconds: the part of it spent sending the pages (paging started at every
-    /// destination to the last destination's transfer recorded). RunSeconds: the first passes at the main host, timed inside the
+    /// host; TransferSeconds: the part of it spent sending the pages (the pages classified, when the
+    /// transfers start, to the last destination's transfer recorded; paging started before the pause). RunSeconds: the first passes at the main host, timed inside the
     /// guest. CPU seconds per role over the migration and the watch (the guest's own QEMU excluded).</summary>
     public sealed record Result(
         string Mode, string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double DowntimeSeconds,
@@ -107,15 +107,14 @@ public static class RunningGuestTrial
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var paging = await query.LoadAsync<VmPagingSummary>(vm, ct);
             var events = (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data).ToList();
-            var pagingStarted = events.OfType<PagingServersStarted>().FirstOrDefault();
-            var transferSeconds = pagingStarted is not null && events.OfType<DestinationTransferred>().Any()
-                ? (events.OfType<DestinationTransferred>().Max(e => e.At) - pagingStarted.At).TotalSeconds : 0;
-            if (outcome.PausedAt is { } paused && outcome.SwitchOver.ContinuedAt is { } continued && events.OfType<GuestIntrospected>().FirstOrDefault() is { } introspected
-                && pagingStarted is not null)
+            var classified = events.OfType<PagesClassified>().FirstOrDefault();
+            var transferSeconds = classified is not null && events.OfType<DestinationTransferred>().Any()
+                ? (events.OfType<DestinationTransferred>().Max(e => e.At) - classified.At).TotalSeconds : 0;
+            if (outcome.PausedAt is { } paused && outcome.SwitchOver.ContinuedAt is { } continued && classified is not null)
             {
-                say($"running guest: downtime {(continued - paused).TotalSeconds:0.00} s: introspection {(introspected.At - paused).TotalSeconds:0.00}, placing and starting paging " +
-                    $"{(pagingStarted.At - introspected.At).TotalSeconds:0.00}, sending pages {transferSeconds:0.00}, hand-over and switch-over " +
-                    $"{(continued - pagingStarted.At).TotalSeconds - transferSeconds:0.00}");
+                say($"running guest: downtime {(continued - paused).TotalSeconds:0.00} s: introspection {(classified.At - paused).TotalSeconds:0.00}, " +
+                    $"sending pages (the hand-over beside them) {transferSeconds:0.00}, the rest of the hand-over and the switch-over " +
+                    $"{(continued - classified.At).TotalSeconds - transferSeconds:0.00}");
             }
             var result = new Result(mode.ToWireName(), outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1,
                 seconds, outcome.Downtime?.TotalSeconds ?? seconds, transferSeconds, watched, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,

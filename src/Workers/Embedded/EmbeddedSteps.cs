@@ -20,6 +20,9 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
     /// <summary>Always the newest path: this engine keeps no history to replay.</summary>
     public bool Patched(string patchId) => true;
 
+    public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
+        RunAsync<MeasureGuest, GuestLayout>(host, "measure guest", _ => input, policies.Quick, ct);
+
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
         RunAsync<IntrospectGuest, IntrospectionResult>(host, "introspect", _ => input, policies.Introspect, ct);
 

@@ -9,8 +9,10 @@ namespace SEmigrate.Workers.Steps;
 /// same activity classes Temporal runs. A non-retryable failure is answered with StepRefused; any
 /// other exception becomes MassTransit's fault, which the engine retries.</summary>
 public sealed class SourceStepsConsumer(SourceActivities source)
-    : IConsumer<IntrospectGuest>, IConsumer<TransferPages>, IConsumer<HandOver>, IConsumer<ReleaseSource>, IConsumer<DigestMemory>
+    : IConsumer<MeasureGuest>, IConsumer<IntrospectGuest>, IConsumer<TransferPages>, IConsumer<HandOver>, IConsumer<ReleaseSource>, IConsumer<DigestMemory>
 {
+    public Task Consume(ConsumeContext<MeasureGuest> context) => Step.RespondAsync(context, () => source.MeasureAsync(context.Message));
+
     public Task Consume(ConsumeContext<IntrospectGuest> context) => Step.RespondAsync(context, () => source.IntrospectAsync(context.Message, context.CancellationToken));
 
     public Task Consume(ConsumeContext<TransferPages> context) => Step.RespondAsync(context, () => source.TransferAsync(context.Message, context.CancellationToken));
