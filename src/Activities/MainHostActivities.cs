@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Security.Cryptography;
 using MassTransit;
 using Microsoft.Extensions.Logging;
@@ -94,6 +95,7 @@ public sealed class MainHostActivities(
     private async Task<(LiveGuest, FuseRamFile, PagedRam)> RunAsync(SwitchOver input, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager, ulong pages,
         long budgetPages)
     {
+        var clock = Stopwatch.StartNew();
         var folder = Path.Combine(host.MigrationDirectory(input.MigrationId), "vm");
         Directory.CreateDirectory(folder);
         byte[] Blob(BlobKind kind) => SealedBlob.Open(kind, input.Vm, blobs, opener, host.Host, SealedBlob.MaxBytes * 4);
@@ -103,16 +105,23 @@ public sealed class MainHostActivities(
         await File.WriteAllBytesAsync(deviceState, Blob(BlobKind.DeviceState));
         var size = (long)pages * PageRecord.PageSize;
         var memory = new PagedRam(pager, pages, size, budgetPages, line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line));
+        var opened = clock.Elapsed;
         var ram = await FuseRamFile.MountAsync(Path.Combine(folder, "ram"), "ram", memory,
             line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line), PagedRam.ReadaheadBytes);
         memory.StartEviction(ram);
+        var mounted = clock.Elapsed;
         LiveGuest? guest = null;
         try
         {
             guest = await LiveGuest.StartAsync(folder, (int)(size >> 20), ram.FilePath, Path.Combine(folder, "serial.log"), incoming: true, StepToken.Current);
+            var started = clock.Elapsed;
             await guest.LoadDeviceStateAsync(deviceState, StepToken.Current);
+            var loaded = clock.Elapsed;
             await guest.ContinueAsync(StepToken.Current);
-            logger.LogInformation("VM {Vm} runs here (QEMU {Pid}), its RAM served from {Ram}, at most {Budget} pages resident", input.Vm, guest.Pid, ram.FilePath, budgetPages);
+            logger.LogInformation("VM {Vm} runs here (QEMU {Pid}), its RAM served from {Ram}, at most {Budget} pages resident; blobs opened in {Blobs:0} ms, " +
+                "RAM mounted in {Mount:0}, QEMU up in {Qemu:0}, device state loaded in {Load:0}, continued in {Continue:0}", input.Vm, guest.Pid, ram.FilePath, budgetPages,
+                opened.TotalMilliseconds, (mounted - opened).TotalMilliseconds, (started - mounted).TotalMilliseconds, (loaded - started).TotalMilliseconds,
+                (clock.Elapsed - loaded).TotalMilliseconds);
             return (guest, ram, memory);
         }
         catch

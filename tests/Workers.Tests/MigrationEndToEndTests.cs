@@ -100,7 +100,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var events = await EventuallyAsync(query, request.MigrationId, e => e.OfType<PageCheckFailed>().Any(), ct);
             Assert.Equal(
-                [nameof(MigrationRequested), nameof(GuestIntrospected), nameof(PagesClassified), nameof(PagesPlaced), nameof(PagingServersStarted),
+                [nameof(MigrationRequested), nameof(PagesPlaced), nameof(PagingServersStarted), nameof(GuestIntrospected), nameof(PagesClassified),
                  nameof(DestinationTransferred), nameof(DestinationTransferred), nameof(DestinationTransferred), nameof(MigrationSwitchedOver), nameof(PageCheckFailed)],
                 events.Select(e => e.GetType().Name));
             var security = events.OfType<PageCheckFailed>().Single();
