@@ -193,17 +193,29 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
 
     /// <summary>Counts the pages of a read as resident if they fit under the limit (or <paramref name="force"/>),
     /// all at once (reads come concurrently). Pages of a chunk being evicted never wait: their reads are
-    /// the kernel's I/O in flight, which the eviction itself waits on; they count once it is done.</summary>
+    /// the kernel's I/O in flight, which the eviction itself waits on. They count at once all the same
+    /// (the kernel holds them again), so that other reads wait for room rather than overrun the limit.</summary>
     private bool TryReserve(ulong first, ulong end, long limit, bool force)
     {
         lock (gate)
         {
-            var adding = 0L;
+            long adding = 0, back = 0;
             foreach (var (chunk, mask) in Masks(first, end))
             {
-                adding += chunks.TryGetValue(chunk, out var c) ? (c.Evicting ? 0 : BitOperations.PopCount(mask & ~c.Pages)) : BitOperations.PopCount(mask);
+                if (!chunks.TryGetValue(chunk, out var c))
+                {
+                    adding += BitOperations.PopCount(mask);
+                }
+                else if (c.Evicting)
+                {
+                    back += BitOperations.PopCount(mask & ~c.ReadWhileEvicting);
+                }
+                else
+                {
+                    adding += BitOperations.PopCount(mask & ~c.Pages);
+                }
             }
-            if (!force && adding > 0 && residentPages + adding > limit)
+            if (!force && adding > 0 && residentPages + back + adding > limit)
             {
                 return false;
             }
@@ -224,7 +236,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                     c.Pages |= mask;
                 }
             }
-            residentPages += adding;
+            residentPages += adding + back;
             peak = Math.Max(peak, residentPages);
             return true;
         }
@@ -333,7 +345,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     }
 
     /// <summary>The chunks are gone from the kernel, but for pages read while they were being evicted:
-    /// those count as resident again (the kernel may or may not hold them; count them).</summary>
+    /// those stay resident (counted when they were read; the kernel may or may not hold them).</summary>
     private void Evicted(List<long> victims)
     {
         lock (gate)
@@ -350,8 +362,6 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                     continue;
                 }
                 (c.Pages, c.ReadWhileEvicting, c.Stamp) = (c.ReadWhileEvicting, 0, ++stamps);
-                residentPages += BitOperations.PopCount(c.Pages);
-                peak = Math.Max(peak, residentPages);
                 hot.Enqueue((chunk, c.Stamp));
             }
         }
