@@ -19,6 +19,11 @@ namespace SEmigrate.Contracts.Audit;
 [JsonDerivedType(typeof(PageCheckFailed), nameof(PageCheckFailed))]
 [JsonDerivedType(typeof(PagesUnavailable), nameof(PagesUnavailable))]
 [JsonDerivedType(typeof(MigratedVmStopped), nameof(MigratedVmStopped))]
+[JsonDerivedType(typeof(MigrationAccepted), nameof(MigrationAccepted))]
+[JsonDerivedType(typeof(StepScheduled), nameof(StepScheduled))]
+[JsonDerivedType(typeof(StepCompleted), nameof(StepCompleted))]
+[JsonDerivedType(typeof(StepFailed), nameof(StepFailed))]
+[JsonDerivedType(typeof(CancelRequested), nameof(CancelRequested))]
 public interface IMigrationEvent
 {
     Guid MigrationId { get; }

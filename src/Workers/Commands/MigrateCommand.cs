@@ -107,9 +107,9 @@ public static class MigrateCommand
         }
         else
         {
-            var procedure = new MigrationProcedure(services.GetRequiredService<EmbeddedSteps>());
-            state = () => procedure.Progress.State;
-            migration = procedure.RunAsync(request, ct);
+            MigrationProcedure? procedure = null;
+            state = () => procedure?.Progress.State ?? MigrationState.Requested;
+            migration = services.GetRequiredService<EmbeddedEngine>().RunAsync(request, p => procedure = p, ct);
         }
         var watch = services.GetRequiredService<TransferWatch>();
         if (quiet)

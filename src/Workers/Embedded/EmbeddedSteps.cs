@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using Marten;
 using MassTransit;
 using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts.Audit;
@@ -8,11 +10,22 @@ namespace SEmigrate.Workers.Embedded;
 
 /// <summary>The embedded engine: the migration procedure's steps as MassTransit requests to the worker
 /// of the host each must run on, with the same retry policy, timeouts and heartbeat timeout Temporal
-/// would apply. A retried transfer resumes from its last heartbeat. Not durable: if this process dies,
-/// the migration stops (the hosts keep what they have; Temporal is the durable engine).</summary>
-public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, TransferWatch watch, HostWorkers workers, StepPolicies policies, ILogger<EmbeddedSteps> logger)
+/// would apply. A retried transfer resumes from its last heartbeat. Durable: every step's scheduling
+/// and result, and every lifecycle event, is appended to the migration's stream (<see cref="MigrationJournal"/>)
+/// before the procedure sees it; a step the journal holds answers from there, so a procedure run again
+/// after a crash replays up to where the record ends and goes on live from there.</summary>
+public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, TransferWatch watch, HostWorkers workers, StepPolicies policies, ILogger<EmbeddedSteps> logger)
     : IMigrationSteps
 {
+    private readonly ConcurrentDictionary<Guid, Lazy<Task<MigrationJournal>>> journals = new();
+
+    /// <summary>The migration's journal, loaded from its stream once per process (while it runs here).</summary>
+    public Task<MigrationJournal> JournalAsync(Guid migrationId) =>
+        journals.GetOrAdd(migrationId, id => new Lazy<Task<MigrationJournal>>(() => MigrationJournal.LoadAsync(store, id, CancellationToken.None))).Value;
+
+    /// <summary>The migration no longer runs here: its journal is read again from its stream next time.</summary>
+    public void Forget(Guid migrationId) => journals.TryRemove(migrationId, out _);
+
     public DateTimeOffset UtcNow => DateTimeOffset.UtcNow;
 
     public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
@@ -21,32 +34,33 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
     public bool Patched(string patchId) => true;
 
     public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
-        RunAsync<MeasureGuest, GuestLayout>(host, "measure guest", _ => input, policies.Quick, ct);
+        JournaledAsync<MeasureGuest, GuestLayout>(input.MigrationId, "measure", host, "measure guest", _ => input, policies.Quick, ct);
 
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
-        RunAsync<IntrospectGuest, IntrospectionResult>(host, "introspect", _ => input, policies.Introspect, ct);
+        JournaledAsync<IntrospectGuest, IntrospectionResult>(input.MigrationId, "introspect", host, "introspect", _ => input, policies.Introspect, ct);
 
     public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
-        RunAsync<StartPaging, PagingStarted>(host, "start paging", _ => input, policies.Quick, ct);
+        JournaledAsync<StartPaging, PagingStarted>(input.MigrationId, $"start-paging:{host}", host, "start paging", _ => input, policies.Quick, ct);
 
     public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
-        RunAsync<TransferPages, TransferResult>(host, $"transfer to {input.Assignment.Host}",
+        JournaledAsync<TransferPages, TransferResult>(input.MigrationId, $"transfer:{input.Assignment.Host}:{input.Assignment.FirstPfn}", host, $"transfer to {input.Assignment.Host}",
             attempt => input with { Attempt = attempt, ResumeFrom = Math.Max(input.ResumeFrom, watch.Last(input.MigrationId, input.Assignment.Host)?.Progress.NextPfn ?? 0) },
             policies.Transfer, ct, () => watch.Last(input.MigrationId, input.Assignment.Host)?.At);
 
     public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) =>
-        RunAsync<HandOver, HandedOver>(host, "hand over", _ => input, policies.Quick, ct);
+        JournaledAsync<HandOver, HandedOver>(input.MigrationId, "hand-over", host, "hand over", _ => input, policies.Quick, ct);
 
     public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
-        RunAsync<SwitchOver, SwitchedOverResult>(host, "switch over", _ => input, policies.SwitchOver, ct);
+        JournaledAsync<SwitchOver, SwitchedOverResult>(input.MigrationId, "switch-over", host, "switch over", _ => input, policies.SwitchOver, ct);
 
     public Task<PagingReleased> ReleasePagingAsync(string host, ReleasePaging input, CancellationToken ct) =>
-        RunAsync<ReleasePaging, PagingReleased>(host, "release", _ => input, policies.Quick, ct);
+        JournaledAsync<ReleasePaging, PagingReleased>(input.MigrationId, $"release-paging:{host}", host, "release", _ => input, policies.Quick, ct);
 
     public Task<SourceReleased> ReleaseSourceAsync(string host, ReleaseSource input, CancellationToken ct) =>
-        RunAsync<ReleaseSource, SourceReleased>(host, "release source", _ => input, policies.Quick, ct);
+        JournaledAsync<ReleaseSource, SourceReleased>(input.MigrationId, input.VmLeft ? "release-source:left" : "release-source:stays", host, "release source", _ => input,
+            policies.Quick, ct);
 
-    public Task RecordAsync(IMigrationEvent e) => publish.Publish((object)e);
+    public async Task RecordAsync(IMigrationEvent e) => await (await JournalAsync(e.MigrationId)).RecordAsync(e);
 
     /// <summary>Not a step of the procedure: `semigrate vm stop`.</summary>
     public Task<VmStopped> StopVmAsync(StopVm input, CancellationToken ct) =>
@@ -55,6 +69,34 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus publish, Transfer
     /// <summary>Not a step of the procedure: the memory check of the demo and the tests (see MemoryCheck).</summary>
     public Task<MemoryDigest> DigestAsync(DigestMemory input, CancellationToken ct) =>
         RunAsync<DigestMemory, MemoryDigest>(input.Host, "digest memory", _ => input, policies.SwitchOver, ct);
+
+    /// <summary>A step of the procedure: answered from the journal if it ended before, else sent, with its
+    /// scheduling and its outcome appended to the migration's stream. A step that was sent but not
+    /// answered before a crash is sent again (every step is idempotent).</summary>
+    private async Task<TOut> JournaledAsync<TIn, TOut>(Guid migrationId, string key, string host, string step, Func<int, TIn> forAttempt, StepPolicy policy,
+        CancellationToken ct, Func<DateTime?>? lastHeartbeat = null)
+        where TIn : class
+        where TOut : class
+    {
+        var journal = await JournalAsync(migrationId);
+        if (journal.TryReplay<TOut>(key, out var recorded))
+        {
+            return recorded;
+        }
+        await journal.ScheduledAsync(key, host);
+        TOut result;
+        try
+        {
+            result = await RunAsync<TIn, TOut>(host, step, forAttempt, policy, ct, lastHeartbeat);
+        }
+        catch (StepFailedException e)
+        {
+            await journal.FailedAsync(key, e.Message);
+            throw;
+        }
+        await journal.CompletedAsync(key, result);
+        return result;
+    }
 
     private async Task<TOut> RunAsync<TIn, TOut>(string host, string step, Func<int, TIn> forAttempt, StepPolicy policy, CancellationToken ct,
         Func<DateTime?>? lastHeartbeat = null)

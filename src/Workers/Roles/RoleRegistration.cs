@@ -36,6 +36,8 @@ public static class RoleRegistration
     {
         if (role == "orchestrator")
         {
+            // The long-lived orchestrator also finishes what a `migrate` (or another orchestrator) left.
+            builder.Services.AddHostedService<MigrationResumer>();
             return builder.AddOrchestrator(StepPolicies.Default);
         }
         var (host, stateDirectory) = (context.Host, context.StateDirectory);
@@ -112,6 +114,7 @@ public static class RoleRegistration
         builder.AddBrokerConnection("orchestrator");
         builder.Services.AddSingleton<HostWorkers>();
         builder.Services.AddSingleton<EmbeddedSteps>();
+        builder.Services.AddSingleton<EmbeddedEngine>();
         builder.AddAuditTrail();
         return builder.AddMessaging(
             x =>

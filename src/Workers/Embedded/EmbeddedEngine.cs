@@ -1,0 +1,105 @@
+using Marten;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Settings;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Embedded;
+
+/// <summary>The embedded engine: runs a migration's procedure on <see cref="EmbeddedSteps"/>, journaled
+/// in the migration's stream, and resumes one whose orchestrator died by running the procedure again
+/// against that journal. One orchestrator drives a migration at a time: it holds a PostgreSQL advisory
+/// lock on the migration for as long as it drives it, which the server drops with its connection when
+/// the process dies.</summary>
+public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IOptions<PostgresOptions> postgres, ILogger<EmbeddedEngine> logger)
+{
+    private static readonly MigrationState[] Ended = [MigrationState.SwitchedOver, MigrationState.Compensated, MigrationState.Refused];
+
+    /// <summary>Runs a new migration; <paramref name="running"/> gets the procedure (for its progress).</summary>
+    public async Task<MigrationOutcome> RunAsync(MigrationRequest request, Action<MigrationProcedure>? running, CancellationToken ct)
+    {
+        await using var driving = await TryDriveAsync(request.MigrationId, ct)
+            ?? throw new InvalidOperationException($"migration {request.MigrationId} is driven by another orchestrator");
+        var journal = await steps.JournalAsync(request.MigrationId);
+        if (journal.Request is null)
+        {
+            await journal.AcceptedAsync(request);
+        }
+        return await DriveAsync(journal, journal.Request!, running, ct);
+    }
+
+    /// <summary>Resumes a migration that an orchestrator accepted and did not finish; null if another
+    /// orchestrator drives it, or it was never accepted by this engine (a Temporal one, say).</summary>
+    public async Task<MigrationOutcome?> ResumeAsync(Guid migrationId, CancellationToken ct)
+    {
+        await using var driving = await TryDriveAsync(migrationId, ct);
+        if (driving is null)
+        {
+            return null;
+        }
+        steps.Forget(migrationId); // what another process appended since this one last looked
+        var journal = await steps.JournalAsync(migrationId);
+        if (journal.Request is null)
+        {
+            steps.Forget(migrationId);
+            return null;
+        }
+        logger.LogWarning("resuming migration {Migration} of VM {Vm}: replaying {Steps} recorded steps", migrationId, journal.Request.Vm, journal.Steps);
+        return await DriveAsync(journal, journal.Request, null, ct);
+    }
+
+    /// <summary>Migrations whose stream has not ended: what a restarted orchestrator resumes.</summary>
+    public async Task<IReadOnlyList<Guid>> UnfinishedAsync(CancellationToken ct)
+    {
+        await using var query = store.QuerySession();
+        var open = await query.Query<MigrationSummary>().Where(s => !s.State.IsOneOf(Ended)).Select(s => s.Id).ToListAsync(ct);
+        return [.. open];
+    }
+
+    private async Task<MigrationOutcome> DriveAsync(MigrationJournal journal, MigrationRequest request, Action<MigrationProcedure>? running, CancellationToken ct)
+    {
+        var procedure = new MigrationProcedure(steps);
+        running?.Invoke(procedure);
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        if (journal.CancelReason is { } reason)
+        {
+            // Cancelled before the last orchestrator died: undo, as it would have.
+            procedure.CancelReason = reason;
+            await cancel.CancelAsync();
+        }
+        await using var onCancel = ct.Register(() => _ = journal.CancelledAsync("cancelled by the operator"));
+        try
+        {
+            return await procedure.RunAsync(request, cancel.Token);
+        }
+        finally
+        {
+            steps.Forget(request.MigrationId);
+        }
+    }
+
+    /// <summary>The migration's lock, held by an open connection; null if another orchestrator holds it.</summary>
+    private async Task<NpgsqlConnection?> TryDriveAsync(Guid migrationId, CancellationToken ct)
+    {
+        var connection = new NpgsqlConnection(postgres.Value.ConnectionString);
+        await connection.OpenAsync(ct);
+        await using var command = new NpgsqlCommand("select pg_try_advisory_lock($1)", connection) { Parameters = { new() { Value = LockKey(migrationId) } } };
+        if (await command.ExecuteScalarAsync(ct) is true)
+        {
+            return connection;
+        }
+        await connection.DisposeAsync();
+        return null;
+    }
+
+    /// <summary>A 64-bit key from the id (two migrations sharing one, a 2^-64 chance, would refuse one of them).</summary>
+    private static long LockKey(Guid id)
+    {
+        Span<byte> bytes = stackalloc byte[16];
+        id.TryWriteBytes(bytes);
+        return BitConverter.ToInt64(bytes) ^ BitConverter.ToInt64(bytes[8..]);
+    }
+}

@@ -1,0 +1,186 @@
+using System.Text.Json;
+using Marten;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+
+namespace SEmigrate.Workers.Embedded;
+
+/// <summary>One migration's Marten stream as the embedded engine writes and replays it: a step recorded
+/// as done answers from here and is not sent again, one recorded as failed fails again, a lifecycle
+/// event already recorded is not recorded twice. Every result is appended before the procedure sees
+/// it, so a restarted orchestrator picks up exactly where the last one's record ends.</summary>
+public sealed class MigrationJournal
+{
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+
+    private readonly IDocumentStore store;
+    private readonly Guid id;
+    private readonly SemaphoreSlim appending = new(1, 1);
+    private readonly Dictionary<string, string> completed = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> failed = new(StringComparer.Ordinal);
+    private readonly HashSet<string> scheduled = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, int> recorded = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, int> recording = new(StringComparer.Ordinal);
+
+    private MigrationJournal(IDocumentStore store, Guid id, IReadOnlyList<object> events)
+    {
+        (this.store, this.id) = (store, id);
+        foreach (var e in events)
+        {
+            switch (e)
+            {
+                case MigrationAccepted a:
+                    Request = a.Request;
+                    break;
+                case StepScheduled s:
+                    scheduled.Add(s.Step);
+                    break;
+                case StepCompleted c:
+                    completed[c.Step] = c.Result;
+                    break;
+                case StepFailed f:
+                    failed[f.Step] = f.Reason;
+                    break;
+                case CancelRequested c:
+                    CancelReason = c.Reason;
+                    break;
+                case IMigrationEvent m:
+                    recorded[KeyOf(m)] = recorded.GetValueOrDefault(KeyOf(m)) + 1;
+                    break;
+            }
+        }
+        Steps = completed.Count + failed.Count;
+    }
+
+    /// <summary>The request the migration was accepted with (null before that).</summary>
+    public MigrationRequest? Request { get; private set; }
+
+    /// <summary>Why the operator cancelled it, if they did.</summary>
+    public string? CancelReason { get; private set; }
+
+    /// <summary>Steps that had ended when this journal was loaded (what a resume replays).</summary>
+    public int Steps { get; }
+
+    /// <summary>Whether anything of the migration was recorded before this journal was loaded.</summary>
+    public bool IsNew => Request is null && recorded.Count == 0 && scheduled.Count == 0;
+
+    public static async Task<MigrationJournal> LoadAsync(IDocumentStore store, Guid id, CancellationToken ct)
+    {
+        await using var query = store.QuerySession();
+        var events = await query.Events.FetchStreamAsync(id, token: ct);
+        return new MigrationJournal(store, id, [.. events.Select(e => e.Data)]);
+    }
+
+    /// <summary>The step's recorded outcome: its result, or (throws) its failure; false if it has none.</summary>
+    public bool TryReplay<TOut>(string step, out TOut result)
+    {
+        lock (completed)
+        {
+            if (failed.TryGetValue(step, out var reason))
+            {
+                throw new StepFailedException(reason);
+            }
+            if (completed.TryGetValue(step, out var json))
+            {
+                result = JsonSerializer.Deserialize<TOut>(json, Json) ?? throw new InvalidOperationException($"step {step}: its recorded result is empty");
+                return true;
+            }
+        }
+        result = default!;
+        return false;
+    }
+
+    public Task AcceptedAsync(MigrationRequest request)
+    {
+        Request = request;
+        return AppendAsync(new MigrationAccepted(id, request, DateTimeOffset.UtcNow));
+    }
+
+    public Task CancelledAsync(string reason)
+    {
+        CancelReason = reason;
+        return AppendAsync(new CancelRequested(id, reason, DateTimeOffset.UtcNow));
+    }
+
+    /// <summary>Records that the step is sent, once (a step asked again after a restart is not recorded again).</summary>
+    public Task ScheduledAsync(string step, string host)
+    {
+        lock (completed)
+        {
+            if (!scheduled.Add(step))
+            {
+                return Task.CompletedTask;
+            }
+        }
+        return AppendAsync(new StepScheduled(id, step, host, DateTimeOffset.UtcNow));
+    }
+
+    public async Task CompletedAsync<TOut>(string step, TOut result)
+    {
+        var json = JsonSerializer.Serialize(result, Json);
+        await AppendAsync(new StepCompleted(id, step, json, DateTimeOffset.UtcNow));
+        lock (completed)
+        {
+            completed[step] = json;
+        }
+    }
+
+    public async Task FailedAsync(string step, string reason)
+    {
+        await AppendAsync(new StepFailed(id, step, reason, DateTimeOffset.UtcNow));
+        lock (completed)
+        {
+            failed[step] = reason;
+        }
+    }
+
+    /// <summary>Records a lifecycle event, unless a replay reaches one that was recorded before.</summary>
+    public Task RecordAsync(IMigrationEvent e)
+    {
+        lock (completed)
+        {
+            var key = KeyOf(e);
+            var nth = recording[key] = recording.GetValueOrDefault(key) + 1;
+            if (nth <= recorded.GetValueOrDefault(key))
+            {
+                return Task.CompletedTask;
+            }
+        }
+        return AppendAsync(e);
+    }
+
+    /// <summary>Events of one type for one host are the same event when a replay meets them in the same order.</summary>
+    private static string KeyOf(IMigrationEvent e) => e switch
+    {
+        DestinationTransferred d => $"{nameof(DestinationTransferred)}:{d.Host}",
+        _ => e.GetType().Name,
+    };
+
+    /// <summary>One append at a time per migration; another writer of the stream (the auditor's host
+    /// events) only makes it try again.</summary>
+    private async Task AppendAsync(IMigrationEvent e)
+    {
+        await appending.WaitAsync();
+        try
+        {
+            for (var attempt = 1; ; attempt++)
+            {
+                try
+                {
+                    await using var session = store.LightweightSession();
+                    session.Events.Append(id, e);
+                    await session.SaveChangesAsync();
+                    return;
+                }
+                catch (Exception x) when (attempt < 10 && x is JasperFx.ConcurrencyException or JasperFx.Events.EventStreamUnexpectedMaxEventIdException)
+                {
+                    await Task.Delay(20 * attempt);
+                }
+            }
+        }
+        finally
+        {
+            appending.Release();
+        }
+    }
+}

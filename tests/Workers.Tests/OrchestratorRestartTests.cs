@@ -1,0 +1,98 @@
+using System.Diagnostics;
+using Marten;
+using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.TestSupport;
+using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>The embedded engine is durable: a `semigrate migrate` killed (SIGKILL) in the middle of its
+/// transfers leaves a journal from which another orchestrator finishes the migration, replaying what
+/// was done and sending only what was not; and only one orchestrator drives a migration at a time.</summary>
+public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture postgres)
+    : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
+{
+    [Fact]
+    public async Task A_migrate_killed_mid_transfer_is_finished_by_another_orchestrator_once()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // The source keeps to 8 MB/s over all its transfers, so they last seconds and the kill lands in them.
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 8);
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+        var vm = request.Vm;
+        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
+        {
+            ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
+            ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
+        };
+        var start = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "semigrate"),
+            ["migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source, "--main", $"{run.Main}:20000",
+             "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--vm", vm.ToString(), "--json"])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var (key, value) in environment)
+        {
+            start.Environment[key] = value;
+        }
+        using var migrate = Process.Start(start) ?? throw new InvalidOperationException("could not start semigrate migrate");
+        _ = migrate.StandardOutput.ReadToEndAsync(ct);
+        var stderr = migrate.StandardError.ReadToEndAsync(ct);
+
+        // Kill it once a transfer with many bytes to send is under way.
+        var watch = run.Host.Services.GetRequiredService<TransferWatch>();
+        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
+        var until = DateTime.UtcNow.AddSeconds(90);
+        Guid id = default;
+        TransferProgress? atKill = null;
+        while (atKill is null)
+        {
+            Assert.True(DateTime.UtcNow < until && !migrate.HasExited, $"no transfer was under way with bytes to send: {(migrate.HasExited ? await stderr : "")}");
+            await Task.Delay(50, ct);
+            if (id == default)
+            {
+                await using var query = store.QuerySession();
+                id = (await query.Query<MigrationSummary>().Where(s => s.Vm == vm).Select(s => s.Id).ToListAsync(ct)).SingleOrDefault();
+                continue;
+            }
+            atKill = watch.Of(id).FirstOrDefault(p => p.Bytes >= 4 << 20 && p.PagesSent < p.PagesTotal / 2);
+        }
+        migrate.Kill();
+        await migrate.WaitForExitAsync(ct);
+
+        var engine = run.Host.Services.GetRequiredService<EmbeddedEngine>();
+        Assert.Contains(id, await engine.UnfinishedAsync(ct));
+        // Two orchestrators at once: one drives it, the other is told so and does nothing.
+        var clock = Stopwatch.StartNew();
+        var results = await Task.WhenAll(engine.ResumeAsync(id, ct), engine.ResumeAsync(id, ct));
+        var outcome = Assert.Single(results, r => r is not null)!;
+        TestContext.Current.TestOutputHelper?.WriteLine($"killed at {atKill}; resumed and finished in {clock.Elapsed.TotalSeconds:0.0} s; {string.Join("; ", outcome.Transfers)}");
+
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        Assert.DoesNotContain(id, await engine.UnfinishedAsync(ct));
+        await using (var query = store.QuerySession())
+        {
+            var events = (await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data).ToList();
+            // Replayed, not asked again: the steps that had ended before the kill are recorded once.
+            Assert.Single(events.OfType<StepCompleted>(), s => s.Step == "introspect");
+            Assert.Single(events.OfType<StepScheduled>(), s => s.Step == "introspect");
+            Assert.Single(events.OfType<MigrationRequested>());
+            Assert.Single(events.OfType<PagesClassified>());
+            Assert.Equal(3, events.OfType<DestinationTransferred>().Count());
+            Assert.Single(events.OfType<MigrationSwitchedOver>());
+        }
+        // The transfer cut by the kill resumed from the source's checkpoint: at most what was in flight went twice.
+        var killed = outcome.Transfers.Single(t => t.Host == atKill.Host);
+        Assert.True(killed.ResentBytes < killed.Bytes / 2, $"{killed}");
+
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, outcome.Placement!, ct);
+        Assert.True(verified.Ok, $"{verified}");
+        Assert.Equal(outcome.Pages!.Total, verified.Pages);
+    }
+}
