@@ -8,17 +8,20 @@ namespace SEmigrate.Contracts.Audit;
 // by the order in which concurrent steps happened to end. Results are the steps' own records as JSON:
 // small, and never a key or page data (a wrapped key is ciphertext for the main host alone).
 
+/// <summary>An event of the engine's journal, as opposed to the migration's lifecycle.</summary>
+public interface IJournalEvent : IMigrationEvent;
+
 /// <summary>The engine took the migration on: the whole request, so that any orchestrator can resume it.</summary>
-public sealed record MigrationAccepted(Guid MigrationId, MigrationRequest Request, DateTimeOffset At) : IMigrationEvent;
+public sealed record MigrationAccepted(Guid MigrationId, MigrationRequest Request, DateTimeOffset At) : IJournalEvent;
 
 /// <summary>A step was sent to <paramref name="Host"/> (first attempt; retries are the engine's own).</summary>
-public sealed record StepScheduled(Guid MigrationId, string Step, string Host, DateTimeOffset At) : IMigrationEvent;
+public sealed record StepScheduled(Guid MigrationId, string Step, string Host, DateTimeOffset At) : IJournalEvent;
 
 /// <summary>A step answered: <paramref name="Result"/> is its output record as JSON.</summary>
-public sealed record StepCompleted(Guid MigrationId, string Step, string Result, DateTimeOffset At) : IMigrationEvent;
+public sealed record StepCompleted(Guid MigrationId, string Step, string Result, DateTimeOffset At) : IJournalEvent;
 
 /// <summary>A step failed for good (refused, or out of attempts).</summary>
-public sealed record StepFailed(Guid MigrationId, string Step, string Reason, DateTimeOffset At) : IMigrationEvent;
+public sealed record StepFailed(Guid MigrationId, string Step, string Reason, DateTimeOffset At) : IJournalEvent;
 
 /// <summary>The operator cancelled the migration: a resumed procedure is cancelled at once, and undoes.</summary>
-public sealed record CancelRequested(Guid MigrationId, string Reason, DateTimeOffset At) : IMigrationEvent;
+public sealed record CancelRequested(Guid MigrationId, string Reason, DateTimeOffset At) : IJournalEvent;
