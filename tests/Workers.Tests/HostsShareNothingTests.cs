@@ -26,7 +26,7 @@ public class HostsShareNothingTests(RealGuestFixture guest, PostgresFixture post
         var request = run.Request(guest.Guest.Directory, mode, mainCapacity: 20000, subCapacity: 30000);
         var guestFile = Path.Combine(WorkerFleet.IsolatedGuests, Path.GetFileName(guest.Guest.Directory), "memory.elf");
 
-        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        var outcome = await run.MigrateAsync(request, ct);
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
         var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);

@@ -28,7 +28,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
             var request = run.Request(copy, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
 
-            var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+            var outcome = await run.MigrateAsync(request, ct);
 
             Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
             var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
@@ -124,6 +124,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             Assert.Equal(guestPages, classified.Zero + classified.Plain + classified.Sealed);
             Assert.Equal(guestPages, events.OfType<DestinationTransferred>().Sum(t => t.Pages));
             Assert.Equal(guestPages, events.OfType<PagesPlaced>().Single().Assignments.Sum(a => a.Pages));
+            await run.AssertAuditedAsync(request.MigrationId, ct);
         }
         finally
         {

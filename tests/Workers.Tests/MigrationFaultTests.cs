@@ -30,7 +30,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
         var watch = run.Host.Services.GetRequiredService<TransferWatch>();
 
-        var migration = new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        var migration = run.MigrateAsync(request, ct);
         // Kill the source once a transfer with many bytes to send is under way (which destination that
         // is depends on where this boot of the guest put its free pages).
         var until = DateTime.UtcNow.AddSeconds(60);
@@ -46,6 +46,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         var outcome = await migration;
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        await run.AssertAuditedAsync(request.MigrationId, ct);
         TestContext.Current.TestOutputHelper?.WriteLine($"killed at {atKill}; {string.Join("; ", outcome.Transfers)}");
         var killed = outcome.Transfers.Single(t => t.Host == atKill.Host);
         Assert.True(killed.Attempts >= 2, $"the transfer to {killed.Host} ran again after the kill ({killed})");
@@ -69,9 +70,10 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         await using var run = await MigrationRun.StartAsync(postgres, Fast, ct, startSub2: false);
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
 
-        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        var outcome = await run.MigrateAsync(request, ct);
 
         Assert.Equal(MigrationState.Compensated, outcome.State);
+        await run.AssertAuditedAsync(request.MigrationId, ct);
         Assert.Contains($"no worker for host {run.Sub2} is running", outcome.Reason, StringComparison.Ordinal);
         Assert.Null(outcome.SwitchOver);
         Assert.Empty(outcome.Transfers);
@@ -101,9 +103,10 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         // The operator claims 100,000 pages per sub-host; their memory servers hold 30,000.
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 1000, subCapacity: 100_000);
 
-        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        var outcome = await run.MigrateAsync(request, ct);
 
         Assert.Equal(MigrationState.Compensated, outcome.State);
+        await run.AssertAuditedAsync(request.MigrationId, ct);
         Assert.Matches(@"has room for \d+ more pages; this VM's share is \d+", outcome.Reason);
         Assert.Empty(outcome.Transfers);
         await using var client = await PageClient.CreateAsync(rabbit.Connection, ct);
@@ -122,9 +125,10 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000) with { Source = $"nobody-{Guid.NewGuid():N}"[..15] };
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        var outcome = await run.MigrateAsync(request, ct);
 
         Assert.Equal(MigrationState.Refused, outcome.State);
+        await run.AssertAuditedAsync(request.MigrationId, ct);
         Assert.Contains($"no worker for host {request.Source} is running", outcome.Reason, StringComparison.Ordinal);
         Assert.True(clock.Elapsed < TimeSpan.FromMinutes(1), $"refused after {clock.Elapsed}");
     }

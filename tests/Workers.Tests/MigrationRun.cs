@@ -1,8 +1,10 @@
+using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
+using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workflows;
@@ -29,6 +31,18 @@ internal sealed class MigrationRun : IAsyncDisposable
     public IHost Host { get; }
 
     public EmbeddedSteps Steps => Host.Services.GetRequiredService<EmbeddedSteps>();
+
+    /// <summary>Runs the migration on the embedded engine, as `migrate` does (journaled, auditable).</summary>
+    public Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct) =>
+        Host.Services.GetRequiredService<EmbeddedEngine>().RunAsync(request, null, ct);
+
+    /// <summary>`semigrate audit`'s checks on the migration's stream: every one must hold.</summary>
+    public async Task AssertAuditedAsync(Guid migrationId, CancellationToken ct)
+    {
+        var report = await MigrationAudit.RunAsync(Host.Services.GetRequiredService<IDocumentStore>(), migrationId, ct);
+        Assert.NotNull(report);
+        Assert.True(report.Ok, string.Join("\n", report.Verdicts.Select(v => $"{(v.Ok ? "ok" : "FAILED")} {v.Invariant}: {v.Detail}")));
+    }
 
     public string Source { get; }
 

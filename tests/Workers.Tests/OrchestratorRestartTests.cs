@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
@@ -94,5 +95,50 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, outcome.Placement!, ct);
         Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
+
+        // A resumed migration audits like any other: `semigrate audit` passes.
+        var audit = await SemigrateProcess.RunAsync(environment, "audit", id.ToString());
+        Assert.True(audit.ExitCode == 0, audit.Stdout + audit.Stderr);
+        Assert.Contains("audit passed", audit.Stdout, StringComparison.Ordinal);
+        Assert.DoesNotContain("FAILED", audit.Stdout, StringComparison.Ordinal);
+
+        // A procedure that no longer does what it did fails the replay, naming the step: here, one
+        // whose hand-over is another step than the one recorded.
+        await using (var query = store.QuerySession())
+        {
+            var events = (await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data)
+                .Select(e => e is StepCompleted { Step: StepKeys.HandOver } c ? c with { Step = "hand-over-as-it-was" } : e).ToList();
+            var replay = await MigrationAudit.ReplayAsync(id, events, MigrationState.SwitchedOver);
+            Assert.False(replay.Ok);
+            Assert.Contains("asks for step 'hand-over', which the migration never ran", replay.Detail, StringComparison.Ordinal);
+        }
+
+        // An event edited, then one deleted, in the database: the chain names it.
+        await using var db = new NpgsqlConnection(environment["SEMIGRATE__Postgres__ConnectionString"]);
+        await db.OpenAsync(ct);
+        var table = $"{postgres.Schema}.mt_events";
+        var edited = await ScalarAsync<long>(db, $"select version from {table} where stream_id = $1 and type = 'destination_transferred' order by version limit 1", id);
+        await ExecuteAsync(db, $"update {table} set data = jsonb_set(data, '{{Pages}}', '1') where stream_id = $1 and version = {edited}", id);
+        var afterEdit = await SemigrateProcess.RunAsync(environment, "audit", id.ToString(), "--json");
+        Assert.Equal(1, afterEdit.ExitCode);
+        Assert.Contains($"event {edited} (DestinationTransferred): its content is not what was hashed", afterEdit.Stdout, StringComparison.Ordinal);
+        var deleted = await ScalarAsync<long>(db, $"select version from {table} where stream_id = $1 and type = 'pages_classified'", id);
+        await ExecuteAsync(db, $"delete from {table} where stream_id = $1 and version = {deleted}", id);
+        var afterDelete = await SemigrateProcess.RunAsync(environment, "audit", id.ToString());
+        Assert.Equal(1, afterDelete.ExitCode);
+        Assert.Contains($"event {deleted + 1} (", afterDelete.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"event {deleted} is missing", afterDelete.Stdout, StringComparison.Ordinal);
+    }
+
+    private static async Task<T> ScalarAsync<T>(NpgsqlConnection db, string sql, Guid stream)
+    {
+        await using var command = new NpgsqlCommand(sql, db) { Parameters = { new() { Value = stream } } };
+        return (T)(await command.ExecuteScalarAsync(TestContext.Current.CancellationToken))!;
+    }
+
+    private static async Task ExecuteAsync(NpgsqlConnection db, string sql, Guid stream)
+    {
+        await using var command = new NpgsqlCommand(sql, db) { Parameters = { new() { Value = stream } } };
+        Assert.Equal(1, await command.ExecuteNonQueryAsync(TestContext.Current.CancellationToken));
     }
 }

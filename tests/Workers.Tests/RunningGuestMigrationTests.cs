@@ -55,9 +55,10 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         // its pages going out to the sub-hosts and coming back.
         var request = run.Request(folder, mode, mainCapacity: 16000, subCapacity: 30000);
 
-        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        var outcome = await run.MigrateAsync(request, ct);
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        await run.AssertAuditedAsync(request.MigrationId, ct);
         Assert.True(outcome.SwitchOver!.Running);
         var atSource = LiveGuest.PassesIn(File.ReadAllText(Path.Combine(folder, "serial.log")));
         Assert.NotEmpty(atSource);
@@ -126,8 +127,9 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
         await StartGuestOnSourceAsync(run);
         var request = run.Request(folder, MigrationMode.Semigrate, mainCapacity: 16000, subCapacity: 30000);
-        var outcome = await new MigrationProcedure(run.Steps).RunAsync(request, ct);
+        var outcome = await run.MigrateAsync(request, ct);
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        await run.AssertAuditedAsync(request.MigrationId, ct);
         var serial = SerialAtMain(run, request);
         var until = DateTime.UtcNow.AddMinutes(2);
         while (LiveGuest.PassesIn(File.Exists(serial) ? File.ReadAllText(serial) : "").Count < 2)

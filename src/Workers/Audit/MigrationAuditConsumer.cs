@@ -49,7 +49,7 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
         {
             return; // recorded before the broker's redelivery
         }
-        session.Events.Append(stream, e);
+        await AuditChain.AppendAsync(session, stream, e, context.CancellationToken); // a concurrent append fails the save: retried in place
         session.Insert(new AuditedMessage(id, stream));
         await session.SaveChangesAsync(context.CancellationToken);
     }

@@ -34,30 +34,30 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
     public bool Patched(string patchId) => true;
 
     public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
-        JournaledAsync<MeasureGuest, GuestLayout>(input.MigrationId, "measure", host, "measure guest", _ => input, policies.Quick, ct);
+        JournaledAsync<MeasureGuest, GuestLayout>(input.MigrationId, StepKeys.Measure, host, "measure guest", _ => input, policies.Quick, ct);
 
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
-        JournaledAsync<IntrospectGuest, IntrospectionResult>(input.MigrationId, "introspect", host, "introspect", _ => input, policies.Introspect, ct);
+        JournaledAsync<IntrospectGuest, IntrospectionResult>(input.MigrationId, StepKeys.Introspect, host, "introspect", _ => input, policies.Introspect, ct);
 
     public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
-        JournaledAsync<StartPaging, PagingStarted>(input.MigrationId, $"start-paging:{host}", host, "start paging", _ => input, policies.Quick, ct);
+        JournaledAsync<StartPaging, PagingStarted>(input.MigrationId, StepKeys.StartPaging(host), host, "start paging", _ => input, policies.Quick, ct);
 
     public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
-        JournaledAsync<TransferPages, TransferResult>(input.MigrationId, $"transfer:{input.Assignment.Host}:{input.Assignment.FirstPfn}", host, $"transfer to {input.Assignment.Host}",
+        JournaledAsync<TransferPages, TransferResult>(input.MigrationId, StepKeys.Transfer(input.Assignment), host, $"transfer to {input.Assignment.Host}",
             attempt => input with { Attempt = attempt, ResumeFrom = Math.Max(input.ResumeFrom, watch.Last(input.MigrationId, input.Assignment.Host)?.Progress.NextPfn ?? 0) },
             policies.Transfer, ct, () => watch.Last(input.MigrationId, input.Assignment.Host)?.At);
 
     public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) =>
-        JournaledAsync<HandOver, HandedOver>(input.MigrationId, "hand-over", host, "hand over", _ => input, policies.Quick, ct);
+        JournaledAsync<HandOver, HandedOver>(input.MigrationId, StepKeys.HandOver, host, "hand over", _ => input, policies.Quick, ct);
 
     public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
-        JournaledAsync<SwitchOver, SwitchedOverResult>(input.MigrationId, "switch-over", host, "switch over", _ => input, policies.SwitchOver, ct);
+        JournaledAsync<SwitchOver, SwitchedOverResult>(input.MigrationId, StepKeys.SwitchOver, host, "switch over", _ => input, policies.SwitchOver, ct);
 
     public Task<PagingReleased> ReleasePagingAsync(string host, ReleasePaging input, CancellationToken ct) =>
-        JournaledAsync<ReleasePaging, PagingReleased>(input.MigrationId, $"release-paging:{host}", host, "release", _ => input, policies.Quick, ct);
+        JournaledAsync<ReleasePaging, PagingReleased>(input.MigrationId, StepKeys.ReleasePaging(host), host, "release", _ => input, policies.Quick, ct);
 
     public Task<SourceReleased> ReleaseSourceAsync(string host, ReleaseSource input, CancellationToken ct) =>
-        JournaledAsync<ReleaseSource, SourceReleased>(input.MigrationId, input.VmLeft ? "release-source:left" : "release-source:stays", host, "release source", _ => input,
+        JournaledAsync<ReleaseSource, SourceReleased>(input.MigrationId, StepKeys.ReleaseSource(input.VmLeft), host, "release source", _ => input,
             policies.Quick, ct);
 
     public async Task RecordAsync(IMigrationEvent e) => await (await JournalAsync(e.MigrationId)).RecordAsync(e);

@@ -2,6 +2,7 @@ using System.Text.Json;
 using Marten;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.Workers.Audit;
 
 namespace SEmigrate.Workers.Embedded;
 
@@ -13,7 +14,7 @@ public sealed class MigrationJournal
 {
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
-    private readonly IDocumentStore store;
+    private readonly IDocumentStore? store;
     private readonly Guid id;
     private readonly SemaphoreSlim appending = new(1, 1);
     private readonly Dictionary<string, string> completed = new(StringComparer.Ordinal);
@@ -22,7 +23,7 @@ public sealed class MigrationJournal
     private readonly Dictionary<string, int> recorded = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> recording = new(StringComparer.Ordinal);
 
-    private MigrationJournal(IDocumentStore store, Guid id, IReadOnlyList<object> events)
+    private MigrationJournal(IDocumentStore? store, Guid id, IReadOnlyList<object> events)
     {
         (this.store, this.id) = (store, id);
         foreach (var e in events)
@@ -70,6 +71,9 @@ public sealed class MigrationJournal
         var events = await query.Events.FetchStreamAsync(id, token: ct);
         return new MigrationJournal(store, id, [.. events.Select(e => e.Data)]);
     }
+
+    /// <summary>A journal to read only (an audit's replay): appending to it fails.</summary>
+    public static MigrationJournal Of(Guid id, IReadOnlyList<object> events) => new(null, id, events);
 
     /// <summary>The step's recorded outcome: its result, or (throws) its failure; false if it has none.</summary>
     public bool TryReplay<TOut>(string step, out TOut result)
@@ -150,7 +154,7 @@ public sealed class MigrationJournal
     }
 
     /// <summary>Events of one type for one host are the same event when a replay meets them in the same order.</summary>
-    private static string KeyOf(IMigrationEvent e) => e switch
+    public static string KeyOf(IMigrationEvent e) => e switch
     {
         DestinationTransferred d => $"{nameof(DestinationTransferred)}:{d.Host}",
         _ => e.GetType().Name,
@@ -160,6 +164,7 @@ public sealed class MigrationJournal
     /// events) only makes it try again.</summary>
     private async Task AppendAsync(IMigrationEvent e)
     {
+        var to = store ?? throw new InvalidOperationException($"migration {id}: this journal is only read (an audit)");
         await appending.WaitAsync();
         try
         {
@@ -167,8 +172,8 @@ public sealed class MigrationJournal
             {
                 try
                 {
-                    await using var session = store.LightweightSession();
-                    session.Events.Append(id, e);
+                    await using var session = to.LightweightSession();
+                    await AuditChain.AppendAsync(session, id, e, CancellationToken.None);
                     await session.SaveChangesAsync();
                     return;
                 }

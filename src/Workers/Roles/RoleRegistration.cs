@@ -149,6 +149,7 @@ public static class RoleRegistration
             o.AutoCreateSchemaObjects = AutoCreate.CreateOrUpdate;
             // Every event type, as the contract lists them for JSON (one list to keep).
             o.Events.AddEventTypes([.. typeof(IMigrationEvent).GetCustomAttributes<JsonDerivedTypeAttribute>().Select(a => a.DerivedType), typeof(VmPaged)]);
+            o.Events.MetadataConfig.HeadersEnabled = true; // where each event's hash chain is kept (AuditChain)
             o.Projections.Add<MigrationSummaryProjection>(ProjectionLifecycle.Inline);
             o.Projections.Add<VmPagingSummaryProjection>(ProjectionLifecycle.Inline);
             return o;

@@ -1,0 +1,177 @@
+using JasperFx.Events;
+using Marten;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Audit;
+
+/// <summary>One invariant's verdict.</summary>
+public sealed record AuditVerdict(string Invariant, bool Ok, string Detail);
+
+/// <summary>What `semigrate audit` found: a verdict per invariant, and the security events recorded.</summary>
+public sealed record AuditReport(Guid MigrationId, MigrationState State, IReadOnlyList<AuditVerdict> Verdicts, int SecurityEvents)
+{
+    public bool Ok => Verdicts.All(v => v.Ok);
+}
+
+/// <summary>Audits a migration from its stream alone: the hash chain holds; today's procedure, replayed
+/// against the recorded step results, records the same lifecycle and ends the same way; every guest
+/// page was classified and placed once; every destination acknowledged the pages placed there; and
+/// the end is what the events say (switched over: the source let go of the key; undone: every
+/// destination released the VM and the source kept it).</summary>
+public static class MigrationAudit
+{
+    public static async Task<AuditReport?> RunAsync(IDocumentStore store, Guid migrationId, CancellationToken ct)
+    {
+        await using var query = store.QuerySession();
+        var stream = await query.Events.FetchStreamAsync(migrationId, token: ct);
+        return stream.Count == 0 ? null : await CheckAsync(migrationId, stream);
+    }
+
+    public static async Task<AuditReport> CheckAsync(Guid migrationId, IReadOnlyList<IEvent> stream)
+    {
+        var events = stream.OrderBy(e => e.Version).Select(e => e.Data).ToList();
+        var state = MigrationState.Requested;
+        foreach (var e in events.OfType<IMigrationEvent>())
+        {
+            state = MigrationStates.After(e, state) ?? state;
+        }
+        var verdicts = new List<AuditVerdict>
+        {
+            AuditChain.Verify(stream) is { } broken
+                ? new("hash chain", false, $"event {broken.Version} ({broken.Type}): {broken.Problem}")
+                : new("hash chain", true, $"{stream.Count} events linked"),
+            await ReplayAsync(migrationId, events, state),
+            Placed(events),
+            Acknowledged(events, state),
+            Ended(events, state),
+        };
+        return new AuditReport(migrationId, state, verdicts, events.OfType<PageCheckFailed>().Count());
+    }
+
+    /// <summary>Today's procedure against the recorded results (a cancel recorded is a cancel replayed).</summary>
+    public static async Task<AuditVerdict> ReplayAsync(Guid migrationId, IReadOnlyList<object> events, MigrationState recordedState)
+    {
+        const string name = "replay";
+        if (events.OfType<MigrationAccepted>().FirstOrDefault() is not { } accepted)
+        {
+            return new(name, false, "the stream holds no request the embedded engine accepted (recorded by Temporal, or before the engine kept a journal): nothing to replay");
+        }
+        if (recordedState is not (MigrationState.SwitchedOver or MigrationState.Compensated or MigrationState.Refused))
+        {
+            return new(name, false, $"the migration has not ended ({recordedState})");
+        }
+        var steps = new ReplaySteps(migrationId, events);
+        var procedure = new MigrationProcedure(steps);
+        using var cancel = new CancellationTokenSource();
+        if (events.OfType<CancelRequested>().FirstOrDefault() is { } cancelled)
+        {
+            procedure.CancelReason = cancelled.Reason;
+            await cancel.CancelAsync();
+        }
+        var outcome = await procedure.RunAsync(accepted.Request, cancel.Token);
+        var findings = steps.Findings.Concat(steps.Unreplayed).ToList();
+        if (outcome.State != recordedState)
+        {
+            findings.Add($"the replay ends {outcome.State}, the migration {recordedState}");
+        }
+        return findings.Count == 0
+            ? new(name, true, $"today's procedure makes the same {events.OfType<StepCompleted>().Count()} steps and ends {outcome.State}")
+            : new(name, false, $"nondeterminism: {string.Join("; ", findings)}");
+    }
+
+    private static AuditVerdict Placed(IReadOnlyList<object> events)
+    {
+        const string name = "every page classified and placed once";
+        var placed = events.OfType<PagesPlaced>().ToList();
+        var classified = events.OfType<PagesClassified>().ToList();
+        if (placed.Count == 0)
+        {
+            return new(name, true, "nothing was placed (refused before anything moved)");
+        }
+        if (placed.Count > 1 || classified.Count > 1)
+        {
+            return new(name, false, $"placed {placed.Count} times, classified {classified.Count} times");
+        }
+        long next = -1, pages = 0;
+        foreach (var a in placed[0].Assignments.OrderBy(a => a.FirstPfn))
+        {
+            if (next >= 0 && a.FirstPfn != next)
+            {
+                return new(name, false, $"{a.Host}'s range starts at page {a.FirstPfn}, the one before it ends at {next} (a gap or an overlap)");
+            }
+            (next, pages) = (a.EndPfn, pages + a.Pages);
+        }
+        if (classified.Count == 1 && classified[0] is var c && c.Zero + c.Plain + c.Sealed != pages)
+        {
+            return new(name, false, $"{c.Zero + c.Plain + c.Sealed} pages classified, {pages} placed");
+        }
+        return new(name, true, $"{pages} pages in {placed[0].Assignments.Count} contiguous ranges{(classified.Count == 1 ? ", as many as classified" : "")}");
+    }
+
+    private static AuditVerdict Acknowledged(IReadOnlyList<object> events, MigrationState state)
+    {
+        const string name = "pages sent = pages acknowledged, per destination";
+        var placed = events.OfType<PagesPlaced>().SingleOrDefault()?.Assignments ?? [];
+        var transferred = events.OfType<DestinationTransferred>().ToList();
+        var problems = new List<string>();
+        foreach (var host in placed.Select(a => a.Host).Distinct(StringComparer.Ordinal))
+        {
+            var wanted = placed.Where(a => a.Host == host).Sum(a => a.Pages);
+            var done = transferred.Where(t => t.Host == host).ToList();
+            if (done.Count == 0)
+            {
+                if (state == MigrationState.SwitchedOver)
+                {
+                    problems.Add($"{host}: switched over without its transfer recorded");
+                }
+            }
+            else if (done.Sum(t => t.Pages) != wanted)
+            {
+                problems.Add($"{host}: {wanted} pages placed, {done.Sum(t => t.Pages)} acknowledged");
+            }
+        }
+        problems.AddRange(transferred.Where(t => placed.All(a => a.Host != t.Host)).Select(t => $"{t.Host}: pages acknowledged by a host nothing was placed at"));
+        return problems.Count == 0
+            ? new(name, true, $"{transferred.Count} destinations, {transferred.Sum(t => t.Pages)} pages acknowledged")
+            : new(name, false, string.Join("; ", problems));
+    }
+
+    private static AuditVerdict Ended(IReadOnlyList<object> events, MigrationState state)
+    {
+        const string name = "the end matches the events";
+        var done = events.OfType<StepCompleted>().Select(s => s.Step).ToHashSet(StringComparer.Ordinal);
+        var destinations = events.OfType<PagingServersStarted>().SingleOrDefault()?.Hosts ?? [];
+        var problems = new List<string>();
+        switch (state)
+        {
+            case MigrationState.SwitchedOver when !done.Contains(StepKeys.ReleaseSource(vmLeft: true)):
+                problems.Add("switched over, but the source never let go of the key");
+                break;
+            case MigrationState.Compensated:
+                problems.AddRange(destinations.Where(h => !done.Contains(StepKeys.ReleasePaging(h)) && !Unreachable(events, h)).Select(h => $"undone, but {h} never released the VM"));
+                if (!done.Contains(StepKeys.ReleaseSource(vmLeft: false)))
+                {
+                    problems.Add("undone, but the source never let go of the key");
+                }
+                if (done.Contains(StepKeys.SwitchOver))
+                {
+                    problems.Add("undone after the main host took the VM over");
+                }
+                break;
+            case MigrationState.Refused when destinations.Count > 0:
+                problems.Add("refused after paging started");
+                break;
+            case not (MigrationState.SwitchedOver or MigrationState.Compensated or MigrationState.Refused):
+                problems.Add($"the migration has not ended ({state})");
+                break;
+        }
+        return problems.Count == 0 ? new(name, true, state.ToString()) : new(name, false, string.Join("; ", problems));
+    }
+
+    /// <summary>The compensation named the host as one it could not reach: the operator was told.</summary>
+    private static bool Unreachable(IReadOnlyList<object> events, string host) =>
+        events.OfType<MigrationCompensated>().Any(c => c.Reason.Contains("not released (unreachable): ", StringComparison.Ordinal) && c.Reason.Contains(host, StringComparison.Ordinal));
+}
