@@ -4,6 +4,7 @@ using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
+using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workflows;
@@ -43,6 +44,66 @@ public class AuditTrailTests(PostgresFixture postgres) : IClassFixture<PostgresF
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var events = await query.Events.FetchStreamAsync(migration, token: ct);
             Assert.Equal([typeof(MigrationRequested), typeof(MigrationRefused)], events.Select(e => e.Data.GetType()));
+        }
+        finally
+        {
+            await host.StopAsync(CancellationToken.None);
+            await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [], [], queue);
+        }
+    }
+
+    [Fact]
+    public async Task Twenty_migrations_at_once_each_keep_their_order_and_chain()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        foreach (var (key, value) in await ServicesScript.SettingsAsync())
+        {
+            Environment.SetEnvironmentVariable(key, value);
+        }
+        var queue = $"semigrate-audit-{Guid.NewGuid():N}"[..28];
+        using var host = Orchestrator.Build(StepPolicies.Default, new Dictionary<string, string?> { ["Postgres:Schema"] = postgres.Schema, ["Audit:Queue"] = queue });
+        await host.StartAsync(ct);
+        try
+        {
+            const int migrations = 20, each = 50;
+            var bus = host.Services.GetRequiredService<IBus>();
+            var ids = Enumerable.Range(0, migrations).Select(_ => Guid.NewGuid()).ToList();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            // Interleaved, as twenty orchestrators would publish them; within a migration, in order.
+            await Task.WhenAll(ids.Select(async id =>
+            {
+                await bus.Publish(new MigrationRequested(id, Guid.NewGuid(), "src", "main", ["sub"], "semigrate", DateTimeOffset.UtcNow), ct);
+                for (var n = 1; n < each; n++)
+                {
+                    await bus.Publish(new DestinationTransferred(id, "sub", n, n, 0, 0, 1, DateTimeOffset.UtcNow), ct);
+                }
+            }));
+            var store = host.Services.GetRequiredService<IDocumentStore>();
+            var until = DateTime.UtcNow.AddMinutes(2);
+            while (true)
+            {
+                await using var query = store.QuerySession();
+                var appended = await query.Events.QueryAllRawEvents().Where(e => e.StreamId.IsOneOf(ids.ToArray())).CountAsync(ct);
+                if (appended == migrations * each)
+                {
+                    break;
+                }
+                Assert.True(DateTime.UtcNow < until, $"{appended} of {migrations * each} events appended");
+                await Task.Delay(50, ct);
+            }
+            var seconds = clock.Elapsed.TotalSeconds;
+            TestContext.Current.TestOutputHelper?.WriteLine($"auditor: {migrations * each} events of {migrations} migrations in {seconds:0.00} s: {migrations * each / seconds:0} events/s");
+
+            await using (var query = store.QuerySession())
+            {
+                foreach (var id in ids)
+                {
+                    var stream = await query.Events.FetchStreamAsync(id, token: ct);
+                    Assert.IsType<MigrationRequested>(stream[0].Data);
+                    Assert.Equal(Enumerable.Range(1, each - 1).Select(n => (long)n), stream.Skip(1).Select(e => ((DestinationTransferred)e.Data).Pages));
+                    Assert.Null(AuditChain.Verify(stream));
+                }
+            }
         }
         finally
         {

@@ -32,6 +32,7 @@ public class CommandLineTests
     [InlineData("worker")]
     [InlineData("migrate")]
     [InlineData("status")]
+    [InlineData("audit")]
     [InlineData("vm")]
     [InlineData("vm", "list")]
     [InlineData("vm", "stop")]
