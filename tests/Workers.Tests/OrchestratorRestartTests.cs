@@ -31,18 +31,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
             ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
             ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
         };
-        var start = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "semigrate"),
-            ["migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source, "--main", $"{run.Main}:20000",
-             "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--vm", vm.ToString(), "--json"])
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        foreach (var (key, value) in environment)
-        {
-            start.Environment[key] = value;
-        }
-        using var migrate = Process.Start(start) ?? throw new InvalidOperationException("could not start semigrate migrate");
+        using var migrate = StartMigrate(run, request, environment);
         _ = migrate.StandardOutput.ReadToEndAsync(ct);
         var stderr = migrate.StandardError.ReadToEndAsync(ct);
 
@@ -128,6 +117,103 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         Assert.Equal(1, afterDelete.ExitCode);
         Assert.Contains($"event {deleted + 1} (", afterDelete.Stdout, StringComparison.Ordinal);
         Assert.Contains($"event {deleted} is missing", afterDelete.Stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Killed_at_ten_random_points_every_migration_ends_switched_over_or_undone_never_stuck()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // 25 MB/s at the source: a migration takes about 7 s from its process start (4 s of them sending), so the kills land in every step.
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 25);
+        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
+        {
+            ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
+            ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
+        };
+        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
+        var engine = run.Host.Services.GetRequiredService<EmbeddedEngine>();
+        var seed = Environment.TickCount;
+        var random = new Random(seed);
+        var ended = new List<string>();
+        for (var trial = 1; trial <= 10; trial++)
+        {
+            var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+            // Eight kills at random times; the last two the moment the switch-over is sent (a short step
+            // that random times rarely hit).
+            var atSwitchOver = trial > 8;
+            var killAfter = TimeSpan.FromMilliseconds(atSwitchOver ? 30_000 : random.Next(1000, 7000));
+            using (var migrate = StartMigrate(run, request, environment))
+            {
+                _ = migrate.StandardOutput.ReadToEndAsync(ct);
+                _ = migrate.StandardError.ReadToEndAsync(ct);
+                await Task.WhenAny(migrate.WaitForExitAsync(ct), Task.Delay(killAfter, ct), atSwitchOver ? SwitchOverSentAsync(store, request.Vm, ct) : Task.Delay(-1, ct));
+                if (migrate.HasExited)
+                {
+                    ended.Add($"trial {trial}: finished before its kill");
+                }
+                migrate.Kill();
+                await migrate.WaitForExitAsync(ct);
+            }
+            await using var query = store.QuerySession();
+            var id = (await query.Query<MigrationSummary>().Where(m => m.Vm == request.Vm).Select(m => m.Id).ToListAsync(ct)).SingleOrDefault();
+            if (id == default)
+            {
+                ended.Add($"trial {trial}: killed at {killAfter.TotalSeconds:0.0} s, before it accepted the migration: nothing to resume");
+                continue;
+            }
+            var step = (await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data).OfType<StepScheduled>().LastOrDefault()?.Step;
+            var clock = Stopwatch.StartNew();
+            // (One that had ended replays to its end, sending nothing.)
+            var outcome = await engine.ResumeAsync(id, ct);
+            Assert.NotNull(outcome);
+            ended.Add($"trial {trial}: killed {(atSwitchOver ? "at the switch-over" : $"at {killAfter.TotalSeconds:0.0} s")} (last step sent: {step ?? "none"}), resumed: {outcome.State} in {clock.Elapsed.TotalSeconds:0.0} s");
+            Assert.DoesNotContain(id, await engine.UnfinishedAsync(ct));
+            await run.AssertAuditedAsync(id, ct);
+            var summary = await query.LoadAsync<MigrationSummary>(id, ct);
+            Assert.True(summary!.State is MigrationState.SwitchedOver or MigrationState.Compensated, $"trial {trial}: {summary.State} {summary.Reason}");
+            if (summary.State == MigrationState.SwitchedOver)
+            {
+                var placement = new PlacementPlan((await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data).OfType<PagesPlaced>().Single().Assignments);
+                var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, placement, ct);
+                Assert.True(verified.Ok, $"trial {trial}: {verified}");
+                await run.Steps.StopVmAsync(new StopVm(id, request.Vm, run.Main), ct); // room for the next trial
+            }
+        }
+        var report = $"seed {seed}: " + string.Join("; ", ended);
+        TestContext.Current.TestOutputHelper?.WriteLine(report);
+        Assert.True(ended.Count(e => e.Contains("resumed", StringComparison.Ordinal)) >= 5, $"too few kills landed in a migration: {report}");
+        Assert.Equal(2, ended.Count(e => e.Contains("at the switch-over (last step sent: switch-over)", StringComparison.Ordinal)));
+    }
+
+    /// <summary>Until the migration of <paramref name="vm"/> has sent its switch-over.</summary>
+    private static async Task SwitchOverSentAsync(IDocumentStore store, Guid vm, CancellationToken ct)
+    {
+        while (true)
+        {
+            await using var query = store.QuerySession();
+            if ((await query.Query<MigrationSummary>().Where(m => m.Vm == vm).Select(m => m.Id).ToListAsync(ct)).SingleOrDefault() is var id && id != default
+                && (await query.Events.FetchStreamAsync(id, token: ct)).Any(e => e.Data is StepScheduled { Step: StepKeys.SwitchOver }))
+            {
+                return;
+            }
+            await Task.Delay(10, ct);
+        }
+    }
+
+    private static Process StartMigrate(MigrationRun run, MigrationRequest request, IReadOnlyDictionary<string, string> environment)
+    {
+        var start = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "semigrate"),
+            ["migrate", "--guest", request.Guest, "--source", run.Source, "--main", $"{run.Main}:{request.Main.CapacityPages}",
+             .. request.SubHosts.SelectMany(s => new[] { "--sub", $"{s.Host}:{s.CapacityPages}" }), "--plain-process", "vaultdb", "--vm", request.Vm.ToString(), "--json"])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var (key, value) in environment)
+        {
+            start.Environment[key] = value;
+        }
+        return Process.Start(start) ?? throw new InvalidOperationException("could not start semigrate migrate");
     }
 
     private static async Task<T> ScalarAsync<T>(NpgsqlConnection db, string sql, Guid stream)

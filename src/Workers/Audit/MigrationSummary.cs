@@ -1,4 +1,5 @@
 using Marten.Events.Aggregation;
+using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 
@@ -16,6 +17,14 @@ public sealed class MigrationSummaryProjection : SingleStreamProjection<Migratio
 {
     public static MigrationSummary Create(MigrationRequested e) =>
         new(e.MigrationId, e.Vm, e.Source, e.Main, e.SubHosts, e.Mode, MigrationState.Requested, e.At, e.At, null, [], null);
+
+    /// <summary>The embedded engine's streams start with the request it accepted: a migration is known
+    /// (and resumable) from then on, even if its orchestrator dies before anything else is recorded.</summary>
+    public static MigrationSummary Create(MigrationAccepted e) =>
+        new(e.MigrationId, e.Request.Vm, e.Request.Source, e.Request.Main.Host, [.. e.Request.SubHosts.Select(s => s.Host)], e.Request.Mode.ToWireName(),
+            MigrationState.Requested, e.At, e.At, null, [], null);
+
+    public static MigrationSummary Apply(MigrationRequested e, MigrationSummary s) => s with { UpdatedAt = e.At };
 
     public static MigrationSummary Apply(GuestIntrospected e, MigrationSummary s) => Moved(e, s);
 
