@@ -51,10 +51,12 @@ public sealed class MainHostActivities(
         // What the source handed over is in this host's store, as sealed records (SealedBlob).
         Func<ulong, PageRecord?> blobs = pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null;
         ClassificationMap manifest;
+        string manifestDigest;
         try
         {
             var content = SealedBlob.Open(BlobKind.Manifest, input.Vm, blobs, opener, host.Host, maxContent: SealedBlob.MaxBytes * 4);
             manifest = ClassificationMap.FromBytes(content, "the manifest");
+            manifestDigest = Convert.ToHexString(SHA256.HashData(content));
         }
         catch (PageIntegrityException e)
         {
@@ -81,7 +83,7 @@ public sealed class MainHostActivities(
         var (guest, ram, memory) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
             ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
-        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow);
+        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest);
         vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);

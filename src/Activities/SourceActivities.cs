@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Security.Cryptography;
 using MassTransit;
 using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts;
@@ -188,7 +189,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             var done = await ReportAsync(force: true);
             logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s, attempt {Attempt} ({Resent} bytes resent over all attempts)",
                 input.Vm, a.Host, a.Pages, bytesThisAttempt, clock.Elapsed.TotalSeconds, done.Attempts, done.ResentBytes);
-            return new TransferResult(a.Host, a.Pages, done.Bytes, done.ResentPages, done.ResentBytes, done.Attempts);
+            var classes = ClassesIn(map, codec, a);
+            return new TransferResult(a.Host, a.Pages, done.Bytes, done.ResentPages, done.ResentBytes, done.Attempts, classes.Classified, classes.Sent);
 
             // The broker's confirm frees the batch's buffer; the host's ack, later, makes its pages count
             // as stored (progress, checkpoint, heartbeat).
@@ -297,7 +299,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var map = ClassificationMap.Load(state.MapPath).Select(codec.WireClass);
         using var key = state.LoadKey();
         using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
-        var records = SealedBlob.Seal(BlobKind.Manifest, map.ToBytes(), sealer);
+        var manifest = map.ToBytes();
+        var records = SealedBlob.Seal(BlobKind.Manifest, manifest, sealer);
         if (guest.Live)
         {
             // A running guest's core goes with it: its device state (saved now, while it is paused) and
@@ -325,7 +328,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
         var bytes = records.Sum(r => (long)r.WireSize);
         logger.LogInformation("VM {Vm}: manifest of {Pages} pages sent to {Main} in {Bytes} bytes", input.Vm, map.PfnLimit, input.Main, bytes);
-        return new HandedOver(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main)), bytes);
+        return new HandedOver(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main)), bytes, Convert.ToHexString(SHA256.HashData(manifest)));
     }
 
     /// <summary>What the source sent, page by page: the bytes of every guest page, zeros for a page that
@@ -399,6 +402,22 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             throw new ApplicationFailureException($"host {host.Host} has no guest '{name}' ({path} does not exist; guests made by `semigrate guest boot` live in {Path.GetDirectoryName(dir)})", nonRetryable: true);
         }
         return (dump, kernel);
+    }
+
+    /// <summary>The assignment's pages by class, and by the class they travel as in this mode (what the audit checks).</summary>
+    private static (PageCounts Classified, PageCounts Sent) ClassesIn(ClassificationMap map, PageCodec codec, Assignment a)
+    {
+        Span<long> classified = stackalloc long[3], sent = stackalloc long[3];
+        for (var pfn = (ulong)a.FirstPfn; pfn < (ulong)a.EndPfn; pfn++)
+        {
+            if (map.IsGuestPage(pfn))
+            {
+                classified[(int)map[pfn]]++;
+                sent[(int)codec.WireClass(map[pfn])]++;
+            }
+        }
+        return (new PageCounts(classified[(int)PageClass.Zero], classified[(int)PageClass.Plain], classified[(int)PageClass.Sealed]),
+            new PageCounts(sent[(int)PageClass.Zero], sent[(int)PageClass.Plain], sent[(int)PageClass.Sealed]));
     }
 
     private static long CountGuestPages(ClassificationMap map, long from, long to)

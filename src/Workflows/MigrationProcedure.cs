@@ -115,7 +115,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             var switched = await steps.SwitchOverAsync(request.Main.Host,
                 new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan), ct);
             state = MigrationState.SwitchedOver;
-            await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow));
+            await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow,
+                handedOver.ManifestDigest, switched.ManifestDigest));
             return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, Transfers(), plan, switched, handedOver.ManifestBytes, guest.PausedAt);
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
@@ -170,7 +171,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             // The embedded engine finishes transfers on several threads at once.
             transfers.Add(result);
         }
-        await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.ResentBytes, result.Attempts, steps.UtcNow));
+        await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.ResentBytes, result.Attempts, steps.UtcNow,
+            result.Classified, result.Sent));
         return result;
     }
 

@@ -41,9 +41,14 @@ public sealed record PagesPlaced(Guid MigrationId, IReadOnlyList<Assignment> Ass
 
 public sealed record PagingServersStarted(Guid MigrationId, IReadOnlyList<string> Hosts, DateTimeOffset At) : IMigrationEvent;
 
-public sealed record DestinationTransferred(Guid MigrationId, string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts, DateTimeOffset At) : IMigrationEvent;
+/// <summary>A destination has its share: <paramref name="Classified"/> its pages by class at the source,
+/// <paramref name="Sent"/> by the class they travelled as (Zero: did not travel).</summary>
+public sealed record DestinationTransferred(Guid MigrationId, string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts, DateTimeOffset At,
+    PageCounts? Classified = null, PageCounts? Sent = null) : IMigrationEvent;
 
-public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long LocalPages, long RemotePages, DateTimeOffset At) : IMigrationEvent;
+/// <summary>The main host took the VM over; the manifest's SHA-256 as the source sent it and as the main host opened it.</summary>
+public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long LocalPages, long RemotePages, DateTimeOffset At,
+    string? ManifestSent = null, string? ManifestReceived = null) : IMigrationEvent;
 
 public sealed record MigrationCompensated(Guid MigrationId, string Reason, IReadOnlyList<string> ReleasedHosts, DateTimeOffset At) : IMigrationEvent;
 

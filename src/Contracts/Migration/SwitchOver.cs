@@ -5,8 +5,9 @@ namespace SEmigrate.Contracts.Migration;
 /// main host's public key.</summary>
 public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey);
 
-/// <summary>The wrapped data key (only the main host's private key opens it) and the manifest's size on the wire.</summary>
-public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes);
+/// <summary>The wrapped data key (only the main host's private key opens it), the manifest's size on the
+/// wire and the SHA-256 of the manifest sent (hex).</summary>
+public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes, string? ManifestDigest = null);
 
 /// <summary>At the main host: take over the VM: unwrap the key, open the manifest it received, and serve
 /// every page from then on (its own from its store, the rest from the sub-hosts of the placement).</summary>
@@ -15,8 +16,10 @@ public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, Migratio
 /// <summary>The VM is at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
 /// at sub-hosts (free pages count where their range is placed, though nothing of them travelled);
 /// <paramref name="Running"/> when it was a running guest, which now runs there on RAM its pager serves,
-/// continued at <paramref name="ContinuedAt"/> (the main host's clock).</summary>
-public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, bool Running = false, DateTimeOffset? ContinuedAt = null);
+/// continued at <paramref name="ContinuedAt"/> (the main host's clock). <paramref name="ManifestDigest"/>: the
+/// SHA-256 of the manifest the main host opened (hex).</summary>
+public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, bool Running = false, DateTimeOffset? ContinuedAt = null,
+    string? ManifestDigest = null);
 
 /// <summary>At the source, or at the main host after switch-over: a digest of every guest page in
 /// [<paramref name="FirstPfn"/>, <paramref name="EndPfn"/>), one per chunk of <paramref name="ChunkPages"/>

@@ -12,5 +12,8 @@ public sealed record TransferProgress(Guid MigrationId, string Host, long NextPf
 
 /// <summary>A finished transfer, over all its attempts: <paramref name="Bytes"/> sent in all, of which
 /// <paramref name="ResentBytes"/> (<paramref name="ResentPages"/> pages) went again because an attempt
-/// died before they were confirmed (bounded by the batches in flight then, not the whole range).</summary>
-public sealed record TransferResult(string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts);
+/// died before they were confirmed (bounded by the batches in flight then, not the whole range).
+/// <paramref name="Classified"/>: the range's pages by their class at the source; <paramref name="Sent"/>:
+/// by the class they travelled as (its Zero: pages that did not travel, free).</summary>
+public sealed record TransferResult(string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts,
+    PageCounts? Classified = null, PageCounts? Sent = null);
