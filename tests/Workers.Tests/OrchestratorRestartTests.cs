@@ -8,6 +8,7 @@ using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Processes;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -58,32 +59,41 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
 
         var engine = run.Host.Services.GetRequiredService<EmbeddedEngine>();
         Assert.Contains(id, await engine.UnfinishedAsync(ct));
-        // Two orchestrators at once: one drives it, the other is told so and does nothing.
+        // Two orchestrators start at once (`worker --role orchestrator`): one resumes it, the other leaves it be.
         var clock = Stopwatch.StartNew();
-        var results = await Task.WhenAll(engine.ResumeAsync(id, ct), engine.ResumeAsync(id, ct));
-        var outcome = Assert.Single(results, r => r is not null)!;
-        TestContext.Current.TestOutputHelper?.WriteLine($"killed at {atKill}; resumed and finished in {clock.Elapsed.TotalSeconds:0.0} s; {string.Join("; ", outcome.Transfers)}");
-
-        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        var logs = Directory.CreateTempSubdirectory("semigrate-orchestrators-");
+        var orchestrators = new[] { $"orch-a-{Guid.NewGuid():N}"[..14], $"orch-b-{Guid.NewGuid():N}"[..14] };
+        using (await WorkerFleet.StartAsync([.. orchestrators.Select(o => new WorkerFleet.Worker("orchestrator", o))], logs.FullName, logs.FullName, ct, environment))
+        {
+            var summary = await Orchestrator.AuditedEndAsync(run.Host.Services, id, TimeSpan.FromMinutes(3), ct);
+            Assert.True(summary?.State == MigrationState.SwitchedOver, $"{summary?.State}: {summary?.Reason}");
+        }
+        var resumedBy = orchestrators.Where(o => File.ReadAllText(Path.Combine(logs.FullName, $"{o}.log")).Contains($"resuming migration {id}", StringComparison.Ordinal)).ToList();
+        logs.Delete(recursive: true);
+        TestContext.Current.TestOutputHelper?.WriteLine($"killed at {atKill}; resumed by {string.Join(", ", resumedBy)} and finished in {clock.Elapsed.TotalSeconds:0.0} s");
+        Assert.Single(resumedBy);
         Assert.DoesNotContain(id, await engine.UnfinishedAsync(ct));
+
+        List<object> events;
         await using (var query = store.QuerySession())
         {
-            var events = (await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data).ToList();
-            // Replayed, not asked again: the steps that had ended before the kill are recorded once.
-            Assert.Single(events.OfType<StepCompleted>(), s => s.Step == "introspect");
-            Assert.Single(events.OfType<StepScheduled>(), s => s.Step == "introspect");
-            Assert.Single(events.OfType<MigrationRequested>());
-            Assert.Single(events.OfType<PagesClassified>());
-            Assert.Equal(3, events.OfType<DestinationTransferred>().Count());
-            Assert.Single(events.OfType<MigrationSwitchedOver>());
+            events = [.. (await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data)];
         }
+        // Replayed, not asked again: every step ended once, every lifecycle event is there once.
+        Assert.All(events.OfType<StepCompleted>().GroupBy(s => s.Step), g => Assert.Single(g));
+        Assert.Single(events.OfType<StepCompleted>(), s => s.Step == StepKeys.Introspect);
+        Assert.Single(events.OfType<StepScheduled>(), s => s.Step == StepKeys.Introspect);
+        Assert.Single(events.OfType<MigrationRequested>());
+        Assert.Single(events.OfType<PagesClassified>());
+        Assert.Equal(3, events.OfType<DestinationTransferred>().Count());
+        Assert.Single(events.OfType<MigrationSwitchedOver>());
         // The transfer cut by the kill resumed from the source's checkpoint: at most what was in flight went twice.
-        var killed = outcome.Transfers.Single(t => t.Host == atKill.Host);
+        var killed = events.OfType<DestinationTransferred>().Single(t => t.Host == atKill.Host);
         Assert.True(killed.ResentBytes < killed.Bytes / 2, $"{killed}");
 
-        var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, outcome.Placement!, ct);
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, new PlacementPlan(events.OfType<PagesPlaced>().Single().Assignments), ct);
         Assert.True(verified.Ok, $"{verified}");
-        Assert.Equal(outcome.Pages!.Total, verified.Pages);
+        Assert.Equal(events.OfType<PagesClassified>().Single() is var c ? c.Zero + c.Plain + c.Sealed : 0, verified.Pages);
 
         // A resumed migration audits like any other: `semigrate audit` passes.
         var audit = await SemigrateProcess.RunAsync(environment, "audit", id.ToString());
@@ -93,14 +103,10 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
 
         // A procedure that no longer does what it did fails the replay, naming the step: here, one
         // whose hand-over is another step than the one recorded.
-        await using (var query = store.QuerySession())
-        {
-            var events = (await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data)
-                .Select(e => e is StepCompleted { Step: StepKeys.HandOver } c ? c with { Step = "hand-over-as-it-was" } : e).ToList();
-            var replay = await MigrationAudit.ReplayAsync(id, events, MigrationState.SwitchedOver);
-            Assert.False(replay.Ok);
-            Assert.Contains("asks for step 'hand-over', which the migration never ran", replay.Detail, StringComparison.Ordinal);
-        }
+        var diverged = await MigrationAudit.ReplayAsync(id,
+            [.. events.Select(e => e is StepCompleted { Step: StepKeys.HandOver } c ? c with { Step = "hand-over-as-it-was" } : e)], MigrationState.SwitchedOver);
+        Assert.False(diverged.Ok);
+        Assert.Contains("asks for step 'hand-over', which the migration never ran", diverged.Detail, StringComparison.Ordinal);
 
         // An event edited, then one deleted, in the database: the chain names it.
         await using var db = new NpgsqlConnection(environment["SEMIGRATE__Postgres__ConnectionString"]);

@@ -30,7 +30,8 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
 
     public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
 
-    /// <summary>Always the newest path: this engine keeps no history to replay.</summary>
+    /// <summary>Always the newest path: the journal records no patch markers (its steps answer by name, so a
+    /// migration resumed across an upgrade goes on along the new path).</summary>
     public bool Patched(string patchId) => true;
 
     public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
