@@ -129,6 +129,7 @@ rmq_up() {
   [ -f "$RMQ_DIR/rabbitmq-env.conf" ] || : >"$RMQ_DIR/rabbitmq-env.conf"
   if rmq_running; then
     log "rabbitmq: already running on 127.0.0.1:$AMQP_PORT"
+    rmq_test_vhost
     return 0
   fi
   rm -f "$RMQ_PID"
@@ -139,6 +140,17 @@ rmq_up() {
   rmq rabbitmqctl -q wait --timeout 120 "$RMQ_PID" >&2 \
     || die "rabbitmq did not start: see $RMQ_DIR/log/server.out and $RMQ_DIR/log"
   rmq rabbitmq-diagnostics -q ping >/dev/null || die "rabbitmq started but does not answer ping"
+  rmq_test_vhost
+}
+
+# The tests' own virtual host: what they publish never reaches the queues of the demo's or an
+# operator's workers (an auditor's durable queue would otherwise collect every test's events).
+# Made once; the broker keeps it (its mnesia folder stays).
+rmq_test_vhost() {
+  [ -f "$RMQ_DIR/test-vhost" ] && return 0
+  rmq rabbitmqctl -q add_vhost semigrate-tests >/dev/null 2>&1 || true
+  rmq rabbitmqctl -q set_permissions -p semigrate-tests guest '.*' '.*' '.*' >&2 || die "rabbitmq: cannot open the vhost semigrate-tests to guest"
+  : >"$RMQ_DIR/test-vhost"
 }
 
 rmq_down() {

@@ -31,8 +31,19 @@ public static class ServicesScript
             throw new InvalidOperationException(
                 $"deploy/services.sh up failed with exit code {process.ExitCode}:\n{await stderr}");
         }
-        return ParseSettings(await stdout);
+        var settings = new Dictionary<string, string>(ParseSettings(await stdout));
+        // The tests' own virtual host (services.sh makes it): nothing they publish reaches the default
+        // vhost, where the demo's and an operator's workers and their durable queues live.
+        if (settings.TryGetValue(RabbitMqUri, out var uri))
+        {
+            settings[RabbitMqUri] = new UriBuilder(uri) { Path = "/" + TestVirtualHost }.Uri.ToString();
+        }
+        return settings;
     }
+
+    public const string TestVirtualHost = "semigrate-tests";
+
+    private const string RabbitMqUri = "SEMIGRATE__RabbitMq__Uri";
 
     /// <summary>Lines of the form KEY='value'.</summary>
     public static IReadOnlyDictionary<string, string> ParseSettings(string text) =>

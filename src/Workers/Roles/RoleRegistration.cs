@@ -131,7 +131,13 @@ public static class RoleRegistration
                     e.SingleActiveConsumer = true;
                     e.PrefetchCount = 1;
                     e.ConcurrentMessageLimit = 1;
-                    e.UseMessageRetry(r => r.Interval(10, TimeSpan.FromSeconds(1))); // in place: the order holds
+                    e.UseMessageRetry(r =>
+                    {
+                        // An event no read model can take (a stream that does not begin with its start) fails
+                        // the same way every time: to the error queue at once, not ten seconds of the queue.
+                        r.Ignore<JasperFx.Events.Daemon.ApplyEventException>();
+                        r.Interval(10, TimeSpan.FromSeconds(1)); // in place: the order holds
+                    });
                     e.ConfigureConsumer<MigrationAuditConsumer>(bus);
                 });
             });
