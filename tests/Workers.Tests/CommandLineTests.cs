@@ -149,7 +149,12 @@ public class CommandLineTests
         Assert.Contains("rabbitmq: running", status.Stderr, StringComparison.Ordinal);
 
         var env = await SemigrateProcess.RunAsync(NoEnvironment, "services", "env");
-        Assert.Equal(settings, ServicesScript.ParseSettings(env.Stdout));
+        var printed = ServicesScript.ParseSettings(env.Stdout);
+        Assert.Equal(settings.Keys.Order(), printed.Keys.Order());
+        Assert.Equal(settings["SEMIGRATE__Postgres__ConnectionString"], printed["SEMIGRATE__Postgres__ConnectionString"]);
+        // The tests' broker settings are the printed ones on the tests' own virtual host.
+        const string rabbit = "SEMIGRATE__RabbitMq__Uri";
+        Assert.Equal(new UriBuilder(printed[rabbit]) { Path = "/" + ServicesScript.TestVirtualHost }.Uri.ToString(), settings[rabbit]);
     }
 
     [Fact]

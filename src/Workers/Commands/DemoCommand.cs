@@ -8,6 +8,7 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Memory;
 using SEmigrate.Guest.Qemu;
+using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workers.Settings;
@@ -40,8 +41,12 @@ public static class DemoCommand
 
     public sealed record Run(
         string Mode, Guid MigrationId, string State, string? Reason, bool DigestOk, long PagesCompared, long MismatchedChunks, long PagesFromSubHosts, string? Digest,
-        PageCounts? Pages, IReadOnlyList<Destination> Destinations, long ManifestBytes, double WallSeconds, CpuSeconds CpuSeconds, PeakRssMiB PeakRssMiB, int AuditEvents)
+        PageCounts? Pages, IReadOnlyList<Destination> Destinations, long ManifestBytes, double WallSeconds, CpuSeconds CpuSeconds, PeakRssMiB PeakRssMiB, int AuditEvents,
+        string? AuditFailures)
     {
+        /// <summary>`semigrate audit` passed on the migration's stream.</summary>
+        public bool Audited => AuditFailures is null;
+
         /// <summary>Everything the migration put on the broker's page path: each page once, and the manifest.</summary>
         public long BrokerBytes => Destinations.Sum(d => d.Bytes) + ManifestBytes;
     }
@@ -105,7 +110,7 @@ public static class DemoCommand
                         $"resident at most {running.PeakResidentMiB:0} MiB of a {running.ShareMiB:0} MiB share, page-in p99 {running.PageInP99Ms:0.0} ms");
                 }
             }
-            return runs.All(r => r.DigestOk) && running is null or { State: "SwitchedOver", WrongPages: 0 } ? 0 : 1;
+            return runs.All(r => r.DigestOk && r.Audited) && running is null or { State: "SwitchedOver", WrongPages: 0 } ? 0 : 1;
         });
         root.Subcommands.Add(command);
         return root;
@@ -166,10 +171,13 @@ public static class DemoCommand
             var audited = await Orchestrator.AuditedEndAsync(host.Services, request.MigrationId, TimeSpan.FromSeconds(30), ct);
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var events = audited is null ? 0 : (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Count;
+            var audit = await MigrationAudit.RunAsync(host.Services.GetRequiredService<IDocumentStore>(), request.MigrationId, ct);
+            var auditFailures = audit is null ? "no stream" : audit.Ok ? null : string.Join("; ", audit.Verdicts.Where(v => !v.Ok).Select(v => $"{v.Invariant}: {v.Detail}"));
+            say($"{name}: semigrate audit {request.MigrationId}: {auditFailures ?? "passed"}");
             return new Run(name, request.MigrationId, outcome.State.ToString(), outcome.Reason,
                 verified is { Ok: true } v && v.Pages == outcome.Pages?.Total, verified?.Pages ?? 0, verified?.MismatchedChunks ?? 0, verified?.FetchedPages ?? 0, verified?.Digest,
                 outcome.Pages, [.. outcome.Transfers.OrderBy(t => t.Host, StringComparer.Ordinal).Select(t => new Destination(t.Host, t.Pages, t.Bytes))],
-                outcome.ManifestBytes, wall, cpu, peak, events);
+                outcome.ManifestBytes, wall, cpu, peak, events, auditFailures);
         }
         finally
         {
@@ -209,6 +217,7 @@ public static class DemoCommand
         Console.WriteLine(Row("peak RSS MiB main", r => $"{r.PeakRssMiB.Main:0}"));
         Console.WriteLine(Row("peak RSS MiB sub (largest)", r => $"{r.PeakRssMiB.Sub:0}"));
         Console.WriteLine(Row("audit events", r => $"{r.AuditEvents}"));
+        Console.WriteLine(Row("semigrate audit", r => r.Audited ? "passed" : "FAILED"));
         Console.WriteLine(Row("migration", r => $"{r.MigrationId.ToString()[..13]}"));
     }
 
