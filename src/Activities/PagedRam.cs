@@ -46,6 +46,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     private Task evictor = Task.CompletedTask;
     private TaskCompletionSource roomFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long residentPages;
+    private long evictingPages; // of residentPages: those of chunks being evicted (the kernel holds them until it is done)
     private long peak;
     private long stamps;
 
@@ -193,8 +194,9 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
 
     /// <summary>Counts the pages of a read as resident if they fit under the limit (or <paramref name="force"/>),
     /// all at once (reads come concurrently). Pages of a chunk being evicted never wait: their reads are
-    /// the kernel's I/O in flight, which the eviction itself waits on. They count at once all the same
-    /// (the kernel holds them again), so that other reads wait for room rather than overrun the limit.</summary>
+    /// the kernel's I/O in flight, which the eviction itself waits on. Its pages still count until the
+    /// eviction is done, and those read meanwhile count from then on, so other reads wait for room
+    /// rather than overrun the limit.</summary>
     private bool TryReserve(ulong first, ulong end, long limit, bool force)
     {
         lock (gate)
@@ -208,7 +210,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                 }
                 else if (c.Evicting)
                 {
-                    back += BitOperations.PopCount(mask & ~c.ReadWhileEvicting);
+                    back += BitOperations.PopCount(mask & ~c.ReadWhileEvicting & ~c.Pages);
                 }
                 else
                 {
@@ -243,13 +245,14 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     }
 
     /// <summary>Up to <see cref="EvictBatch"/> chunks to evict, oldest first, hot ones last, until the
-    /// pages left resident are down to <paramref name="downTo"/>; they stop counting as resident now.</summary>
+    /// pages not being evicted are down to <paramref name="downTo"/>; they count as resident until the
+    /// eviction is done (<see cref="Evicted"/>).</summary>
     private List<long> TakeVictims(long downTo)
     {
         var victims = new List<long>(EvictBatch);
         lock (gate)
         {
-            while (victims.Count < EvictBatch && residentPages > downTo && (Next(cold) ?? Next(hot)) is { } chunk)
+            while (victims.Count < EvictBatch && residentPages - evictingPages > downTo && (Next(cold) ?? Next(hot)) is { } chunk)
             {
                 victims.Add(chunk);
             }
@@ -263,8 +266,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                 if (chunks.TryGetValue(entry.Chunk, out var c) && c.Stamp == entry.Stamp && !c.Evicting)
                 {
                     c.Evicting = true;
-                    residentPages -= BitOperations.PopCount(c.Pages);
-                    c.Pages = 0;
+                    evictingPages += BitOperations.PopCount(c.Pages);
                     return entry.Chunk;
                 }
             }
@@ -345,7 +347,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     }
 
     /// <summary>The chunks are gone from the kernel, but for pages read while they were being evicted:
-    /// those stay resident (counted when they were read; the kernel may or may not hold them).</summary>
+    /// those stay resident (the kernel may or may not hold them: count them).</summary>
     private void Evicted(List<long> victims)
     {
         lock (gate)
@@ -355,6 +357,8 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
             {
                 var c = chunks[chunk];
                 c.Evicting = false;
+                evictingPages -= BitOperations.PopCount(c.Pages);
+                residentPages -= BitOperations.PopCount(c.Pages & ~c.ReadWhileEvicting);
                 if (c.ReadWhileEvicting == 0)
                 {
                     chunks.Remove(chunk);
