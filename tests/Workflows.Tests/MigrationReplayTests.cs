@@ -69,6 +69,24 @@ public class MigrationReplayTests
     /// scheduled; returns their scheduled event ids, the hand-over's last.</summary>
     private static long[] UpToTransfers(HistoryBuilder h, Recorded recorded)
     {
+        UpToPagingStarted(h, recorded);
+        Command[] transfers = [On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src")];
+        switch (recorded)
+        {
+            case Recorded.PagingFirst:
+                IntrospectedAfter(h, Introspected, MigrationState.Transferring, State(MigrationState.PagingStarted));
+                return h.Task([.. transfers, On("HandOver", "src")]);
+            // Recorded when the state after paging started read Transferring (the value is not replayed).
+            case Recorded.HandOverBeside:
+                return h.Task([State(MigrationState.Transferring), new Patch(MigrationProcedure.HandOverBesideTransfers), .. transfers, On("HandOver", "src")]);
+            default:
+                return h.Task([State(MigrationState.Transferring), .. transfers]);
+        }
+    }
+
+    /// <summary>Up to paging started at every destination and recorded; the next task comes after it.</summary>
+    private static void UpToPagingStarted(HistoryBuilder h, Recorded recorded)
+    {
         Requested(h);
         if (recorded == Recorded.PagingFirst)
         {
@@ -85,18 +103,17 @@ public class MigrationReplayTests
         h.Completed((starts[0], new PagingStarted("main", [1], [2])), (starts[1], new PagingStarted("sub-a", [3], null)), (starts[2], new PagingStarted("sub-b", [4], null)));
         r = h.Task(Record()); // paging servers started
         h.Completed((r[0], null));
-        Command[] transfers = [On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src")];
-        switch (recorded)
-        {
-            case Recorded.PagingFirst:
-                IntrospectedAfter(h, Introspected, MigrationState.Transferring, State(MigrationState.PagingStarted));
-                return h.Task([.. transfers, On("HandOver", "src")]);
-            // Recorded when the state after paging started read Transferring (the value is not replayed).
-            case Recorded.HandOverBeside:
-                return h.Task([State(MigrationState.Transferring), new Patch(MigrationProcedure.HandOverBesideTransfers), .. transfers, On("HandOver", "src")]);
-            default:
-                return h.Task([State(MigrationState.Transferring), .. transfers]);
-        }
+    }
+
+    /// <summary>The replayed compensation released every destination, let the source keep the VM and
+    /// gave <paramref name="reason"/>.</summary>
+    private static void AssertCompensatedEverywhere(ReplayCapture capture, string reason)
+    {
+        Assert.Equal(Hosts, capture.Scheduled.Where(s => s.Activity == "ReleasePaging").Select(s => ((ReleasePaging)s.Input!).Host));
+        Assert.False(((ReleaseSource)capture.Scheduled.Single(s => s.Activity == "ReleaseSource").Input!).VmLeft);
+        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
+        Assert.Equal(MigrationState.Compensated, outcome.State);
+        Assert.Contains(reason, outcome.Reason, StringComparison.Ordinal);
     }
 
     /// <summary>The end of a compensation: the releases scheduled come back, the source lets go of the
@@ -195,15 +212,7 @@ public class MigrationReplayTests
     public async Task An_introspection_that_fails_once_paging_started_compensates_at_every_destination()
     {
         var h = new HistoryBuilder();
-        Requested(h);
-        var measure = h.Task(new Patch(MigrationProcedure.PagingBeforePause), On("MeasureGuest", "src"));
-        h.Completed((measure[0], Measured));
-        var r = h.Task(Record()); // placed
-        h.Completed((r[0], null));
-        var starts = h.Task(State(MigrationState.Placed), On("StartPaging", "main"), On("StartPaging", "sub-a"), On("StartPaging", "sub-b"));
-        h.Completed((starts[0], new PagingStarted("main", [1], [2])), (starts[1], new PagingStarted("sub-a", [3], null)), (starts[2], new PagingStarted("sub-b", [4], null)));
-        r = h.Task(Record()); // paging servers started
-        h.Completed((r[0], null));
+        UpToPagingStarted(h, Recorded.PagingFirst);
         var introspect = h.Task(State(MigrationState.PagingStarted), On("Introspect", "src"));
         h.Failed(introspect[0], "the guest's buddy allocator does not add up");
         CompensatedAfter(h, h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b")));
@@ -211,12 +220,8 @@ public class MigrationReplayTests
         var capture = new ReplayCapture();
         var result = await ReplayAsync(h.Build(), capture);
         Assert.Null(result.ReplayFailure);
-        Assert.Equal(Hosts, capture.Scheduled.Where(s => s.Activity == "ReleasePaging").Select(s => ((ReleasePaging)s.Input!).Host));
-        Assert.False(((ReleaseSource)capture.Scheduled.Single(s => s.Activity == "ReleaseSource").Input!).VmLeft);
-        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
-        Assert.Equal(MigrationState.Compensated, outcome.State);
-        Assert.Contains("buddy allocator does not add up", outcome.Reason, StringComparison.Ordinal);
-        Assert.Null(outcome.Pages);
+        AssertCompensatedEverywhere(capture, "buddy allocator does not add up");
+        Assert.Null(((MigrationOutcome)capture.Result!).Pages);
     }
 
     [Fact]
@@ -249,11 +254,7 @@ public class MigrationReplayTests
         var capture = new ReplayCapture();
         var result = await ReplayAsync(h.Build(), capture);
         Assert.Null(result.ReplayFailure);
-        Assert.Equal(Hosts, capture.Scheduled.Where(s => s.Activity == "ReleasePaging").Select(s => ((ReleasePaging)s.Input!).Host));
-        Assert.False(((ReleaseSource)capture.Scheduled.Single(s => s.Activity == "ReleaseSource").Input!).VmLeft);
-        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
-        Assert.Equal(MigrationState.Compensated, outcome.State);
-        Assert.Contains("store full at sub-a", outcome.Reason, StringComparison.Ordinal);
+        AssertCompensatedEverywhere(capture, "store full at sub-a");
     }
 
     [Fact]
