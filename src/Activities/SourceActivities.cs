@@ -60,11 +60,20 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         {
             return Classify(input, guest, layout, live, pausedAt, ct);
         }
-        catch (Exception) when (pausedAt is not null)
+        catch (Exception e) when (pausedAt is not null)
         {
             // Nothing here remembers the guest yet, so nothing else would let it run again.
-            await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(input.Guest), CancellationToken.None);
-            await running.ContinueAsync(CancellationToken.None);
+            try
+            {
+                await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(input.Guest), CancellationToken.None);
+                await running.ContinueAsync(CancellationToken.None);
+            }
+#pragma warning disable CA1031 // the introspection's failure is the one to report; this one is logged
+            catch (Exception x)
+#pragma warning restore CA1031
+            {
+                logger.LogError("guest {Guest} stays paused: introspection failed ({Problem}) and it could not be continued: {Why}", input.Guest, e.Message, x.Message);
+            }
             throw;
         }
     }, ct);
