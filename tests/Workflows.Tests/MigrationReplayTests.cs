@@ -2,7 +2,8 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using Temporalio.Exceptions;
 using Temporalio.Worker;
-using static SEmigrate.Workflows.Tests.HistoryBuilder;
+using SEmigrate.TestSupport;
+using static SEmigrate.TestSupport.HistoryBuilder;
 
 namespace SEmigrate.Workflows.Tests;
 

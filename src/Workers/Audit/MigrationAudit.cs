@@ -5,6 +5,7 @@ using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workflows;
+using Temporalio.Common;
 
 namespace SEmigrate.Workers.Audit;
 
@@ -44,6 +45,27 @@ public static class MigrationAudit
         };
         verdicts.AddRange(Invariants(events, state));
         return new AuditReport(migrationId, state, verdicts, events.OfType<PageCheckFailed>().Count());
+    }
+
+    /// <summary>Audits a Temporal history of the SplitMigration workflow (as `temporal workflow show --output
+    /// json` exports it): replayed against today's workflow code, and the same invariants on the events
+    /// its RecordEvent activities carried (its integrity is the Temporal server's: no chain to check).</summary>
+    public static async Task<AuditReport> CheckHistoryAsync(WorkflowHistory history, CancellationToken ct)
+    {
+        var events = new List<object>(MigrationHistory.RecordedEvents(history));
+        // The steps the end is judged by, named as the embedded engine's journal names them.
+        events.AddRange(MigrationHistory.Completed<SwitchOver>(history, nameof(SwitchOver)).Select(s => Done(s.MigrationId, StepKeys.SwitchOver)));
+        events.AddRange(MigrationHistory.Completed<ReleasePaging>(history, nameof(ReleasePaging)).Select(r => Done(r.MigrationId, StepKeys.ReleasePaging(r.Host))));
+        events.AddRange(MigrationHistory.Completed<ReleaseSource>(history, nameof(ReleaseSource)).Select(r => Done(r.MigrationId, StepKeys.ReleaseSource(r.VmLeft))));
+        var state = StateOf(events);
+        var diverged = await MigrationHistory.ReplayAsync(history, ct);
+        var replay = diverged is null
+            ? new AuditVerdict("replay", true, $"today's workflow code makes the commands of its {history.Events.Count} events and ends {state}")
+            : new AuditVerdict("replay", false, $"nondeterminism: {diverged}");
+        var id = events.OfType<IMigrationEvent>().FirstOrDefault()?.MigrationId ?? Guid.Empty;
+        return new AuditReport(id, state, [replay, .. Invariants(events, state)], events.OfType<PageCheckFailed>().Count());
+
+        static StepCompleted Done(Guid migrationId, string step) => new(migrationId, step, "", DateTimeOffset.UnixEpoch);
     }
 
     /// <summary>Where the events say the migration is.</summary>

@@ -8,14 +8,14 @@ using Temporalio.Api.TaskQueue.V1;
 using Temporalio.Common;
 using Temporalio.Converters;
 
-namespace SEmigrate.Workflows.Tests;
+namespace SEmigrate.TestSupport;
 
 /// <summary>Builds a workflow history by hand, event by event, as the server would record it: the
 /// workflow's start, then per workflow task the commands it completed with (activities scheduled, search
 /// attributes upserted, activity cancels, the end), and what came back (activity results and failures,
 /// signals). The first completed task carries the SDK's core flags, without which replay would not check
 /// activity types (see shared/notes/temporal.md).</summary>
-internal sealed class HistoryBuilder
+public sealed class HistoryBuilder
 {
     private readonly List<HistoryEvent> events = [];
     private readonly DateTime start = new(2026, 11, 26, 12, 0, 0, DateTimeKind.Utc);
