@@ -5,6 +5,7 @@ using Npgsql;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.MemoryServer.Client;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
@@ -16,8 +17,8 @@ namespace SEmigrate.Workers.Tests;
 /// <summary>The embedded engine is durable: a `semigrate migrate` killed (SIGKILL) in the middle of its
 /// transfers leaves a journal from which another orchestrator finishes the migration, replaying what
 /// was done and sending only what was not; and only one orchestrator drives a migration at a time.</summary>
-public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture postgres)
-    : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
+public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture postgres, RabbitMqFixture rabbit)
+    : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>, IClassFixture<RabbitMqFixture>
 {
     [Fact]
     public async Task A_migrate_killed_mid_transfer_is_finished_by_another_orchestrator_once()
@@ -191,18 +192,60 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         Assert.Equal(2, ended.Count(e => e.Contains("at the switch-over (last step sent: switch-over)", StringComparison.Ordinal)));
     }
 
+    [Fact]
+    public async Task A_migrate_killed_while_it_undoes_is_undone_to_the_end_by_another_orchestrator()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
+        {
+            ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
+            ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
+        };
+        // The operator claims 100,000 pages per sub-host; their memory servers hold 30,000: starting paging
+        // fails there, and the migration is undone at every destination.
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 1000, subCapacity: 100_000);
+        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
+        using (var migrate = StartMigrate(run, request, environment))
+        {
+            _ = migrate.StandardOutput.ReadToEndAsync(ct);
+            _ = migrate.StandardError.ReadToEndAsync(ct);
+            await Task.WhenAny(migrate.WaitForExitAsync(ct), StepSentAsync(store, request.Vm, s => s.StartsWith("release-paging:", StringComparison.Ordinal), ct));
+            Assert.False(migrate.HasExited, "the migration was undone before the kill");
+            migrate.Kill();
+            await migrate.WaitForExitAsync(ct);
+        }
+        await using var query = store.QuerySession();
+        var id = (await query.Query<MigrationSummary>().Where(m => m.Vm == request.Vm).Select(m => m.Id).ToListAsync(ct)).Single();
+        Assert.Equal(MigrationState.Placed, (await query.LoadAsync<MigrationSummary>(id, ct))!.State); // killed mid-undo: not ended
+
+        var outcome = await run.Host.Services.GetRequiredService<EmbeddedEngine>().ResumeAsync(id, ct);
+
+        Assert.Equal(MigrationState.Compensated, outcome?.State);
+        Assert.Matches(@"has room for \d+ more pages; this VM's share is \d+", outcome!.Reason);
+        await run.AssertAuditedAsync(id, ct);
+        await using var client = await PageClient.CreateAsync(rabbit.Connection, ct);
+        foreach (var host in new[] { run.Main, run.Sub1, run.Sub2 })
+        {
+            Assert.Equal(0, (await client.UsageAsync(host, ct)).UsedPages);
+        }
+    }
+
     /// <summary>Until the migration of <paramref name="vm"/> has sent its switch-over.</summary>
-    private static async Task SwitchOverSentAsync(IDocumentStore store, Guid vm, CancellationToken ct)
+    private static Task SwitchOverSentAsync(IDocumentStore store, Guid vm, CancellationToken ct) => StepSentAsync(store, vm, s => s == StepKeys.SwitchOver, ct);
+
+    /// <summary>Until the migration of <paramref name="vm"/> has sent a step that <paramref name="matches"/>.</summary>
+    private static async Task StepSentAsync(IDocumentStore store, Guid vm, Func<string, bool> matches, CancellationToken ct)
     {
         while (true)
         {
             await using var query = store.QuerySession();
             if ((await query.Query<MigrationSummary>().Where(m => m.Vm == vm).Select(m => m.Id).ToListAsync(ct)).SingleOrDefault() is var id && id != default
-                && (await query.Events.FetchStreamAsync(id, token: ct)).Any(e => e.Data is StepScheduled { Step: StepKeys.SwitchOver }))
+                && (await query.Events.FetchStreamAsync(id, token: ct)).Any(e => e.Data is StepScheduled s && matches(s.Step)))
             {
                 return;
             }
-            await Task.Delay(10, ct);
+            await Task.Delay(5, ct);
         }
     }
 
