@@ -15,7 +15,7 @@ public static class WorkerCommand
         var role = new Option<string>("--role")
         {
             Description = "source: introspects and sends a VM's pages; main: takes the VM over (and runs a memory server for its share); "
-                + "sub: the memory server of a sub-host; orchestrator: the auditor (and, with Temporal configured, the migration workflow's worker)",
+                + "sub: the memory server of a sub-host; orchestrator: the auditor, and the resumer of embedded-engine migrations whose orchestrator died (and, with Temporal configured, the migration workflow's worker)",
             Required = true,
         };
         role.AcceptOnlyFromAmong(RoleRegistration.Roles);
