@@ -66,7 +66,15 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         var orchestrators = new[] { $"orch-a-{Guid.NewGuid():N}"[..14], $"orch-b-{Guid.NewGuid():N}"[..14] };
         using (await WorkerFleet.StartAsync([.. orchestrators.Select(o => new WorkerFleet.Worker("orchestrator", o))], logs.FullName, logs.FullName, ct, environment))
         {
-            var summary = await Orchestrator.AuditedEndAsync(run.Host.Services, id, TimeSpan.FromMinutes(3), ct);
+            // Until its procedure has returned (the release at the source comes after the switch-over).
+            var deadline = DateTime.UtcNow.AddMinutes(3);
+            while ((await engine.UnfinishedAsync(ct)).Contains(id))
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the migration was not finished within 3 minutes");
+                await Task.Delay(200, ct);
+            }
+            await using var query = store.QuerySession();
+            var summary = await query.LoadAsync<MigrationSummary>(id, ct);
             Assert.True(summary?.State == MigrationState.SwitchedOver, $"{summary?.State}: {summary?.Reason}");
         }
         var resumedBy = orchestrators.Where(o => File.ReadAllText(Path.Combine(logs.FullName, $"{o}.log")).Contains($"resuming migration {id}", StringComparison.Ordinal)).ToList();

@@ -23,5 +23,10 @@ public sealed record StepCompleted(Guid MigrationId, string Step, string Result,
 /// <summary>A step failed for good (refused, or out of attempts).</summary>
 public sealed record StepFailed(Guid MigrationId, string Step, string Reason, DateTimeOffset At) : IJournalEvent;
 
+/// <summary>The procedure returned (<paramref name="State"/>): nothing of the migration is left to drive.
+/// Until then an orchestrator that died leaves it to be resumed, even after its switch-over (the source
+/// has yet to let go of the key).</summary>
+public sealed record ProcedureEnded(Guid MigrationId, MigrationState State, DateTimeOffset At) : IJournalEvent;
+
 /// <summary>The operator cancelled the migration: a resumed procedure is cancelled at once, and undoes.</summary>
 public sealed record CancelRequested(Guid MigrationId, string Reason, DateTimeOffset At) : IJournalEvent;

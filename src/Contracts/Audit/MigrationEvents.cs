@@ -24,6 +24,7 @@ namespace SEmigrate.Contracts.Audit;
 [JsonDerivedType(typeof(StepCompleted), nameof(StepCompleted))]
 [JsonDerivedType(typeof(StepFailed), nameof(StepFailed))]
 [JsonDerivedType(typeof(CancelRequested), nameof(CancelRequested))]
+[JsonDerivedType(typeof(ProcedureEnded), nameof(ProcedureEnded))]
 public interface IMigrationEvent
 {
     Guid MigrationId { get; }

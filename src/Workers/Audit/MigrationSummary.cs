@@ -5,11 +5,12 @@ using SEmigrate.Contracts.Migration;
 
 namespace SEmigrate.Workers.Audit;
 
-/// <summary>A migration as `semigrate status` shows it: the read model of its event stream.</summary>
+/// <summary>A migration as `semigrate status` shows it: the read model of its event stream. <paramref name="Open"/>:
+/// the embedded engine took it on and its procedure has not returned (what a restarted orchestrator resumes).</summary>
 public sealed record MigrationSummary(
     Guid Id, Guid Vm, string Source, string Main, IReadOnlyList<string> SubHosts, string Mode, MigrationState State,
     DateTimeOffset RequestedAt, DateTimeOffset UpdatedAt, PageCounts? Pages, IReadOnlyList<DestinationTransferred> Transfers, string? Reason,
-    int SecurityEvents = 0, int AvailabilityEvents = 0, DateTimeOffset? StoppedAt = null);
+    int SecurityEvents = 0, int AvailabilityEvents = 0, DateTimeOffset? StoppedAt = null, bool Open = false);
 
 /// <summary>Builds <see cref="MigrationSummary"/> from one migration's stream, inline: it is updated in
 /// the same transaction as the events it reads.</summary>
@@ -22,9 +23,11 @@ public sealed class MigrationSummaryProjection : SingleStreamProjection<Migratio
     /// (and resumable) from then on, even if its orchestrator dies before anything else is recorded.</summary>
     public static MigrationSummary Create(MigrationAccepted e) =>
         new(e.MigrationId, e.Request.Vm, e.Request.Source, e.Request.Main.Host, [.. e.Request.SubHosts.Select(s => s.Host)], e.Request.Mode.ToWireName(),
-            MigrationState.Requested, e.At, e.At, null, [], null);
+            MigrationState.Requested, e.At, e.At, null, [], null, Open: true);
 
     public static MigrationSummary Apply(MigrationRequested e, MigrationSummary s) => s with { UpdatedAt = e.At };
+
+    public static MigrationSummary Apply(ProcedureEnded e, MigrationSummary s) => s with { Open = false, UpdatedAt = e.At };
 
     public static MigrationSummary Apply(GuestIntrospected e, MigrationSummary s) => Moved(e, s);
 

@@ -16,8 +16,6 @@ namespace SEmigrate.Workers.Embedded;
 /// the process dies.</summary>
 public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IOptions<PostgresOptions> postgres, ILogger<EmbeddedEngine> logger)
 {
-    private static readonly MigrationState[] Ended = [MigrationState.SwitchedOver, MigrationState.Compensated, MigrationState.Refused];
-
     /// <summary>Runs a new migration; <paramref name="running"/> gets the procedure (for its progress).</summary>
     public async Task<MigrationOutcome> RunAsync(MigrationRequest request, Action<MigrationProcedure>? running, CancellationToken ct)
     {
@@ -51,11 +49,12 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
         return await DriveAsync(journal, journal.Request, null, ct);
     }
 
-    /// <summary>Migrations whose stream has not ended: what a restarted orchestrator resumes.</summary>
+    /// <summary>Migrations this engine took on whose procedure has not returned: what a restarted
+    /// orchestrator resumes (a switched-over one too, until the source has let go of the key).</summary>
     public async Task<IReadOnlyList<Guid>> UnfinishedAsync(CancellationToken ct)
     {
         await using var query = store.QuerySession();
-        var open = await query.Query<MigrationSummary>().Where(s => !s.State.IsOneOf(Ended)).Select(s => s.Id).ToListAsync(ct);
+        var open = await query.Query<MigrationSummary>().Where(s => s.Open).Select(s => s.Id).ToListAsync(ct);
         return [.. open];
     }
 
@@ -73,7 +72,9 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
         await using var onCancel = ct.Register(() => _ = journal.CancelledAsync("cancelled by the operator"));
         try
         {
-            return await procedure.RunAsync(request, cancel.Token);
+            var outcome = await procedure.RunAsync(request, cancel.Token);
+            await journal.EndedAsync(outcome.State);
+            return outcome;
         }
         finally
         {

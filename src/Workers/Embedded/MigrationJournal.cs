@@ -22,6 +22,7 @@ public sealed class MigrationJournal
     private readonly HashSet<string> scheduled = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> recorded = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> recording = new(StringComparer.Ordinal);
+    private bool ended;
 
     private MigrationJournal(IDocumentStore? store, Guid id, IReadOnlyList<object> events)
     {
@@ -44,6 +45,9 @@ public sealed class MigrationJournal
                     break;
                 case CancelRequested c:
                     CancelReason = c.Reason;
+                    break;
+                case ProcedureEnded:
+                    ended = true;
                     break;
                 case IMigrationEvent m:
                     recorded[KeyOf(m)] = recorded.GetValueOrDefault(KeyOf(m)) + 1;
@@ -98,6 +102,17 @@ public sealed class MigrationJournal
     {
         Request = request;
         return AppendAsync(new MigrationAccepted(id, request, DateTimeOffset.UtcNow));
+    }
+
+    /// <summary>Records that the procedure returned, once (a replay of an ended migration ends it again).</summary>
+    public Task EndedAsync(MigrationState state)
+    {
+        if (ended)
+        {
+            return Task.CompletedTask;
+        }
+        ended = true;
+        return AppendAsync(new ProcedureEnded(id, state, DateTimeOffset.UtcNow));
     }
 
     public Task CancelledAsync(string reason)
