@@ -8,7 +8,6 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Memory;
 using SEmigrate.Guest.Qemu;
-using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workers.Settings;
@@ -105,12 +104,12 @@ public static class DemoCommand
                 {
                     Console.WriteLine();
                     Console.WriteLine($"running guest ({running.State}, semigrate): workload at pass {running.PassAtSource} at the source, then {running.PassesAtMain} passes at the main host, " +
-                        $"{running.WrongPages} pages ever wrong; migrated in {running.MigrationSeconds:0.0} s");
+                        $"{running.WrongPages} pages ever wrong; migrated in {running.MigrationSeconds:0.0} s; semigrate audit {running.AuditFailures ?? "passed"}");
                     Console.WriteLine($"  at the main host: {running.PagedInMiB:0} MiB paged in, {running.PagedOutMiB:0} MiB paged out, {running.FaultedMiB:0} MiB faulted in by the guest, " +
                         $"resident at most {running.PeakResidentMiB:0} MiB of a {running.ShareMiB:0} MiB share, page-in p99 {running.PageInP99Ms:0.0} ms");
                 }
             }
-            return runs.All(r => r.DigestOk && r.Audited) && running is null or { State: "SwitchedOver", WrongPages: 0 } ? 0 : 1;
+            return runs.All(r => r.DigestOk && r.Audited) && running is null or { State: "SwitchedOver", WrongPages: 0, AuditFailures: null } ? 0 : 1;
         });
         root.Subcommands.Add(command);
         return root;
@@ -171,8 +170,7 @@ public static class DemoCommand
             var audited = await Orchestrator.AuditedEndAsync(host.Services, request.MigrationId, TimeSpan.FromSeconds(30), ct);
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var events = audited is null ? 0 : (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Count;
-            var audit = await MigrationAudit.RunAsync(host.Services.GetRequiredService<IDocumentStore>(), request.MigrationId, ct);
-            var auditFailures = audit is null ? "no stream" : audit.Ok ? null : string.Join("; ", audit.Verdicts.Where(v => !v.Ok).Select(v => $"{v.Invariant}: {v.Detail}"));
+            var auditFailures = await RunningGuestTrial.AuditAsync(host.Services, request.MigrationId, ct);
             say($"{name}: semigrate audit {request.MigrationId}: {auditFailures ?? "passed"}");
             return new Run(name, request.MigrationId, outcome.State.ToString(), outcome.Reason,
                 verified is { Ok: true } v && v.Pages == outcome.Pages?.Total, verified?.Pages ?? 0, verified?.MismatchedChunks ?? 0, verified?.FetchedPages ?? 0, verified?.Digest,

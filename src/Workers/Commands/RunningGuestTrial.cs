@@ -33,9 +33,14 @@ public static class RunningGuestTrial
     public sealed record Result(
         string Mode, string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double DowntimeSeconds,
         double TransferSeconds, double WatchedSeconds, double RunSeconds, long PageIns, long PageOuts, double PagedInMiB, double PagedOutMiB, double FaultedMiB, double PeakResidentMiB, double ShareMiB,
-        double PageInP99Ms, Cpu CpuSeconds);
+        double PageInP99Ms, Cpu CpuSeconds, string? AuditFailures = null);
 
     public sealed record Cpu(double Source, double Main, double Sub, double Broker);
+
+    /// <summary>What `semigrate audit` finds wrong with the migration; null when it passes.</summary>
+    public static async Task<string?> AuditAsync(IServiceProvider services, Guid migrationId, CancellationToken ct) =>
+        await MigrationAudit.RunAsync(services.GetRequiredService<IDocumentStore>(), migrationId, ct) is not { } audit ? "no stream"
+            : audit.Ok ? null : string.Join("; ", audit.Verdicts.Where(v => !v.Ok).Select(v => $"{v.Invariant}: {v.Detail}"));
 
     /// <summary>Migrates in <paramref name="mode"/>, then watches until <paramref name="passes"/> passes ran
     /// at the main host and at least <paramref name="watch"/> went by.</summary>
@@ -119,7 +124,8 @@ public static class RunningGuestTrial
             var result = new Result(mode.ToWireName(), outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1,
                 seconds, outcome.Downtime?.TotalSeconds ?? seconds, transferSeconds, watched, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,
                 (paging?.BytesIn ?? 0) / 1048576.0, (paging?.BytesOut ?? 0) / 1048576.0, (paging?.FaultedBytes ?? 0) / 1048576.0,
-                (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0, cpu);
+                (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0, cpu, await AuditAsync(host.Services, request.MigrationId, ct));
+            say($"running guest: semigrate audit {request.MigrationId}: {result.AuditFailures ?? "passed"}");
             say($"running guest: at {main}: passes {atMain.FirstOrDefault()?.Pass}..{atMain.LastOrDefault()?.Pass}, {result.WrongPages} pages ever wrong; " +
                 $"{result.PagedInMiB:0} MiB paged in, {result.PagedOutMiB:0} MiB paged out, resident at most {result.PeakResidentMiB:0} MiB of a {result.ShareMiB:0} MiB share");
             return result;
