@@ -36,6 +36,10 @@ internal sealed class MigrationRun : IAsyncDisposable
     public Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct) =>
         Host.Services.GetRequiredService<EmbeddedEngine>().RunAsync(request, null, ct);
 
+    /// <summary>The settings a `semigrate` command run by the test needs to see this run's audit trail.</summary>
+    public async Task<Dictionary<string, string>> CommandEnvironmentAsync(string schema) =>
+        new(await ServicesScript.SettingsAsync()) { ["SEMIGRATE__Postgres__Schema"] = schema, ["SEMIGRATE__Audit__Queue"] = AuditQueue };
+
     /// <summary>`semigrate audit`'s checks on the migration's stream: every one must hold.</summary>
     public async Task AssertAuditedAsync(Guid migrationId, CancellationToken ct)
     {

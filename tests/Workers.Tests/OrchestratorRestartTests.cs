@@ -28,11 +28,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 8);
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
         var vm = request.Vm;
-        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
-        {
-            ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
-            ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
-        };
+        var environment = await run.CommandEnvironmentAsync(postgres.Schema);
         using var migrate = StartMigrate(run, request, environment);
         _ = migrate.StandardOutput.ReadToEndAsync(ct);
         var stderr = migrate.StandardError.ReadToEndAsync(ct);
@@ -140,11 +136,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         var ct = TestContext.Current.CancellationToken;
         // 25 MB/s at the source: a migration takes about 7 s from its process start (4 s of them sending), so the kills land in every step.
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 25);
-        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
-        {
-            ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
-            ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
-        };
+        var environment = await run.CommandEnvironmentAsync(postgres.Schema);
         var store = run.Host.Services.GetRequiredService<IDocumentStore>();
         var engine = run.Host.Services.GetRequiredService<EmbeddedEngine>();
         var seed = Environment.TickCount;
@@ -205,11 +197,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
     {
         var ct = TestContext.Current.CancellationToken;
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
-        var environment = new Dictionary<string, string>(await ServicesScript.SettingsAsync())
-        {
-            ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
-            ["SEMIGRATE__Audit__Queue"] = run.AuditQueue,
-        };
+        var environment = await run.CommandEnvironmentAsync(postgres.Schema);
         // The operator claims 100,000 pages per sub-host; their memory servers hold 30,000: starting paging
         // fails there, and the migration is undone at every destination.
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 1000, subCapacity: 100_000);

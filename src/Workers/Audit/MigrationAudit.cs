@@ -16,6 +16,9 @@ public sealed record AuditVerdict(string Invariant, bool Ok, string Detail);
 public sealed record AuditReport(Guid MigrationId, MigrationState State, IReadOnlyList<AuditVerdict> Verdicts, int SecurityEvents)
 {
     public bool Ok => Verdicts.All(v => v.Ok);
+
+    /// <summary>The invariants that do not hold, in one line; null when all do.</summary>
+    public string? Failures => Ok ? null : string.Join("; ", Verdicts.Where(v => !v.Ok).Select(v => $"{v.Invariant}: {v.Detail}"));
 }
 
 /// <summary>Audits a migration from its stream alone: the hash chain holds; today's procedure, replayed

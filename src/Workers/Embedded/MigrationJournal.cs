@@ -66,9 +66,6 @@ public sealed class MigrationJournal
     /// <summary>Steps that had ended when this journal was loaded (what a resume replays).</summary>
     public int Steps { get; }
 
-    /// <summary>Whether anything of the migration was recorded before this journal was loaded.</summary>
-    public bool IsNew => Request is null && recorded.Count == 0 && scheduled.Count == 0;
-
     public static async Task<MigrationJournal> LoadAsync(IDocumentStore store, Guid id, CancellationToken ct)
     {
         await using var query = store.QuerySession();
