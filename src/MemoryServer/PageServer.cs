@@ -94,7 +94,11 @@ public sealed class PageServer : IAsyncDisposable
 
     private async Task ConsumeAsync(IChannel channel, string queue, Vm? vm, CancellationToken ct)
     {
-        await channel.QueueDeclareAsync(queue, durable: false, exclusive: false, autoDelete: false, cancellationToken: ct);
+        // A VM's queues are this server's own (exclusive): they go with its connection, so a server that
+        // died leaves none behind, and a request for a VM it no longer serves (it restarted) is returned
+        // to its sender at once (mandatory routing) instead of waiting in a queue nobody reads. The
+        // control queue outlives a restart: requests wait there for the server to come back.
+        await channel.QueueDeclareAsync(queue, durable: false, exclusive: vm is not null, autoDelete: false, cancellationToken: ct);
         await channel.QueueBindAsync(queue, PageQueues.Exchange, queue, cancellationToken: ct);
         await channel.BasicQosAsync(0, options.Prefetch, false, ct);
         var consumer = new AsyncEventingBasicConsumer(channel);
@@ -232,6 +236,11 @@ public sealed class PageServer : IAsyncDisposable
             case FrameKind.Store or FrameKind.PageOut:
             {
                 IReadOnlyList<PageRecord> pages = PageFrame.ReadPages(body);
+                if (pages.Count == 0)
+                {
+                    // A sender's probe (see PageClient): answered in queue order, stores nothing.
+                    return (PageFrame.Build(kind == FrameKind.Store ? FrameKind.StoreAck : FrameKind.PageOutAck, vmId, requestId, 0), null);
+                }
                 if (vm.Mode == MigrationMode.AllEnc)
                 {
                     pages = (vm.AllEnc ?? throw new PageProtocolException(PageError.Unsupported, options.Host, "allenc VM without a channel key")).ToRest(pages);

@@ -13,22 +13,35 @@ namespace SEmigrate.MemoryServer.Client;
 /// page-out, release) go on a channel with publisher confirms; page-in on its own channel without
 /// them, for latency. Replies come by direct reply-to; the memory server acks several stores in one
 /// StoreAcks reply. Every request is mandatory-routed: no queue (host down, VM not started) fails at
-/// once; no reply in time fails with the host named.</summary>
+/// once; no reply in time fails with the host named. A request to a VM's queue still unanswered after
+/// <see cref="ProbeAfter"/> is probed: an empty store sent behind it on the same queue. The queue is
+/// first in, first out, so an answered probe means the requests ahead of it were lost (the memory
+/// server died with them and came back): they fail at once, to be sent again; a probe with no queue
+/// means the host no longer serves the VM: every request to that queue fails at once.</summary>
 public sealed class PageClient : IAsyncDisposable
 {
     private const string ReplyTo = "amq.rabbitmq.reply-to";
     private readonly IChannel bulk;
     private readonly IChannel fetch;
     private readonly ConcurrentDictionary<ulong, Pending> pending = new();
+    private readonly ConcurrentDictionary<string, long> probing = new(StringComparer.Ordinal);
     private readonly Timer deadlines;
     private long nextRequest;
 
-    /// <summary>A request waiting for its reply, until <see cref="Deadline"/> (Environment.TickCount64).</summary>
-    private sealed record Pending(TaskCompletionSource<byte[]> Reply, string Host, long Deadline, TimeSpan Timeout);
+    /// <summary>A request waiting for its reply, until <see cref="Deadline"/> (Environment.TickCount64).
+    /// <see cref="Vm"/> is set for a request to a VM's bulk queue, which may be probed once the broker
+    /// has taken it (<see cref="PublishedAt"/>).</summary>
+    private sealed record Pending(TaskCompletionSource<byte[]> Reply, string Host, string Queue, Guid? Vm, long Deadline, TimeSpan Timeout)
+    {
+        public long PublishedAt { get; set; }
+    }
 
     public TimeSpan BulkTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
     public TimeSpan FetchTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long a bulk request may wait for its reply before its queue is probed (see above).</summary>
+    public TimeSpan ProbeAfter { get; set; } = TimeSpan.FromSeconds(2);
 
     private PageClient(IChannel bulk, IChannel fetch)
     {
@@ -48,6 +61,55 @@ public sealed class PageClient : IAsyncDisposable
             {
                 p.Reply.TrySetException(new PageProtocolException(PageError.Internal, p.Host,
                     $"no reply within {p.Timeout.TotalSeconds:0.#} s: host dead or overloaded"));
+            }
+            else if (p.Vm is { } vm && p.PublishedAt > 0 && now - p.PublishedAt >= (long)ProbeAfter.TotalMilliseconds
+                && probing.GetValueOrDefault(p.Queue) <= now && probing.TryAdd(p.Queue, long.MaxValue))
+            {
+                _ = ProbeAsync(p.Host, vm, p.Queue);
+            }
+        }
+    }
+
+    private async Task ProbeAsync(string host, Guid vm, string queue)
+    {
+        try
+        {
+            // Taken by the broker before the probe is published: ahead of it in the queue.
+            var ahead = pending.Where(kv => kv.Value.Queue == queue && kv.Value.PublishedAt > 0).Select(kv => kv.Key).ToList();
+            var id = NewRequestId();
+            await await SendAsync(bulk, host, queue, id, PageFrame.Build(FrameKind.Store, vm, id, 0), vm, BulkTimeout, CancellationToken.None);
+            foreach (var lost in ahead)
+            {
+                if (pending.TryRemove(lost, out var p))
+                {
+                    p.Reply.TrySetException(new PageProtocolException(PageError.Internal, host,
+                        $"request lost: {host} answered a later request to VM {vm} first (its memory server restarted?)"));
+                }
+            }
+        }
+        catch (PageProtocolException e) when (e.Code == PageError.UnknownVm)
+        {
+            FailQueue(queue, host, e.Message);
+        }
+#pragma warning disable CA1031 // a probe that fails proves nothing: the requests keep their own deadlines
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
+        finally
+        {
+            probing[queue] = Environment.TickCount64 + (long)ProbeAfter.TotalMilliseconds;
+        }
+    }
+
+    /// <summary>The queue is gone: nothing sent to it will be answered.</summary>
+    private void FailQueue(string queue, string host, string message)
+    {
+        foreach (var (id, p) in pending)
+        {
+            if (p.Queue == queue && pending.TryRemove(id, out _))
+            {
+                p.Reply.TrySetException(new PageProtocolException(PageError.UnknownVm, host, message));
             }
         }
     }
@@ -127,26 +189,33 @@ public sealed class PageClient : IAsyncDisposable
     public ulong NewRequestId() => (ulong)Interlocked.Increment(ref nextRequest);
 
     /// <summary>Sends a frame and waits for its reply; an error reply throws PageProtocolException.</summary>
-    private async Task<byte[]> RequestAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct) =>
-        await await SendAsync(channel, host, queue, id, frame, timeout, ct);
+    private async Task<byte[]> RequestAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct,
+        Guid? vm = null) =>
+        await await SendAsync(channel, host, queue, id, frame, vm, timeout, ct);
 
     /// <summary>Publishes a request and returns once the broker has taken it (confirmed, on the bulk
-    /// channel), so the frame's buffer may be reused; the task it returns completes with the reply.</summary>
-    private async Task<Task<byte[]>> SendAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, TimeSpan timeout, CancellationToken ct)
+    /// channel), so the frame's buffer may be reused; the task it returns completes with the reply.
+    /// <paramref name="vm"/>: set for a request to that VM's bulk queue, which may be probed.</summary>
+    private async Task<Task<byte[]>> SendAsync(IChannel channel, string host, string queue, ulong id, ReadOnlyMemory<byte> frame, Guid? vm, TimeSpan timeout,
+        CancellationToken ct)
     {
         var reply = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-        pending[id] = new Pending(reply, host, Environment.TickCount64 + (long)timeout.TotalMilliseconds, timeout);
+        var request = pending[id] = new Pending(reply, host, queue, vm, Environment.TickCount64 + (long)timeout.TotalMilliseconds, timeout);
         var cancel = ct.UnsafeRegister(_ => reply.TrySetCanceled(ct), null);
         var published = false;
         try
         {
             var props = new BasicProperties { ReplyTo = ReplyTo, CorrelationId = id.ToString(CultureInfo.InvariantCulture) };
             await channel.BasicPublishAsync(PageQueues.Exchange, queue, mandatory: true, props, frame, ct);
+            request.PublishedAt = Environment.TickCount64;
             published = true;
         }
         catch (PublishReturnException)
         {
-            throw new PageProtocolException(PageError.UnknownVm, host, $"no queue {queue}: host down or VM not started");
+            // What went to that queue before is gone with it, or was answered already.
+            var message = $"no queue {queue}: host down, VM not started, or no longer served there (its memory server restarted)";
+            FailQueue(queue, host, message);
+            throw new PageProtocolException(PageError.UnknownVm, host, message);
         }
         finally
         {
@@ -194,7 +263,7 @@ public sealed class PageClient : IAsyncDisposable
     public async Task SendChannelKeyAsync(string host, Guid vm, byte[] wrappedKey, CancellationToken ct = default)
     {
         var id = NewRequestId();
-        await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.ChannelKey, vm, id, 0, wrappedKey), BulkTimeout, ct);
+        await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.ChannelKey, vm, id, 0, wrappedKey), BulkTimeout, ct, vm);
     }
 
     /// <summary>Stores a batch and returns once the memory server has it (its ack, not just the
@@ -227,7 +296,7 @@ public sealed class PageClient : IAsyncDisposable
     private async Task<Task> PublishBatchAsync(FrameKind kind, string host, Guid vm, PageBatch batch, CancellationToken ct)
     {
         var (id, count) = (NewRequestId(), batch.Count);
-        var reply = await SendAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(kind, vm, id), BulkTimeout, ct);
+        var reply = await SendAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(kind, vm, id), vm, BulkTimeout, ct);
         return StoredAsync(reply, host, count);
     }
 
@@ -258,7 +327,7 @@ public sealed class PageClient : IAsyncDisposable
     public async Task<long> ReleaseAsync(string host, Guid vm, CancellationToken ct = default)
     {
         var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.Release, vm, id, 0), BulkTimeout, ct);
+        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.Release, vm, id, 0), BulkTimeout, ct, vm);
         return PageFrame.Parse(reply).Count;
     }
 
