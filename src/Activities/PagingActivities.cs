@@ -29,7 +29,7 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
         // its memory server never plays the allenc baseline's decrypt-and-re-seal.
         var serverMode = mainHostKeys is null ? input.Mode : MigrationMode.Semigrate;
         var serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, StepToken.Current);
-        return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey);
+        return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey, already);
     }
 
     /// <summary>Idempotent: a VM this host does not serve has nothing to release.</summary>

@@ -144,6 +144,13 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         {
             var state = State(input.MigrationId);
             var before = state.Checkpoint(a.Host);
+            if (input.Round > before.Round)
+            {
+                // The host lost the VM: a new round sends what it no longer holds (all of it, when it kept
+                // nothing), once; its retries go on from this round's own checkpoint.
+                before = before with { Round = input.Round, Confirmed = input.StartOver ? a.FirstPfn : before.Confirmed };
+                state.SaveCheckpoint(a.Host, before);
+            }
             var heartbeat = await LastHeartbeatAsync();
             var resume = Math.Max(Math.Max(a.FirstPfn, input.ResumeFrom), Math.Max(before.Confirmed, heartbeat?.NextPfn ?? 0));
             var sentBefore = Math.Max(before.Sent, resume);
@@ -229,10 +236,12 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 await ReportAsync(force: false);
             }
 
-            // Sending again would meet the same answer: the migration must be undone.
+            // Sending again would meet the same answer: the migration must be undone, or, when the host
+            // no longer serves the VM (it was started there before this step), paging must start there again.
             static bool IsRefusal(PageProtocolException e) => e.Code is PageError.StoreFull or PageError.UnknownVm or PageError.Malformed;
-            ApplicationFailureException Refused(PageProtocolException e) =>
-                new($"{a.Host} refused pages of VM {input.Vm}: {e.Message}", nonRetryable: true);
+            ApplicationFailureException Refused(PageProtocolException e) => e.Code == PageError.UnknownVm
+                ? new($"{a.Host} no longer holds VM {input.Vm}: {e.Message}", StepErrors.DestinationLost, nonRetryable: true)
+                : new($"{a.Host} refused pages of VM {input.Vm}: {e.Message}", nonRetryable: true);
 
             async Task<TransferCheckpoint> ReportAsync(bool force)
             {
@@ -241,7 +250,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     return checkpoint;
                 }
                 state.SaveCheckpoint(a.Host, checkpoint with { Sent = Math.Max(checkpoint.Sent, sentBefore) });
-                var beat = new TransferProgress(input.MigrationId, a.Host, checkpoint.Confirmed, pagesDone, a.Pages, checkpoint.Bytes);
+                var beat = new TransferProgress(input.MigrationId, a.Host, checkpoint.Confirmed, pagesDone, a.Pages, checkpoint.Bytes, input.Round);
                 if (ActivityExecutionContext.HasCurrent)
                 {
                     ActivityExecutionContext.Current.Heartbeat(beat);

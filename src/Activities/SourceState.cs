@@ -71,5 +71,6 @@ public sealed class SourceState(string directory)
 public sealed record MigratedGuest(string Name, Contracts.MigrationMode Mode, bool Live = false);
 
 /// <summary>Pages below <paramref name="Confirmed"/> are stored at the host; pages below
-/// <paramref name="Sent"/> were sent at least once. Bytes and resends add up over attempts.</summary>
-public sealed record TransferCheckpoint(long Confirmed, long Sent, long Bytes, long ResentPages, long ResentBytes, int Attempts);
+/// <paramref name="Sent"/> were sent at least once. Bytes and resends add up over attempts and rounds
+/// (<paramref name="Round"/>: see TransferPages).</summary>
+public sealed record TransferCheckpoint(long Confirmed, long Sent, long Bytes, long ResentPages, long ResentBytes, int Attempts, int Round = 1);

@@ -1,6 +1,7 @@
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
+using Temporalio.Exceptions;
 
 namespace SEmigrate.Workflows;
 
@@ -80,8 +81,9 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             long HandedOverTo(string host) => host == request.Main.Host ? layout.HandOverPages : 0;
             long Share(string host) => plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages);
             long ArrivingAt(string host) => guest is null ? Share(host) : plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a));
-            var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host,
-                new StartPaging(id, request.Vm, host, request.Mode, Share(host) + HandedOverTo(host), ArrivingAt(host) + HandedOverTo(host)), ct)));
+            var starts = destinations.ToDictionary(host => host,
+                host => new StartPaging(id, request.Vm, host, request.Mode, Share(host) + HandedOverTo(host), ArrivingAt(host) + HandedOverTo(host)), StringComparer.Ordinal);
+            var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host, starts[host], ct)));
             var keys = started.ToDictionary(s => s.Host, StringComparer.Ordinal);
             state = MigrationState.PagingStarted;
             await steps.RecordAsync(new PagingServersStarted(id, destinations, steps.UtcNow));
@@ -100,7 +102,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             // The hand-over needs only the paused guest and the main host's key, so it runs beside the
             // transfers: it is inside a running guest's downtime. Histories from before ran it after them.
             var besideTransfers = pagingFirst || steps.Patched(HandOverBesideTransfers);
-            var transferred = steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, a, keys[a.Host].ServerKey, ct)));
+            var transferred = steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, a, keys[a.Host], starts[a.Host], ct)));
             var handOver = besideTransfers ? HandOverAsync() : null;
             try
             {
@@ -161,11 +163,33 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
     private static long Arriving(IntrospectionResult guest, Assignment a) =>
         guest.ChunkSentPages.Skip((int)(a.FirstPfn / guest.ChunkPages)).Take((int)((a.EndPfn - a.FirstPfn) / guest.ChunkPages)).Sum(c => (long)c);
 
-    private async Task<TransferResult> TransferAsync(MigrationRequest request, Assignment a, byte[] serverKey, CancellationToken ct)
+    /// <summary>How many times in all a sub-host's share may be sent because the host lost it.</summary>
+    public const int MaxRounds = 3;
+
+    /// <summary>Sends an assignment. A sub-host that lost the VM meanwhile (its memory server restarted)
+    /// serves it again and gets its share again: all of it if it kept nothing, else what it had not
+    /// acknowledged; the main host's loss undoes the migration (the hand-over went there too).</summary>
+    private async Task<TransferResult> TransferAsync(MigrationRequest request, Assignment a, PagingStarted started, StartPaging start, CancellationToken ct)
     {
         // Only the baseline's sub-hosts get a channel key; the main host gets the data key at hand-over.
-        var channelKeyFor = request.Mode == MigrationMode.AllEnc && a.Host != request.Main.Host ? serverKey : null;
-        var result = await steps.TransferAsync(request.Source, new TransferPages(request.MigrationId, request.Vm, request.Mode, a, a.FirstPfn, 1, channelKeyFor), ct);
+        byte[]? ChannelKeyFor(PagingStarted s) => request.Mode == MigrationMode.AllEnc && a.Host != request.Main.Host ? s.ServerKey : null;
+        var transfer = new TransferPages(request.MigrationId, request.Vm, request.Mode, a, a.FirstPfn, 1, ChannelKeyFor(started));
+        TransferResult result;
+        while (true)
+        {
+            try
+            {
+                result = await steps.TransferAsync(request.Source, transfer, ct);
+                break;
+            }
+            catch (Exception e) when (Lost(e) && a.Host != request.Main.Host && transfer.Round < MaxRounds && !ct.IsCancellationRequested)
+            {
+                var round = transfer.Round + 1;
+                await steps.RecordAsync(new DestinationLost(request.MigrationId, a.Host, round, Reason(e), steps.UtcNow));
+                var again = await steps.StartPagingAsync(a.Host, start with { Round = round }, ct);
+                transfer = transfer with { Round = round, StartOver = again.HeldPages == 0, ChannelKeyFor = ChannelKeyFor(again) };
+            }
+        }
         lock (transfers)
         {
             // The embedded engine finishes transfers on several threads at once.
@@ -243,6 +267,19 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         (state, reason) = (MigrationState.Compensated, why);
         await steps.RecordAsync(new MigrationCompensated(request.MigrationId, why, released, steps.UtcNow));
         return new MigrationOutcome(request.MigrationId, state, why, pages, Transfers(), plan, null);
+    }
+
+    /// <summary>Whether a step failed because its destination no longer holds the VM, on either engine.</summary>
+    private static bool Lost(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+        {
+            if (x is ApplicationFailureException { ErrorType: StepErrors.DestinationLost } or StepFailedException { Kind: StepErrors.DestinationLost })
+            {
+                return true;
+            }
+        }
+        return false;
     }
 
     /// <summary>The innermost message: engines wrap a step's failure (Temporal: activity failure,

@@ -193,14 +193,15 @@ public sealed class HistoryBuilder
     }
 
     /// <summary>An activity that failed for good (its retries ran out).</summary>
-    public HistoryBuilder Failed(long scheduled, string message)
+    /// <summary>The activity failed for good with an application failure of <paramref name="type"/>.</summary>
+    public HistoryBuilder Failed(long scheduled, string message, string type = "StepFailed")
     {
         var started = StartActivity(scheduled, 3);
         Add(EventType.ActivityTaskFailed, e => e.ActivityTaskFailedEventAttributes = new ActivityTaskFailedEventAttributes
         {
             ScheduledEventId = scheduled,
             StartedEventId = started,
-            Failure = Failure(message),
+            Failure = Failure(message, type),
             RetryState = RetryState.MaximumAttemptsReached,
         });
         return this;
@@ -247,10 +248,10 @@ public sealed class HistoryBuilder
         return started;
     }
 
-    private static Failure Failure(string message) => new()
+    private static Failure Failure(string message, string type = "StepFailed") => new()
     {
         Message = message,
-        ApplicationFailureInfo = new ApplicationFailureInfo { Type = "StepFailed" },
+        ApplicationFailureInfo = new ApplicationFailureInfo { Type = type },
     };
 
     public WorkflowHistory Build(string workflowId = "migration-1") => new(workflowId, events);

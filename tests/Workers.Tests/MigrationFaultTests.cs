@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts;
@@ -61,6 +63,75 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
         Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
+    }
+
+    [Fact]
+    public async Task A_sub_host_killed_mid_transfer_and_back_a_second_later_gets_its_share_again_and_the_migration_switches_over()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // 25 MB/s at the source, so the kills land inside the transfers. sub1 keeps its pages in memory
+        // (a restart loses them all), sub2 in files (a restart keeps what it acknowledged).
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 25, sub1InMemory: true);
+        var watch = run.Host.Services.GetRequiredService<TransferWatch>();
+        var seed = Environment.TickCount;
+        var random = new Random(seed);
+        var report = new List<string>();
+        for (var trial = 1; trial <= 10; trial++)
+        {
+            var (victim, kept) = trial % 2 == 1 ? (run.Sub1, "in memory") : (run.Sub2, "in files");
+            // The victim comes last: the last share holds the guest's high memory, most of it in use here
+            // (the one before it is mostly free pages, which do not travel).
+            var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+            request = request with { SubHosts = [.. request.SubHosts.OrderBy(s => s.Host == victim)] };
+            var migration = run.MigrateAsync(request, ct);
+            // A random point of the victim's transfer: after 0.5 to 9 MiB of the 10 to 25 it carries here.
+            var at = (long)((0.5 + 8.5 * random.NextDouble()) * (1 << 20));
+            var until = DateTime.UtcNow.AddSeconds(90);
+            TransferProgress? atKill;
+            while ((atKill = watch.Of(request.MigrationId).FirstOrDefault(p => p.Host == victim && p.Bytes >= at)) is null)
+            {
+                Assert.True(DateTime.UtcNow < until && !migration.IsCompleted, $"trial {trial}: the transfer to {victim} never sent {at >> 10} KiB");
+                await Task.Delay(20, ct);
+            }
+            Assert.True(atKill.PagesSent < atKill.PagesTotal, $"trial {trial}: the transfer to {victim} ended before its kill");
+            run.Fleet[victim].Kill();
+            var clock = Stopwatch.StartNew();
+            await Task.Delay(1000, ct);
+            await run.Fleet.RestartAsync(victim, ct);
+            var outcome = await migration;
+            var took = clock.Elapsed;
+
+            Assert.True(outcome.State == MigrationState.SwitchedOver, $"trial {trial}: {outcome.State}: {outcome.Reason}");
+            await run.AssertAuditedAsync(request.MigrationId, ct);
+            await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+            var events = (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data).ToList();
+            var lost = Assert.Single(events.OfType<DestinationLost>());
+            Assert.Equal((victim, 2), (lost.Host, lost.Round));
+            var resent = outcome.Transfers.Single(t => t.Host == victim);
+            var restarted = JsonSerializer.Deserialize<PagingStarted>(events.OfType<StepCompleted>().Single(s => s.Step == StepKeys.StartPaging(victim, 2)).Result,
+                new JsonSerializerOptions(JsonSerializerDefaults.Web))!;
+            if (victim == run.Sub1)
+            {
+                // It kept nothing: everything sent before the kill went again.
+                Assert.Equal(0, restarted.HeldPages);
+                Assert.True(resent.ResentBytes >= atKill.Bytes * 9 / 10, $"trial {trial}: {resent} after {atKill}");
+            }
+            else
+            {
+                // It kept what it had acknowledged: only what was in flight at the kill went again (as
+                // when the source is killed: 10 MiB leaves room for a slow machine).
+                Assert.True(restarted.HeldPages > 0, $"trial {trial}: {restarted}");
+                Assert.True(resent.ResentBytes <= 10L << 20, $"trial {trial}: {resent} after {atKill}");
+            }
+            report.Add($"trial {trial}: {victim} ({kept}) killed after {atKill.Bytes / 1048576.0:0.0} MiB, {atKill.PagesSent} of its {atKill.PagesTotal} pages, "
+                + $"switched over {took.TotalSeconds:0.0} s later; {resent.Bytes >> 20} MiB sent to it in all, {resent.ResentBytes >> 20} MiB of them again");
+
+            var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+            Assert.True(verified.Ok, $"trial {trial}: {verified}");
+            Assert.Equal(outcome.Pages!.Total, verified.Pages);
+            await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct); // room for the next trial
+        }
+        TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}:\n" + string.Join("\n", report));
     }
 
     [Fact]

@@ -69,9 +69,10 @@ internal sealed class MigrationRun : IAsyncDisposable
     /// <summary>With <paramref name="temporalAddress"/>, the workers also serve their activities on Temporal
     /// and the orchestrator runs the migration workflow's worker.</summary>
     /// <summary>The source keeps its guests in <paramref name="guests"/> (where the test fixture boots them); a
-    /// request names one of them.</summary>
+    /// request names one of them. Sub-hosts keep their pages in files, or <paramref name="sub1InMemory"/>
+    /// the first in memory (what it holds dies with its process).</summary>
     public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0,
-        string? temporalAddress = null, string? guests = null)
+        string? temporalAddress = null, string? guests = null, bool sub1InMemory = false)
     {
         foreach (var (key, value) in await ServicesScript.SettingsAsync())
         {
@@ -83,7 +84,7 @@ internal sealed class MigrationRun : IAsyncDisposable
         WorkerFleet.Worker[] workers =
         [
             new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps, GuestsFolder: guests ?? RealGuestFixture.Folder), new("main", $"main-{suffix}", 200_000, Store($"main-{suffix}")),
-            new("sub", $"sub1-{suffix}", 30_000, Store($"sub1-{suffix}")),
+            new("sub", $"sub1-{suffix}", 30_000, sub1InMemory ? null : Store($"sub1-{suffix}")),
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Store($"sub2-{suffix}"))] : Array.Empty<WorkerFleet.Worker>(),
         ];
         var temporal = temporalAddress is null ? [] : new Dictionary<string, string> { ["SEMIGRATE__Temporal__Address"] = temporalAddress };

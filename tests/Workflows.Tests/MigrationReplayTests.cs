@@ -1,4 +1,5 @@
 using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using Temporalio.Exceptions;
 using Temporalio.Worker;
@@ -256,6 +257,44 @@ public class MigrationReplayTests
         var result = await ReplayAsync(h.Build(), capture);
         Assert.Null(result.ReplayFailure);
         AssertCompensatedEverywhere(capture, "store full at sub-a");
+    }
+
+    [Fact]
+    public async Task A_sub_host_that_lost_the_VM_mid_transfer_serves_it_again_gets_its_share_again_and_the_migration_switches_over()
+    {
+        var h = new HistoryBuilder();
+        var scheduled = UpToTransfers(h, Recorded.PagingFirst);
+        h.Completed((scheduled[0], Transferred("main")), (scheduled[2], Transferred("sub-b")), (scheduled[3], new HandedOver([9, 9], 4148)))
+            .Failed(scheduled[1], "sub-a no longer holds VM 66666666: no queue", StepErrors.DestinationLost);
+        var r = h.Task(Record(), Record(), Record()); // main and sub-b transferred, sub-a lost
+        h.Completed([.. r.Select(id => (id, (object?)null))]);
+        var restart = h.Task(On("StartPaging", "sub-a"));
+        h.Completed((restart[0], new PagingStarted("sub-a", [5], null, HeldPages: 0)));
+        var again = h.Task(On("TransferPages", "src"));
+        h.Completed((again[0], Transferred("sub-a")));
+        r = h.Task(Record()); // sub-a transferred
+        h.Completed((r[0], null));
+        var switchOver = h.Task(On("SwitchOver", "main"));
+        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
+        r = h.Task(Record()); // switched over
+        h.Completed((r[0], null));
+        var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
+        h.Completed((release[0], new SourceReleased(true)));
+        h.Task(State(MigrationState.SwitchedOver), new Complete(null));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        var starts = capture.Scheduled.Where(s => s.Activity == "StartPaging").Select(s => (StartPaging)s.Input!).Where(s => s.Host == "sub-a").ToList();
+        Assert.Equal([1, 2], starts.Select(s => s.Round));
+        Assert.Equal(starts[0] with { Round = 2 }, starts[1]);
+        var resent = capture.Scheduled.Where(s => s.Activity == "TransferPages").Select(s => (TransferPages)s.Input!).Last();
+        Assert.Equal(("sub-a", 2, true), (resent.Assignment.Host, resent.Round, resent.StartOver));
+        Assert.Null(resent.ChannelKeyFor); // semigrate: no channel key, in any round
+        var lost = Assert.Single(capture.Scheduled.Where(s => s.Activity == "RecordEvent").Select(s => ((RecordEvent)s.Input!).Event).OfType<DestinationLost>());
+        Assert.Equal(("sub-a", 2), (lost.Host, lost.Round));
+        Assert.Contains("no longer holds", lost.Reason, StringComparison.Ordinal);
+        Assert.Equal(MigrationState.SwitchedOver, Assert.IsType<MigrationOutcome>(capture.Result).State);
     }
 
     [Fact]

@@ -20,8 +20,8 @@ public sealed record StepScheduled(Guid MigrationId, string Step, string Host, D
 /// <summary>A step answered: <paramref name="Result"/> is its output record as JSON.</summary>
 public sealed record StepCompleted(Guid MigrationId, string Step, string Result, DateTimeOffset At) : IJournalEvent;
 
-/// <summary>A step failed for good (refused, or out of attempts).</summary>
-public sealed record StepFailed(Guid MigrationId, string Step, string Reason, DateTimeOffset At) : IJournalEvent;
+/// <summary>A step failed for good (refused, or out of attempts); <paramref name="Kind"/> as in StepRefused.</summary>
+public sealed record StepFailed(Guid MigrationId, string Step, string Reason, DateTimeOffset At, string? Kind = null) : IJournalEvent;
 
 /// <summary>The procedure returned (<paramref name="State"/>): nothing of the migration is left to drive.
 /// Until then an orchestrator that died leaves it to be resumed, even after its switch-over (the source

@@ -13,6 +13,7 @@ namespace SEmigrate.Contracts.Audit;
 [JsonDerivedType(typeof(PagesPlaced), nameof(PagesPlaced))]
 [JsonDerivedType(typeof(PagingServersStarted), nameof(PagingServersStarted))]
 [JsonDerivedType(typeof(DestinationTransferred), nameof(DestinationTransferred))]
+[JsonDerivedType(typeof(DestinationLost), nameof(DestinationLost))]
 [JsonDerivedType(typeof(MigrationSwitchedOver), nameof(MigrationSwitchedOver))]
 [JsonDerivedType(typeof(MigrationCompensated), nameof(MigrationCompensated))]
 [JsonDerivedType(typeof(MigrationRefused), nameof(MigrationRefused))]
@@ -46,6 +47,10 @@ public sealed record PagingServersStarted(Guid MigrationId, IReadOnlyList<string
 /// <paramref name="Sent"/> by the class they travelled as (Zero: did not travel).</summary>
 public sealed record DestinationTransferred(Guid MigrationId, string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts, DateTimeOffset At,
     PageCounts? Classified = null, PageCounts? Sent = null) : IMigrationEvent;
+
+/// <summary>A destination lost the VM's pages mid-migration (its memory server restarted): paging starts
+/// there again and its share is sent again, round <paramref name="Round"/> (2 the first time).</summary>
+public sealed record DestinationLost(Guid MigrationId, string Host, int Round, string Reason, DateTimeOffset At) : IMigrationEvent;
 
 /// <summary>The main host took the VM over; the manifest's SHA-256 as the source sent it and as the main host opened it.</summary>
 public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long LocalPages, long RemotePages, DateTimeOffset At,

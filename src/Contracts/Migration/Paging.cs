@@ -2,13 +2,16 @@ namespace SEmigrate.Contracts.Migration;
 
 /// <summary>At a destination: serve this VM's pages (idempotent). Its share is <paramref name="ExpectedPages"/>
 /// guest pages (it must have room for them all: free ones may be paged out to it later), of which
-/// <paramref name="ArrivingPages"/> travel now (the memory it prepares at once).</summary>
-public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, MigrationMode Mode, long ExpectedPages, long ArrivingPages);
+/// <paramref name="ArrivingPages"/> travel now (the memory it prepares at once). <paramref name="Round"/>
+/// is 1, or more when paging starts again at a host that lost the VM (see TransferPages).</summary>
+public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, MigrationMode Mode, long ExpectedPages, long ArrivingPages, int Round = 1);
 
 /// <summary>The destination serves the VM. <paramref name="HostKey"/> is the main host's public key, for
 /// which the data key is wrapped (null at a sub-host); <paramref name="ServerKey"/> is its memory
-/// server's, used only by the allenc baseline to send that server the channel key.</summary>
-public sealed record PagingStarted(string Host, byte[] ServerKey, byte[]? HostKey);
+/// server's, used only by the allenc baseline to send that server the channel key. <paramref name="HeldPages"/>:
+/// pages of the VM the host held already (a host that lost the VM holds none; a file store that came
+/// back holds what it had acknowledged).</summary>
+public sealed record PagingStarted(string Host, byte[] ServerKey, byte[]? HostKey, long HeldPages = 0);
 
 /// <summary>At a destination: drop the VM's pages (compensation, or after switch-over for the main host's copy).</summary>
 public sealed record ReleasePaging(Guid MigrationId, Guid Vm, string Host);

@@ -8,5 +8,14 @@ public static class StepQueues
 }
 
 /// <summary>A step that must not be retried (bad input, wrong host, a key that does not open): the
-/// embedded engine's answer to a request, where Temporal has non-retryable application failures.</summary>
-public sealed record StepRefused(string Reason);
+/// embedded engine's answer to a request, where Temporal has non-retryable application failures.
+/// <paramref name="Kind"/>: the failure's type when the procedure acts on it (see <see cref="StepErrors"/>).</summary>
+public sealed record StepRefused(string Reason, string? Kind = null);
+
+/// <summary>Failure types the procedure acts on (Temporal's ApplicationFailure error type, the embedded
+/// engine's StepRefused kind). Values are wire format.</summary>
+public static class StepErrors
+{
+    /// <summary>A destination no longer holds the VM's pages (its memory server restarted): its share must go again.</summary>
+    public const string DestinationLost = "DestinationLost";
+}

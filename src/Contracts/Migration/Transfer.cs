@@ -3,12 +3,14 @@ namespace SEmigrate.Contracts.Migration;
 /// <summary>At the source: seal (by mode) and send the pages of one assignment to its host; free pages
 /// stay behind (the manifest says which they are). <paramref name="ResumeFrom"/> is the first page not
 /// yet confirmed by an earlier attempt (0 at first); <paramref name="ChannelKeyFor"/> is a sub-host's
-/// public key in the allenc baseline only.</summary>
+/// public key in the allenc baseline only. <paramref name="Round"/> counts the times the share was
+/// sent because the host lost it (1 at first); a new round with <paramref name="StartOver"/> sends it
+/// all again (the host kept none of it), without, only what the host had not acknowledged.</summary>
 public sealed record TransferPages(
-    Guid MigrationId, Guid Vm, MigrationMode Mode, Assignment Assignment, long ResumeFrom, int Attempt, byte[]? ChannelKeyFor);
+    Guid MigrationId, Guid Vm, MigrationMode Mode, Assignment Assignment, long ResumeFrom, int Attempt, byte[]? ChannelKeyFor, int Round = 1, bool StartOver = false);
 
-/// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host.</summary>
-public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes);
+/// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host (in this <paramref name="Round"/>).</summary>
+public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes, int Round = 1);
 
 /// <summary>A finished transfer, over all its attempts: <paramref name="Bytes"/> sent in all, of which
 /// <paramref name="ResentBytes"/> (<paramref name="ResentPages"/> pages) went again because an attempt

@@ -10,7 +10,7 @@ namespace SEmigrate.Workers.Audit;
 /// its message id is stored in the same transaction as the event.</summary>
 public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
-    IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<MigrationSwitchedOver>,
+    IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<DestinationLost>, IConsumer<MigrationSwitchedOver>,
     IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>
 {
     public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context, context.Message);
@@ -24,6 +24,8 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
     public Task Consume(ConsumeContext<PagingServersStarted> context) => AppendAsync(context, context.Message);
 
     public Task Consume(ConsumeContext<DestinationTransferred> context) => AppendAsync(context, context.Message);
+
+    public Task Consume(ConsumeContext<DestinationLost> context) => AppendAsync(context, context.Message);
 
     public Task Consume(ConsumeContext<MigrationSwitchedOver> context) => AppendAsync(context, context.Message);
 

@@ -36,9 +36,9 @@ public sealed class ReplaySteps(Guid migrationId, IReadOnlyList<object> events) 
 
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) => Step<IntrospectionResult>(StepKeys.Introspect, ct);
 
-    public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) => Step<PagingStarted>(StepKeys.StartPaging(host), ct);
+    public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) => Step<PagingStarted>(StepKeys.StartPaging(host, input.Round), ct);
 
-    public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) => Step<TransferResult>(StepKeys.Transfer(input.Assignment), ct);
+    public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) => Step<TransferResult>(StepKeys.Transfer(input.Assignment, input.Round), ct);
 
     public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) => Step<HandedOver>(StepKeys.HandOver, ct);
 

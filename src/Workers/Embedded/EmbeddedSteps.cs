@@ -41,12 +41,16 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
         JournaledAsync<IntrospectGuest, IntrospectionResult>(input.MigrationId, StepKeys.Introspect, host, "introspect", _ => input, policies.Introspect, ct);
 
     public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
-        JournaledAsync<StartPaging, PagingStarted>(input.MigrationId, StepKeys.StartPaging(host), host, "start paging", _ => input, policies.Quick, ct);
+        JournaledAsync<StartPaging, PagingStarted>(input.MigrationId, StepKeys.StartPaging(host, input.Round), host, "start paging", _ => input, policies.Quick, ct);
 
     public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
-        JournaledAsync<TransferPages, TransferResult>(input.MigrationId, StepKeys.Transfer(input.Assignment), host, $"transfer to {input.Assignment.Host}",
-            attempt => input with { Attempt = attempt, ResumeFrom = Math.Max(input.ResumeFrom, watch.Last(input.MigrationId, input.Assignment.Host)?.Progress.NextPfn ?? 0) },
-            policies.Transfer, ct, () => watch.Last(input.MigrationId, input.Assignment.Host)?.At);
+        JournaledAsync<TransferPages, TransferResult>(input.MigrationId, StepKeys.Transfer(input.Assignment, input.Round), host, $"transfer to {input.Assignment.Host}",
+            attempt => input with { Attempt = attempt, ResumeFrom = Math.Max(input.ResumeFrom, Beat(input)?.Progress.NextPfn ?? 0) },
+            policies.Transfer, ct, () => Beat(input)?.At);
+
+    /// <summary>The transfer's last heartbeat in its round (an earlier round's went to a host that lost it).</summary>
+    private (TransferProgress Progress, DateTime At)? Beat(TransferPages input) =>
+        watch.Last(input.MigrationId, input.Assignment.Host) is { } last && last.Progress.Round == input.Round ? last : null;
 
     public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) =>
         JournaledAsync<HandOver, HandedOver>(input.MigrationId, StepKeys.HandOver, host, "hand over", _ => input, policies.Quick, ct);
@@ -92,7 +96,7 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
         }
         catch (StepFailedException e)
         {
-            await journal.FailedAsync(key, e.Message);
+            await journal.FailedAsync(key, e);
             throw;
         }
         await journal.CompletedAsync(key, result);
@@ -151,7 +155,7 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
                 logger.LogInformation("{Step} at {Host}: answered in {Ms:0} ms", step, host, (DateTime.UtcNow - started).TotalMilliseconds);
                 if (response.Is(out Response<StepRefused>? refused))
                 {
-                    throw new StepFailedException($"{step} at {host} refused: {refused.Message.Reason}");
+                    throw new StepFailedException($"{step} at {host} refused: {refused.Message.Reason}", refused.Message.Kind);
                 }
                 return response.Is(out Response<TOut>? ok) ? ok.Message : throw new StepFailedException($"{step} at {host}: unexpected response");
             }
@@ -174,6 +178,3 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
         throw new StepFailedException($"{step} at {host} failed after {policy.MaxAttempts} attempts: {last}");
     }
 }
-
-/// <summary>A step that was refused or ran out of attempts; its message is the reason recorded.</summary>
-public sealed class StepFailedException(string message) : Exception(message);

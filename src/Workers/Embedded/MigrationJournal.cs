@@ -3,6 +3,7 @@ using Marten;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Workers.Audit;
+using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Embedded;
 
@@ -18,7 +19,7 @@ public sealed class MigrationJournal
     private readonly Guid id;
     private readonly SemaphoreSlim appending = new(1, 1);
     private readonly Dictionary<string, string> completed = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, string> failed = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (string Reason, string? Kind)> failed = new(StringComparer.Ordinal);
     private readonly HashSet<string> scheduled = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> recorded = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> recording = new(StringComparer.Ordinal);
@@ -41,7 +42,7 @@ public sealed class MigrationJournal
                     completed[c.Step] = c.Result;
                     break;
                 case StepFailed f:
-                    failed[f.Step] = f.Reason;
+                    failed[f.Step] = (f.Reason, f.Kind);
                     break;
                 case CancelRequested c:
                     CancelReason = c.Reason;
@@ -81,9 +82,9 @@ public sealed class MigrationJournal
     {
         lock (completed)
         {
-            if (failed.TryGetValue(step, out var reason))
+            if (failed.TryGetValue(step, out var failure))
             {
-                throw new StepFailedException(reason);
+                throw new StepFailedException(failure.Reason, failure.Kind);
             }
             if (completed.TryGetValue(step, out var json))
             {
@@ -141,12 +142,12 @@ public sealed class MigrationJournal
         }
     }
 
-    public async Task FailedAsync(string step, string reason)
+    public async Task FailedAsync(string step, StepFailedException e)
     {
-        await AppendAsync(new StepFailed(id, step, reason, DateTimeOffset.UtcNow));
+        await AppendAsync(new StepFailed(id, step, e.Message, DateTimeOffset.UtcNow, e.Kind));
         lock (completed)
         {
-            failed[step] = reason;
+            failed[step] = (e.Message, e.Kind);
         }
     }
 
@@ -169,6 +170,7 @@ public sealed class MigrationJournal
     public static string KeyOf(IMigrationEvent e) => e switch
     {
         DestinationTransferred d => $"{nameof(DestinationTransferred)}:{d.Host}",
+        DestinationLost d => $"{nameof(DestinationLost)}:{d.Host}",
         _ => e.GetType().Name,
     };
 

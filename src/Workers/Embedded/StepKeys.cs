@@ -11,11 +11,14 @@ public static class StepKeys
     public const string HandOver = "hand-over";
     public const string SwitchOver = "switch-over";
 
-    public static string StartPaging(string host) => $"start-paging:{host}";
+    public static string StartPaging(string host, int round = 1) => $"start-paging:{host}{Round(round)}";
 
-    public static string Transfer(Assignment a) => $"transfer:{a.Host}:{a.FirstPfn}";
+    public static string Transfer(Assignment a, int round = 1) => $"transfer:{a.Host}:{a.FirstPfn}{Round(round)}";
 
     public static string ReleasePaging(string host) => $"release-paging:{host}";
 
     public static string ReleaseSource(bool vmLeft) => vmLeft ? "release-source:left" : "release-source:stays";
+
+    /// <summary>A step done again because a destination lost the VM (round 2 on) is another step.</summary>
+    private static string Round(int round) => round > 1 ? $"#{round}" : "";
 }

@@ -12,7 +12,7 @@ public sealed class TransferWatch
     private readonly ConcurrentDictionary<(Guid, string), (TransferProgress Progress, DateTime At)> last = new();
 
     public void Beat(TransferProgress p) => last.AddOrUpdate((p.MigrationId, p.Host), (p, DateTime.UtcNow),
-        (_, old) => (p.NextPfn >= old.Progress.NextPfn ? p : old.Progress, DateTime.UtcNow));
+        (_, old) => (p.Round > old.Progress.Round || (p.Round == old.Progress.Round && p.NextPfn >= old.Progress.NextPfn) ? p : old.Progress, DateTime.UtcNow));
 
     public (TransferProgress Progress, DateTime At)? Last(Guid migrationId, string host) =>
         last.TryGetValue((migrationId, host), out var l) ? l : null;

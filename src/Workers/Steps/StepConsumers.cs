@@ -53,7 +53,7 @@ internal static class Step
         }
         catch (ApplicationFailureException e) when (e.NonRetryable)
         {
-            await context.RespondAsync(new StepRefused(e.Message));
+            await context.RespondAsync(new StepRefused(e.Message, e.ErrorType));
             return;
         }
         await context.RespondAsync(result);
