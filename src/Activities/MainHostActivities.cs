@@ -22,7 +22,7 @@ namespace SEmigrate.Activities;
 /// share from this host's store, where the source's transfer put it, the rest from the sub-hosts), and
 /// digest the VM's memory as the pager serves it.</summary>
 public sealed class MainHostActivities(
-    HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, ILogger<MainHostActivities> logger)
+    HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, AuditRoute audit, ILogger<MainHostActivities> logger)
 {
     /// <summary>Pages read per pager call when digesting: 2 MiB, a FUSE block.</summary>
     private const int ReadBatch = 512;
@@ -222,7 +222,7 @@ public sealed class MainHostActivities(
         {
             released.Add(new PagingReleased(h, h == host.Host ? store.Release(input.Vm) : await ReleaseAtAsync(h, input.Vm)));
         }
-        await publish.Publish(new MigratedVmStopped(vm.MigrationId, input.Vm, host.Host, [.. released.Select(r => r.Host)], released.Sum(r => r.Pages), DateTimeOffset.UtcNow));
+        await AuditAsync(new MigratedVmStopped(vm.MigrationId, input.Vm, host.Host, [.. released.Select(r => r.Host)], released.Sum(r => r.Pages), DateTimeOffset.UtcNow));
         logger.LogInformation("VM {Vm} stopped; {Pages} pages released at {Hosts}", input.Vm, released.Sum(r => r.Pages), string.Join(", ", released.Select(r => r.Host)));
         return new VmStopped(vm.MigrationId, released);
     }
@@ -252,14 +252,17 @@ public sealed class MainHostActivities(
             return;
         }
         last[e.Host] = now;
-        await publish.Publish(new PagesUnavailable(migrationId, vm, host.Host, e.Host, (long)pfn, pages, e.Message, DateTimeOffset.UtcNow));
+        await AuditAsync(new PagesUnavailable(migrationId, vm, host.Host, e.Host, (long)pfn, pages, e.Message, DateTimeOffset.UtcNow));
     }
 
     private async Task ReportAsync(Guid migrationId, PageIntegrityException e)
     {
         logger.LogCritical("security event: VM {Vm} page 0x{Pfn:x} from {Host}: {Problem}", e.Vm, e.Pfn, e.Host, e.Reason);
-        await publish.Publish(new PageCheckFailed(migrationId, e.Vm, host.Host, e.Host, (long)e.Pfn, e.Reason, DateTimeOffset.UtcNow));
+        await AuditAsync(new PageCheckFailed(migrationId, e.Vm, host.Host, e.Host, (long)e.Pfn, e.Reason, DateTimeOffset.UtcNow));
     }
+
+    /// <summary>To the migration's audit queue (see AuditRoute).</summary>
+    private async Task AuditAsync(IMigrationEvent e) => await (await publish.GetSendEndpoint(audit.AddressOf(e.MigrationId))).Send((object)e);
 
     /// <summary>Page-outs seal under epochs of the main host's own, counted up and written down before use
     /// (so a restarted worker taking the VM over again never repeats a nonce): the source's epochs count

@@ -1,6 +1,7 @@
 using MassTransit;
 using Microsoft.Extensions.Logging.Abstractions;
 using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.Introspection.Classification;
@@ -56,7 +57,8 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     private (MainHostActivities Activities, MainHostVms Vms) Worker()
     {
         var vms = new MainHostVms();
-        return (new MainHostActivities(new HostContext(Main, state.FullName), client, store, keys, vms, bus, NullLogger<MainHostActivities>.Instance), vms);
+        return (new MainHostActivities(new HostContext(Main, state.FullName), client, store, keys, vms, bus,
+            new AuditRoute("semigrate-audit-activity-tests", 1), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
     }
 
     private SwitchOver Input(byte[]? wrapped = null) => new(migration, vm, Main, MigrationMode.Semigrate,

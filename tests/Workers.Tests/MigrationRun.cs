@@ -87,9 +87,14 @@ internal sealed class MigrationRun : IAsyncDisposable
             new("sub", $"sub1-{suffix}", 30_000, sub1InMemory ? null : Store($"sub1-{suffix}")),
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Store($"sub2-{suffix}"))] : Array.Empty<WorkerFleet.Worker>(),
         ];
-        var temporal = temporalAddress is null ? [] : new Dictionary<string, string> { ["SEMIGRATE__Temporal__Address"] = temporalAddress };
+        // The workers send the events they raise (security, paging) to this test's auditor.
+        var environment = new Dictionary<string, string> { ["SEMIGRATE__Audit__Queue"] = $"semigrate-audit-{suffix}" };
+        if (temporalAddress is not null)
+        {
+            environment["SEMIGRATE__Temporal__Address"] = temporalAddress;
+        }
         // Hosts share nothing: every worker runs in a mount namespace of its own (see WorkerFleet).
-        var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct, temporal, isolated: true);
+        var fleet = await WorkerFleet.StartAsync(workers, state.FullName, state.FullName, ct, environment, isolated: true);
         var host = Orchestrator.Build(policies, new Dictionary<string, string?>
         {
             ["Postgres:Schema"] = postgres.Schema,
@@ -116,10 +121,12 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        var auditQueues = Host.Services.GetRequiredService<Contracts.Audit.AuditRoute>().Queues.ToArray();
         await Host.StopAsync();
         Host.Dispose();
         Fleet.Dispose();
-        await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [Source, Main, Sub1, Sub2], vms, AuditQueue);
+        await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [Source, Main, Sub1, Sub2], vms,
+            auditQueues);
         try
         {
             state.Delete(recursive: true);

@@ -8,7 +8,7 @@ namespace SEmigrate.Workers.Roles;
 /// <summary>The main host's paging report: every few seconds, for each running VM, what its pager paged
 /// in and out per host, page-in latency and the guest's resident memory, as one VmPaged event. Off the
 /// page path: the pager only counts.</summary>
-public sealed class PagingReporter(MainHostVms vms, HostContext host, IBus bus) : BackgroundService
+public sealed class PagingReporter(MainHostVms vms, HostContext host, IBus bus, AuditRoute audit) : BackgroundService
 {
     public static readonly TimeSpan Every = TimeSpan.FromSeconds(2);
 
@@ -27,7 +27,9 @@ public sealed class PagingReporter(MainHostVms vms, HostContext host, IBus bus) 
                 var now = vm.Ram!.Traffic;
                 var before = traffic.GetValueOrDefault(vm.Vm);
                 traffic[vm.Vm] = now;
-                await bus.Publish(new VmPaged(vm.MigrationId, vm.Vm, host.Host, hosts, p50, p99, vm.Memory.ResidentPages, peak, vm.Memory.BudgetPages,
+                // To the VM's own stream, so to the VM's audit queue.
+                var send = await bus.GetSendEndpoint(audit.AddressOf(vm.Vm));
+                await send.Send(new VmPaged(vm.MigrationId, vm.Vm, host.Host, hosts, p50, p99, vm.Memory.ResidentPages, peak, vm.Memory.BudgetPages,
                     now.Read - before.Read, now.Written - before.Written, from, at), stoppingToken);
             }
             from = at;

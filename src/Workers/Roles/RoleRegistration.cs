@@ -125,21 +125,26 @@ public static class RoleRegistration
             (bus, cfg) =>
             {
                 cfg.ReceiveEndpoint(new TemporaryEndpointDefinition("semigrate-progress"), e => e.ConfigureConsumer<TransferProgressConsumer>(bus));
-                cfg.ReceiveEndpoint(bus.GetRequiredService<IOptions<AuditOptions>>().Value.Queue, e =>
+                foreach (var queue in bus.GetRequiredService<AuditRoute>().Queues)
                 {
-                    // One consumer at a time over all processes, one message at a time: streams keep their order.
-                    e.SingleActiveConsumer = true;
-                    e.PrefetchCount = 1;
-                    e.ConcurrentMessageLimit = 1;
-                    e.UseMessageRetry(r =>
+                    cfg.ReceiveEndpoint(queue, e =>
                     {
-                        // An event no read model can take (a stream that does not begin with its start) fails
-                        // the same way every time: to the error queue at once, not ten seconds of the queue.
-                        r.Ignore<JasperFx.Events.Daemon.ApplyEventException>();
-                        r.Interval(10, TimeSpan.FromSeconds(1)); // in place: the order holds
+                        // Per queue, one consumer at a time over all processes, one message at a time: a
+                        // stream keeps its order; the streams of other queues go on meanwhile.
+                        e.SingleActiveConsumer = true;
+                        e.PrefetchCount = 1;
+                        e.ConcurrentMessageLimit = 1;
+                        e.ConfigureConsumeTopology = false; // events are sent to their stream's queue, not published
+                        e.UseMessageRetry(r =>
+                        {
+                            // An event no read model can take (a stream that does not begin with its start) fails
+                            // the same way every time: to the error queue at once, not ten seconds of the queue.
+                            r.Ignore<JasperFx.Events.Daemon.ApplyEventException>();
+                            r.Interval(10, TimeSpan.FromSeconds(1)); // in place: the order holds
+                        });
+                        e.ConfigureConsumer<MigrationAuditConsumer>(bus);
                     });
-                    e.ConfigureConsumer<MigrationAuditConsumer>(bus);
-                });
+                }
             });
     }
 

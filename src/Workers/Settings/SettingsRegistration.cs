@@ -1,7 +1,9 @@
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
 using Npgsql;
+using SEmigrate.Contracts.Audit;
 
 namespace SEmigrate.Workers.Settings;
 
@@ -22,7 +24,13 @@ public static partial class SettingsRegistration
             .ValidateOnStart();
         builder.Services.AddOptions<AuditOptions>().BindConfiguration(AuditOptions.Section)
             .Validate(o => !string.IsNullOrWhiteSpace(o.Queue), "Audit:Queue must name a queue")
+            .Validate(o => o.Partitions is >= 1 and <= 64, "Audit:Partitions must be 1 to 64")
             .ValidateOnStart();
+        builder.Services.AddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<AuditOptions>>().Value;
+            return new AuditRoute(o.Queue, o.Partitions);
+        });
         builder.Services.AddOptions<TemporalOptions>().BindConfiguration(TemporalOptions.Section)
             .Validate(o => !o.IsConfigured || HostPort().IsMatch(o.Address!),
                 "Temporal:Address must be host:port (or empty to use the embedded engine)")
