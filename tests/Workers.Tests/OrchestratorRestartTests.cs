@@ -16,12 +16,13 @@ namespace SEmigrate.Workers.Tests;
 
 /// <summary>The embedded engine is durable: a `semigrate migrate` killed (SIGKILL) in the middle of its
 /// transfers leaves a journal from which another orchestrator finishes the migration, replaying what
-/// was done and sending only what was not; and only one orchestrator drives a migration at a time.</summary>
+/// was done and sending only what was not; only one orchestrator drives a migration at a time, and one
+/// killed while it resumes a migration leaves it to the next.</summary>
 public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture postgres, RabbitMqFixture rabbit)
     : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>, IClassFixture<RabbitMqFixture>
 {
     [Fact]
-    public async Task A_migrate_killed_mid_transfer_is_finished_by_another_orchestrator_once()
+    public async Task A_migrate_killed_mid_transfer_is_resumed_by_one_orchestrator_and_finished_by_another_when_that_one_is_killed()
     {
         var ct = TestContext.Current.CancellationToken;
         // The source keeps to 8 MB/s over all its transfers, so they last seconds and the kill lands in them.
@@ -56,14 +57,33 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
 
         var engine = run.Host.Services.GetRequiredService<EmbeddedEngine>();
         Assert.Contains(id, await engine.UnfinishedAsync(ct));
-        // Two orchestrators start at once (`worker --role orchestrator`): one resumes it, the other leaves it be.
+        // Two orchestrators start at once (`worker --role orchestrator`): one resumes it, the other leaves it
+        // be; killed (SIGKILL) while it resumes, the other takes over.
         var clock = Stopwatch.StartNew();
         var logs = Directory.CreateTempSubdirectory("semigrate-orchestrators-");
         var orchestrators = new[] { $"orch-a-{Guid.NewGuid():N}"[..14], $"orch-b-{Guid.NewGuid():N}"[..14] };
-        using (await WorkerFleet.StartAsync([.. orchestrators.Select(o => new WorkerFleet.Worker("orchestrator", o))], logs.FullName, logs.FullName, ct, environment))
+        bool Resumed(string o) => File.Exists(Path.Combine(logs.FullName, $"{o}.log"))
+            && File.ReadAllText(Path.Combine(logs.FullName, $"{o}.log")).Contains($"resuming migration {id}", StringComparison.Ordinal);
+        string first, second;
+        TimeSpan resumedAfter, killedAfter;
+        using (var fleet = await WorkerFleet.StartAsync([.. orchestrators.Select(o => new WorkerFleet.Worker("orchestrator", o))], logs.FullName, logs.FullName, ct, environment))
         {
+            var deadline = DateTime.UtcNow.AddMinutes(1);
+            string? resumer;
+            while ((resumer = orchestrators.FirstOrDefault(Resumed)) is null)
+            {
+                Assert.True(DateTime.UtcNow < deadline, "no orchestrator resumed the migration within a minute");
+                await Task.Delay(50, ct);
+            }
+            (first, second, resumedAfter) = (resumer, orchestrators.Single(o => o != resumer), clock.Elapsed);
+            await Task.Delay(500, ct); // it is driving the migration now
+            Assert.False(Resumed(second), "both orchestrators resumed the migration");
+            Assert.Contains(id, await engine.UnfinishedAsync(ct));
+            fleet[first].Kill();
+            killedAfter = clock.Elapsed;
+
             // Until its procedure has returned (the release at the source comes after the switch-over).
-            var deadline = DateTime.UtcNow.AddMinutes(3);
+            deadline = DateTime.UtcNow.AddMinutes(3);
             while ((await engine.UnfinishedAsync(ct)).Contains(id))
             {
                 Assert.True(DateTime.UtcNow < deadline, "the migration was not finished within 3 minutes");
@@ -73,10 +93,11 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
             var summary = await query.LoadAsync<MigrationSummary>(id, ct);
             Assert.True(summary?.State == MigrationState.SwitchedOver, $"{summary?.State}: {summary?.Reason}");
         }
-        var resumedBy = orchestrators.Where(o => File.ReadAllText(Path.Combine(logs.FullName, $"{o}.log")).Contains($"resuming migration {id}", StringComparison.Ordinal)).ToList();
+        var finishedBy = Resumed(second);
         logs.Delete(recursive: true);
-        TestContext.Current.TestOutputHelper?.WriteLine($"killed at {atKill}; resumed by {string.Join(", ", resumedBy)} and finished in {clock.Elapsed.TotalSeconds:0.0} s");
-        Assert.Single(resumedBy);
+        TestContext.Current.TestOutputHelper?.WriteLine($"migrate killed at {atKill}; resumed by {first} after {resumedAfter.TotalSeconds:0.0} s, which was killed "
+            + $"{(killedAfter - resumedAfter).TotalSeconds:0.0} s later; {second} finished it {clock.Elapsed.TotalSeconds:0.0} s after the first kill");
+        Assert.True(finishedBy, $"{second} did not take the migration over");
         Assert.DoesNotContain(id, await engine.UnfinishedAsync(ct));
 
         List<object> events;
