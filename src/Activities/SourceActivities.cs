@@ -159,8 +159,11 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             var map = ClassificationMap.Load(state.MapPath);
             using var memory = GuestMemory.Open(dump);
             using var key = state.LoadKey();
-            using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
+            var epoch = state.NextEpoch();
+            using var sealer = key.CreateSealer(input.Vm, epoch);
             var codec = new PageCodec(input.Mode, input.Vm, sealer, null);
+            before = before with { Epochs = [.. before.Epochs ?? [], epoch] };
+            state.SaveCheckpoint(a.Host, before); // an attempt that dies still counts its epoch as used
             if (input.Mode == MigrationMode.AllEnc && input.ChannelKeyFor is { } hostKey)
             {
                 // The baseline's sub-hosts decrypt (the main host, which gets the data key, does not need this).
@@ -206,7 +209,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             logger.LogInformation("transfer of VM {Vm} to {Host}: {Pages} pages, {Bytes} bytes in {Seconds:0.0} s, attempt {Attempt} ({Resent} bytes resent over all attempts)",
                 input.Vm, a.Host, a.Pages, bytesThisAttempt, clock.Elapsed.TotalSeconds, done.Attempts, done.ResentBytes);
             var classes = ClassesIn(map, codec, a);
-            return new TransferResult(a.Host, a.Pages, done.Bytes, done.ResentPages, done.ResentBytes, done.Attempts, classes.Classified, classes.Sent);
+            return new TransferResult(a.Host, a.Pages, done.Bytes, done.ResentPages, done.ResentBytes, done.Attempts, classes.Classified, classes.Sent, done.Epochs);
 
             // The broker's confirm frees the batch's buffer; the host's ack, later, makes its pages count
             // as stored (progress, checkpoint, heartbeat).
@@ -316,7 +319,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var codec = new PageCodec(guest.Mode, input.Vm, null, null);
         var map = ClassificationMap.Load(state.MapPath).Select(codec.WireClass);
         using var key = state.LoadKey();
-        using var sealer = key.CreateSealer(input.Vm, state.NextEpoch());
+        var epoch = state.NextEpoch();
+        using var sealer = key.CreateSealer(input.Vm, epoch);
         var manifest = map.ToBytes();
         var records = SealedBlob.Seal(BlobKind.Manifest, manifest, sealer);
         if (guest.Live)
@@ -346,7 +350,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
         var bytes = records.Sum(r => (long)r.WireSize);
         logger.LogInformation("VM {Vm}: manifest of {Pages} pages sent to {Main} in {Bytes} bytes", input.Vm, map.PfnLimit, input.Main, bytes);
-        return new HandedOver(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main)), bytes, Convert.ToHexString(SHA256.HashData(manifest)));
+        return new HandedOver(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main)), bytes, Convert.ToHexString(SHA256.HashData(manifest)), epoch);
     }
 
     /// <summary>What the source sent, page by page: the bytes of every guest page, zeros for a page that

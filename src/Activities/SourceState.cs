@@ -72,5 +72,6 @@ public sealed record MigratedGuest(string Name, Contracts.MigrationMode Mode, bo
 
 /// <summary>Pages below <paramref name="Confirmed"/> are stored at the host; pages below
 /// <paramref name="Sent"/> were sent at least once. Bytes and resends add up over attempts and rounds
-/// (<paramref name="Round"/>: see TransferPages).</summary>
-public sealed record TransferCheckpoint(long Confirmed, long Sent, long Bytes, long ResentPages, long ResentBytes, int Attempts, int Round = 1);
+/// (<paramref name="Round"/>: see TransferPages), as do the key epochs attempts took.</summary>
+public sealed record TransferCheckpoint(long Confirmed, long Sent, long Bytes, long ResentPages, long ResentBytes, int Attempts, int Round = 1,
+    IReadOnlyList<uint>? Epochs = null);

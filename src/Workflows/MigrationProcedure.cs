@@ -118,7 +118,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
                 new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow,
-                handedOver.ManifestDigest, switched.ManifestDigest));
+                handedOver.ManifestDigest, switched.ManifestDigest, handedOver.Epoch));
             return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, Transfers(), plan, switched, handedOver.ManifestBytes, guest.PausedAt);
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
@@ -196,7 +196,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             transfers.Add(result);
         }
         await steps.RecordAsync(new DestinationTransferred(request.MigrationId, result.Host, result.Pages, result.Bytes, result.ResentPages, result.ResentBytes, result.Attempts, steps.UtcNow,
-            result.Classified, result.Sent));
+            result.Classified, result.Sent, result.Epochs));
         return result;
     }
 

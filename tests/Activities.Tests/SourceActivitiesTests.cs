@@ -111,6 +111,12 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         // What was sent is sealed where the map says so: a sealed page's record holds no plaintext.
         var sealedPfn = above.First(p => map[p] == PageClass.Sealed);
         Assert.Equal(PageClass.Sealed, PageFrame.ReadRecord(store.Get(intro.Vm, sealedPfn)!).Class);
+        // Under the epoch the result names; an attempt after it takes a new one (what `semigrate audit` checks).
+        Assert.Equal(result.Epochs!.Single(), PageFrame.ReadRecord(store.Get(intro.Vm, sealedPfn)!).KeyEpoch);
+        var again = await new ActivityEnvironment().RunAsync(() => source.TransferAsync(transfer with { Attempt = 3 }));
+        Assert.Equal(2, again.Epochs!.Count);
+        Assert.Equal(result.Epochs![0], again.Epochs[0]);
+        Assert.NotEqual(again.Epochs[0], again.Epochs[1]);
     }
 
     [Fact]

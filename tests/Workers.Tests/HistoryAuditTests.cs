@@ -26,7 +26,8 @@ public class HistoryAuditTests
     private static Upsert State(MigrationState state) => new(("SemigrateState", state.ToString()));
 
     private static DestinationTransferred Transferred(string host, long zero, long plain, long sealedPages) =>
-        new(Id, host, 1000, 1_000_000, 0, 0, 1, At, new PageCounts(zero, plain, sealedPages), new PageCounts(zero, plain, sealedPages));
+        new(Id, host, 1000, 1_000_000, 0, 0, 1, At, new PageCounts(zero, plain, sealedPages), new PageCounts(zero, plain, sealedPages),
+            [host switch { "main" => 1u, "sub-a" => 2u, _ => 3u }]);
 
     /// <summary>A migration that switches over, as today's workflow records it, each RecordEvent with its event.</summary>
     private static HistoryBuilder SwitchedOver(DestinationTransferred? toSubA = null)
@@ -54,7 +55,7 @@ public class HistoryAuditTests
         Recorded(Transferred("main", 300, 100, 600), toSubA ?? Transferred("sub-a", 300, 100, 600), Transferred("sub-b", 400, 0, 600));
         var switchOver = h.Task(On("SwitchOver", "main", new SwitchOver(Id, Vm, "main", MigrationMode.Semigrate, [9, 9], new PlacementPlan(Placed))));
         h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000, ManifestDigest: "AB12")));
-        Recorded(new MigrationSwitchedOver(Id, "main", 1000, 2000, At, "AB12", "AB12"));
+        Recorded(new MigrationSwitchedOver(Id, "main", 1000, 2000, At, "AB12", "AB12", ManifestEpoch: 9));
         var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src", new ReleaseSource(Id, Vm, VmLeft: true)));
         h.Completed((release[0], new SourceReleased(true)));
         h.Task(State(MigrationState.SwitchedOver), new Complete(null));
@@ -98,7 +99,7 @@ public class HistoryAuditTests
     [Fact]
     public async Task A_history_whose_events_say_a_sealed_page_went_in_the_clear_fails_that_invariant()
     {
-        var lying = new DestinationTransferred(Id, "sub-a", 1000, 1_000_000, 0, 0, 1, At, new PageCounts(300, 100, 600), new PageCounts(300, 700, 0));
+        var lying = new DestinationTransferred(Id, "sub-a", 1000, 1_000_000, 0, 0, 1, At, new PageCounts(300, 100, 600), new PageCounts(300, 700, 0), [2]);
         var audit = await AuditAsync(SwitchedOver(toSubA: lying).Build());
         Assert.Equal(1, audit.ExitCode);
         Assert.Contains("FAILED  no page classified sealed sent unsealed: sub-a: 600 pages classified sealed travelled unsealed", audit.Stdout, StringComparison.Ordinal);

@@ -24,12 +24,13 @@ public class MigrationAuditTests
         Transferred("a", new PageCounts(300, 100, 600)),
         Transferred("b", new PageCounts(400, 0, 600)),
         new StepCompleted(Id, StepKeys.SwitchOver, "{}", At),
-        new MigrationSwitchedOver(Id, "main", 1000, 2000, At, "AB12", "AB12"),
+        new MigrationSwitchedOver(Id, "main", 1000, 2000, At, "AB12", "AB12", ManifestEpoch: 4),
         new StepCompleted(Id, StepKeys.ReleaseSource(vmLeft: true), "{}", At),
     ];
 
-    private static DestinationTransferred Transferred(string host, PageCounts classified, PageCounts? sent = null) =>
-        new(Id, host, 1000, 1000, 0, 0, 1, At, classified, sent ?? classified);
+    /// <summary>Epochs as a source takes them: one per attempt, the three transfers 1 to 3 (the manifest 4).</summary>
+    private static DestinationTransferred Transferred(string host, PageCounts classified, PageCounts? sent = null, IReadOnlyList<uint>? epochs = null) =>
+        new(Id, host, 1000, 1000, 0, 0, epochs?.Count ?? 1, At, classified, sent ?? classified, epochs ?? [host switch { "main" => 1u, "a" => 2u, _ => 3u }]);
 
     private static AuditVerdict Verdict(List<object> events, string invariant) =>
         MigrationAudit.Invariants(events, MigrationAudit.StateOf(events)).Single(v => v.Invariant.StartsWith(invariant, StringComparison.Ordinal));
@@ -67,10 +68,25 @@ public class MigrationAuditTests
     }
 
     [Fact]
+    public void A_key_epoch_used_twice_fails_naming_who_used_it()
+    {
+        var events = SwitchedOver();
+        Assert.Equal("4 epochs, each used once (3 transfer attempts and the manifest)", Verdict(events, "no key epoch used twice").Detail);
+        events[7] = Transferred("b", new PageCounts(400, 0, 600), epochs: [3, 5]); // retried
+        Assert.True(Verdict(events, "no key epoch used twice").Ok);
+        events[6] = Transferred("a", new PageCounts(300, 100, 600), epochs: [2, 5]);
+        var verdict = Verdict(events, "no key epoch used twice");
+        Assert.False(verdict.Ok);
+        Assert.Equal("epoch 5 used by the transfer to a and the transfer to b", verdict.Detail);
+        events[6] = Transferred("a", new PageCounts(300, 100, 600), epochs: [4]);
+        Assert.Equal("epoch 4 used by the transfer to a and the manifest", Verdict(events, "no key epoch used twice").Detail);
+    }
+
+    [Fact]
     public void A_manifest_opened_other_than_the_one_sent_fails()
     {
         var events = SwitchedOver();
-        events[9] = new MigrationSwitchedOver(Id, "main", 1000, 2000, At, "AB12", "CD34");
+        events[9] = new MigrationSwitchedOver(Id, "main", 1000, 2000, At, "AB12", "CD34", ManifestEpoch: 4);
         var verdict = Verdict(events, "the main host opened");
         Assert.False(verdict.Ok);
         Assert.Contains("the source sent AB12, the main host opened CD34", verdict.Detail, StringComparison.Ordinal);

@@ -44,17 +44,19 @@ public sealed record PagesPlaced(Guid MigrationId, IReadOnlyList<Assignment> Ass
 public sealed record PagingServersStarted(Guid MigrationId, IReadOnlyList<string> Hosts, DateTimeOffset At) : IMigrationEvent;
 
 /// <summary>A destination has its share: <paramref name="Classified"/> its pages by class at the source,
-/// <paramref name="Sent"/> by the class they travelled as (Zero: did not travel).</summary>
+/// <paramref name="Sent"/> by the class they travelled as (Zero: did not travel), <paramref name="Epochs"/>
+/// the key epochs its attempts used (never a key).</summary>
 public sealed record DestinationTransferred(Guid MigrationId, string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts, DateTimeOffset At,
-    PageCounts? Classified = null, PageCounts? Sent = null) : IMigrationEvent;
+    PageCounts? Classified = null, PageCounts? Sent = null, IReadOnlyList<uint>? Epochs = null) : IMigrationEvent;
 
 /// <summary>A destination lost the VM's pages mid-migration (its memory server restarted): paging starts
 /// there again and its share is sent again, round <paramref name="Round"/> (2 the first time).</summary>
 public sealed record DestinationLost(Guid MigrationId, string Host, int Round, string Reason, DateTimeOffset At) : IMigrationEvent;
 
-/// <summary>The main host took the VM over; the manifest's SHA-256 as the source sent it and as the main host opened it.</summary>
+/// <summary>The main host took the VM over; the manifest's SHA-256 as the source sent it and as the main host
+/// opened it, and the key epoch the hand-over sealed it under.</summary>
 public sealed record MigrationSwitchedOver(Guid MigrationId, string Main, long LocalPages, long RemotePages, DateTimeOffset At,
-    string? ManifestSent = null, string? ManifestReceived = null) : IMigrationEvent;
+    string? ManifestSent = null, string? ManifestReceived = null, uint? ManifestEpoch = null) : IMigrationEvent;
 
 public sealed record MigrationCompensated(Guid MigrationId, string Reason, IReadOnlyList<string> ReleasedHosts, DateTimeOffset At) : IMigrationEvent;
 

@@ -6,8 +6,8 @@ namespace SEmigrate.Contracts.Migration;
 public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey);
 
 /// <summary>The wrapped data key (only the main host's private key opens it), the manifest's size on the
-/// wire and the SHA-256 of the manifest sent (hex).</summary>
-public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes, string? ManifestDigest = null);
+/// wire, the SHA-256 of the manifest sent (hex) and the key epoch it was sealed under.</summary>
+public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes, string? ManifestDigest = null, uint? Epoch = null);
 
 /// <summary>At the main host: take over the VM: unwrap the key, open the manifest it received, and serve
 /// every page from then on (its own from its store, the rest from the sub-hosts of the placement).</summary>

@@ -16,6 +16,7 @@ public sealed record TransferProgress(Guid MigrationId, string Host, long NextPf
 /// <paramref name="ResentBytes"/> (<paramref name="ResentPages"/> pages) went again because an attempt
 /// died before they were confirmed (bounded by the batches in flight then, not the whole range).
 /// <paramref name="Classified"/>: the range's pages by their class at the source; <paramref name="Sent"/>:
-/// by the class they travelled as (its Zero: pages that did not travel, free).</summary>
+/// by the class they travelled as (its Zero: pages that did not travel, free). <paramref name="Epochs"/>:
+/// the key epoch each attempt sealed (or tagged) under, one fresh epoch per attempt.</summary>
 public sealed record TransferResult(string Host, long Pages, long Bytes, long ResentPages, long ResentBytes, int Attempts,
-    PageCounts? Classified = null, PageCounts? Sent = null);
+    PageCounts? Classified = null, PageCounts? Sent = null, IReadOnlyList<uint>? Epochs = null);

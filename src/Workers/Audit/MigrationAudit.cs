@@ -84,7 +84,7 @@ public static class MigrationAudit
 
     /// <summary>What the events must say of every migration, whoever drove it.</summary>
     public static IReadOnlyList<AuditVerdict> Invariants(IReadOnlyList<object> events, MigrationState state) =>
-        [Placed(events), Acknowledged(events, state), NoneInTheClear(events), Manifest(events, state), Ended(events, state)];
+        [Placed(events), Acknowledged(events, state), NoneInTheClear(events), Manifest(events, state), Epochs(events), Ended(events, state)];
 
     /// <summary>Today's procedure against the recorded results (a cancel recorded is a cancel replayed).</summary>
     public static async Task<AuditVerdict> ReplayAsync(Guid migrationId, IReadOnlyList<object> events, MigrationState recordedState)
@@ -253,6 +253,32 @@ public static class MigrationAudit
             _ when switched.ManifestSent == switched.ManifestReceived => new(name, true, $"SHA-256 {switched.ManifestSent}"),
             _ => new(name, false, $"the source sent {switched.ManifestSent}, the main host opened {switched.ManifestReceived}"),
         };
+    }
+
+    /// <summary>Every transfer attempt and the hand-over sealed under a key epoch of its own: a nonce
+    /// (counter under a per-epoch subkey) never repeats under one key.</summary>
+    private static AuditVerdict Epochs(IReadOnlyList<object> events)
+    {
+        const string name = "no key epoch used twice";
+        var transferred = events.OfType<DestinationTransferred>().ToList();
+        if (transferred.FirstOrDefault(t => t.Epochs is null) is { } unaccounted)
+        {
+            return new(name, false, $"{unaccounted.Host}: the transfer does not say which key epochs it used (recorded before it did)");
+        }
+        var used = transferred.SelectMany(t => t.Epochs!.Select(e => (Epoch: e, By: $"the transfer to {t.Host}"))).ToList();
+        var switched = events.OfType<MigrationSwitchedOver>().FirstOrDefault();
+        if (switched is not null)
+        {
+            if (switched.ManifestEpoch is not { } manifest)
+            {
+                return new(name, false, "the switch-over does not say which key epoch the manifest used (recorded before it did)");
+            }
+            used.Add((manifest, "the manifest"));
+        }
+        var twice = used.GroupBy(u => u.Epoch).Where(g => g.Count() > 1).ToList();
+        return twice.Count == 0
+            ? new(name, true, used.Count == 0 ? "nothing was sealed" : $"{used.Count} epochs, each used once ({transferred.Sum(t => t.Epochs!.Count)} transfer attempts{(switched is null ? "" : " and the manifest")})")
+            : new(name, false, string.Join("; ", twice.Select(g => $"epoch {g.Key} used by {string.Join(" and ", g.Select(u => u.By))}")));
     }
 
     private static AuditVerdict Ended(IReadOnlyList<object> events, MigrationState state)
