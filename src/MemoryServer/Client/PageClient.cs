@@ -16,8 +16,8 @@ namespace SEmigrate.MemoryServer.Client;
 /// once; no reply in time fails with the host named. A request to a VM's queue still unanswered after
 /// <see cref="ProbeAfter"/> is probed: an empty store sent behind it on the same queue. The queue is
 /// first in, first out, so an answered probe means the requests ahead of it were lost (the memory
-/// server died with them and came back): they fail at once, to be sent again; a probe with no queue
-/// means the host no longer serves the VM: every request to that queue fails at once.</summary>
+/// server died with them and came back): they fail within a second, to be sent again; a probe with no
+/// queue means the host no longer serves the VM: every request to that queue fails at once.</summary>
 public sealed class PageClient : IAsyncDisposable
 {
     private const string ReplyTo = "amq.rabbitmq.reply-to";
@@ -30,11 +30,19 @@ public sealed class PageClient : IAsyncDisposable
 
     /// <summary>A request waiting for its reply, until <see cref="Deadline"/> (Environment.TickCount64).
     /// <see cref="Vm"/> is set for a request to a VM's bulk queue, which may be probed once the broker
-    /// has taken it (<see cref="PublishedAt"/>).</summary>
-    private sealed record Pending(TaskCompletionSource<byte[]> Reply, string Host, string Queue, Guid? Vm, long Deadline, TimeSpan Timeout)
+    /// has taken it (<see cref="PublishedAt"/>); <see cref="Lost"/>, once a probe behind it was answered.</summary>
+    private sealed record Pending(TaskCompletionSource<byte[]> Reply, string Host, string Queue, Guid? Vm, TimeSpan Timeout)
     {
+        public long Deadline { get; set; }
+
         public long PublishedAt { get; set; }
+
+        public string? Lost { get; set; }
     }
+
+    /// <summary>How long a request found lost may still be answered: a reply on another of the server's
+    /// channels (an error, a page-out's ack) may overtake the probe's.</summary>
+    private const long LostGraceMs = 1000;
 
     public TimeSpan BulkTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
@@ -60,7 +68,7 @@ public sealed class PageClient : IAsyncDisposable
             if (p.Deadline <= now && pending.TryRemove(id, out _))
             {
                 p.Reply.TrySetException(new PageProtocolException(PageError.Internal, p.Host,
-                    $"no reply within {p.Timeout.TotalSeconds:0.#} s: host dead or overloaded"));
+                    p.Lost ?? $"no reply within {p.Timeout.TotalSeconds:0.#} s: host dead or overloaded"));
             }
             else if (p.Vm is { } vm && p.PublishedAt > 0 && now - p.PublishedAt >= (long)ProbeAfter.TotalMilliseconds
                 && probing.GetValueOrDefault(p.Queue) <= now && probing.TryAdd(p.Queue, long.MaxValue))
@@ -78,12 +86,13 @@ public sealed class PageClient : IAsyncDisposable
             var ahead = pending.Where(kv => kv.Value.Queue == queue && kv.Value.PublishedAt > 0).Select(kv => kv.Key).ToList();
             var id = NewRequestId();
             await await SendAsync(bulk, host, queue, id, PageFrame.Build(FrameKind.Store, vm, id, 0), vm, BulkTimeout, CancellationToken.None);
+            var until = Environment.TickCount64 + LostGraceMs;
             foreach (var lost in ahead)
             {
-                if (pending.TryRemove(lost, out var p))
+                if (pending.TryGetValue(lost, out var p))
                 {
-                    p.Reply.TrySetException(new PageProtocolException(PageError.Internal, host,
-                        $"request lost: {host} answered a later request to VM {vm} first (its memory server restarted?)"));
+                    p.Lost = $"request lost: {host} answered a later request to VM {vm} first (its memory server restarted?)";
+                    p.Deadline = Math.Min(p.Deadline, until);
                 }
             }
         }
@@ -200,7 +209,7 @@ public sealed class PageClient : IAsyncDisposable
         CancellationToken ct)
     {
         var reply = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var request = pending[id] = new Pending(reply, host, queue, vm, Environment.TickCount64 + (long)timeout.TotalMilliseconds, timeout);
+        var request = pending[id] = new Pending(reply, host, queue, vm, timeout) { Deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds };
         var cancel = ct.UnsafeRegister(_ => reply.TrySetCanceled(ct), null);
         var published = false;
         try
