@@ -38,6 +38,9 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
     {
         migrationId = request.MigrationId;
         var id = request.MigrationId;
+        // Since the patch, a cancelled or failed step is undone only once it has stopped, the first failed
+        // transfer stops the others, and a switch-over decides itself whether a cancel came in time.
+        var stopFirst = steps.Patched(StepsStopBeforeUndo);
         await steps.RecordAsync(new MigrationRequested(id, request.Vm, request.Source, request.Main.Host,
             [.. request.SubHosts.Select(s => s.Host)], request.Mode.ToWireName(), steps.UtcNow));
 
@@ -102,24 +105,58 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             // The hand-over needs only the paused guest and the main host's key, so it runs beside the
             // transfers: it is inside a running guest's downtime. Histories from before ran it after them.
             var besideTransfers = pagingFirst || steps.Patched(HandOverBesideTransfers);
-            var transferred = steps.WhenAllAsync(plan.Assignments.Select(a => TransferAsync(request, a, keys[a.Host], starts[a.Host], ct)));
+            // The transfers' own cancel: the migration's, or the first transfer that failed for good.
+            using var siblings = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            Exception? firstFailure = null;
+            async Task<TransferResult> TransferOrStopOthersAsync(Assignment a)
+            {
+                try
+                {
+                    return await TransferAsync(request, a, keys[a.Host], starts[a.Host], stopFirst ? siblings.Token : ct);
+                }
+                catch (Exception e) when (stopFirst)
+                {
+                    if (!siblings.IsCancellationRequested)
+                    {
+                        firstFailure = e;
+                        siblings.Cancel();
+                    }
+                    throw;
+                }
+            }
+            var transferred = steps.WhenAllAsync(plan.Assignments.Select(TransferOrStopOthersAsync));
             var handOver = besideTransfers ? HandOverAsync() : null;
             try
             {
                 await transferred;
             }
-            catch (Exception) when (handOver is not null)
+            catch (Exception e)
             {
-                await SettledAsync(handOver); // nothing may still be storing at the main host while it releases
+                if (handOver is not null)
+                {
+                    await SettledAsync(handOver); // nothing may still be storing at the main host while it releases
+                }
+                // The failure that stopped the others is the reason, not their being stopped.
+                if (firstFailure is not null && firstFailure != e)
+                {
+                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(firstFailure);
+                }
                 throw;
             }
             var handedOver = await (handOver ?? HandOverAsync());
+            // A cancel reaches the switch-over, which stops if the main host has not taken the VM yet and
+            // else finishes: past that point a cancel undoes nothing.
             var switched = await steps.SwitchOverAsync(request.Main.Host,
                 new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow,
                 handedOver.ManifestDigest, switched.ManifestDigest, handedOver.Epoch));
-            return new MigrationOutcome(id, state, await LetSourceGoAsync(request), guest.Pages, Transfers(), plan, switched, handedOver.ManifestBytes, guest.PausedAt);
+            var released = await LetSourceGoAsync(request);
+            var late = stopFirst && ct.IsCancellationRequested
+                ? $"the cancel ({CancelReason ?? "requested"}) came after the main host had taken the VM over: nothing was undone"
+                : null;
+            reason = string.Join("; ", new[] { late, released }.OfType<string>()) is { Length: > 0 } both ? both : null;
+            return new MigrationOutcome(id, state, reason, guest.Pages, Transfers(), plan, switched, handedOver.ManifestBytes, guest.PausedAt);
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {
@@ -142,6 +179,11 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
     /// <summary>Temporal patch id: the guest is measured and placed, and paging starts, before it is
     /// paused for its introspection (which came first before); it implies <see cref="HandOverBesideTransfers"/>.</summary>
     public const string PagingBeforePause = "paging-before-pause";
+
+    /// <summary>Temporal patch id: a cancelled or failed step is waited for until it has stopped before
+    /// anything is undone (activities are cancelled with WaitCancellationCompleted), the first transfer
+    /// that fails for good cancels the others, and audit events are recorded whatever was cancelled.</summary>
+    public const string StepsStopBeforeUndo = "steps-stop-before-undo";
 
     /// <summary>Temporal patch id: the hand-over runs beside the transfers, not after them.</summary>
     public const string HandOverBesideTransfers = "hand-over-beside-transfers";

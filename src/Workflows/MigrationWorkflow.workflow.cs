@@ -20,7 +20,7 @@ public sealed class MigrationWorkflow
     public static readonly SearchAttributeKey<string> ModeKey = SearchAttributeKey.CreateKeyword("SemigrateMode");
     public static readonly SearchAttributeKey<string> StateKey = SearchAttributeKey.CreateKeyword("SemigrateState");
 
-    private readonly CancellationTokenSource cancel = new();
+    private readonly CancellationTokenSource cancel = new(); // the Cancel signal's
     private MigrationProcedure? procedure;
     private Guid migrationId;
 
@@ -32,7 +32,9 @@ public sealed class MigrationWorkflow
             VmKey.ValueSet(request.Vm.ToString()), SourceKey.ValueSet(request.Source), MainKey.ValueSet(request.Main.Host),
             ModeKey.ValueSet(request.Mode.ToWireName()), StateKey.ValueSet(nameof(MigrationState.Requested)));
         procedure = new MigrationProcedure(new TemporalSteps(StepPolicies.Default));
-        var outcome = await procedure.RunAsync(request, cancel.Token);
+        // The Cancel signal, or a cancel from the Web UI or CLI (the workflow's own token): both end the same way.
+        using var cancelled = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token, Workflow.CancellationToken);
+        var outcome = await procedure.RunAsync(request, cancelled.Token);
         Workflow.UpsertTypedSearchAttributes(StateKey.ValueSet(outcome.State.ToString()));
         return outcome;
     }

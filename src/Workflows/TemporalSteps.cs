@@ -15,7 +15,21 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
 
     public Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => Workflow.WhenAllAsync(steps);
 
-    public bool Patched(string patchId) => Workflow.Patched(patchId);
+    public bool Patched(string patchId)
+    {
+        var patched = Workflow.Patched(patchId);
+        if (patched && patchId == MigrationProcedure.StepsStopBeforeUndo)
+        {
+            stopFirst = true; // the procedure asks first thing: every step from here on is cancelled that way
+        }
+        return patched;
+    }
+
+    /// <summary>Since <see cref="MigrationProcedure.StepsStopBeforeUndo"/>: a cancelled step's task ends only
+    /// once its activity has stopped (transfers and the switch-over heartbeat, so they learn of it at once),
+    /// and audit events are recorded even after a cancel from the UI or CLI (which cancels the workflow's
+    /// own token, the default of every activity).</summary>
+    private bool stopFirst;
 
     public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
         Workflow.ExecuteActivityAsync((SourceActivities a) => a.MeasureAsync(input), Options(host, policies.Quick, ct));
@@ -48,6 +62,7 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
         await Workflow.ExecuteActivityAsync((AuditActivities a) => a.RecordAsync(new RecordEvent(e)), new ActivityOptions
         {
             TaskQueue = MigrationWorkflow.OrchestratorQueue,
+            CancellationToken = stopFirst ? CancellationToken.None : null,
             StartToCloseTimeout = policies.Quick.Timeout,
             RetryPolicy = new RetryPolicy { InitialInterval = policies.Quick.Backoff, MaximumAttempts = 0 }, // never lose an audit event
         });
@@ -61,12 +76,13 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     /// <summary>The state the search attribute shows, as the audit trail's read model reads it.</summary>
     private MigrationState state = MigrationState.Requested;
 
-    private static ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct) => new()
+    private ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct) => new()
     {
         TaskQueue = StepQueues.Host(host),
         StartToCloseTimeout = policy.Timeout,
         HeartbeatTimeout = policy.Heartbeat,
         RetryPolicy = new RetryPolicy { InitialInterval = policy.Backoff, MaximumAttempts = policy.MaxAttempts },
         CancellationToken = ct,
+        CancellationType = stopFirst ? ActivityCancellationType.WaitCancellationCompleted : ActivityCancellationType.TryCancel,
     };
 }

@@ -218,6 +218,17 @@ public sealed class HistoryBuilder
         return this;
     }
 
+    /// <summary>A cancel of the workflow, as the Web UI or `temporal workflow cancel` asks for it.</summary>
+    public HistoryBuilder CancelRequested(string cause)
+    {
+        Add(EventType.WorkflowExecutionCancelRequested, e => e.WorkflowExecutionCancelRequestedEventAttributes = new WorkflowExecutionCancelRequestedEventAttributes
+        {
+            Cause = cause,
+            Identity = "operator",
+        });
+        return this;
+    }
+
     /// <summary>Activities that acknowledged a cancel request.</summary>
     public HistoryBuilder Canceled(params long[] scheduled)
     {

@@ -36,7 +36,8 @@ public class HistoryAuditTests
         h.Start("SplitMigration", MigrationWorkflow.OrchestratorQueue, Request);
         void Recorded(params IMigrationEvent[] events) => h.Completed([.. h.Task([.. events.Select(Record)]).Select(id => (id, (object?)null))]);
         var r = h.Task(new Upsert(("SemigrateVm", Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
-            ("SemigrateState", "Requested")), Record(new MigrationRequested(Id, Vm, "src", "main", ["sub-a", "sub-b"], "semigrate", At)));
+            ("SemigrateState", "Requested")), new Patch(MigrationProcedure.StepsStopBeforeUndo),
+            Record(new MigrationRequested(Id, Vm, "src", "main", ["sub-a", "sub-b"], "semigrate", At)));
         h.Completed((r[0], null));
         var measure = h.Task(new Patch(MigrationProcedure.PagingBeforePause), On("MeasureGuest", "src"));
         h.Completed((measure[0], new GuestLayout(3072, 512, [500, 500, 500, 500, 500, 500], 0)));

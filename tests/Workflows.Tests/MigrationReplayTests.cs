@@ -34,11 +34,13 @@ public class MigrationReplayTests
         new WorkflowReplayer(new WorkflowReplayerOptions { Interceptors = capture is null ? [] : [capture] }.AddWorkflow<MigrationWorkflow>())
             .ReplayWorkflowAsync(history, throwOnReplayFailure: true, TestContext.Current.CancellationToken);
 
-    /// <summary>Which procedure recorded a history: today's (the guest measured, placed and paging started
-    /// before its introspection), the one before (introspection first, the hand-over beside the
-    /// transfers), or the first (the hand-over after the transfers).</summary>
+    /// <summary>Which procedure recorded a history: today's (steps stop before anything is undone), the one
+    /// before (the guest measured, placed and paging started before its introspection), the one before
+    /// that (introspection first, the hand-over beside the transfers), or the first (the hand-over after
+    /// the transfers).</summary>
     public enum Recorded
     {
+        StepsStopFirst,
         PagingFirst,
         HandOverBeside,
         Original,
@@ -47,13 +49,19 @@ public class MigrationReplayTests
     private static readonly GuestLayout Measured = new(Introspected.PfnLimit, Introspected.ChunkPages, Introspected.ChunkGuestPages, 0);
 
     /// <summary>The workflow's start and its request recorded; the next task decides the first step.</summary>
-    private static void Requested(HistoryBuilder h)
+    private static void Requested(HistoryBuilder h, Recorded recorded = Recorded.StepsStopFirst)
     {
         h.Start("SplitMigration", MigrationWorkflow.OrchestratorQueue, Request);
-        var r = h.Task(new Upsert(("SemigrateVm", Request.Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
-            ("SemigrateState", "Requested")), Record());
+        Command searchable = new Upsert(("SemigrateVm", Request.Vm.ToString()), ("SemigrateSource", "src"), ("SemigrateMain", "main"), ("SemigrateMode", "semigrate"),
+            ("SemigrateState", "Requested"));
+        var r = recorded == Recorded.StepsStopFirst
+            ? h.Task(searchable, new Patch(MigrationProcedure.StepsStopBeforeUndo), Record())
+            : h.Task(searchable, Record());
         h.Completed((r[0], null));
     }
+
+    /// <summary>Recorded by a procedure that measured the guest before its introspection.</summary>
+    private static bool Measures(Recorded recorded) => recorded is Recorded.StepsStopFirst or Recorded.PagingFirst;
 
     /// <summary>The introspection scheduled with <paramref name="with"/> in the same task, done and
     /// recorded (introspected, classified) with the state it leads to.</summary>
@@ -75,7 +83,7 @@ public class MigrationReplayTests
         Command[] transfers = [On("TransferPages", "src"), On("TransferPages", "src"), On("TransferPages", "src")];
         switch (recorded)
         {
-            case Recorded.PagingFirst:
+            case Recorded.StepsStopFirst or Recorded.PagingFirst:
                 IntrospectedAfter(h, Introspected, MigrationState.Transferring, State(MigrationState.PagingStarted));
                 return h.Task([.. transfers, On("HandOver", "src")]);
             // Recorded when the state after paging started read Transferring (the value is not replayed).
@@ -89,8 +97,8 @@ public class MigrationReplayTests
     /// <summary>Up to paging started at every destination and recorded; the next task comes after it.</summary>
     private static void UpToPagingStarted(HistoryBuilder h, Recorded recorded)
     {
-        Requested(h);
-        if (recorded == Recorded.PagingFirst)
+        Requested(h, recorded);
+        if (Measures(recorded))
         {
             var measure = h.Task(new Patch(MigrationProcedure.PagingBeforePause), On("MeasureGuest", "src"));
             h.Completed((measure[0], Measured));
@@ -131,7 +139,7 @@ public class MigrationReplayTests
     }
 
     /// <summary>A migration that switches over, as <paramref name="recorded"/> recorded it.</summary>
-    private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null, Recorded recorded = Recorded.PagingFirst)
+    private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null, Recorded recorded = Recorded.StepsStopFirst)
     {
         var h = new HistoryBuilder();
         var scheduled = UpToTransfers(h, recorded);
@@ -199,6 +207,15 @@ public class MigrationReplayTests
     }
 
     [Fact]
+    public async Task A_history_recorded_before_steps_stopped_before_undo_replays()
+    {
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(HappyPath(recorded: Recorded.PagingFirst).Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        Assert.Equal(MigrationState.SwitchedOver, Assert.IsType<MigrationOutcome>(capture.Result).State);
+    }
+
+    [Fact]
     public async Task A_history_recorded_before_paging_started_ahead_of_the_pause_replays_introspection_first()
     {
         var capture = new ReplayCapture();
@@ -214,7 +231,7 @@ public class MigrationReplayTests
     public async Task An_introspection_that_fails_once_paging_started_compensates_at_every_destination()
     {
         var h = new HistoryBuilder();
-        UpToPagingStarted(h, Recorded.PagingFirst);
+        UpToPagingStarted(h, Recorded.StepsStopFirst);
         var introspect = h.Task(State(MigrationState.PagingStarted), On("Introspect", "src"));
         h.Failed(introspect[0], "the guest's buddy allocator does not add up");
         CompensatedAfter(h, h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b")));
@@ -263,7 +280,7 @@ public class MigrationReplayTests
     public async Task A_sub_host_that_lost_the_VM_mid_transfer_serves_it_again_gets_its_share_again_and_the_migration_switches_over()
     {
         var h = new HistoryBuilder();
-        var scheduled = UpToTransfers(h, Recorded.PagingFirst);
+        var scheduled = UpToTransfers(h, Recorded.StepsStopFirst);
         h.Completed((scheduled[0], Transferred("main")), (scheduled[2], Transferred("sub-b")), (scheduled[3], new HandedOver([9, 9], 4148)))
             .Failed(scheduled[1], "sub-a no longer holds VM 66666666: no queue", StepErrors.DestinationLost);
         var r = h.Task(Record(), Record(), Record()); // main and sub-b transferred, sub-a lost
@@ -297,6 +314,86 @@ public class MigrationReplayTests
         Assert.Equal(MigrationState.SwitchedOver, Assert.IsType<MigrationOutcome>(capture.Result).State);
     }
 
+    /// <summary>Today's cancel during the transfers, asked for by <paramref name="cancel"/>: the steps are
+    /// asked to stop, and only once they have stopped is anything released. The transfer to main had
+    /// sent its last batch and finishes (the workflow waited for it, so it is recorded); the others stop.</summary>
+    private static HistoryBuilder CancelledDuringTransfers(Action<HistoryBuilder> cancel)
+    {
+        var h = new HistoryBuilder();
+        var scheduled = UpToTransfers(h, Recorded.StepsStopFirst);
+        cancel(h);
+        h.Task([.. scheduled.Select(s => new CancelActivity(s))]); // the three transfers and the hand-over
+        h.Completed((scheduled[0], Transferred("main"))).Canceled(scheduled[1..]);
+        var r = h.Task(Record()); // main transferred
+        h.Completed((r[0], null));
+        CompensatedAfter(h, h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b")));
+        return h;
+    }
+
+    [Theory]
+    [InlineData("signal")]
+    [InlineData("ui")]
+    public async Task A_cancel_during_the_transfers_releases_only_once_every_step_has_stopped_signalled_or_from_the_UI(string how)
+    {
+        var h = CancelledDuringTransfers(h => _ = how == "signal" ? h.Signaled("Cancel", new CancelMigration("maintenance window over")) : h.CancelRequested("maintenance window over"));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        AssertCompensatedEverywhere(capture, "cancelled: ");
+        var recorded = capture.Scheduled.Where(s => s.Activity == "RecordEvent").Select(s => ((RecordEvent)s.Input!).Event).ToList();
+        Assert.Equal("main", Assert.Single(recorded.OfType<DestinationTransferred>()).Host);
+        // The compensation's event is recorded whatever cancelled the workflow.
+        Assert.Single(recorded.OfType<MigrationCompensated>());
+    }
+
+    [Fact]
+    public async Task A_transfer_that_fails_for_good_stops_the_others_before_anything_is_undone_and_is_the_reason()
+    {
+        var h = new HistoryBuilder();
+        var scheduled = UpToTransfers(h, Recorded.StepsStopFirst);
+        h.Failed(scheduled[1], "store full at sub-a");
+        h.Task(new CancelActivity(scheduled[0]), new CancelActivity(scheduled[2])); // not the hand-over: it is not a transfer
+        h.Canceled(scheduled[0], scheduled[2]).Completed((scheduled[3], new HandedOver([9, 9], 4148)));
+        CompensatedAfter(h, h.Task(On("ReleasePaging", "main"), On("ReleasePaging", "sub-a"), On("ReleasePaging", "sub-b")));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        AssertCompensatedEverywhere(capture, "store full at sub-a");
+    }
+
+    [Fact]
+    public async Task A_cancel_that_comes_while_the_main_host_takes_the_VM_over_undoes_nothing_and_says_so()
+    {
+        var h = new HistoryBuilder();
+        var scheduled = UpToTransfers(h, Recorded.StepsStopFirst);
+        h.Completed([.. scheduled[..3].Select((t, i) => (t, (object?)Transferred(Hosts[i]))), (scheduled[3], new HandedOver([9, 9], 4148))]);
+        var r = h.Task(Record(), Record(), Record());
+        h.Completed([.. r.Select(id => (id, (object?)null))]);
+        var switchOver = h.Task(On("SwitchOver", "main"));
+        h.CancelRequested("operator changed their mind");
+        h.Task(new CancelActivity(switchOver[0]));
+        // Past its point of no return, the switch-over finishes.
+        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
+        r = h.Task(Record()); // switched over
+        h.Completed((r[0], null));
+        var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
+        h.Completed((release[0], new SourceReleased(true)));
+        h.Task(State(MigrationState.SwitchedOver), new Complete(null));
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        var outcome = Assert.IsType<MigrationOutcome>(capture.Result);
+        Assert.Equal(MigrationState.SwitchedOver, outcome.State);
+        Assert.Contains("came after the main host had taken the VM over: nothing was undone", outcome.Reason, StringComparison.Ordinal);
+        Assert.True(((ReleaseSource)capture.Scheduled.Single(s => s.Activity == "ReleaseSource").Input!).VmLeft);
+        Assert.DoesNotContain(capture.Scheduled, s => s.Activity == "ReleasePaging");
+    }
+
+    /// <summary>The history recorded before steps stopped first: the cancel requests and the releases went
+    /// out in one workflow task, and it still replays so.</summary>
     [Fact]
     public async Task A_cancel_during_the_transfers_stops_them_and_compensates()
     {
