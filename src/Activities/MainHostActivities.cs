@@ -27,6 +27,9 @@ public sealed class MainHostActivities(
     /// <summary>Pages read per pager call when digesting: 2 MiB, a FUSE block.</summary>
     private const int ReadBatch = 512;
 
+    /// <summary>Takes the VM over. A cancel stops it until the point of no return (the guest continues
+    /// here, or a memory dump's VM is registered here); after that it finishes, and the migration with it.
+    /// It heartbeats throughout, so Temporal delivers a cancel at once.</summary>
     [Activity("SwitchOver")]
     public async Task<SwitchedOverResult> SwitchOverAsync(SwitchOver input)
     {
@@ -38,6 +41,9 @@ public sealed class MainHostActivities(
         {
             return running.SwitchedOver; // a retry after the answer was lost: the VM already runs here
         }
+        using var heartbeats = StepToken.Heartbeats(TimeSpan.FromSeconds(2));
+        var ct = StepToken.Current;
+        ct.ThrowIfCancellationRequested();
         DataKey key;
         try
         {
@@ -80,6 +86,10 @@ public sealed class MainHostActivities(
             e => new ValueTask(ReportAsync(input.MigrationId, e)),
             (e, pfn, count) => new ValueTask(UnavailableAsync(input.MigrationId, input.Vm, e, pfn, count, unavailable)));
         var local = input.Placement.Assignments.Where(a => a.Host == host.Host).Sum(a => a.Pages);
+        if (!SealedBlob.IsThere(BlobKind.DeviceState, blobs))
+        {
+            ct.ThrowIfCancellationRequested(); // the point of no return of a memory dump's VM: registered here next
+        }
         var (guest, ram, memory) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
             ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
@@ -119,7 +129,9 @@ public sealed class MainHostActivities(
             var started = clock.Elapsed;
             await guest.LoadDeviceStateAsync(deviceState, StepToken.Current);
             var loaded = clock.Elapsed;
-            await guest.ContinueAsync(StepToken.Current);
+            // The point of no return: once the guest runs here, a cancel no longer stops the switch-over.
+            StepToken.Current.ThrowIfCancellationRequested();
+            await guest.ContinueAsync(CancellationToken.None);
             logger.LogInformation("VM {Vm} runs here (QEMU {Pid}), its RAM served from {Ram}, at most {Budget} pages resident; blobs opened in {Blobs:0} ms, " +
                 "RAM mounted in {Mount:0}, QEMU up in {Qemu:0}, device state loaded in {Load:0}, continued in {Continue:0}", input.Vm, guest.Pid, ram.FilePath, budgetPages,
                 opened.TotalMilliseconds, (mounted - opened).TotalMilliseconds, (started - mounted).TotalMilliseconds, (loaded - started).TotalMilliseconds,

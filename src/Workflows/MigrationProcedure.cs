@@ -116,7 +116,9 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
                 }
                 catch (Exception e) when (stopFirst)
                 {
-                    if (!siblings.IsCancellationRequested)
+                    // A transfer stopped by a cancel was stopped by the failure or the cancel before it
+                    // (a replay of the embedded engine's journal may meet it first).
+                    if (!Cancelled(e) && !siblings.IsCancellationRequested)
                     {
                         firstFailure = e;
                         siblings.Cancel();
@@ -309,6 +311,19 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         (state, reason) = (MigrationState.Compensated, why);
         await steps.RecordAsync(new MigrationCompensated(request.MigrationId, why, released, steps.UtcNow));
         return new MigrationOutcome(request.MigrationId, state, why, pages, Transfers(), plan, null);
+    }
+
+    /// <summary>Whether a step ended because it was cancelled, on either engine.</summary>
+    private static bool Cancelled(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+        {
+            if (x is OperationCanceledException or CanceledFailureException or StepFailedException { Kind: StepErrors.Cancelled })
+            {
+                return true;
+            }
+        }
+        return false;
     }
 
     /// <summary>Whether a step failed because its destination no longer holds the VM, on either engine.</summary>

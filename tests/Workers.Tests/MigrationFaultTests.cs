@@ -135,6 +135,41 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
     }
 
     [Fact]
+    public async Task A_sub_host_gone_for_good_mid_transfer_stops_the_other_transfers_before_the_migration_is_undone()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // 2 MB/s at the source: the main host's share (about 40 MiB) would take half a minute.
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 2);
+        var watch = run.Host.Services.GetRequiredService<TransferWatch>();
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+        var migration = run.MigrateAsync(request, ct);
+        var until = DateTime.UtcNow.AddSeconds(60);
+        while (watch.Of(request.MigrationId).FirstOrDefault(p => p.Host == run.Sub2 && p.Bytes >= 1 << 20) is null)
+        {
+            Assert.True(DateTime.UtcNow < until && !migration.IsCompleted, $"the transfer to {run.Sub2} never got going");
+            await Task.Delay(20, ct);
+        }
+        run.Fleet[run.Sub2].Kill(); // and it does not come back
+
+        var outcome = await migration;
+
+        Assert.Equal(MigrationState.Compensated, outcome.State);
+        Assert.Contains($"no worker for host {run.Sub2}", outcome.Reason, StringComparison.Ordinal); // the failure, not the others' being stopped
+        Assert.Contains($"not released (unreachable): {run.Sub2}", outcome.Reason, StringComparison.Ordinal);
+        await run.AssertAuditedAsync(request.MigrationId, ct);
+        await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+        var events = (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data).ToList();
+        Assert.DoesNotContain(events.OfType<DestinationTransferred>(), t => t.Host == run.Main); // stopped, not finished
+        Assert.Contains("stopping its", run.LogOf(run.Source), StringComparison.Ordinal);
+        await using var client = await PageClient.CreateAsync(rabbit.Connection, ct);
+        foreach (var host in new[] { run.Main, run.Sub1 })
+        {
+            Assert.False((await client.UsageAsync(host, ct)).PagesPerVm.ContainsKey(request.Vm), $"{host} still holds pages of the VM");
+        }
+        TestContext.Current.TestOutputHelper?.WriteLine(outcome.Reason ?? "");
+    }
+
+    [Fact]
     public async Task A_sub_host_unreachable_at_start_compensates_and_the_vm_stays_at_the_source()
     {
         var ct = TestContext.Current.CancellationToken;

@@ -18,4 +18,12 @@ public static class StepErrors
 {
     /// <summary>A destination no longer holds the VM's pages (its memory server restarted): its share must go again.</summary>
     public const string DestinationLost = "DestinationLost";
+
+    /// <summary>The step stopped because the migration was cancelled (embedded engine; Temporal has its own).</summary>
+    public const string Cancelled = "Cancelled";
 }
+
+/// <summary>The embedded engine cancels a migration: every worker stops the migration's forward steps it
+/// runs (not its releases), and answers each as cancelled; a switch-over past its point of no return
+/// finishes.</summary>
+public sealed record CancelSteps(Guid MigrationId, string Reason);

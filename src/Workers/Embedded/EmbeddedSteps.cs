@@ -14,9 +14,14 @@ namespace SEmigrate.Workers.Embedded;
 /// and result, and every lifecycle event, is appended to the migration's stream (<see cref="MigrationJournal"/>)
 /// before the procedure sees it; a step the journal holds answers from there, so a procedure run again
 /// after a crash replays up to where the record ends and goes on live from there.</summary>
-public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, TransferWatch watch, HostWorkers workers, StepPolicies policies, ILogger<EmbeddedSteps> logger)
+public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentStore store, TransferWatch watch, HostWorkers workers, StepPolicies policies,
+    ILogger<EmbeddedSteps> logger)
     : IMigrationSteps
 {
+    /// <summary>How long a cancelled step may take to stop before the procedure goes on without it (a
+    /// transfer stops at its next batch, a switch-over at its next stage).</summary>
+    public static readonly TimeSpan StopWait = TimeSpan.FromSeconds(30);
+
     private readonly ConcurrentDictionary<Guid, Lazy<Task<MigrationJournal>>> journals = new();
 
     /// <summary>The migration's journal, loaded from its stream once per process (while it runs here).</summary>
@@ -69,11 +74,11 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
 
     /// <summary>Not a step of the procedure: `semigrate vm stop`.</summary>
     public Task<VmStopped> StopVmAsync(StopVm input, CancellationToken ct) =>
-        RunAsync<StopVm, VmStopped>(input.Main, "stop VM", _ => input, policies.SwitchOver, ct);
+        RunAsync<StopVm, VmStopped>(input.MigrationId, input.Main, "stop VM", _ => input, policies.SwitchOver, ct);
 
     /// <summary>Not a step of the procedure: the memory check of the demo and the tests (see MemoryCheck).</summary>
     public Task<MemoryDigest> DigestAsync(DigestMemory input, CancellationToken ct) =>
-        RunAsync<DigestMemory, MemoryDigest>(input.Host, "digest memory", _ => input, policies.SwitchOver, ct);
+        RunAsync<DigestMemory, MemoryDigest>(input.MigrationId, input.Host, "digest memory", _ => input, policies.SwitchOver, ct);
 
     /// <summary>A step of the procedure: answered from the journal if it ended before, else sent, with its
     /// scheduling and its outcome appended to the migration's stream. A step that was sent but not
@@ -92,18 +97,28 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
         TOut result;
         try
         {
-            result = await RunAsync<TIn, TOut>(host, step, forAttempt, policy, ct, lastHeartbeat);
+            result = await RunAsync<TIn, TOut>(migrationId, host, step, forAttempt, policy, ct, lastHeartbeat);
         }
         catch (StepFailedException e)
         {
             await journal.FailedAsync(key, e);
             throw;
         }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            // Sent, then stopped by the cancel: recorded too, so that a replay meets it where it was.
+            await journal.FailedAsync(key, new StepFailedException($"{step} at {host} stopped: the migration was cancelled", StepErrors.Cancelled));
+            throw;
+        }
         await journal.CompletedAsync(key, result);
         return result;
     }
 
-    private async Task<TOut> RunAsync<TIn, TOut>(string host, string step, Func<int, TIn> forAttempt, StepPolicy policy, CancellationToken ct,
+    /// <summary>Sends the step until it answers, as the policy allows. A cancel (<paramref name="ct"/>) while
+    /// the step runs asks its worker to stop it (CancelSteps) and waits for its answer, up to
+    /// <see cref="StopWait"/>: a step that finished anyway (a switch-over past its point of no return)
+    /// returns its result, one that stopped ends in OperationCanceledException, as does a cancel before.</summary>
+    private async Task<TOut> RunAsync<TIn, TOut>(Guid migrationId, string host, string step, Func<int, TIn> forAttempt, StepPolicy policy, CancellationToken ct,
         Func<DateTime?>? lastHeartbeat = null)
         where TIn : class
         where TOut : class
@@ -118,14 +133,27 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
                 // Sending would only wait out the step's timeout: say so now, and do not retry.
                 throw new StepFailedException($"{step}: no worker for host {host} is running (nothing consumes {StepQueues.Host(host)})");
             }
-            using var attemptCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            using var attemptCts = new CancellationTokenSource(); // not the migration's: a cancelled step is waited for
             var started = DateTime.UtcNow;
+            DateTime? stopBy = null;
             try
             {
                 var request = client.GetResponse<TOut, StepRefused>(forAttempt(attempt), attemptCts.Token, RequestTimeout.After(ms: (int)policy.Timeout.TotalMilliseconds));
                 var lastSeen = DateTime.UtcNow;
-                while (await Task.WhenAny(request, Task.Delay(TimeSpan.FromMilliseconds(500), ct)) != request)
+                while (await Task.WhenAny(request, Task.Delay(TimeSpan.FromMilliseconds(ct.IsCancellationRequested ? 100 : 500), CancellationToken.None)) != request)
                 {
+                    if (ct.IsCancellationRequested && stopBy is null)
+                    {
+                        stopBy = DateTime.UtcNow + StopWait;
+                        await bus.Publish(new CancelSteps(migrationId, "cancelled by the operator"), CancellationToken.None);
+                        logger.LogWarning("{Step} at {Host}: cancelled, waiting for the step to stop", step, host);
+                    }
+                    if (stopBy is { } by && DateTime.UtcNow > by)
+                    {
+                        await attemptCts.CancelAsync();
+                        logger.LogError("{Step} at {Host}: did not stop within {Seconds:0} s of the cancel; going on without it", step, host, StopWait.TotalSeconds);
+                        throw new OperationCanceledException(ct);
+                    }
                     // No heartbeat for that long, counted from this attempt's start: the attempt is dead.
                     if (policy.Heartbeat is { } beat && lastHeartbeat is not null)
                     {
@@ -141,7 +169,7 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
                     {
                         continue;
                     }
-                    if (await workers.IsRunningAsync(host, ct))
+                    if (await workers.IsRunningAsync(host, CancellationToken.None))
                     {
                         lastSeen = DateTime.UtcNow;
                     }
@@ -155,9 +183,17 @@ public sealed class EmbeddedSteps(IClientFactory clients, IDocumentStore store, 
                 logger.LogInformation("{Step} at {Host}: answered in {Ms:0} ms", step, host, (DateTime.UtcNow - started).TotalMilliseconds);
                 if (response.Is(out Response<StepRefused>? refused))
                 {
+                    if (refused.Message.Kind == StepErrors.Cancelled)
+                    {
+                        throw new OperationCanceledException($"{step} at {host} stopped: the migration was cancelled", ct);
+                    }
                     throw new StepFailedException($"{step} at {host} refused: {refused.Message.Reason}", refused.Message.Kind);
                 }
                 return response.Is(out Response<TOut>? ok) ? ok.Message : throw new StepFailedException($"{step} at {host}: unexpected response");
+            }
+            catch (Exception e) when (ct.IsCancellationRequested && e is not (StepFailedException or OperationCanceledException))
+            {
+                throw new OperationCanceledException($"{step} at {host}: cancelled ({e.Message})", e, ct);
             }
             catch (Exception e) when (e is RequestTimeoutException or RequestFaultException or TimeoutException
                 || (e is OperationCanceledException && !ct.IsCancellationRequested))

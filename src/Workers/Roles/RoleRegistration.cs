@@ -75,6 +75,7 @@ public static class RoleRegistration
                 _ => worker.AddSingletonActivities<PagingActivities>(),
             };
         }
+        builder.Services.AddSingleton<RunningSteps>();
         return builder.AddMessaging(
             x =>
             {
@@ -90,13 +91,30 @@ public static class RoleRegistration
                 {
                     x.AddConsumer<MainHostStepsConsumer>();
                 }
+                x.AddConsumer<CancelStepsConsumer>();
             },
-            (bus, cfg) => cfg.ReceiveEndpoint(StepQueues.Host(host), e =>
+            (bus, cfg) =>
             {
-                // Transfers to every destination run at once at the source.
-                e.PrefetchCount = 16;
-                e.ConfigureConsumers(bus);
-            }));
+                cfg.ReceiveEndpoint(StepQueues.Host(host), e =>
+                {
+                    // Transfers to every destination run at once at the source.
+                    e.PrefetchCount = 16;
+                    if (role == "source")
+                    {
+                        e.ConfigureConsumer<SourceStepsConsumer>(bus);
+                    }
+                    else
+                    {
+                        e.ConfigureConsumer<PagingStepsConsumer>(bus);
+                    }
+                    if (role == "main")
+                    {
+                        e.ConfigureConsumer<MainHostStepsConsumer>(bus);
+                    }
+                });
+                // Beside the step queue, not behind the steps waiting in it: a cancel reaches this process at once.
+                cfg.ReceiveEndpoint(new TemporaryEndpointDefinition($"semigrate-cancel-{host}"), e => e.ConfigureConsumer<CancelStepsConsumer>(bus));
+            });
     }
 
     /// <summary>The embedded engine and the auditor, in the process that runs migrations; with Temporal
