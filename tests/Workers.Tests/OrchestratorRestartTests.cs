@@ -166,14 +166,16 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         for (var trial = 1; trial <= 10; trial++)
         {
             var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
-            // Eight kills at random times; the last two the moment the switch-over is sent (a short step
-            // that random times rarely hit).
+            // Eight kills at random times after the migration was accepted (a process start takes 1 to 5 s
+            // on a loaded machine: counting from it, kills landed before the migration began); the last
+            // two the moment the switch-over is sent (a short step that random times rarely hit).
             var atSwitchOver = trial > 8;
-            var killAfter = TimeSpan.FromMilliseconds(atSwitchOver ? 30_000 : random.Next(1000, 7000));
+            var killAfter = TimeSpan.FromMilliseconds(atSwitchOver ? 30_000 : random.Next(0, 5000));
             using (var migrate = StartMigrate(run, request, environment))
             {
                 _ = migrate.StandardOutput.ReadToEndAsync(ct);
                 _ = migrate.StandardError.ReadToEndAsync(ct);
+                await Task.WhenAny(migrate.WaitForExitAsync(ct), StepSentAsync(store, request.Vm, _ => true, ct));
                 await Task.WhenAny(migrate.WaitForExitAsync(ct), Task.Delay(killAfter, ct), atSwitchOver ? SwitchOverSentAsync(store, request.Vm, ct) : Task.Delay(-1, ct));
                 if (migrate.HasExited)
                 {
@@ -194,7 +196,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
             // (One that had ended replays to its end, sending nothing.)
             var outcome = await engine.ResumeAsync(id, ct);
             Assert.NotNull(outcome);
-            ended.Add($"trial {trial}: killed {(atSwitchOver ? "at the switch-over" : $"at {killAfter.TotalSeconds:0.0} s")} (last step sent: {step ?? "none"}), resumed: {outcome.State} in {clock.Elapsed.TotalSeconds:0.0} s");
+            ended.Add($"trial {trial}: killed {(atSwitchOver ? "at the switch-over" : $"{killAfter.TotalSeconds:0.0} s after its first step")} (last step sent: {step ?? "none"}), resumed: {outcome.State} in {clock.Elapsed.TotalSeconds:0.0} s");
             Assert.DoesNotContain(id, await engine.UnfinishedAsync(ct));
             await run.AssertAuditedAsync(id, ct);
             var summary = await query.LoadAsync<MigrationSummary>(id, ct);
