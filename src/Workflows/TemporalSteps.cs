@@ -59,7 +59,8 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     /// in the search attributes.</summary>
     public async Task RecordAsync(IMigrationEvent e)
     {
-        await Workflow.ExecuteActivityAsync((AuditActivities a) => a.RecordAsync(new RecordEvent(e)), new ActivityOptions
+        var record = new RecordEvent(e, ++recorded);
+        await Workflow.ExecuteActivityAsync((AuditActivities a) => a.RecordAsync(record), new ActivityOptions
         {
             TaskQueue = MigrationWorkflow.OrchestratorQueue,
             CancellationToken = stopFirst ? CancellationToken.None : null,
@@ -72,6 +73,9 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
             Workflow.UpsertTypedSearchAttributes(MigrationWorkflow.StateKey.ValueSet(state.ToString()));
         }
     }
+
+    /// <summary>Events recorded so far: each one's sequence, from which its message id is made.</summary>
+    private long recorded;
 
     /// <summary>The state the search attribute shows, as the audit trail's read model reads it.</summary>
     private MigrationState state = MigrationState.Requested;

@@ -2,6 +2,7 @@ using Marten;
 using MassTransit;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using SEmigrate.Activities;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
@@ -38,6 +39,27 @@ public class AuditTrailTests(PostgresFixture postgres) : IClassFixture<PostgresF
         await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
         var events = await query.Events.FetchStreamAsync(migration, token: ct);
         Assert.Equal([typeof(MigrationRequested), typeof(MigrationRefused)], events.Select(e => e.Data.GetType()));
+    }
+
+    [Fact]
+    public async Task A_RecordEvent_activity_tried_twice_is_appended_once()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var auditor = await Auditor.StartAsync(postgres.Schema, ct);
+        var activities = new AuditActivities(auditor.Host.Services.GetRequiredService<IBus>(), auditor.Host.Services.GetRequiredService<AuditRoute>());
+        var migration = Guid.NewGuid();
+        var requested = new RecordEvent(new MigrationRequested(migration, Guid.NewGuid(), "src", "main", ["a"], "semigrate", DateTimeOffset.UtcNow), 1);
+        await activities.RecordAsync(requested);
+        await activities.RecordAsync(requested); // Temporal retries the activity: the event's message id is the same
+        await activities.RecordAsync(new RecordEvent(new MigrationRefused(migration, "no room", DateTimeOffset.UtcNow), 2));
+
+        var summary = await Orchestrator.AuditedEndAsync(auditor.Host.Services, migration, TimeSpan.FromSeconds(30), ct);
+
+        Assert.Equal(MigrationState.Refused, summary?.State);
+        await using var query = auditor.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+        var events = await query.Events.FetchStreamAsync(migration, token: ct);
+        Assert.Equal([typeof(MigrationRequested), typeof(MigrationRefused)], events.Select(e => e.Data.GetType()));
+        Assert.NotEqual(requested.MessageId, new RecordEvent(requested.Event, 2).MessageId);
     }
 
     [Fact]

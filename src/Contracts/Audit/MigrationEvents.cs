@@ -77,8 +77,29 @@ public sealed record PagesUnavailable(Guid MigrationId, Guid Vm, string Main, st
 public sealed record MigratedVmStopped(Guid MigrationId, Guid Vm, string Main, IReadOnlyList<string> ReleasedHosts, long ReleasedPages, DateTimeOffset At) : IMigrationEvent;
 
 /// <summary>An event as a workflow activity's input: the property's declared interface type makes the
-/// JSON carry the event's type name, so the activity gets the same event back.</summary>
-public sealed record RecordEvent(IMigrationEvent Event);
+/// JSON carry the event's type name, so the activity gets the same event back. <paramref name="Sequence"/>:
+/// its place among the migration's recorded events (1 on; 0 in histories from before it was counted),
+/// from which its message id is made, so a retried activity records it once.</summary>
+public sealed record RecordEvent(IMigrationEvent Event, long Sequence = 0)
+{
+    /// <summary>The same for every try of the activity: a hash of migration and sequence, shaped as a
+    /// version-5-style GUID; null when there is no sequence.</summary>
+    [JsonIgnore]
+    public Guid? MessageId
+    {
+        get
+        {
+            if (Sequence <= 0)
+            {
+                return null;
+            }
+            var hash = System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"semigrate-event|{Event.MigrationId:N}|{Sequence}"));
+            hash[6] = (byte)((hash[6] & 0x0f) | 0x50);
+            hash[8] = (byte)((hash[8] & 0x3f) | 0x80);
+            return new Guid(hash.AsSpan(0, 16));
+        }
+    }
+}
 
 /// <summary>Paging of a running VM at its main host over one interval (<paramref name="From"/> to
 /// <paramref name="At"/>): pages and bytes in and out per host (a host is a sub-host, or the main host
