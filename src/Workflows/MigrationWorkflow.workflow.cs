@@ -1,5 +1,6 @@
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
+using Temporalio.Client;
 using Temporalio.Common;
 using Temporalio.Workflows;
 
@@ -13,6 +14,15 @@ public sealed class MigrationWorkflow
 {
     /// <summary>Where the workflow and its audit activity run (the orchestrator's worker).</summary>
     public const string OrchestratorQueue = "semigrate-orchestrator";
+
+    /// <summary>How a migration starts: its workflow id is its VM's (`migration-VM`), and starting one for a
+    /// VM whose migration still runs fails (WorkflowAlreadyStartedException); once it closed, the VM may
+    /// be migrated again under the same id.</summary>
+    public static WorkflowOptions StartOptions(MigrationRequest request) => new($"migration-{request.Vm}", OrchestratorQueue)
+    {
+        IdConflictPolicy = Temporalio.Api.Enums.V1.WorkflowIdConflictPolicy.Fail,
+        IdReusePolicy = Temporalio.Api.Enums.V1.WorkflowIdReusePolicy.AllowDuplicate,
+    };
 
     public static readonly SearchAttributeKey<string> VmKey = SearchAttributeKey.CreateKeyword("SemigrateVm");
     public static readonly SearchAttributeKey<string> SourceKey = SearchAttributeKey.CreateKeyword("SemigrateSource");

@@ -170,6 +170,43 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
     }
 
     [Fact]
+    public async Task A_second_migration_of_a_VM_whose_migration_runs_is_refused_and_the_first_goes_on()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 8);
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+        var first = run.MigrateAsync(request, ct);
+        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
+        var until = DateTime.UtcNow.AddSeconds(60);
+        while (true)
+        {
+            await using var query = store.QuerySession();
+            if (await query.LoadAsync<Audit.MigrationSummary>(request.MigrationId, ct) is not null)
+            {
+                break;
+            }
+            Assert.True(DateTime.UtcNow < until && !first.IsCompleted, "the first migration was never accepted");
+            await Task.Delay(50, ct);
+        }
+
+        // In this process (another orchestrator would be refused alike: the lock is PostgreSQL's) ...
+        var refused = await Assert.ThrowsAsync<VmBusyException>(() => run.MigrateAsync(request with { MigrationId = Guid.NewGuid() }, ct));
+        Assert.Contains($"VM {request.Vm} is being migrated already (migration {request.MigrationId})", refused.Message, StringComparison.Ordinal);
+        // ... and from the command line.
+        var cli = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "migrate", "--guest", request.Guest, "--source", run.Source,
+            "--main", $"{run.Main}:20000", "--sub", $"{run.Sub1}:30000", "--vm", request.Vm.ToString());
+        Assert.Equal(2, cli.ExitCode);
+        Assert.Contains($"semigrate: VM {request.Vm} is being migrated already", cli.Stderr, StringComparison.Ordinal);
+
+        var outcome = await first;
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        await using (var query = store.QuerySession())
+        {
+            Assert.Single(await query.Query<Audit.MigrationSummary>().Where(s => s.Vm == request.Vm).ToListAsync(ct)); // the refused ones left nothing
+        }
+    }
+
+    [Fact]
     public async Task A_sub_host_unreachable_at_start_compensates_and_the_vm_stays_at_the_source()
     {
         var ct = TestContext.Current.CancellationToken;

@@ -25,8 +25,11 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, temporalAddress: client.Connection.Options.TargetHost);
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
 
-        var handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request),
-            new WorkflowOptions($"migration-{request.MigrationId}", MigrationWorkflow.OrchestratorQueue));
+        var handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request), MigrationWorkflow.StartOptions(request));
+        // One migration of a VM at a time: a second one while the first runs is refused.
+        var second = request with { MigrationId = Guid.NewGuid() };
+        await Assert.ThrowsAsync<Temporalio.Exceptions.WorkflowAlreadyStartedException>(() =>
+            client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(second), MigrationWorkflow.StartOptions(second)));
         var outcome = await handle.GetResultAsync();
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");

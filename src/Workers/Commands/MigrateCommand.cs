@@ -57,7 +57,16 @@ public static class MigrateCommand
             await host.StartAsync(ct);
             var temporal = host.Services.GetRequiredService<IOptions<TemporalOptions>>().Value.IsConfigured;
             using var interruption = new Interruption(canDetach: temporal, line => Console.Error.WriteLine($"semigrate: {line}"));
-            var outcome = await FollowAsync(host.Services, request, quiet: parse.GetValue(json), interruption.Cancelled, interruption.Detached);
+            MigrationOutcome? outcome;
+            try
+            {
+                outcome = await FollowAsync(host.Services, request, quiet: parse.GetValue(json), interruption.Cancelled, interruption.Detached);
+            }
+            catch (VmBusyException e)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: {e.Message}");
+                return 2;
+            }
             await host.StopAsync(CancellationToken.None);
             if (outcome is null)
             {
@@ -83,8 +92,15 @@ public static class MigrateCommand
         if (services.GetRequiredService<IOptions<TemporalOptions>>().Value is { IsConfigured: true } temporal)
         {
             var client = await TemporalClient.ConnectAsync(new TemporalClientConnectOptions(temporal.Address!) { Namespace = temporal.Namespace });
-            var handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request),
-                new WorkflowOptions($"migration-{request.MigrationId}", MigrationWorkflow.OrchestratorQueue));
+            WorkflowHandle<MigrationWorkflow, MigrationOutcome> handle;
+            try
+            {
+                handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request), MigrationWorkflow.StartOptions(request));
+            }
+            catch (Temporalio.Exceptions.WorkflowAlreadyStartedException)
+            {
+                throw new VmBusyException($"VM {request.Vm} is being migrated already (workflow migration-{request.Vm}): one migration of a VM at a time");
+            }
             var last = MigrationState.Requested;
             state = () => last;
             migration = handle.GetResultAsync();

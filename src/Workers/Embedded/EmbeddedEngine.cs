@@ -11,9 +11,9 @@ namespace SEmigrate.Workers.Embedded;
 
 /// <summary>The embedded engine: runs a migration's procedure on <see cref="EmbeddedSteps"/>, journaled
 /// in the migration's stream, and resumes one whose orchestrator died by running the procedure again
-/// against that journal. One orchestrator drives a migration at a time: it holds a PostgreSQL advisory
-/// lock on the migration for as long as it drives it, which the server drops with its connection when
-/// the process dies.</summary>
+/// against that journal. One orchestrator drives a migration at a time, and a VM has one migration at a
+/// time: the driver holds PostgreSQL advisory locks on the migration and on its VM for as long as it
+/// drives it, which the server drops with its connection when the process dies.</summary>
 public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IOptions<PostgresOptions> postgres, ILogger<EmbeddedEngine> logger)
 {
     /// <summary>Runs a new migration; <paramref name="running"/> gets the procedure (for its progress).</summary>
@@ -21,6 +21,12 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
     {
         await using var driving = await TryDriveAsync(request.MigrationId, ct)
             ?? throw new InvalidOperationException($"migration {request.MigrationId} is driven by another orchestrator");
+        if (!await TryLockAsync(driving, VmKey(request.Vm), ct))
+        {
+            await using var query = store.QuerySession();
+            var other = (await query.Query<MigrationSummary>().Where(s => s.Vm == request.Vm && s.Open).Select(s => s.Id).ToListAsync(ct)).FirstOrDefault();
+            throw new VmBusyException($"VM {request.Vm} is being migrated already{(other == default ? "" : $" (migration {other})")}: one migration of a VM at a time");
+        }
         var journal = await steps.JournalAsync(request.MigrationId);
         if (journal.Request is null)
         {
@@ -40,9 +46,9 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
         }
         steps.Forget(migrationId); // what another process appended since this one last looked
         var journal = await steps.JournalAsync(migrationId);
-        if (journal.Request is null)
+        if (journal.Request is null || !await TryLockAsync(driving, VmKey(journal.Request.Vm), ct))
         {
-            steps.Forget(migrationId);
+            steps.Forget(migrationId); // not this engine's, or its VM's other migration runs: later
             return null;
         }
         logger.LogWarning("resuming migration {Migration} of VM {Vm}: replaying {Steps} recorded steps", migrationId, journal.Request.Vm, journal.Steps);
@@ -87,14 +93,22 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
     {
         var connection = new NpgsqlConnection(postgres.Value.ConnectionString);
         await connection.OpenAsync(ct);
-        await using var command = new NpgsqlCommand("select pg_try_advisory_lock($1)", connection) { Parameters = { new() { Value = LockKey(migrationId) } } };
-        if (await command.ExecuteScalarAsync(ct) is true)
+        if (await TryLockAsync(connection, LockKey(migrationId), ct))
         {
             return connection;
         }
         await connection.DisposeAsync();
         return null;
     }
+
+    private static async Task<bool> TryLockAsync(NpgsqlConnection connection, long key, CancellationToken ct)
+    {
+        await using var command = new NpgsqlCommand("select pg_try_advisory_lock($1)", connection) { Parameters = { new() { Value = key } } };
+        return await command.ExecuteScalarAsync(ct) is true;
+    }
+
+    /// <summary>A VM's lock key: its id's, in another space than migrations' (a constant mixed in).</summary>
+    private static long VmKey(Guid vm) => LockKey(vm) ^ 0x5345_4d56_4d4c_4f43; // "SEMVMLOC"
 
     /// <summary>A 64-bit key from the id (two migrations sharing one, a 2^-64 chance, would refuse one of them).</summary>
     private static long LockKey(Guid id)
@@ -104,3 +118,6 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
         return BitConverter.ToInt64(bytes) ^ BitConverter.ToInt64(bytes[8..]);
     }
 }
+
+/// <summary>A VM that another migration is moving now: refused before anything is recorded.</summary>
+public sealed class VmBusyException(string message) : Exception(message);
