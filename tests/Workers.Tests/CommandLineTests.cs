@@ -118,6 +118,9 @@ public class CommandLineTests
         var role = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "janitor", "--host", "h");
         Assert.NotEqual(0, role.ExitCode);
         Assert.Contains("janitor", role.Stderr + role.Stdout, StringComparison.Ordinal);
+        var alone = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "sub,orchestrator", "--host", "h");
+        Assert.Equal(2, alone.ExitCode);
+        Assert.Contains("--role orchestrator runs in a process of its own", alone.Stderr, StringComparison.Ordinal);
         var host = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "sub", "--host", "two words");
         Assert.Equal(2, host.ExitCode);
         Assert.Contains("letters, digits", host.Stderr, StringComparison.Ordinal);

@@ -55,4 +55,22 @@ public class HostsShareNothingTests(RealGuestFixture guest, PostgresFixture post
             Assert.True(outcome.Transfers.Sum(t => t.Bytes) > outcome.Pages.Total * 4096L, $"{outcome.Transfers.Sum(t => t.Bytes)} bytes");
         }
     }
+
+    [Fact]
+    public async Task Hosts_that_run_source_and_main_serve_every_step_of_both_on_their_one_queue()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceAndMain: true);
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+
+        var outcome = await run.MigrateAsync(request, ct);
+
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        await run.AssertAuditedAsync(request.MigrationId, ct);
+        // The memory check asks both hosts for a digest: the source's worker digests what it sent, the
+        // main host's what it serves (each also runs the other role).
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+        Assert.True(verified.Ok, $"{verified}");
+        Assert.Equal(outcome.Pages!.Total, verified.Pages);
+    }
 }

@@ -70,9 +70,10 @@ internal sealed class MigrationRun : IAsyncDisposable
     /// and the orchestrator runs the migration workflow's worker.</summary>
     /// <summary>The source keeps its guests in <paramref name="guests"/> (where the test fixture boots them); a
     /// request names one of them. Sub-hosts keep their pages in files, or <paramref name="sub1InMemory"/>
-    /// the first in memory (what it holds dies with its process).</summary>
+    /// the first in memory (what it holds dies with its process). With <paramref name="sourceAndMain"/>,
+    /// the source and the main host each run both roles (one worker, one queue).</summary>
     public static async Task<MigrationRun> StartAsync(PostgresFixture postgres, StepPolicies policies, CancellationToken ct, bool startSub2 = true, double sourceMaxMBps = 0,
-        string? temporalAddress = null, string? guests = null, bool sub1InMemory = false)
+        string? temporalAddress = null, string? guests = null, bool sub1InMemory = false, bool sourceAndMain = false)
     {
         foreach (var (key, value) in await ServicesScript.SettingsAsync())
         {
@@ -83,7 +84,10 @@ internal sealed class MigrationRun : IAsyncDisposable
         string Store(string host) => Path.Combine(state.FullName, host, "store");
         WorkerFleet.Worker[] workers =
         [
-            new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps, GuestsFolder: guests ?? RealGuestFixture.Folder), new("main", $"main-{suffix}", 200_000, Store($"main-{suffix}")),
+            sourceAndMain
+                ? new("source,main", $"src-{suffix}", 200_000, Store($"src-{suffix}"), sourceMaxMBps, guests ?? RealGuestFixture.Folder)
+                : new("source", $"src-{suffix}", MaxMBps: sourceMaxMBps, GuestsFolder: guests ?? RealGuestFixture.Folder),
+            new(sourceAndMain ? "main,source" : "main", $"main-{suffix}", 200_000, Store($"main-{suffix}")),
             new("sub", $"sub1-{suffix}", 30_000, sub1InMemory ? null : Store($"sub1-{suffix}")),
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Store($"sub2-{suffix}"))] : Array.Empty<WorkerFleet.Worker>(),
         ];

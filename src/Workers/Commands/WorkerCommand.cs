@@ -15,10 +15,10 @@ public static class WorkerCommand
         var role = new Option<string>("--role")
         {
             Description = "source: introspects and sends a VM's pages; main: takes the VM over (and runs a memory server for its share); "
-                + "sub: the memory server of a sub-host; orchestrator: the auditor, and the resumer of embedded-engine migrations whose orchestrator died (and, with Temporal configured, the migration workflow's worker)",
+                + "sub: the memory server of a sub-host; several of these at once, comma-separated (source,main), all served on the host's one queue; "
+                + "orchestrator (alone): the auditor, and the resumer of embedded-engine migrations whose orchestrator died (and, with Temporal configured, the migration workflow's worker)",
             Required = true,
         };
-        role.AcceptOnlyFromAmong(RoleRegistration.Roles);
         var host = new Option<string>("--host") { Description = "This host's name (its queues are named after it)", Required = true };
         var state = new Option<DirectoryInfo?>("--state") { Description = "Where this host keeps its state (default /opt/semigrate/hosts/NAME)" };
         var store = new Option<DirectoryInfo?>("--store") { Description = "main, sub: keep pages in files in this folder (default: in memory)" };
@@ -29,6 +29,11 @@ public static class WorkerCommand
         command.SetAction(async (parse, ct) =>
         {
             var (r, name) = (parse.GetValue(role)!, parse.GetValue(host)!);
+            if (RoleRegistration.Parse(r, out var problem) is not { } roles)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: {problem}");
+                return 2;
+            }
             if (name.Length == 0 || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')))
             {
                 await Console.Error.WriteLineAsync($"semigrate: --host {name}: use letters, digits, '-', '_' and '.' only");
@@ -55,7 +60,7 @@ public static class WorkerCommand
                 await Console.Error.WriteLineAsync("semigrate: --max-mbps must not be negative");
                 return 2;
             }
-            builder.AddHostRole(r, new Activities.HostContext(name, stateDirectory, parse.GetValue(maxMbps), parse.GetValue(guests)?.FullName));
+            builder.AddHostRoles(roles, new Activities.HostContext(name, stateDirectory, parse.GetValue(maxMbps), parse.GetValue(guests)?.FullName));
             using var app = builder.Build();
             await app.StartAsync(ct);
             if (app.Services.GetService<MemoryServerWorker>() is { } memoryServer)

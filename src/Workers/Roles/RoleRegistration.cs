@@ -25,25 +25,38 @@ using Temporalio.Extensions.Hosting;
 
 namespace SEmigrate.Workers.Roles;
 
-/// <summary>What each process is made of. A host worker (source, main or sub) takes its steps on its
-/// host queue; main and sub run a memory server; the orchestrator (`migrate`, `demo`, the tests) runs
-/// the embedded engine, watches transfer heartbeats and appends the audit trail to Marten.</summary>
+/// <summary>What each process is made of. A host worker runs one or more of the roles source, main and
+/// sub, and takes every step of each on its one host queue (embedded engine and Temporal alike); main
+/// and sub run a memory server; the orchestrator (`migrate`, `demo`, the tests) runs the embedded
+/// engine, watches transfer heartbeats and appends the audit trail to Marten.</summary>
 public static class RoleRegistration
 {
     public static readonly string[] Roles = ["source", "main", "sub", "orchestrator"];
 
-    public static IHostApplicationBuilder AddHostRole(this IHostApplicationBuilder builder, string role, HostContext context)
+    /// <summary>The roles of `--role`: one, or several host roles separated by commas; null (with why) if not.</summary>
+    public static IReadOnlySet<string>? Parse(string value, out string? problem)
     {
-        if (role == "orchestrator")
+        var roles = value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).ToHashSet(StringComparer.Ordinal);
+        problem = roles.FirstOrDefault(r => !Roles.Contains(r)) is { } unknown ? $"--role {unknown}: one of {string.Join(", ", Roles)} (several host roles: source,main)"
+            : roles.Count == 0 ? "--role: name a role"
+            : roles.Contains("orchestrator") && roles.Count > 1 ? "--role orchestrator runs in a process of its own"
+            : null;
+        return problem is null ? roles : null;
+    }
+
+    public static IHostApplicationBuilder AddHostRoles(this IHostApplicationBuilder builder, IReadOnlySet<string> roles, HostContext context)
+    {
+        if (roles.Contains("orchestrator"))
         {
             // The long-lived orchestrator also finishes what a `migrate` (or another orchestrator) left.
             builder.Services.AddHostedService<MigrationResumer>();
             return builder.AddOrchestrator(StepPolicies.Default);
         }
         var (host, stateDirectory) = (context.Host, context.StateDirectory);
+        var (source, main, pages) = (roles.Contains("source"), roles.Contains("main"), roles.Contains("main") || roles.Contains("sub"));
         builder.Services.AddSingleton(context);
-        builder.AddPagePath($"{role} worker {host}");
-        if (role is "main" or "sub")
+        builder.AddPagePath($"{string.Join(",", roles.Order(StringComparer.Ordinal))} worker {host}");
+        if (pages)
         {
             // The memory server's store; at the main host the VM's pager reads its share from it directly.
             builder.Services.AddSingleton<IPageStore>(sp => sp.GetRequiredService<IOptions<MemoryServerOptions>>().Value is var o && o.StoreFolder is { Length: > 0 } folder
@@ -52,44 +65,53 @@ public static class RoleRegistration
             builder.Services.AddHostedService(sp => sp.GetRequiredService<MemoryServerWorker>());
             builder.Services.AddSingleton<PagingActivities>();
         }
-        switch (role)
+        if (source)
         {
-            case "source":
-                builder.Services.AddSingleton<SourceActivities>();
-                break;
-            case "main":
-                builder.Services.AddSingleton(_ => HostKeyPair.LoadOrCreate(Path.Combine(stateDirectory, "host.key")));
-                builder.Services.AddSingleton<MainHostVms>();
-                builder.Services.AddSingleton<MainHostActivities>();
-                builder.Services.AddHostedService<PagingReporter>();
-                break;
+            builder.Services.AddSingleton<SourceActivities>();
+        }
+        if (main)
+        {
+            builder.Services.AddSingleton(_ => HostKeyPair.LoadOrCreate(Path.Combine(stateDirectory, "host.key")));
+            builder.Services.AddSingleton<MainHostVms>();
+            builder.Services.AddSingleton<MainHostActivities>();
+            builder.Services.AddHostedService<PagingReporter>();
         }
         if (Temporal(builder) is { } temporal)
         {
-            // The same activity classes, on this host's task queue, for migrations that Temporal drives.
+            // The same activity classes, all of this host's roles on its one task queue, for migrations that Temporal drives.
             var worker = builder.Services.AddHostedTemporalWorker(temporal.Address!, temporal.Namespace, StepQueues.Host(host));
-            _ = role switch
+            if (source)
             {
-                "source" => worker.AddSingletonActivities<SourceActivities>(),
-                "main" => worker.AddSingletonActivities<PagingActivities>().AddSingletonActivities<MainHostActivities>(),
-                _ => worker.AddSingletonActivities<PagingActivities>(),
-            };
+                worker.AddSingletonActivities<SourceActivities>();
+            }
+            if (pages)
+            {
+                worker.AddSingletonActivities<PagingActivities>();
+            }
+            if (main)
+            {
+                worker.AddSingletonActivities<MainHostActivities>();
+            }
         }
         builder.Services.AddSingleton<RunningSteps>();
         return builder.AddMessaging(
             x =>
             {
-                if (role == "source")
+                if (source)
                 {
                     x.AddConsumer<SourceStepsConsumer>();
                 }
-                else
+                if (pages)
                 {
                     x.AddConsumer<PagingStepsConsumer>();
                 }
-                if (role == "main")
+                if (main)
                 {
                     x.AddConsumer<MainHostStepsConsumer>();
+                }
+                if (source || main)
+                {
+                    x.AddConsumer<DigestStepsConsumer>();
                 }
                 x.AddConsumer<CancelStepsConsumer>();
             },
@@ -99,17 +121,21 @@ public static class RoleRegistration
                 {
                     // Transfers to every destination run at once at the source.
                     e.PrefetchCount = 16;
-                    if (role == "source")
+                    if (source)
                     {
                         e.ConfigureConsumer<SourceStepsConsumer>(bus);
                     }
-                    else
+                    if (pages)
                     {
                         e.ConfigureConsumer<PagingStepsConsumer>(bus);
                     }
-                    if (role == "main")
+                    if (main)
                     {
                         e.ConfigureConsumer<MainHostStepsConsumer>(bus);
+                    }
+                    if (source || main)
+                    {
+                        e.ConfigureConsumer<DigestStepsConsumer>(bus);
                     }
                 });
                 // Beside the step queue, not behind the steps waiting in it: a cancel reaches this process at once.

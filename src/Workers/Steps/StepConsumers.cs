@@ -1,4 +1,5 @@
 using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using SEmigrate.Activities;
 using SEmigrate.Contracts.Migration;
@@ -12,7 +13,7 @@ namespace SEmigrate.Workers.Steps;
 /// the engine retries. A migration's forward steps run under <see cref="RunningSteps"/>, so CancelSteps
 /// stops them.</summary>
 public sealed class SourceStepsConsumer(SourceActivities source, RunningSteps running)
-    : IConsumer<MeasureGuest>, IConsumer<IntrospectGuest>, IConsumer<TransferPages>, IConsumer<HandOver>, IConsumer<ReleaseSource>, IConsumer<DigestMemory>
+    : IConsumer<MeasureGuest>, IConsumer<IntrospectGuest>, IConsumer<TransferPages>, IConsumer<HandOver>, IConsumer<ReleaseSource>
 {
     public Task Consume(ConsumeContext<MeasureGuest> context) => Step.RespondAsync(context, _ => source.MeasureAsync(context.Message), running, context.Message.MigrationId);
 
@@ -23,8 +24,6 @@ public sealed class SourceStepsConsumer(SourceActivities source, RunningSteps ru
         Step.RespondAsync(context, ct => source.TransferAsync(context.Message, ct), running, context.Message.MigrationId);
 
     public Task Consume(ConsumeContext<HandOver> context) => Step.RespondAsync(context, _ => source.HandOverAsync(context.Message), running, context.Message.MigrationId);
-
-    public Task Consume(ConsumeContext<DigestMemory> context) => Step.RespondAsync(context, _ => source.DigestAsync(context.Message));
 
     public Task Consume(ConsumeContext<ReleaseSource> context) => Step.RespondAsync(context, _ => source.ReleaseSourceAsync(context.Message));
 }
@@ -37,14 +36,26 @@ public sealed class PagingStepsConsumer(PagingActivities paging, RunningSteps ru
     public Task Consume(ConsumeContext<ReleasePaging> context) => Step.RespondAsync(context, _ => paging.ReleasePagingAsync(context.Message));
 }
 
-public sealed class MainHostStepsConsumer(MainHostActivities main, RunningSteps running) : IConsumer<SwitchOver>, IConsumer<DigestMemory>, IConsumer<StopVm>
+public sealed class MainHostStepsConsumer(MainHostActivities main, RunningSteps running) : IConsumer<SwitchOver>, IConsumer<StopVm>
 {
     public Task Consume(ConsumeContext<SwitchOver> context) =>
         Step.RespondAsync(context, _ => main.SwitchOverAsync(context.Message), running, context.Message.MigrationId);
 
-    public Task Consume(ConsumeContext<DigestMemory> context) => Step.RespondAsync(context, _ => main.DigestAsync(context.Message));
-
     public Task Consume(ConsumeContext<StopVm> context) => Step.RespondAsync(context, _ => main.StopVmAsync(context.Message));
+}
+
+/// <summary>The memory check (not a step of the procedure) at a source or a main host: a host with both
+/// roles digests as the main host a VM that runs there, else as the source that sent it.</summary>
+public sealed class DigestStepsConsumer(IServiceProvider services) : IConsumer<DigestMemory>
+{
+    public Task Consume(ConsumeContext<DigestMemory> context)
+    {
+        var main = services.GetService<MainHostActivities>();
+        var runsHere = services.GetService<MainHostVms>()?.Find(context.Message.Vm) is not null;
+        return runsHere || services.GetService<SourceActivities>() is not { } source
+            ? Step.RespondAsync(context, _ => (main ?? throw new ApplicationFailureException("this host is no main host", nonRetryable: true)).DigestAsync(context.Message))
+            : Step.RespondAsync(context, _ => source.DigestAsync(context.Message));
+    }
 }
 
 /// <summary>The engine cancelled a migration: its forward steps running here stop.</summary>
