@@ -12,6 +12,7 @@ var root = new RootCommand("SEmigrate: split migration of large-memory VMs witho
     .AddStatusCommand()
     .AddAuditCommand()
     .AddVmCommand()
+    .AddTemporalCommand()
     .AddDemoCommand();
 
 try

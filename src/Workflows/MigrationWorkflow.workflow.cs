@@ -30,6 +30,9 @@ public sealed class MigrationWorkflow
     public static readonly SearchAttributeKey<string> ModeKey = SearchAttributeKey.CreateKeyword("SemigrateMode");
     public static readonly SearchAttributeKey<string> StateKey = SearchAttributeKey.CreateKeyword("SemigrateState");
 
+    /// <summary>Every search attribute the workflow sets: the namespace must have them (`semigrate temporal setup`).</summary>
+    public static readonly IReadOnlyList<SearchAttributeKey<string>> SearchAttributes = [VmKey, SourceKey, MainKey, ModeKey, StateKey];
+
     private readonly CancellationTokenSource cancel = new(); // the Cancel signal's
     private MigrationProcedure? procedure;
     private Guid migrationId;

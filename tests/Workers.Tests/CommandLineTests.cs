@@ -113,6 +113,17 @@ public class CommandLineTests
     }
 
     [Fact]
+    public async Task Temporal_setup_without_a_server_says_the_embedded_engine_needs_none_and_one_that_is_down_is_named()
+    {
+        var none = await SemigrateProcess.RunAsync(NoEnvironment, "temporal", "setup");
+        Assert.Equal(2, none.ExitCode);
+        Assert.Contains("Temporal:Address is not set (SEMIGRATE__Temporal__Address): the embedded engine needs no setup", none.Stderr, StringComparison.Ordinal);
+        var down = await SemigrateProcess.RunAsync(new Dictionary<string, string> { ["SEMIGRATE__Temporal__Address"] = "127.0.0.1:1" }, "temporal", "setup");
+        Assert.Equal(1, down.ExitCode);
+        Assert.Contains("127.0.0.1:1", down.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_worker_with_an_unknown_role_or_a_bad_host_name_is_refused()
     {
         var role = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "janitor", "--host", "h");

@@ -3,9 +3,8 @@ using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workflows;
+using SEmigrate.Workers.Temporal;
 using Temporalio.Api.Enums.V1;
-using Temporalio.Api.OperatorService.V1;
-using Temporalio.Client;
 
 namespace SEmigrate.Workers.Tests;
 
@@ -21,7 +20,10 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         Assert.SkipWhen(temporal.Client is null, temporal.SkipReason);
         var ct = TestContext.Current.CancellationToken;
         var client = temporal.Client!;
-        await RegisterSearchAttributesAsync(client, ct);
+        // `semigrate temporal setup`'s work, twice: the second time finds everything there.
+        await SearchAttributeSetup.AddMissingAsync(client, ct);
+        Assert.Empty(await SearchAttributeSetup.AddMissingAsync(client, ct));
+        Assert.All(await SearchAttributeSetup.CheckAsync(client, ct), a => Assert.Equal(IndexedValueType.Keyword, a.Has));
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, temporalAddress: client.Connection.Options.TargetHost);
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
 
@@ -40,21 +42,5 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
         Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
-    }
-
-    private static async Task RegisterSearchAttributesAsync(ITemporalClient client, CancellationToken ct)
-    {
-        var request = new AddSearchAttributesRequest { Namespace = client.Options.Namespace };
-        foreach (var key in new[] { MigrationWorkflow.VmKey, MigrationWorkflow.SourceKey, MigrationWorkflow.MainKey, MigrationWorkflow.ModeKey, MigrationWorkflow.StateKey })
-        {
-            request.SearchAttributes[key.Name] = IndexedValueType.Keyword;
-        }
-        try
-        {
-            await client.Connection.OperatorService.AddSearchAttributesAsync(request, new RpcOptions { CancellationToken = ct });
-        }
-        catch (Temporalio.Exceptions.RpcException e) when (e.Code == Temporalio.Exceptions.RpcException.StatusCode.AlreadyExists)
-        {
-        }
     }
 }

@@ -3,6 +3,7 @@ using Marten;
 using Microsoft.Extensions.Options;
 using Npgsql;
 using SEmigrate.Workers.Settings;
+using SEmigrate.Workers.Temporal;
 using Temporalio.Client;
 
 namespace SEmigrate.Workers.Doctor;
@@ -89,7 +90,14 @@ public sealed class DoctorChecks(
             .WaitAsync(ct);
         var info = await client.Connection.WorkflowService.GetSystemInfoAsync(
             new Temporalio.Api.WorkflowService.V1.GetSystemInfoRequest(), new() { CancellationToken = ct });
-        return $"{o.Address}, namespace {o.Namespace}, server {info.ServerVersion}";
+        // Without its search attributes every workflow task of a migration fails: say so here.
+        var missing = (await SearchAttributeSetup.CheckAsync(client, ct)).Where(a => a.Has != Temporalio.Api.Enums.V1.IndexedValueType.Keyword)
+            .Select(a => a.Has is null ? a.Name : $"{a.Name} (registered as {a.Has})").ToList();
+        if (missing.Count > 0)
+        {
+            throw new InvalidOperationException($"namespace {o.Namespace} lacks the search attributes {string.Join(", ", missing)}: run `semigrate temporal setup`");
+        }
+        return $"{o.Address}, namespace {o.Namespace}, server {info.ServerVersion}, search attributes registered";
     }
 
     private static string Qemu()
