@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using Temporalio.Client;
@@ -20,6 +21,11 @@ public sealed class MigrationWorkflow
     /// be migrated again under the same id.</summary>
     public static WorkflowOptions StartOptions(MigrationRequest request) => new($"migration-{request.Vm}", OrchestratorQueue)
     {
+        StaticSummary = $"migrate VM {request.Vm} ({request.Guest}) from {request.Source} to {request.Main.Host}"
+            + $"{string.Concat(request.SubHosts.Select(s => $" + {s.Host}"))}, {request.Mode.ToWireName()}",
+        StaticDetails = $"migration {request.MigrationId}: the main host may take {request.Main.CapacityPages} pages; "
+            + string.Join("; ", request.SubHosts.Select(s => $"{s.Host} {s.CapacityPages}"))
+            + (request.PlainProcesses.Count > 0 ? $"; travels as-is (already encrypted): {string.Join(", ", request.PlainProcesses)}" : ""),
         IdConflictPolicy = Temporalio.Api.Enums.V1.WorkflowIdConflictPolicy.Fail,
         IdReusePolicy = Temporalio.Api.Enums.V1.WorkflowIdReusePolicy.AllowDuplicate,
     };
@@ -47,8 +53,11 @@ public sealed class MigrationWorkflow
         procedure = new MigrationProcedure(new TemporalSteps(StepPolicies.Default));
         // The Cancel signal, or a cancel from the Web UI or CLI (the workflow's own token): both end the same way.
         using var cancelled = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token, Workflow.CancellationToken);
+        Workflow.Logger.LogInformation("migration {Migration} of VM {Vm}: {Source} -> {Main} + {SubHosts} ({Mode})", request.MigrationId, request.Vm,
+            request.Source, request.Main.Host, string.Join(", ", request.SubHosts.Select(s => s.Host)), request.Mode.ToWireName());
         var outcome = await procedure.RunAsync(request, cancelled.Token);
         Workflow.UpsertTypedSearchAttributes(StateKey.ValueSet(outcome.State.ToString()));
+        Workflow.Logger.LogInformation("migration {Migration}: {State}{Reason}", request.MigrationId, outcome.State, outcome.Reason is null ? "" : $": {outcome.Reason}");
         return outcome;
     }
 

@@ -1,4 +1,6 @@
+using Microsoft.Extensions.Logging;
 using SEmigrate.Activities;
+using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using Temporalio.Common;
@@ -32,28 +34,32 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     private bool stopFirst;
 
     public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.MeasureAsync(input), Options(host, policies.Quick, ct));
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.MeasureAsync(input), Options(host, policies.Quick, ct, $"measure guest {input.Guest} at {host}"));
 
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.IntrospectAsync(input), Options(host, policies.Introspect, ct));
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.IntrospectAsync(input), Options(host, policies.Introspect, ct,
+            $"introspect and classify guest {input.Guest} at {host} (a running guest is paused from here)"));
 
     public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((PagingActivities a) => a.StartPagingAsync(input), Options(host, policies.Quick, ct));
+        Workflow.ExecuteActivityAsync((PagingActivities a) => a.StartPagingAsync(input), Options(host, policies.Quick, ct,
+            $"start paging VM {input.Vm} at {host}: room for {input.ExpectedPages} pages{(input.Round > 1 ? $", round {input.Round}" : "")}"));
 
     public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.TransferAsync(input), Options(host, policies.Transfer, ct));
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.TransferAsync(input), Options(host, policies.Transfer, ct,
+            $"send {input.Assignment.Pages} pages [{input.Assignment.FirstPfn:x}, {input.Assignment.EndPfn:x}) to {input.Assignment.Host} ({input.Mode.ToWireName()}){(input.Round > 1 ? $", round {input.Round}" : "")}"));
 
     public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.HandOverAsync(input), Options(host, policies.Quick, ct));
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.HandOverAsync(input), Options(host, policies.Quick, ct, $"hand the manifest and the wrapped key to {input.Main}"));
 
     public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((MainHostActivities a) => a.SwitchOverAsync(input), Options(host, policies.SwitchOver, ct));
+        Workflow.ExecuteActivityAsync((MainHostActivities a) => a.SwitchOverAsync(input), Options(host, policies.SwitchOver, ct, $"switch VM {input.Vm} over to {host}"));
 
     public Task<PagingReleased> ReleasePagingAsync(string host, ReleasePaging input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((PagingActivities a) => a.ReleasePagingAsync(input), Options(host, policies.Quick, ct));
+        Workflow.ExecuteActivityAsync((PagingActivities a) => a.ReleasePagingAsync(input), Options(host, policies.Quick, ct, $"release VM {input.Vm}'s pages at {host}"));
 
     public Task<SourceReleased> ReleaseSourceAsync(string host, ReleaseSource input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.ReleaseSourceAsync(input), Options(host, policies.Quick, ct));
+        Workflow.ExecuteActivityAsync((SourceActivities a) => a.ReleaseSourceAsync(input), Options(host, policies.Quick, ct,
+            input.VmLeft ? "the source drops the migration's key: the VM left" : "the source drops the migration's key: the VM stays"));
 
     /// <summary>Publishes the event (an activity on the orchestrator's queue), then shows the new state
     /// in the search attributes.</summary>
@@ -62,11 +68,13 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
         var record = new RecordEvent(e, ++recorded);
         await Workflow.ExecuteActivityAsync((AuditActivities a) => a.RecordAsync(record), new ActivityOptions
         {
+            Summary = $"record {e.GetType().Name}",
             TaskQueue = MigrationWorkflow.OrchestratorQueue,
             CancellationToken = stopFirst ? CancellationToken.None : null,
             StartToCloseTimeout = policies.Quick.Timeout,
             RetryPolicy = new RetryPolicy { InitialInterval = policies.Quick.Backoff, MaximumAttempts = 0 }, // never lose an audit event
         });
+        Workflow.Logger.LogInformation("migration {Migration}: {Event}", e.MigrationId, e.GetType().Name);
         if (MigrationStates.After(e, state) is { } after)
         {
             state = after;
@@ -80,8 +88,10 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     /// <summary>The state the search attribute shows, as the audit trail's read model reads it.</summary>
     private MigrationState state = MigrationState.Requested;
 
-    private ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct) => new()
+    /// <summary>The step's options; <paramref name="summary"/> is what the Web UI shows for it.</summary>
+    private ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct, string summary) => new()
     {
+        Summary = summary,
         TaskQueue = StepQueues.Host(host),
         StartToCloseTimeout = policy.Timeout,
         HeartbeatTimeout = policy.Heartbeat,
