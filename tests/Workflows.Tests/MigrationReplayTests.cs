@@ -186,6 +186,10 @@ public class MigrationReplayTests
             [new Assignment("main", 0, 1024, 1000), new Assignment("sub-a", 1024, 2048, 1000), new Assignment("sub-b", 2048, 3072, 1000)],
             transfers.Select(t => ((TransferPages)t.Input!).Assignment));
         Assert.All(transfers, t => Assert.Null(((TransferPages)t.Input!).ChannelKeyFor)); // semigrate mode: no key to any sub-host
+        // The Web UI reads like the procedure: every activity says what it does, where.
+        Assert.All(capture.Summaries, s => Assert.False(string.IsNullOrEmpty(s)));
+        Assert.Contains("send 1000 pages [400, 800) to sub-a (semigrate)", capture.Summaries);
+        Assert.Contains("switch VM 66666666-7777-8888-9999-000000000000 over to main", capture.Summaries);
         // The data key is wrapped for the main host's public key, and only the main host switches over.
         Assert.Equal([2], ((HandOver)capture.Scheduled.Single(s => s.Activity == "HandOver").Input!).MainPublicKey);
         var switchOver = capture.Scheduled.Single(s => s.Activity == "SwitchOver");

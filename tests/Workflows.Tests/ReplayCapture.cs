@@ -9,6 +9,9 @@ internal sealed class ReplayCapture : IWorkerInterceptor
 {
     public ConcurrentQueue<(string Activity, string? TaskQueue, object? Input)> Scheduled { get; } = new();
 
+    /// <summary>What the Web UI shows for each scheduled activity, in the same order.</summary>
+    public ConcurrentQueue<string?> Summaries { get; } = new();
+
     public object? Result { get; private set; }
 
     public WorkflowInboundInterceptor InterceptWorkflow(WorkflowInboundInterceptor nextInterceptor) => new Inbound(nextInterceptor, this);
@@ -30,6 +33,7 @@ internal sealed class ReplayCapture : IWorkerInterceptor
         public override Task<TResult> ScheduleActivityAsync<TResult>(ScheduleActivityInput input)
         {
             capture.Scheduled.Enqueue((input.Activity, input.Options.TaskQueue, input.Args.FirstOrDefault()));
+            capture.Summaries.Enqueue(input.Options.Summary);
             return base.ScheduleActivityAsync<TResult>(input);
         }
     }
