@@ -10,6 +10,7 @@ var root = new RootCommand("SEmigrate: split migration of large-memory VMs witho
     .AddWorkerCommand()
     .AddMigrateCommand()
     .AddStatusCommand()
+    .AddFleetCommand()
     .AddAuditCommand()
     .AddVmCommand()
     .AddTemporalCommand()

@@ -92,7 +92,11 @@ internal sealed class MigrationRun : IAsyncDisposable
             .. startSub2 ? [new WorkerFleet.Worker("sub", $"sub2-{suffix}", 30_000, Store($"sub2-{suffix}"))] : Array.Empty<WorkerFleet.Worker>(),
         ];
         // The workers send the events they raise (security, paging) to this test's auditor.
-        var environment = new Dictionary<string, string> { ["SEMIGRATE__Audit__Queue"] = $"semigrate-audit-{suffix}" };
+        var environment = new Dictionary<string, string>
+        {
+            ["SEMIGRATE__Audit__Queue"] = $"semigrate-audit-{suffix}",
+            ["SEMIGRATE__Fleet__ReportSeconds"] = "2", // the fleet inventory follows within seconds
+        };
         if (temporalAddress is not null)
         {
             environment["SEMIGRATE__Temporal__Address"] = temporalAddress;

@@ -11,7 +11,7 @@ namespace SEmigrate.Workers.Audit;
 public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<DestinationLost>, IConsumer<MigrationSwitchedOver>,
-    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>
+    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>, IConsumer<HostSeen>
 {
     public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context, context.Message);
 
@@ -38,6 +38,9 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
     public Task Consume(ConsumeContext<PagesUnavailable> context) => AppendAsync(context, context.Message);
 
     public Task Consume(ConsumeContext<MigratedVmStopped> context) => AppendAsync(context, context.Message);
+
+    /// <summary>A host's report goes to the host's own stream (the fleet inventory).</summary>
+    public Task Consume(ConsumeContext<HostSeen> context) => AppendAsync(context, HostStreams.Of(context.Message.Host), context.Message);
 
     /// <summary>Paging goes to the VM's own stream: it outlives the migration that brought the VM.</summary>
     public Task Consume(ConsumeContext<VmPaged> context) => AppendAsync(context, context.Message.Vm, context.Message);

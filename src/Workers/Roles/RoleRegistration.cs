@@ -55,6 +55,8 @@ public static class RoleRegistration
         var (host, stateDirectory) = (context.Host, context.StateDirectory);
         var (source, main, pages) = (roles.Contains("source"), roles.Contains("main"), roles.Contains("main") || roles.Contains("sub"));
         builder.Services.AddSingleton(context);
+        builder.Services.AddSingleton(new HostRoles([.. roles.Order(StringComparer.Ordinal)]));
+        builder.Services.AddHostedService<HostReporter>();
         builder.AddPagePath($"{string.Join(",", roles.Order(StringComparer.Ordinal))} worker {host}");
         if (pages)
         {
@@ -203,10 +205,11 @@ public static class RoleRegistration
             o.DatabaseSchemaName = pg.Schema;
             o.AutoCreateSchemaObjects = AutoCreate.CreateOrUpdate;
             // Every event type, as the contract lists them for JSON (one list to keep).
-            o.Events.AddEventTypes([.. typeof(IMigrationEvent).GetCustomAttributes<JsonDerivedTypeAttribute>().Select(a => a.DerivedType), typeof(VmPaged)]);
+            o.Events.AddEventTypes([.. typeof(IMigrationEvent).GetCustomAttributes<JsonDerivedTypeAttribute>().Select(a => a.DerivedType), typeof(VmPaged), typeof(HostSeen)]);
             o.Events.MetadataConfig.HeadersEnabled = true; // where each event's hash chain is kept (AuditChain)
             o.Projections.Add<MigrationSummaryProjection>(ProjectionLifecycle.Inline);
             o.Projections.Add<VmPagingSummaryProjection>(ProjectionLifecycle.Inline);
+            o.Projections.Add<FleetHostProjection>(ProjectionLifecycle.Inline);
             return o;
         }).UseLightweightSessions();
         return builder;

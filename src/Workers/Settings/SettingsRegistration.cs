@@ -31,6 +31,9 @@ public static partial class SettingsRegistration
             var o = sp.GetRequiredService<IOptions<AuditOptions>>().Value;
             return new AuditRoute(o.Queue, o.Partitions);
         });
+        builder.Services.AddOptions<FleetOptions>().BindConfiguration(FleetOptions.Section)
+            .Validate(o => o.ReportSeconds is >= 1 and <= 3600, "Fleet:ReportSeconds must be 1 to 3600")
+            .ValidateOnStart();
         builder.Services.AddOptions<TemporalOptions>().BindConfiguration(TemporalOptions.Section)
             .Validate(o => !o.IsConfigured || HostPort().IsMatch(o.Address!),
                 "Temporal:Address must be host:port (or empty to use the embedded engine)")
