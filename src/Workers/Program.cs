@@ -13,6 +13,7 @@ var root = new RootCommand("SEmigrate: split migration of large-memory VMs witho
     .AddFleetCommand()
     .AddAuditCommand()
     .AddVmCommand()
+    .AddMaintenanceCommand()
     .AddTemporalCommand()
     .AddDemoCommand();
 

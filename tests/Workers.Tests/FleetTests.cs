@@ -4,7 +4,7 @@ using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
-using SEmigrate.Workers.Commands;
+using SEmigrate.Workers.Audit;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -48,12 +48,12 @@ public class FleetTests(RealGuestFixture guest, PostgresFixture postgres) : ICla
         await EventuallyAsync(store, f => f.Vms.All(v => v.Vm != request.Vm), "the VM left the inventory once stopped", ct);
     }
 
-    private static async Task<FleetCommand.Fleet> EventuallyAsync(IDocumentStore store, Func<FleetCommand.Fleet, bool> holds, string what, CancellationToken ct)
+    private static async Task<FleetInventory.Fleet> EventuallyAsync(IDocumentStore store, Func<FleetInventory.Fleet, bool> holds, string what, CancellationToken ct)
     {
         var until = DateTime.UtcNow.AddSeconds(30);
         while (true)
         {
-            var fleet = await FleetCommand.ReadAsync(store, ct);
+            var fleet = await FleetInventory.ReadAsync(store, ct);
             if (holds(fleet))
             {
                 return fleet;

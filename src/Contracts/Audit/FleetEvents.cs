@@ -10,8 +10,9 @@ namespace SEmigrate.Contracts.Audit;
 public sealed record HostSeen(string Host, IReadOnlyList<string> Roles, long CapacityPages, long UsedPages, IReadOnlyList<GuestSeen> Guests, IReadOnlyList<VmSeen> Vms,
     DateTimeOffset At);
 
-/// <summary>A guest in a source's guests folder: running (its RAM a file the source reads) or a memory dump.</summary>
-public sealed record GuestSeen(string Name, int MemoryMiB, bool Running);
+/// <summary>A guest in a source's guests folder, <paramref name="Pages"/> 4 KiB pages of memory: running (its
+/// RAM a file the source reads) or a memory dump.</summary>
+public sealed record GuestSeen(string Name, long Pages, bool Running);
 
 /// <summary>A VM a main host took over (by <paramref name="MigrationId"/>): its pages here and at sub-hosts.</summary>
 public sealed record VmSeen(Guid Vm, Guid MigrationId, long LocalPages, long RemotePages, bool Running);

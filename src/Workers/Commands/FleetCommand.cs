@@ -11,12 +11,6 @@ namespace SEmigrate.Workers.Commands;
 /// last migration, from the audit trail (the hosts' streams and the migrations' summaries).</summary>
 public static class FleetCommand
 {
-    /// <summary>A VM of the fleet: where it runs (a main host that took it over, or a source's guest by
-    /// name), its size, and its last migration when it had one.</summary>
-    public sealed record FleetVm(string Host, Guid? Vm, string? Guest, long Pages, bool Running, Guid? LastMigration, string? LastState, DateTimeOffset? LastMigratedAt);
-
-    public sealed record Fleet(IReadOnlyList<FleetHost> Hosts, IReadOnlyList<FleetVm> Vms);
-
     public static RootCommand AddFleetCommand(this RootCommand root)
     {
         var json = new Option<bool>("--json") { Description = "Print JSON: {\"hosts\":[...],\"vms\":[...]}" };
@@ -26,7 +20,7 @@ public static class FleetCommand
             var builder = SemigrateHost.CreateBuilder();
             builder.AddAuditTrail();
             using var host = builder.Build();
-            var fleet = await ReadAsync(host.Services.GetRequiredService<IDocumentStore>(), ct);
+            var fleet = await FleetInventory.ReadAsync(host.Services.GetRequiredService<IDocumentStore>(), ct);
             if (parse.GetValue(json))
             {
                 Console.WriteLine(JsonSerializer.Serialize(fleet, MigrateCommand.Json));
@@ -54,23 +48,5 @@ public static class FleetCommand
         });
         root.Subcommands.Add(command);
         return root;
-    }
-
-    public static async Task<Fleet> ReadAsync(IDocumentStore store, CancellationToken ct)
-    {
-        await using var query = store.QuerySession();
-        var hosts = (await query.Query<FleetHost>().ToListAsync(ct)).OrderBy(h => h.Host, StringComparer.Ordinal).ToList();
-        var ids = hosts.SelectMany(h => h.Vms).Select(v => v.Vm).Distinct().ToArray();
-        var last = ids.Length == 0 ? [] : (await query.Query<MigrationSummary>().Where(m => m.Vm.IsOneOf(ids)).ToListAsync(ct))
-            .GroupBy(m => m.Vm).ToDictionary(g => g.Key, g => g.MaxBy(m => m.RequestedAt)!);
-        FleetVm TakenOver(string at, Contracts.Audit.VmSeen v)
-        {
-            var m = last.GetValueOrDefault(v.Vm);
-            return new FleetVm(at, v.Vm, null, v.LocalPages + v.RemotePages, v.Running, m?.Id, m?.State.ToString(), m?.UpdatedAt);
-        }
-        var vms = hosts.SelectMany(h => h.Vms.Select(v => TakenOver(h.Host, v))
-            .Concat(h.Guests.Select(g => new FleetVm(h.Host, null, g.Name, (long)g.MemoryMiB * 256, g.Running, null, null, null))))
-            .ToList();
-        return new Fleet(hosts, vms);
     }
 }

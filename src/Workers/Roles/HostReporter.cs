@@ -55,7 +55,7 @@ public sealed class HostReporter(IServiceProvider services, HostContext host, Ho
             .Where(d => LiveGuest.IsLive(d.FullName) || File.Exists(BootedGuest.DumpIn(d.FullName)))
             .OrderBy(d => d.Name, StringComparer.Ordinal)
             .Select(d => LiveGuest.IsLive(d.FullName)
-                ? new GuestSeen(d.Name, LiveGuest.MemoryMiBIn(d.FullName), true)
-                : new GuestSeen(d.Name, (int)(new FileInfo(BootedGuest.DumpIn(d.FullName)).Length >> 20), false))];
+                ? new GuestSeen(d.Name, LiveGuest.MemoryMiBIn(d.FullName) * 256L, true)
+                : new GuestSeen(d.Name, (new FileInfo(BootedGuest.DumpIn(d.FullName)).Length + 4095) / 4096, false))]; // a dump: a little more than its pages
     }
 }

@@ -161,6 +161,7 @@ public static class RoleRegistration
         builder.Services.AddSingleton<HostWorkers>();
         builder.Services.AddSingleton<EmbeddedSteps>();
         builder.Services.AddSingleton<EmbeddedEngine>();
+        builder.Services.AddSingleton<DrainRunner>();
         builder.AddAuditTrail();
         return builder.AddMessaging(
             x =>

@@ -1,0 +1,22 @@
+namespace SEmigrate.Contracts.Migration;
+
+/// <summary>Host maintenance: migrate every guest off <paramref name="Host"/> (its source role's guests),
+/// placed across the other hosts the fleet inventory knows, at most <paramref name="MaxConcurrent"/>
+/// migrations at a time.</summary>
+public sealed record DrainHost(Guid DrainId, string Host, MigrationMode Mode, IReadOnlyList<string> PlainProcesses, int MaxConcurrent = 2);
+
+/// <summary>What the inventory says for a drain: the drained host's guests and every other host's room.</summary>
+public sealed record DrainInventory(IReadOnlyList<DrainGuest> Guests, IReadOnlyList<DrainTarget> Hosts);
+
+/// <summary>A guest on the drained host, <paramref name="Pages"/> 4 KiB pages of memory.</summary>
+public sealed record DrainGuest(string Name, long Pages, bool Running);
+
+/// <summary>Another host: whether it can take a VM over (main role) and hold pages (main or sub), and its free room.</summary>
+public sealed record DrainTarget(string Host, bool CanBeMain, bool CanHoldPages, long FreePages);
+
+/// <summary>What a drain did: which guests moved where, and which did not and why.</summary>
+public sealed record DrainReport(string Drained, IReadOnlyList<DrainMoved> Moved, IReadOnlyList<DrainNotMoved> NotMoved);
+
+public sealed record DrainMoved(string Vm, Guid VmId, Guid MigrationId, string To, MigrationState State);
+
+public sealed record DrainNotMoved(string Vm, string Reason);

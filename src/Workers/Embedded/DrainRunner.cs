@@ -1,0 +1,34 @@
+using Marten;
+using Microsoft.Extensions.Options;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Settings;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Embedded;
+
+/// <summary>The embedded engine's host maintenance: <see cref="DrainProcedure"/> with the fleet inventory
+/// read from Marten and each guest's migration run by <see cref="EmbeddedEngine"/> (journaled and
+/// resumable like any other). A host that has not reported for three report intervals is no target.</summary>
+public sealed class DrainRunner(EmbeddedEngine engine, IDocumentStore store, IOptions<FleetOptions> fleet) : IDrainSteps
+{
+    public Task<DrainReport> DrainAsync(DrainHost drain, CancellationToken ct) => new DrainProcedure(this).RunAsync(drain, ct);
+
+    public async Task<DrainInventory> InventoryAsync(string host, CancellationToken ct)
+    {
+        var inventory = await FleetInventory.ReadAsync(store, ct);
+        var drained = inventory.Hosts.FirstOrDefault(h => h.Host == host)
+            ?? throw new InvalidOperationException($"host {host} is not in the fleet inventory (its worker reports when it starts: `semigrate fleet`)");
+        var fresh = DateTimeOffset.UtcNow - TimeSpan.FromSeconds(3 * fleet.Value.ReportSeconds + 10);
+        return new DrainInventory(
+            [.. drained.Guests.Select(g => new DrainGuest(g.Name, g.Pages, g.Running))],
+            [.. inventory.Hosts.Where(h => h.Host != host && h.LastSeen >= fresh)
+                .Select(h => new DrainTarget(h.Host, h.Roles.Contains("main"), h.Roles.Contains("main") || h.Roles.Contains("sub"), Math.Max(0, h.CapacityPages - h.UsedPages)))]);
+    }
+
+    public Guid NewGuid() => Guid.NewGuid();
+
+    public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
+
+    public Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct) => engine.RunAsync(request, null, ct);
+}

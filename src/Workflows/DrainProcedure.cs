@@ -1,0 +1,110 @@
+using SEmigrate.Contracts.Migration;
+
+namespace SEmigrate.Workflows;
+
+/// <summary>What a drain may do beyond computing: read the inventory, make ids, migrate one VM (a whole
+/// split migration: a child workflow on Temporal, the embedded engine's run otherwise).</summary>
+public interface IDrainSteps
+{
+    Task<DrainInventory> InventoryAsync(string host, CancellationToken ct);
+
+    Guid NewGuid();
+
+    Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps);
+
+    Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct);
+}
+
+/// <summary>Host maintenance, written once for both engines: every guest of the drained host is placed
+/// on the other hosts from the inventory (the main host with the most room takes what it can, the
+/// hosts that hold pages the rest), room reserved as it is planned so that guests migrating at once
+/// never count the same room twice, then migrated, at most MaxConcurrent at a time. A guest there is
+/// no room for, and one whose migration did not switch over, is reported with the reason.</summary>
+public sealed class DrainProcedure(IDrainSteps steps)
+{
+    public async Task<DrainReport> RunAsync(DrainHost drain, CancellationToken ct)
+    {
+        var inventory = await steps.InventoryAsync(drain.Host, ct);
+        var room = inventory.Hosts.Where(h => h.Host != drain.Host).ToDictionary(h => h.Host, h => h.FreePages, StringComparer.Ordinal);
+        var planned = new List<(DrainGuest Guest, MigrationRequest Request)>();
+        var notMoved = new List<DrainNotMoved>();
+        foreach (var guest in inventory.Guests.OrderByDescending(g => g.Pages).ThenBy(g => g.Name, StringComparer.Ordinal))
+        {
+            if (Plan(drain, guest, inventory.Hosts, room) is { } request)
+            {
+                planned.Add((guest, request));
+            }
+            else
+            {
+                notMoved.Add(new DrainNotMoved(guest.Name,
+                    $"no room: it has {guest.Pages} pages, the other hosts have {room.Values.Sum()} free{(inventory.Hosts.Any(h => h.CanBeMain && h.Host != drain.Host) ? "" : ", and none can be its main host")}"));
+            }
+        }
+        var moved = new List<DrainMoved>();
+        foreach (var batch in planned.Chunk(Math.Max(1, drain.MaxConcurrent)))
+        {
+            var outcomes = await steps.WhenAllAsync(batch.Select(async p =>
+            {
+                try
+                {
+                    return (p, Outcome: await steps.MigrateAsync(p.Request, ct), Why: (string?)null);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    return (p, Outcome: (MigrationOutcome?)null, Why: e.Message);
+                }
+            }));
+            foreach (var (p, outcome, why) in outcomes)
+            {
+                if (outcome is { State: MigrationState.SwitchedOver })
+                {
+                    moved.Add(new DrainMoved(p.Guest.Name, p.Request.Vm, p.Request.MigrationId, p.Request.Main.Host, outcome.State));
+                }
+                else
+                {
+                    notMoved.Add(new DrainNotMoved(p.Guest.Name, why ?? $"{outcome!.State}: {outcome.Reason}"));
+                }
+            }
+        }
+        return new DrainReport(drain.Host, moved, notMoved);
+    }
+
+    /// <summary>The guest's request, its room taken from <paramref name="room"/>; null if it does not fit.</summary>
+    private MigrationRequest? Plan(DrainHost drain, DrainGuest guest, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room)
+    {
+        var main = hosts.Where(h => h.CanBeMain && room.ContainsKey(h.Host)).OrderByDescending(h => room[h.Host]).ThenBy(h => h.Host, StringComparer.Ordinal).FirstOrDefault();
+        if (main is null)
+        {
+            return null;
+        }
+        var atMain = Math.Min(guest.Pages, room[main.Host]);
+        var subs = new List<Destination>();
+        var left = guest.Pages - atMain;
+        foreach (var sub in hosts.Where(h => h.CanHoldPages && h.Host != main.Host && room.ContainsKey(h.Host) && room[h.Host] > 0)
+                     .OrderByDescending(h => room[h.Host]).ThenBy(h => h.Host, StringComparer.Ordinal))
+        {
+            if (left <= 0)
+            {
+                break;
+            }
+            var take = Math.Min(left, room[sub.Host]);
+            subs.Add(new Destination(sub.Host, take));
+            left -= take;
+        }
+        if (left > 0)
+        {
+            return null;
+        }
+        room[main.Host] -= atMain;
+        foreach (var s in subs)
+        {
+            room[s.Host] -= s.CapacityPages;
+        }
+        // Whole chunks are placed: a share rounds up to its chunk, so each destination is offered all its room.
+        return new MigrationRequest(steps.NewGuid(), steps.NewGuid(), guest.Name, drain.Host, new Destination(main.Host, atMain + Slack(room, main.Host)),
+            [.. subs.Select(s => s with { CapacityPages = s.CapacityPages + Slack(room, s.Host) })], drain.Mode, drain.PlainProcesses);
+    }
+
+    /// <summary>Room a destination may give beyond the share planned for it (placement moves whole chunks).</summary>
+    private static long Slack(Dictionary<string, long> room, string host) => Math.Min(room[host], 4096);
+}

@@ -1,0 +1,95 @@
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+
+namespace SEmigrate.Workflows.Tests;
+
+/// <summary>The drain's plan and its report, with steps that stand in for the inventory and the migrations.</summary>
+public class DrainProcedureTests
+{
+    private sealed class Steps(DrainInventory inventory, Func<MigrationRequest, MigrationState> ends) : IDrainSteps
+    {
+        private int running;
+
+        public List<MigrationRequest> Migrated { get; } = [];
+
+        public int MostAtOnce { get; private set; }
+
+        public Task<DrainInventory> InventoryAsync(string host, CancellationToken ct) => Task.FromResult(inventory);
+
+        public Guid NewGuid() => Guid.NewGuid();
+
+        public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
+
+        public async Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct)
+        {
+            lock (Migrated)
+            {
+                Migrated.Add(request);
+                MostAtOnce = Math.Max(MostAtOnce, ++running);
+            }
+            await Task.Delay(20, ct);
+            lock (Migrated)
+            {
+                running--;
+            }
+            var state = ends(request);
+            return new MigrationOutcome(request.MigrationId, state, state == MigrationState.SwitchedOver ? null : "a sub-host refused pages", null, [], null, null);
+        }
+    }
+
+    private static readonly DrainTarget[] Others =
+        [new("main-1", CanBeMain: true, CanHoldPages: true, FreePages: 70_000), new("sub-1", false, true, 40_000), new("sub-2", false, true, 30_000)];
+
+    private static DrainHost Drain(int atOnce = 2) => new(Guid.NewGuid(), "h1", MigrationMode.Semigrate, ["vaultdb"], atOnce);
+
+    [Fact]
+    public async Task Every_guest_is_placed_on_the_other_hosts_room_reserved_as_it_goes_and_reported_moved()
+    {
+        var steps = new Steps(new DrainInventory([new("a", 65_600, true), new("b", 65_600, false)], [new("h1", true, true, 1_000_000), .. Others]),
+            _ => MigrationState.SwitchedOver);
+
+        var report = await new DrainProcedure(steps).RunAsync(Drain(), TestContext.Current.CancellationToken);
+
+        Assert.Equal("h1", report.Drained);
+        Assert.Empty(report.NotMoved);
+        Assert.Equal(["a", "b"], report.Moved.Select(m => m.Vm).Order());
+        Assert.All(steps.Migrated, r => Assert.Equal(("h1", MigrationMode.Semigrate), (r.Source, r.Mode)));
+        Assert.All(steps.Migrated, r => Assert.DoesNotContain(r.SubHosts, s => s.Host == "h1")); // never back to the drained host
+        // The first takes the main host's room; the second gets what is left there and the sub-hosts' room.
+        var first = steps.Migrated.Single(r => r.Guest == "a");
+        var second = steps.Migrated.Single(r => r.Guest == "b");
+        Assert.Equal("main-1", first.Main.Host);
+        Assert.True(first.Main.CapacityPages >= 65_600, $"{first.Main}");
+        Assert.True(second.Main.CapacityPages + second.SubHosts.Sum(s => s.CapacityPages) >= 65_600, $"{second.Main} + {string.Join(", ", second.SubHosts)}");
+        Assert.True(second.Main.CapacityPages < 70_000 - 65_600 + 4096 + 1, $"the second does not count the first's room: {second.Main}");
+    }
+
+    [Fact]
+    public async Task A_guest_there_is_no_room_for_and_one_whose_migration_was_undone_are_reported_with_why()
+    {
+        var steps = new Steps(new DrainInventory([new("big", 200_000, true), new("a", 60_000, true), new("b", 50_000, false)], Others),
+            r => r.Guest == "b" ? MigrationState.Compensated : MigrationState.SwitchedOver);
+
+        var report = await new DrainProcedure(steps).RunAsync(Drain(), TestContext.Current.CancellationToken);
+
+        Assert.Equal(["a"], report.Moved.Select(m => m.Vm));
+        Assert.Equal(2, report.NotMoved.Count);
+        Assert.StartsWith("no room: it has 200000 pages, the other hosts have 140000 free", report.NotMoved.Single(n => n.Vm == "big").Reason, StringComparison.Ordinal);
+        Assert.Equal("Compensated: a sub-host refused pages", report.NotMoved.Single(n => n.Vm == "b").Reason);
+        Assert.DoesNotContain(steps.Migrated, r => r.Guest == "big");
+    }
+
+    [Fact]
+    public async Task No_more_migrations_run_at_once_than_asked_and_without_a_main_host_nothing_moves()
+    {
+        var many = new Steps(new DrainInventory([.. Enumerable.Range(0, 5).Select(i => new DrainGuest($"g{i}", 1_000, true))], Others), _ => MigrationState.SwitchedOver);
+        var report = await new DrainProcedure(many).RunAsync(Drain(atOnce: 2), TestContext.Current.CancellationToken);
+        Assert.Equal(5, report.Moved.Count);
+        Assert.Equal(2, many.MostAtOnce);
+
+        var noMain = new Steps(new DrainInventory([new("a", 1_000, true)], [new("sub-1", false, true, 40_000)]), _ => MigrationState.SwitchedOver);
+        var none = await new DrainProcedure(noMain).RunAsync(Drain(), TestContext.Current.CancellationToken);
+        Assert.Empty(none.Moved);
+        Assert.EndsWith("and none can be its main host", Assert.Single(none.NotMoved).Reason, StringComparison.Ordinal);
+    }
+}
