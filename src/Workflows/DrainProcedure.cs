@@ -2,13 +2,11 @@ using SEmigrate.Contracts.Migration;
 
 namespace SEmigrate.Workflows;
 
-/// <summary>What a drain may do beyond computing: read the inventory, make ids, migrate one VM (a whole
-/// split migration: a child workflow on Temporal, the embedded engine's run otherwise).</summary>
+/// <summary>What a drain may do beyond computing: read the inventory, wait on several migrations, migrate
+/// one VM (a whole split migration: a child workflow on Temporal, the embedded engine's run otherwise).</summary>
 public interface IDrainSteps
 {
     Task<DrainInventory> InventoryAsync(string host, CancellationToken ct);
-
-    Guid NewGuid();
 
     Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps);
 
@@ -101,9 +99,14 @@ public sealed class DrainProcedure(IDrainSteps steps)
             room[s.Host] -= s.CapacityPages;
         }
         // Whole chunks are placed: a share rounds up to its chunk, so each destination is offered all its room.
-        return new MigrationRequest(steps.NewGuid(), steps.NewGuid(), guest.Name, drain.Host, new Destination(main.Host, atMain + Slack(room, main.Host)),
+        return new MigrationRequest(IdOf(drain, guest, "migration"), IdOf(drain, guest, "vm"), guest.Name, drain.Host, new Destination(main.Host, atMain + Slack(room, main.Host)),
             [.. subs.Select(s => s with { CapacityPages = s.CapacityPages + Slack(room, s.Host) })], drain.Mode, drain.PlainProcesses);
     }
+
+    /// <summary>A guest's VM and migration ids in this drain: made from the drain's id and the guest's name,
+    /// so a replay (and a drain run again with the same id) makes the same ones.</summary>
+    public static Guid IdOf(DrainHost drain, DrainGuest guest, string what) =>
+        new(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"semigrate-drain|{drain.DrainId:N}|{guest.Name}|{what}")).AsSpan(0, 16));
 
     /// <summary>Room a destination may give beyond the share planned for it (placement moves whole chunks).</summary>
     private static long Slack(Dictionary<string, long> room, string host) => Math.Min(room[host], 4096);

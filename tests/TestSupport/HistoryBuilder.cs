@@ -81,6 +81,9 @@ public sealed class HistoryBuilder
     /// upsert of the TemporalChangeVersion search attribute.</summary>
     public sealed record Patch(string Id) : Command;
 
+    /// <summary>A child workflow started (its initiated event id is returned with the scheduled activities').</summary>
+    public sealed record StartChild(string WorkflowType, string WorkflowId, string TaskQueue, object? Input = null) : Command;
+
     /// <summary>Completes the workflow task in progress with these commands; returns the scheduled event
     /// id of each activity it scheduled, in order.</summary>
     public long[] Task(params Command[] commands)
@@ -130,6 +133,18 @@ public sealed class HistoryBuilder
                             SearchAttributes = attributes,
                         };
                     });
+                    break;
+                case StartChild child:
+                    scheduled.Add(Add(EventType.StartChildWorkflowExecutionInitiated, e => e.StartChildWorkflowExecutionInitiatedEventAttributes = new StartChildWorkflowExecutionInitiatedEventAttributes
+                    {
+                        Namespace = "default",
+                        WorkflowId = child.WorkflowId,
+                        WorkflowType = new WorkflowType { Name = child.WorkflowType },
+                        TaskQueue = new TaskQueue { Name = child.TaskQueue },
+                        Input = Payloads(child.Input),
+                        WorkflowTaskCompletedEventId = completed.EventId,
+                    }).EventId);
+                    children[scheduled[^1]] = child;
                     break;
                 case CancelActivity c:
                     Add(EventType.ActivityTaskCancelRequested, e => e.ActivityTaskCancelRequestedEventAttributes = new ActivityTaskCancelRequestedEventAttributes
@@ -215,6 +230,39 @@ public sealed class HistoryBuilder
             Input = Payloads(input),
             Identity = "operator",
         });
+        return this;
+    }
+
+    private readonly Dictionary<long, StartChild> children = [];
+
+    /// <summary>Child workflows that started and ended with <paramref name="results"/> (by initiated event id).</summary>
+    public HistoryBuilder ChildrenCompleted(params (long Initiated, object? Result)[] results)
+    {
+        var started = new Dictionary<long, long>();
+        foreach (var (initiated, _) in results)
+        {
+            var child = children[initiated];
+            started[initiated] = Add(EventType.ChildWorkflowExecutionStarted, e => e.ChildWorkflowExecutionStartedEventAttributes = new ChildWorkflowExecutionStartedEventAttributes
+            {
+                Namespace = "default",
+                InitiatedEventId = initiated,
+                WorkflowExecution = new WorkflowExecution { WorkflowId = child.WorkflowId, RunId = $"run-{initiated}" },
+                WorkflowType = new WorkflowType { Name = child.WorkflowType },
+            }).EventId;
+        }
+        foreach (var (initiated, result) in results)
+        {
+            var child = children[initiated];
+            Add(EventType.ChildWorkflowExecutionCompleted, e => e.ChildWorkflowExecutionCompletedEventAttributes = new ChildWorkflowExecutionCompletedEventAttributes
+            {
+                Namespace = "default",
+                InitiatedEventId = initiated,
+                StartedEventId = started[initiated],
+                WorkflowExecution = new WorkflowExecution { WorkflowId = child.WorkflowId, RunId = $"run-{initiated}" },
+                WorkflowType = new WorkflowType { Name = child.WorkflowType },
+                Result = Payloads(result),
+            });
+        }
         return this;
     }
 

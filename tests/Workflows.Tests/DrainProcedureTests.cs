@@ -16,8 +16,6 @@ public class DrainProcedureTests
 
         public Task<DrainInventory> InventoryAsync(string host, CancellationToken ct) => Task.FromResult(inventory);
 
-        public Guid NewGuid() => Guid.NewGuid();
-
         public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
 
         public async Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct)

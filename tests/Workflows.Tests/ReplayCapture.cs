@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Temporalio.Worker.Interceptors;
+using Temporalio.Workflows;
 
 namespace SEmigrate.Workflows.Tests;
 
@@ -8,6 +9,9 @@ namespace SEmigrate.Workflows.Tests;
 internal sealed class ReplayCapture : IWorkerInterceptor
 {
     public ConcurrentQueue<(string Activity, string? TaskQueue, object? Input)> Scheduled { get; } = new();
+
+    /// <summary>Child workflows started: type, id, argument.</summary>
+    public ConcurrentQueue<(string Workflow, string? Id, object? Input)> Children { get; } = new();
 
     /// <summary>What the Web UI shows for each scheduled activity, in the same order.</summary>
     public ConcurrentQueue<string?> Summaries { get; } = new();
@@ -35,6 +39,12 @@ internal sealed class ReplayCapture : IWorkerInterceptor
             capture.Scheduled.Enqueue((input.Activity, input.Options.TaskQueue, input.Args.FirstOrDefault()));
             capture.Summaries.Enqueue(input.Options.Summary);
             return base.ScheduleActivityAsync<TResult>(input);
+        }
+
+        public override Task<ChildWorkflowHandle<TWorkflow, TResult>> StartChildWorkflowAsync<TWorkflow, TResult>(StartChildWorkflowInput input)
+        {
+            capture.Children.Enqueue((input.Workflow, input.Options.Id, input.Args.FirstOrDefault()));
+            return base.StartChildWorkflowAsync<TWorkflow, TResult>(input);
         }
     }
 }

@@ -5,6 +5,9 @@ namespace SEmigrate.Contracts.Migration;
 /// migrations at a time.</summary>
 public sealed record DrainHost(Guid DrainId, string Host, MigrationMode Mode, IReadOnlyList<string> PlainProcesses, int MaxConcurrent = 2);
 
+/// <summary>The drain's inventory activity's input: the host to drain.</summary>
+public sealed record ReadInventory(string Host);
+
 /// <summary>What the inventory says for a drain: the drained host's guests and every other host's room.</summary>
 public sealed record DrainInventory(IReadOnlyList<DrainGuest> Guests, IReadOnlyList<DrainTarget> Hosts);
 

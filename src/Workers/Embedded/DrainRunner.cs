@@ -26,8 +26,6 @@ public sealed class DrainRunner(EmbeddedEngine engine, IDocumentStore store, IOp
                 .Select(h => new DrainTarget(h.Host, h.Roles.Contains("main"), h.Roles.Contains("main") || h.Roles.Contains("sub"), Math.Max(0, h.CapacityPages - h.UsedPages)))]);
     }
 
-    public Guid NewGuid() => Guid.NewGuid();
-
     public async Task<T[]> WhenAllAsync<T>(IEnumerable<Task<T>> steps) => await Task.WhenAll(steps);
 
     public Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct) => engine.RunAsync(request, null, ct);

@@ -153,7 +153,9 @@ public static class RoleRegistration
         {
             builder.Services.AddHostedTemporalWorker(temporal.Address!, temporal.Namespace, MigrationWorkflow.OrchestratorQueue)
                 .AddWorkflow<MigrationWorkflow>()
-                .AddSingletonActivities<AuditActivities>();
+                .AddWorkflow<DrainWorkflow>()
+                .AddSingletonActivities<AuditActivities>()
+                .AddSingletonActivities<InventoryActivities>();
         }
         builder.Services.AddSingleton(policies);
         builder.Services.AddSingleton<TransferWatch>();
