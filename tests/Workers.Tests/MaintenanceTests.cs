@@ -5,6 +5,7 @@ using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Embedded;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -65,6 +66,72 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
         {
             guests.Delete(recursive: true);
         }
+    }
+
+    [Fact]
+    public async Task A_drain_schedule_is_kept_fired_once_when_due_skipped_while_its_last_run_runs_and_paused_or_deleted_on_request()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var guests = Directory.CreateTempSubdirectory("semigrate-schedule-guests-");
+        try
+        {
+            var dir = Directory.CreateDirectory(Path.Combine(guests.FullName, "web")).FullName;
+            foreach (var file in new[] { "memory.elf", "vmlinuz" })
+            {
+                using var link = Process.Start("ln", [Path.Combine(guest.Guest.Directory, file), Path.Combine(dir, file)])!;
+                await link.WaitForExitAsync(ct);
+                Assert.Equal(0, link.ExitCode);
+            }
+            await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName, sourceMaxMBps: 25);
+            var store = run.Host.Services.GetRequiredService<IDocumentStore>();
+            await EventuallyAsync(store, f => new[] { run.Source, run.Main, run.Sub1, run.Sub2 }.All(h => f.Hosts.Any(x => x.Host == h)), "every host reported", ct);
+            var environment = await run.CommandEnvironmentAsync(postgres.Schema);
+            Task<SemigrateProcess.Result> Semigrate(params string[] args) => SemigrateProcess.RunAsync(environment, ["maintenance", .. args]);
+
+            // What is not a schedule is refused, naming the option.
+            Assert.Contains("--cron 'every night'", (await Semigrate("schedule", run.Source, "--cron", "every night")).Stderr, StringComparison.Ordinal);
+            Assert.Contains("--every 5s: ", (await Semigrate("schedule", run.Source, "--every", "5s")).Stderr, StringComparison.Ordinal);
+            Assert.Equal(2, (await Semigrate("schedule", run.Source)).ExitCode);
+
+            var created = await Semigrate("schedule", run.Source, "--id", "nightly", "--every", "1h", "--plain-process", "vaultdb");
+            Assert.True(created.ExitCode == 0, created.Stderr);
+            var listed = await SchedulesAsync(Semigrate);
+            Assert.True(listed.GetProperty("nextRun").GetDateTimeOffset() > DateTimeOffset.UtcNow.AddMinutes(59), $"{listed}");
+
+            // Triggered, it fires once (another orchestrator's pass finds it running and skips it).
+            Assert.Equal(0, (await Semigrate("trigger", "nightly")).ExitCode);
+            var runner = ActivatorUtilities.CreateInstance<ScheduleRunner>(run.Host.Services);
+            var runs = await runner.RunDueAsync(ct);
+            var first = Assert.Single(runs);
+            Assert.Equal(0, (await Semigrate("trigger", "nightly")).ExitCode);
+            Assert.Empty(await runner.RunDueAsync(ct)); // its last run still runs: skipped
+            Assert.Contains("the last run still runs", (await SchedulesAsync(Semigrate)).GetProperty("lastProblem").GetString(), StringComparison.Ordinal);
+            await first;
+            var ran = await SchedulesAsync(Semigrate);
+            var moved = ran.GetProperty("lastReport").GetProperty("moved").EnumerateArray().Single();
+            Assert.Equal(("web", "switchedOver"), (moved.GetProperty("vm").GetString(), moved.GetProperty("state").GetString()));
+            await run.Steps.StopVmAsync(new StopVm(moved.GetProperty("migrationId").GetGuid(), moved.GetProperty("vmId").GetGuid(), moved.GetProperty("to").GetString()!), ct);
+
+            // Paused, a trigger does not fire it; deleted, it is gone.
+            Assert.Equal(0, (await Semigrate("pause", "nightly")).ExitCode);
+            Assert.Equal(0, (await Semigrate("trigger", "nightly")).ExitCode);
+            Assert.Empty(await runner.RunDueAsync(ct));
+            Assert.True((await SchedulesAsync(Semigrate)).GetProperty("paused").GetBoolean());
+            Assert.Equal(0, (await Semigrate("delete", "nightly")).ExitCode);
+            Assert.Equal(2, (await Semigrate("delete", "nightly")).ExitCode);
+            Assert.Equal("[]", (await Semigrate("schedules", "--json")).Stdout.Trim());
+        }
+        finally
+        {
+            guests.Delete(recursive: true);
+        }
+    }
+
+    private static async Task<JsonElement> SchedulesAsync(Func<string[], Task<SemigrateProcess.Result>> semigrate)
+    {
+        var listed = await semigrate(["schedules", "--json"]);
+        Assert.True(listed.ExitCode == 0, listed.Stderr);
+        return JsonDocument.Parse(listed.Stdout).RootElement.EnumerateArray().Single(s => s.GetProperty("id").GetString() == "nightly").Clone();
     }
 
     private static async Task<FleetInventory.Fleet> EventuallyAsync(IDocumentStore store, Func<FleetInventory.Fleet, bool> holds, string what, CancellationToken ct)

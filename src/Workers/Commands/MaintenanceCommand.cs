@@ -1,14 +1,17 @@
 using System.CommandLine;
 using System.Text.Json;
+using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Roles;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Commands;
 
-/// <summary>`semigrate maintenance drain HOST`: migrate every guest off a host now.</summary>
+/// <summary>`semigrate maintenance`: drain a host now, or on a schedule (create, list, pause, unpause,
+/// trigger, delete) that the orchestrator's worker runs.</summary>
 public static class MaintenanceCommand
 {
     public static RootCommand AddMaintenanceCommand(this RootCommand root)
@@ -74,7 +77,163 @@ public static class MaintenanceCommand
             }
             return report.NotMoved.Count == 0 ? 0 : 1;
         });
-        root.Subcommands.Add(new Command("maintenance", "Host maintenance: move every VM off a host") { drain });
+        root.Subcommands.Add(new Command("maintenance", "Host maintenance: move every VM off a host, now or on a schedule")
+        {
+            drain, Schedule(), Schedules(), Change("pause", "paused", "Stop a schedule from firing (until unpause)", s => s with { Paused = true }),
+            Change("unpause", "unpaused", "Let a paused schedule fire again (from its next time on)",
+                s => s with { Paused = false, NextRun = s.NextAfter(DateTimeOffset.UtcNow) }),
+            Change("trigger", "triggered: its drain runs within seconds", "Run a schedule's drain now (once; its times stay)", s => s with { NextRun = DateTimeOffset.UtcNow }),
+            Delete(),
+        });
         return root;
+    }
+
+    /// <summary>`maintenance schedule HOST --cron EXPR | --every DURATION`: creates or replaces a schedule,
+    /// which `worker --role orchestrator` runs (the embedded engine's schedules, kept in Marten).</summary>
+    private static Command Schedule()
+    {
+        var host = new Argument<string>("HOST") { Description = "The host to drain" };
+        var id = new Option<string?>("--id") { Description = "The schedule's name (default drain-HOST)" };
+        var cron = new Option<string?>("--cron") { Description = "When, as a cron expression in UTC (minute hour day month weekday), e.g. \"0 3 * * 0\"" };
+        var every = new Option<string?>("--every") { Description = "Or how often: a number and s, m, h or d (at least 10s), e.g. 12h" };
+        var overlap = new Option<string>("--overlap") { Description = "A run that comes while the last one runs: skip (default) or allow-all", DefaultValueFactory = _ => "skip" };
+        overlap.AcceptOnlyFromAmong("skip", "allow-all");
+        var mode = new Option<string>("--mode") { Description = "semigrate, allenc or noenc", DefaultValueFactory = _ => "semigrate" };
+        var plain = new Option<string[]>("--plain-process") { Description = "A process whose memory is already encrypted (repeatable)" };
+        var concurrent = new Option<int>("--max-concurrent") { Description = "Migrations at once (default 2)", DefaultValueFactory = _ => 2 };
+        var command = new Command("schedule", "Drain HOST on a schedule, run by the orchestrator's worker") { host, id, cron, every, overlap, mode, plain, concurrent };
+        command.SetAction(async (parse, ct) =>
+        {
+            var (c, e) = (parse.GetValue(cron), parse.GetValue(every));
+            TimeSpan? interval = null;
+            var problem = (c, e) switch
+            {
+                (null, null) or (not null, not null) => "name one of --cron and --every",
+                (not null, _) => DrainSchedule.CronProblem(c),
+                _ => (interval = Interval(e!)) is null ? $"--every {e}: a number and s, m, h or d, at least 10s (e.g. 12h)" : null,
+            };
+            MigrationMode m = default;
+            try
+            {
+                m = MigrationModes.Parse(parse.GetValue(mode)!);
+            }
+            catch (FormatException x)
+            {
+                problem ??= x.Message;
+            }
+            if (problem is not null)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: {problem}");
+                return 2;
+            }
+            var name = parse.GetValue(id) ?? $"drain-{parse.GetValue(host)}";
+            var schedule = new DrainSchedule(name, parse.GetValue(host)!, c, interval, parse.GetValue(overlap) == "skip" ? ScheduleOverlap.Skip : ScheduleOverlap.AllowAll,
+                m, parse.GetValue(plain) ?? [], Math.Clamp(parse.GetValue(concurrent), 1, 16), Paused: false, NextRun: DateTimeOffset.MinValue);
+            schedule = schedule with { NextRun = schedule.NextAfter(DateTimeOffset.UtcNow) };
+            using var services = AuditTrail();
+            await using var session = services.Services.GetRequiredService<IDocumentStore>().LightweightSession();
+            session.Store(schedule);
+            await session.SaveChangesAsync(ct);
+            Console.WriteLine($"schedule {name}: drain {schedule.Host} {(c is null ? $"every {interval}" : $"at '{c}' (UTC)")}, next at {schedule.NextRun:u}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Schedules()
+    {
+        var json = new Option<bool>("--json") { Description = "Print JSON" };
+        var command = new Command("schedules", "List the drain schedules: when each runs next, and how its last run went") { json };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var services = AuditTrail();
+            await using var query = services.Services.GetRequiredService<IDocumentStore>().QuerySession();
+            var all = (await query.Query<DrainSchedule>().ToListAsync(ct)).OrderBy(s => s.Id, StringComparer.Ordinal).ToList();
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(JsonSerializer.Serialize(all, MigrateCommand.Json));
+                return 0;
+            }
+            if (all.Count == 0)
+            {
+                Console.WriteLine("no drain schedules");
+            }
+            foreach (var s in all)
+            {
+                Console.WriteLine($"{s.Id,-24} drain {s.Host,-16} {(s.Cron is { } c ? $"cron '{c}'" : $"every {s.Every}"),-22} {(s.Paused ? "PAUSED" : $"next {s.NextRun:u}")}" +
+                    (s.LastRun is { } at ? $"  last {at:u}: {(s.LastReport is { } r ? $"{r.Moved.Count} moved, {r.NotMoved.Count} not" : "running")}" : "") +
+                    (s.LastProblem is { } p ? $"  ({p})" : ""));
+            }
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Change(string name, string done, string description, Func<DrainSchedule, DrainSchedule> change)
+    {
+        var id = new Argument<string>("ID") { Description = "The schedule's name (`maintenance schedules` lists them)" };
+        var command = new Command(name, description) { id };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var services = AuditTrail();
+            await using var session = services.Services.GetRequiredService<IDocumentStore>().LightweightSession();
+            if (await session.LoadAsync<DrainSchedule>(parse.GetValue(id)!, ct) is not { } schedule)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: no drain schedule {parse.GetValue(id)}");
+                return 2;
+            }
+            session.Store(change(schedule));
+            await session.SaveChangesAsync(ct);
+            Console.WriteLine($"schedule {schedule.Id}: {done}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Delete()
+    {
+        var id = new Argument<string>("ID") { Description = "The schedule's name" };
+        var command = new Command("delete", "Delete a drain schedule (a drain it started runs to its end)") { id };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var services = AuditTrail();
+            await using var session = services.Services.GetRequiredService<IDocumentStore>().LightweightSession();
+            if (await session.LoadAsync<DrainSchedule>(parse.GetValue(id)!, ct) is null)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: no drain schedule {parse.GetValue(id)}");
+                return 2;
+            }
+            session.Delete<DrainSchedule>(parse.GetValue(id)!);
+            await session.SaveChangesAsync(ct);
+            Console.WriteLine($"schedule {parse.GetValue(id)}: deleted");
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>A process with the audit trail's Marten (where schedules are kept).</summary>
+    private static Microsoft.Extensions.Hosting.IHost AuditTrail()
+    {
+        var builder = SemigrateHost.CreateBuilder();
+        builder.AddAuditTrail();
+        return builder.Build();
+    }
+
+    /// <summary>"90s", "30m", "12h", "7d": at least 10 s; null if not one.</summary>
+    private static TimeSpan? Interval(string text)
+    {
+        if (text.Length < 2 || !long.TryParse(text[..^1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n))
+        {
+            return null;
+        }
+        TimeSpan? span = text[^1] switch
+        {
+            's' => TimeSpan.FromSeconds(n),
+            'm' => TimeSpan.FromMinutes(n),
+            'h' => TimeSpan.FromHours(n),
+            'd' => TimeSpan.FromDays(n),
+            _ => null,
+        };
+        return span >= TimeSpan.FromSeconds(10) ? span : null;
     }
 }

@@ -48,8 +48,11 @@ public static class RoleRegistration
     {
         if (roles.Contains("orchestrator"))
         {
-            // The long-lived orchestrator also finishes what a `migrate` (or another orchestrator) left.
+            // The long-lived orchestrator also finishes what a `migrate` (or another orchestrator) left,
+            // and runs the embedded engine's drain schedules.
             builder.Services.AddHostedService<MigrationResumer>();
+            builder.Services.AddSingleton<ScheduleRunner>();
+            builder.Services.AddHostedService(sp => sp.GetRequiredService<ScheduleRunner>());
             return builder.AddOrchestrator(StepPolicies.Default);
         }
         var (host, stateDirectory) = (context.Host, context.StateDirectory);
