@@ -68,14 +68,15 @@ public sealed class DrainProcedure(IDrainSteps steps)
     }
 
     /// <summary>The guest's request, its room taken from <paramref name="room"/>; null if it does not fit.</summary>
-    private MigrationRequest? Plan(DrainHost drain, DrainGuest guest, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room)
+    private static MigrationRequest? Plan(DrainHost drain, DrainGuest guest, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room)
     {
-        var main = hosts.Where(h => h.CanBeMain && room.ContainsKey(h.Host)).OrderByDescending(h => room[h.Host]).ThenBy(h => h.Host, StringComparer.Ordinal).FirstOrDefault();
+        var main = hosts.Where(h => h.CanBeMain && room.ContainsKey(h.Host) && room[h.Host] > HandOverPages)
+            .OrderByDescending(h => room[h.Host]).ThenBy(h => h.Host, StringComparer.Ordinal).FirstOrDefault();
         if (main is null)
         {
             return null;
         }
-        var atMain = Math.Min(guest.Pages, room[main.Host]);
+        var atMain = Math.Min(guest.Pages, room[main.Host] - HandOverPages);
         var subs = new List<Destination>();
         var left = guest.Pages - atMain;
         foreach (var sub in hosts.Where(h => h.CanHoldPages && h.Host != main.Host && room.ContainsKey(h.Host) && room[h.Host] > 0)
@@ -93,15 +94,20 @@ public sealed class DrainProcedure(IDrainSteps steps)
         {
             return null;
         }
-        room[main.Host] -= atMain;
+        room[main.Host] -= atMain + HandOverPages;
         foreach (var s in subs)
         {
             room[s.Host] -= s.CapacityPages;
         }
-        // Whole chunks are placed: a share rounds up to its chunk, so each destination is offered all its room.
-        return new MigrationRequest(IdOf(drain, guest, "migration"), IdOf(drain, guest, "vm"), guest.Name, drain.Host, new Destination(main.Host, atMain + Slack(room, main.Host)),
+        // Whole chunks are placed: the main host takes no more than its share, and the sub-hosts, which
+        // take what is left, are offered a little of their room beyond theirs for the last chunk.
+        return new MigrationRequest(IdOf(drain, guest, "migration"), IdOf(drain, guest, "vm"), guest.Name, drain.Host, new Destination(main.Host, atMain),
             [.. subs.Select(s => s with { CapacityPages = s.CapacityPages + Slack(room, s.Host) })], drain.Mode, drain.PlainProcesses);
     }
+
+    /// <summary>Room the main host keeps for what the hand-over brings beside the guest's pages (the
+    /// manifest; a running guest's kernel, initramfs and device state): 16 MiB.</summary>
+    public const long HandOverPages = 4096;
 
     /// <summary>A guest's VM and migration ids in this drain: made from the drain's id and the guest's name,
     /// so a replay (and a drain run again with the same id) makes the same ones.</summary>

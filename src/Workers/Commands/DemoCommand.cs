@@ -58,9 +58,11 @@ public static class DemoCommand
         var keep = new Option<DirectoryInfo?>("--keep") { Description = "Leave each host's state, the sub-hosts' store folders and the logs here" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object per mode (one line each), and one for the running guest" };
         var noRunning = new Option<bool>("--no-running") { Description = "Skip the running guest (migrated while it runs, then watched at the main host)" };
+        var drain = new Option<bool>("--drain") { Description = "Instead: host maintenance, a host running two guests drained to the others; with --json, "
+            + "{\"drained\",\"moved\":[{\"vm\",\"to\",\"state\"}],\"notMoved\":[{\"vm\",\"reason\"}]}" };
         var command = new Command("demo", "Start everything on this machine, migrate a real guest to a main host and two sub-hosts, check every page, print a summary")
         {
-            modes, guestDir, plain, keep, json, noRunning,
+            modes, guestDir, plain, keep, json, noRunning, drain,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -78,6 +80,18 @@ public static class DemoCommand
 
             Say("starting PostgreSQL and RabbitMQ (installing them if needed)");
             await ServicesUpAsync(ct);
+            if (parse.GetValue(drain))
+            {
+                var report = await DrainTrial.RunAsync(parse.GetValue(keep)?.FullName, Say, ct);
+                if (report is null)
+                {
+                    return 1;
+                }
+                Console.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(report, MigrateCommand.Json)
+                    : $"drained {report.Drained}: {string.Join("; ", report.Moved.Select(m => $"{m.Vm} -> {m.To} ({m.State})"))}" +
+                      (report.NotMoved.Count > 0 ? $"; not moved: {string.Join("; ", report.NotMoved.Select(n => $"{n.Vm}: {n.Reason}"))}" : ""));
+                return report.NotMoved.Count == 0 ? 0 : 1;
+            }
             var guest = await GuestAsync(parse.GetValue(guestDir), Say, ct);
             var plainProcesses = parse.GetValue(plain) is { Length: > 0 } p ? p
                 : guest.Spec.Processes.Any(x => x.Name == "vaultdb" && !x.Freed) ? ["vaultdb"] : [];

@@ -71,7 +71,8 @@ public static class RunningGuestTrial
         try
         {
             say($"running guest: booting {Name} ({MemoryMiB} MiB, a {WorkloadMiB} MiB workload) on {source}");
-            await StartOnSourceAsync(fleet[source].Pid, ct);
+            await StartOnSourceAsync(fleet[source].Pid, Name, MemoryMiB, WorkloadMiB, ct,
+                "--process", "vaultdb:16:VAULTDBMARK", "--process", "webapp:8:WEBAPPMARK", "--freed", "scratch:24:STALEMARK");
             var serial = Path.Combine(guests, Name, "serial.log");
             await UntilAsync(() => LiveGuest.PassesIn(File.ReadAllText(serial)).Count >= 3, TimeSpan.FromMinutes(3), ct);
             say($"running guest: at {source}: {LiveGuest.PassesIn(File.ReadAllText(serial))[^1]}; migrating while it runs");
@@ -143,13 +144,12 @@ public static class RunningGuestTrial
     }
 
     /// <summary>`semigrate guest start` inside the source worker's mount namespace: the guest runs on the source host.</summary>
-    private static async Task StartOnSourceAsync(int sourcePid, CancellationToken ct)
+    public static async Task StartOnSourceAsync(int sourcePid, string name, int memoryMiB, int workloadMiB, CancellationToken ct, params string[] processes)
     {
         var start = new ProcessStartInfo("nsenter",
         [
             "--target", sourcePid.ToString(System.Globalization.CultureInfo.InvariantCulture), "--mount", "--", ChildProcess.Executable,
-            "guest", "start", Name, "--guests", WorkerFleet.IsolatedGuests, "--mem", $"{MemoryMiB}M", "--process", "vaultdb:16:VAULTDBMARK",
-            "--process", "webapp:8:WEBAPPMARK", "--freed", "scratch:24:STALEMARK", "--workload", $"{WorkloadMiB}",
+            "guest", "start", name, "--guests", WorkerFleet.IsolatedGuests, "--mem", $"{memoryMiB}M", .. processes, "--workload", $"{workloadMiB}",
         ])
         {
             RedirectStandardOutput = true,
@@ -167,7 +167,7 @@ public static class RunningGuestTrial
     }
 
     /// <summary>The source's QEMU lives on its own; a migration that switched over ended it already.</summary>
-    private static void StopSourceGuest(string folder)
+    public static void StopSourceGuest(string folder)
     {
         var pidFile = Path.Combine(folder, "qemu.pid");
         if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
@@ -186,7 +186,7 @@ public static class RunningGuestTrial
 
     private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
 
-    private static async Task UntilAsync(Func<bool> done, TimeSpan timeout, CancellationToken ct)
+    public static async Task UntilAsync(Func<bool> done, TimeSpan timeout, CancellationToken ct)
     {
         var until = DateTime.UtcNow + timeout;
         while (!done())
