@@ -13,8 +13,10 @@ public sealed class DrainWorkflow
     /// (Workers), which this project does not reference; the workflow names it.</summary>
     public const string InventoryActivity = "DrainInventory";
 
+    /// <summary>An empty drain id (a schedule's runs) gets a new one here, so each run's guests get new ids.</summary>
     [WorkflowRun]
-    public Task<DrainReport> RunAsync(DrainHost drain) => new DrainProcedure(new Steps()).RunAsync(drain, Workflow.CancellationToken);
+    public Task<DrainReport> RunAsync(DrainHost drain) =>
+        new DrainProcedure(new Steps()).RunAsync(drain.DrainId == Guid.Empty ? drain with { DrainId = Workflow.NewGuid() } : drain, Workflow.CancellationToken);
 
     private sealed class Steps : IDrainSteps
     {

@@ -1,11 +1,14 @@
 using System.CommandLine;
 using System.Text.Json;
 using Marten;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Roles;
+using SEmigrate.Workers.Settings;
+using SEmigrate.Workers.Temporal;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Commands;
@@ -79,10 +82,11 @@ public static class MaintenanceCommand
         });
         root.Subcommands.Add(new Command("maintenance", "Host maintenance: move every VM off a host, now or on a schedule")
         {
-            drain, Schedule(), Schedules(), Change("pause", "paused", "Stop a schedule from firing (until unpause)", s => s with { Paused = true }),
+            drain, Schedule(), Schedules(), Change("pause", "paused", "Stop a schedule from firing (until unpause)", s => s with { Paused = true }, h => h.PauseAsync()),
             Change("unpause", "unpaused", "Let a paused schedule fire again (from its next time on)",
-                s => s with { Paused = false, NextRun = s.NextAfter(DateTimeOffset.UtcNow) }),
-            Change("trigger", "triggered: its drain runs within seconds", "Run a schedule's drain now (once; its times stay)", s => s with { NextRun = DateTimeOffset.UtcNow }),
+                s => s with { Paused = false, NextRun = s.NextAfter(DateTimeOffset.UtcNow) }, h => h.UnpauseAsync()),
+            Change("trigger", "triggered: its drain runs within seconds", "Run a schedule's drain now (once; its times stay)", s => s with { NextRun = DateTimeOffset.UtcNow },
+                h => h.TriggerAsync()),
             Delete(),
         });
         return root;
@@ -130,6 +134,14 @@ public static class MaintenanceCommand
             var schedule = new DrainSchedule(name, parse.GetValue(host)!, c, interval, parse.GetValue(overlap) == "skip" ? ScheduleOverlap.Skip : ScheduleOverlap.AllowAll,
                 m, parse.GetValue(plain) ?? [], Math.Clamp(parse.GetValue(concurrent), 1, 16), Paused: false, NextRun: DateTimeOffset.MinValue);
             schedule = schedule with { NextRun = schedule.NextAfter(DateTimeOffset.UtcNow) };
+            if (await TemporalAsync() is { } temporal)
+            {
+                return await OnTemporalAsync(async () =>
+                {
+                    await TemporalDrainSchedules.CreateAsync(temporal, schedule);
+                    Console.WriteLine($"Temporal schedule {name}: drain {schedule.Host} {(c is null ? $"every {interval}" : $"at '{c}' (UTC)")}");
+                });
+            }
             using var services = AuditTrail();
             await using var session = services.Services.GetRequiredService<IDocumentStore>().LightweightSession();
             session.Store(schedule);
@@ -146,6 +158,14 @@ public static class MaintenanceCommand
         var command = new Command("schedules", "List the drain schedules: when each runs next, and how its last run went") { json };
         command.SetAction(async (parse, ct) =>
         {
+            if (await TemporalAsync() is { } temporal)
+            {
+                return await OnTemporalAsync(async () =>
+                {
+                    var lines = await TemporalDrainSchedules.ListAsync(temporal, ct);
+                    Console.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(lines) : lines.Count == 0 ? "no Temporal schedules" : string.Join('\n', lines));
+                });
+            }
             using var services = AuditTrail();
             await using var query = services.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var all = (await query.Query<DrainSchedule>().ToListAsync(ct)).OrderBy(s => s.Id, StringComparer.Ordinal).ToList();
@@ -169,12 +189,21 @@ public static class MaintenanceCommand
         return command;
     }
 
-    private static Command Change(string name, string done, string description, Func<DrainSchedule, DrainSchedule> change)
+    private static Command Change(string name, string done, string description, Func<DrainSchedule, DrainSchedule> change,
+        Func<Temporalio.Client.Schedules.ScheduleHandle, Task> onTemporal)
     {
         var id = new Argument<string>("ID") { Description = "The schedule's name (`maintenance schedules` lists them)" };
         var command = new Command(name, description) { id };
         command.SetAction(async (parse, ct) =>
         {
+            if (await TemporalAsync() is { } temporal)
+            {
+                return await OnTemporalAsync(async () =>
+                {
+                    await onTemporal(TemporalDrainSchedules.Handle(temporal, parse.GetValue(id)!));
+                    Console.WriteLine($"Temporal schedule {parse.GetValue(id)}: {done}");
+                });
+            }
             using var services = AuditTrail();
             await using var session = services.Services.GetRequiredService<IDocumentStore>().LightweightSession();
             if (await session.LoadAsync<DrainSchedule>(parse.GetValue(id)!, ct) is not { } schedule)
@@ -196,6 +225,14 @@ public static class MaintenanceCommand
         var command = new Command("delete", "Delete a drain schedule (a drain it started runs to its end)") { id };
         command.SetAction(async (parse, ct) =>
         {
+            if (await TemporalAsync() is { } temporal)
+            {
+                return await OnTemporalAsync(async () =>
+                {
+                    await TemporalDrainSchedules.Handle(temporal, parse.GetValue(id)!).DeleteAsync();
+                    Console.WriteLine($"Temporal schedule {parse.GetValue(id)}: deleted");
+                });
+            }
             using var services = AuditTrail();
             await using var session = services.Services.GetRequiredService<IDocumentStore>().LightweightSession();
             if (await session.LoadAsync<DrainSchedule>(parse.GetValue(id)!, ct) is null)
@@ -209,6 +246,30 @@ public static class MaintenanceCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>The Temporal client when Temporal:Address is set: schedules are then Temporal's.</summary>
+    private static async Task<Temporalio.Client.ITemporalClient?> TemporalAsync()
+    {
+        var o = SemigrateHost.CreateBuilder().Configuration.GetSection(TemporalOptions.Section).Get<TemporalOptions>();
+        return o is { IsConfigured: true }
+            ? await Temporalio.Client.TemporalClient.ConnectAsync(new Temporalio.Client.TemporalClientConnectOptions(o.Address!) { Namespace = o.Namespace })
+            : null;
+    }
+
+    /// <summary>A Temporal call; its refusal (unknown schedule, one that exists) in one line.</summary>
+    private static async Task<int> OnTemporalAsync(Func<Task> call)
+    {
+        try
+        {
+            await call();
+            return 0;
+        }
+        catch (Temporalio.Exceptions.RpcException e)
+        {
+            await Console.Error.WriteLineAsync($"semigrate: Temporal: {e.Message}");
+            return 2;
+        }
     }
 
     /// <summary>A process with the audit trail's Marten (where schedules are kept).</summary>
