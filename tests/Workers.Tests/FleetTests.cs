@@ -1,10 +1,7 @@
 using System.Text.Json;
-using Marten;
-using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
-using SEmigrate.Workers.Audit;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -18,9 +15,8 @@ public class FleetTests(RealGuestFixture guest, PostgresFixture postgres) : ICla
     {
         var ct = TestContext.Current.CancellationToken;
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
-        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
 
-        var fleet = await EventuallyAsync(store, f => new[] { run.Source, run.Main, run.Sub1, run.Sub2 }.All(h => f.Hosts.Any(x => x.Host == h)), "every host reported", ct);
+        var fleet = await run.FleetOnceAsync(f => run.AllReported(f), "every host reported", ct);
         Assert.Equal(["source"], fleet.Hosts.Single(h => h.Host == run.Source).Roles);
         Assert.Equal(["sub"], fleet.Hosts.Single(h => h.Host == run.Sub1).Roles);
         Assert.Equal(30_000, fleet.Hosts.Single(h => h.Host == run.Sub1).CapacityPages);
@@ -29,7 +25,7 @@ public class FleetTests(RealGuestFixture guest, PostgresFixture postgres) : ICla
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
         var outcome = await run.MigrateAsync(request, ct);
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-        await EventuallyAsync(store, f => f.Vms.Any(v => v.Vm == request.Vm), "the main host reported the VM", ct);
+        await run.FleetOnceAsync(f => f.Vms.Any(v => v.Vm == request.Vm), "the main host reported the VM", ct);
 
         // As an operator sees it.
         var shown = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "fleet", "--json");
@@ -45,21 +41,6 @@ public class FleetTests(RealGuestFixture guest, PostgresFixture postgres) : ICla
         Assert.Contains($"{request.Vm}", table.Stdout, StringComparison.Ordinal);
 
         await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct);
-        await EventuallyAsync(store, f => f.Vms.All(v => v.Vm != request.Vm), "the VM left the inventory once stopped", ct);
-    }
-
-    private static async Task<FleetInventory.Fleet> EventuallyAsync(IDocumentStore store, Func<FleetInventory.Fleet, bool> holds, string what, CancellationToken ct)
-    {
-        var until = DateTime.UtcNow.AddSeconds(30);
-        while (true)
-        {
-            var fleet = await FleetInventory.ReadAsync(store, ct);
-            if (holds(fleet))
-            {
-                return fleet;
-            }
-            Assert.True(DateTime.UtcNow < until, $"not within 30 s: {what}; the fleet: {JsonSerializer.Serialize(fleet)}");
-            await Task.Delay(200, ct);
-        }
+        await run.FleetOnceAsync(f => f.Vms.All(v => v.Vm != request.Vm), "the VM left the inventory once stopped", ct);
     }
 }

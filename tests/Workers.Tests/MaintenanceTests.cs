@@ -1,10 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
-using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
-using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workflows;
 
@@ -33,8 +31,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
                 }
             }
             await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
-            var store = run.Host.Services.GetRequiredService<IDocumentStore>();
-            await EventuallyAsync(store, f => new[] { run.Source, run.Main, run.Sub1, run.Sub2 }.All(h => f.Hosts.Any(x => x.Host == h))
+            await run.FleetOnceAsync(f => run.AllReported(f)
                 && f.Hosts.Single(h => h.Host == run.Source).Guests.Count == 2, "every host reported, the source with its two guests", ct);
 
             var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema),
@@ -54,7 +51,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
                 await run.AssertAuditedAsync(m.GetProperty("migrationId").GetGuid(), ct);
             }
             // The inventory follows: both VMs run where the report says, with their migration.
-            var fleet = await EventuallyAsync(store, f => vms.All(v => f.Vms.Any(x => x.Vm == v)), "the main hosts reported both VMs", ct);
+            var fleet = await run.FleetOnceAsync(f => vms.All(v => f.Vms.Any(x => x.Vm == v)), "the main hosts reported both VMs", ct);
             Assert.All(moved, m => Assert.Equal(m.GetProperty("to").GetString(), fleet.Vms.Single(v => v.Vm == m.GetProperty("vmId").GetGuid()).Host));
             Assert.All(fleet.Vms.Where(v => v.Vm is not null), v => Assert.Equal("SwitchedOver", v.LastState));
             foreach (var m in moved)
@@ -83,8 +80,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
                 Assert.Equal(0, link.ExitCode);
             }
             await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName, sourceMaxMBps: 25);
-            var store = run.Host.Services.GetRequiredService<IDocumentStore>();
-            await EventuallyAsync(store, f => new[] { run.Source, run.Main, run.Sub1, run.Sub2 }.All(h => f.Hosts.Any(x => x.Host == h)), "every host reported", ct);
+            await run.FleetOnceAsync(f => run.AllReported(f), "every host reported", ct);
             var environment = await run.CommandEnvironmentAsync(postgres.Schema);
             Task<SemigrateProcess.Result> Semigrate(params string[] args) => SemigrateProcess.RunAsync(environment, ["maintenance", .. args]);
 
@@ -132,20 +128,5 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
         var listed = await semigrate(["schedules", "--json"]);
         Assert.True(listed.ExitCode == 0, listed.Stderr);
         return JsonDocument.Parse(listed.Stdout).RootElement.EnumerateArray().Single(s => s.GetProperty("id").GetString() == "nightly").Clone();
-    }
-
-    private static async Task<FleetInventory.Fleet> EventuallyAsync(IDocumentStore store, Func<FleetInventory.Fleet, bool> holds, string what, CancellationToken ct)
-    {
-        var until = DateTime.UtcNow.AddSeconds(30);
-        while (true)
-        {
-            var fleet = await FleetInventory.ReadAsync(store, ct);
-            if (holds(fleet))
-            {
-                return fleet;
-            }
-            Assert.True(DateTime.UtcNow < until, $"not within 30 s: {what}; the fleet: {JsonSerializer.Serialize(fleet)}");
-            await Task.Delay(200, ct);
-        }
     }
 }

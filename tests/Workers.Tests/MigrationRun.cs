@@ -48,6 +48,26 @@ internal sealed class MigrationRun : IAsyncDisposable
         Assert.True(report.Ok, string.Join("\n", report.Verdicts.Select(v => $"{(v.Ok ? "ok" : "FAILED")} {v.Invariant}: {v.Detail}")));
     }
 
+    /// <summary>The fleet inventory once <paramref name="holds"/> holds (hosts report every 2 s here); fails naming <paramref name="what"/>.</summary>
+    public async Task<FleetInventory.Fleet> FleetOnceAsync(Func<FleetInventory.Fleet, bool> holds, string what, CancellationToken ct)
+    {
+        var store = Host.Services.GetRequiredService<IDocumentStore>();
+        var until = DateTime.UtcNow.AddSeconds(60);
+        while (true)
+        {
+            var fleet = await FleetInventory.ReadAsync(store, ct);
+            if (holds(fleet))
+            {
+                return fleet;
+            }
+            Assert.True(DateTime.UtcNow < until, $"not within 60 s: {what}; the fleet: {System.Text.Json.JsonSerializer.Serialize(fleet)}");
+            await Task.Delay(200, ct);
+        }
+    }
+
+    /// <summary>Every host of the run has reported to the fleet inventory.</summary>
+    public bool AllReported(FleetInventory.Fleet fleet) => new[] { Source, Main, Sub1, Sub2 }.All(h => fleet.Hosts.Any(x => x.Host == h));
+
     public string Source { get; }
 
     public string Main { get; }

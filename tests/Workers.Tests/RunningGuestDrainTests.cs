@@ -1,10 +1,7 @@
 using System.Text.Json;
-using Marten;
-using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Qemu;
 using SEmigrate.TestSupport;
-using SEmigrate.Workers.Audit;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -24,17 +21,7 @@ public sealed class RunningGuestDrainTests(PostgresFixture postgres) : IClassFix
         // A source QEMU lives on its own: end any the drain did not.
         foreach (var name in Names)
         {
-            var pidFile = Path.Combine(guests.FullName, name, "qemu.pid");
-            if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
-            {
-                try
-                {
-                    System.Diagnostics.Process.GetProcessById(pid).Kill();
-                }
-                catch (ArgumentException)
-                {
-                }
-            }
+            Commands.RunningGuestTrial.StopSourceGuest(Path.Combine(guests.FullName, name));
         }
         guests.Delete(recursive: true);
         return ValueTask.CompletedTask;
@@ -52,8 +39,7 @@ public sealed class RunningGuestDrainTests(PostgresFixture postgres) : IClassFix
                 ["guest", "start", name, "--guests", Processes.WorkerFleet.IsolatedGuests, "--mem", "192M", "--workload", "32"]);
             Assert.True(started.ExitCode == 0, started.Stderr);
         }
-        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
-        await EventuallyAsync(store, f => f.Hosts.Any(h => h.Host == run.Main) && f.Hosts.Any(h => h.Host == run.Sub1)
+        await run.FleetOnceAsync(f => run.AllReported(f)
             && f.Hosts.FirstOrDefault(h => h.Host == run.Source)?.Guests.Count(g => g.Running) == 2, "the source reported its two running guests", ct);
 
         var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "maintenance", "drain", run.Source, "--json");
@@ -78,27 +64,12 @@ public sealed class RunningGuestDrainTests(PostgresFixture postgres) : IClassFix
             }
             Assert.All(passes, p => Assert.Equal(0, p.Errors));
         }
-        var fleet = await EventuallyAsync(store, f => moved.All(m => f.Vms.Any(v => v.Vm == m.GetProperty("vmId").GetGuid() && v.Host == run.Main && v.Running)),
+        var fleet = await run.FleetOnceAsync(f => moved.All(m => f.Vms.Any(v => v.Vm == m.GetProperty("vmId").GetGuid() && v.Host == run.Main && v.Running)),
             "the main host reported both VMs running", ct);
         Assert.Equal(2, fleet.Vms.Count(v => v.Host == run.Main && v.LastState == "SwitchedOver"));
         foreach (var m in moved)
         {
             await run.Steps.StopVmAsync(new StopVm(m.GetProperty("migrationId").GetGuid(), m.GetProperty("vmId").GetGuid(), run.Main), ct);
-        }
-    }
-
-    private static async Task<FleetInventory.Fleet> EventuallyAsync(IDocumentStore store, Func<FleetInventory.Fleet, bool> holds, string what, CancellationToken ct)
-    {
-        var until = DateTime.UtcNow.AddSeconds(60);
-        while (true)
-        {
-            var fleet = await FleetInventory.ReadAsync(store, ct);
-            if (holds(fleet))
-            {
-                return fleet;
-            }
-            Assert.True(DateTime.UtcNow < until, $"not within 60 s: {what}; the fleet: {JsonSerializer.Serialize(fleet)}");
-            await Task.Delay(200, ct);
         }
     }
 }

@@ -24,17 +24,7 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
     public ValueTask DisposeAsync()
     {
         // The source's QEMU lives on its own: end it if the migration did not.
-        var pidFile = Path.Combine(guests.FullName, "g1", "qemu.pid");
-        if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
-        {
-            try
-            {
-                System.Diagnostics.Process.GetProcessById(pid).Kill();
-            }
-            catch (ArgumentException)
-            {
-            }
-        }
+        Commands.RunningGuestTrial.StopSourceGuest(Path.Combine(guests.FullName, "g1"));
         guests.Delete(recursive: true);
         return ValueTask.CompletedTask;
     }

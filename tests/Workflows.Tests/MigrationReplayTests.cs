@@ -138,6 +138,20 @@ public class MigrationReplayTests
         h.Task(State(MigrationState.Compensated), State(MigrationState.Compensated), new Complete(null));
     }
 
+    /// <summary>The switch-over scheduled and done (<paramref name="meanwhile"/> happens while it runs), its
+    /// event recorded, the source let go, the workflow ended.</summary>
+    private static void SwitchesOver(HistoryBuilder h, Action<HistoryBuilder, long>? meanwhile = null)
+    {
+        var switchOver = h.Task(On("SwitchOver", "main"));
+        meanwhile?.Invoke(h, switchOver[0]);
+        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
+        var r = h.Task(Record()); // switched over
+        h.Completed((r[0], null));
+        var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
+        h.Completed((release[0], new SourceReleased(true)));
+        h.Task(State(MigrationState.SwitchedOver), new Complete(null));
+    }
+
     /// <summary>A migration that switches over, as <paramref name="recorded"/> recorded it.</summary>
     private static HistoryBuilder HappyPath(Action<HistoryBuilder, long[]>? beforeTransfersComplete = null, Recorded recorded = Recorded.StepsStopFirst)
     {
@@ -154,13 +168,7 @@ public class MigrationReplayTests
             var handOver = h.Task(On("HandOver", "src"));
             h.Completed((handOver[0], new HandedOver([9, 9], 4148)));
         }
-        var switchOver = h.Task(On("SwitchOver", "main"));
-        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
-        r = h.Task(Record()); // switched over
-        h.Completed((r[0], null));
-        var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
-        h.Completed((release[0], new SourceReleased(true)));
-        h.Task(State(MigrationState.SwitchedOver), new Complete(null));
+        SwitchesOver(h);
         return h;
     }
 
@@ -295,13 +303,7 @@ public class MigrationReplayTests
         h.Completed((again[0], Transferred("sub-a")));
         r = h.Task(Record()); // sub-a transferred
         h.Completed((r[0], null));
-        var switchOver = h.Task(On("SwitchOver", "main"));
-        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
-        r = h.Task(Record()); // switched over
-        h.Completed((r[0], null));
-        var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
-        h.Completed((release[0], new SourceReleased(true)));
-        h.Task(State(MigrationState.SwitchedOver), new Complete(null));
+        SwitchesOver(h);
 
         var capture = new ReplayCapture();
         var result = await ReplayAsync(h.Build(), capture);
@@ -375,16 +377,11 @@ public class MigrationReplayTests
         h.Completed([.. scheduled[..3].Select((t, i) => (t, (object?)Transferred(Hosts[i]))), (scheduled[3], new HandedOver([9, 9], 4148))]);
         var r = h.Task(Record(), Record(), Record());
         h.Completed([.. r.Select(id => (id, (object?)null))]);
-        var switchOver = h.Task(On("SwitchOver", "main"));
-        h.CancelRequested("operator changed their mind");
-        h.Task(new CancelActivity(switchOver[0]));
-        // Past its point of no return, the switch-over finishes.
-        h.Completed((switchOver[0], new SwitchedOverResult("main", 1000, 2000)));
-        r = h.Task(Record()); // switched over
-        h.Completed((r[0], null));
-        var release = h.Task(State(MigrationState.SwitchedOver), On("ReleaseSource", "src"));
-        h.Completed((release[0], new SourceReleased(true)));
-        h.Task(State(MigrationState.SwitchedOver), new Complete(null));
+        SwitchesOver(h, (h, switchOver) =>
+        {
+            h.CancelRequested("operator changed their mind");
+            h.Task(new CancelActivity(switchOver)); // past its point of no return, the switch-over finishes
+        });
 
         var capture = new ReplayCapture();
         var result = await ReplayAsync(h.Build(), capture);
