@@ -170,6 +170,47 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
     }
 
     [Fact]
+    public async Task A_cancel_during_the_switch_over_either_stops_it_before_the_main_host_takes_the_VM_or_undoes_nothing_after()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
+        var ends = new List<string>();
+        for (var trial = 1; trial <= 3; trial++)
+        {
+            var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+            using var cancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var migration = run.MigrateAsync(request, cancel.Token);
+            while (!migration.IsCompleted)
+            {
+                await using var query = store.QuerySession();
+                if ((await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Any(e => e.Data is StepScheduled { Step: StepKeys.SwitchOver }))
+                {
+                    await cancel.CancelAsync(); // the moment the switch-over is sent
+                    break;
+                }
+                await Task.Delay(5, ct);
+            }
+            var outcome = await migration;
+
+            // Either way the end is consistent, and the audit finds it so (never undone after the take-over).
+            await run.AssertAuditedAsync(request.MigrationId, ct);
+            if (outcome.State == MigrationState.SwitchedOver)
+            {
+                Assert.Contains("came after the main host had taken the VM over: nothing was undone", outcome.Reason, StringComparison.Ordinal);
+                await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct);
+            }
+            else
+            {
+                Assert.Equal(MigrationState.Compensated, outcome.State);
+                Assert.StartsWith("cancelled", outcome.Reason, StringComparison.Ordinal);
+            }
+            ends.Add($"trial {trial}: {outcome.State}");
+        }
+        TestContext.Current.TestOutputHelper?.WriteLine(string.Join("; ", ends));
+    }
+
+    [Fact]
     public async Task A_second_migration_of_a_VM_whose_migration_runs_is_refused_and_the_first_goes_on()
     {
         var ct = TestContext.Current.CancellationToken;
