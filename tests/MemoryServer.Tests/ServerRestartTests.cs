@@ -71,36 +71,46 @@ public class ServerRestartTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMq
                 kept.Put(vm, Pages(4)); // what the server stored, and acked, before it died
             }
             await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
-            client.ProbeAfter = TimeSpan.FromHours(1); // not while the host is down: that probe would find no queue (the other test)
-
-            // The dying server's queue, with a store in it that it never handled.
-            var dying = await ConnectAsync();
-            await using (var channel = await dying.CreateChannelAsync(cancellationToken: Ct))
+            // Twice on the same queue: a probe is sent again whenever requests go unanswered again.
+            for (var cycle = 1; cycle <= 2; cycle++)
             {
-                await channel.ExchangeDeclareAsync(PageQueues.Exchange, ExchangeType.Direct, durable: false, cancellationToken: Ct);
-                await channel.QueueDeclareAsync(PageQueues.Bulk(host, vm), durable: false, exclusive: true, autoDelete: false, cancellationToken: Ct);
-                await channel.QueueBindAsync(PageQueues.Bulk(host, vm), PageQueues.Exchange, PageQueues.Bulk(host, vm), cancellationToken: Ct);
-            }
-            var batch = new PageBatch(64 << 10);
-            foreach (var page in Pages(8))
-            {
-                batch.Advance(PageFrame.WritePage(batch.Next, page));
-            }
-            var stored = await client.PublishStoreAsync(host, vm, batch, Ct);
-            await dying.AbortAsync(Ct);
+                client.ProbeAfter = TimeSpan.FromHours(1); // not while the host is down: that probe would find no queue (the other test)
 
-            // Back with its file store: it serves the VM again at once, without the store that was lost.
-            await using var second = await ConnectAsync();
-            await using var restarted = await PageServer.StartAsync(second, new MemoryServerOptions { Host = host, CapacityPages = 1000 },
-                new FilePageStore(folder.FullName, 1000), NullLogger.Instance, Ct);
-            client.ProbeAfter = TimeSpan.FromMilliseconds(300);
-            var lost = await Assert.ThrowsAsync<PageProtocolException>(() => stored);
-            Assert.Equal(PageError.Internal, lost.Code);
-            Assert.Contains("request lost", lost.Message, StringComparison.Ordinal);
-            Assert.Equal(4, (await client.UsageAsync(host, Ct)).PagesPerVm[vm]);
-            await client.StoreAsync(host, vm, Pages(8), Ct); // sent again
-            Assert.Equal(8, (await client.UsageAsync(host, Ct)).PagesPerVm[vm]);
-            await client.ReleaseAsync(host, vm, Ct);
+                // The dying server's queue, with a store in it that it never handled.
+                var dying = await ConnectAsync();
+                await using (var channel = await dying.CreateChannelAsync(cancellationToken: Ct))
+                {
+                    await channel.ExchangeDeclareAsync(PageQueues.Exchange, ExchangeType.Direct, durable: false, cancellationToken: Ct);
+                    await channel.QueueDeclareAsync(PageQueues.Bulk(host, vm), durable: false, exclusive: true, autoDelete: false, cancellationToken: Ct);
+                    await channel.QueueBindAsync(PageQueues.Bulk(host, vm), PageQueues.Exchange, PageQueues.Bulk(host, vm), cancellationToken: Ct);
+                }
+                var batch = new PageBatch(64 << 10);
+                foreach (var page in Pages(8))
+                {
+                    batch.Advance(PageFrame.WritePage(batch.Next, page));
+                }
+                var stored = await client.PublishStoreAsync(host, vm, batch, Ct);
+                await dying.AbortAsync(Ct);
+
+                // Back with its file store: it serves the VM again at once, without the store that was lost.
+                var connection = await ConnectAsync();
+                var store = new FilePageStore(folder.FullName, 1000);
+                var restarted = await PageServer.StartAsync(connection, new MemoryServerOptions { Host = host, CapacityPages = 1000 }, store, NullLogger.Instance, Ct);
+                client.ProbeAfter = TimeSpan.FromMilliseconds(300);
+                var lost = await Assert.ThrowsAsync<PageProtocolException>(() => stored);
+                Assert.Equal(PageError.Internal, lost.Code);
+                Assert.Contains("request lost", lost.Message, StringComparison.Ordinal);
+                Assert.Equal(cycle == 1 ? 4 : 8, (await client.UsageAsync(host, Ct)).PagesPerVm[vm]);
+                await client.StoreAsync(host, vm, Pages(8), Ct); // sent again
+                Assert.Equal(8, (await client.UsageAsync(host, Ct)).PagesPerVm[vm]);
+                if (cycle == 2)
+                {
+                    await client.ReleaseAsync(host, vm, Ct);
+                }
+                await connection.AbortAsync(Ct); // it dies again (its queues with it)
+                await restarted.DisposeAsync();
+                store.Dispose();
+            }
         }
         finally
         {

@@ -70,13 +70,17 @@ public sealed class PageClient : IAsyncDisposable
                 p.Reply.TrySetException(new PageProtocolException(PageError.Internal, p.Host,
                     p.Lost ?? $"no reply within {p.Timeout.TotalSeconds:0.#} s: host dead or overloaded"));
             }
-            else if (p.Vm is { } vm && p.PublishedAt > 0 && now - p.PublishedAt >= (long)ProbeAfter.TotalMilliseconds
-                && probing.GetValueOrDefault(p.Queue) <= now && probing.TryAdd(p.Queue, long.MaxValue))
+            else if (p.Vm is { } vm && p.PublishedAt > 0 && now - p.PublishedAt >= (long)ProbeAfter.TotalMilliseconds && TryClaimProbe(p.Queue, now))
             {
                 _ = ProbeAsync(p.Host, vm, p.Queue);
             }
         }
     }
+
+    /// <summary>One probe per queue at a time, and none sooner than ProbeAfter after the last one ended.</summary>
+    private bool TryClaimProbe(string queue, long now) => probing.TryGetValue(queue, out var next)
+        ? next <= now && probing.TryUpdate(queue, long.MaxValue, next)
+        : probing.TryAdd(queue, long.MaxValue);
 
     private async Task ProbeAsync(string host, Guid vm, string queue)
     {
