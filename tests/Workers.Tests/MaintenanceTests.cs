@@ -101,7 +101,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
             var first = Assert.Single(runs);
             Assert.Equal(0, (await Semigrate("trigger", "nightly")).ExitCode);
             Assert.Empty(await runner.RunDueAsync(ct)); // its last run still runs: skipped
-            Assert.Contains("the last run still runs", (await SchedulesAsync(Semigrate)).GetProperty("lastProblem").GetString(), StringComparison.Ordinal);
+            Assert.Contains("the last run still runs", (await SchedulesAsync(Semigrate)).GetProperty("lastSkip").GetString(), StringComparison.Ordinal);
             await first;
             var ran = await SchedulesAsync(Semigrate);
             var moved = ran.GetProperty("lastReport").GetProperty("moved").EnumerateArray().Single();

@@ -182,7 +182,7 @@ public static class MaintenanceCommand
             {
                 Console.WriteLine($"{s.Id,-24} drain {s.Host,-16} {(s.Cron is { } c ? $"cron '{c}'" : $"every {s.Every}"),-22} {(s.Paused ? "PAUSED" : $"next {s.NextRun:u}")}" +
                     (s.LastRun is { } at ? $"  last {at:u}: {(s.LastReport is { } r ? $"{r.Moved.Count} moved, {r.NotMoved.Count} not" : "running")}" : "") +
-                    (s.LastProblem is { } p ? $"  ({p})" : ""));
+                    (s.LastProblem is { } p ? $"  (failed: {p})" : "") + (s.LastSkip is { } skip ? $"  ({skip})" : ""));
             }
             return 0;
         });

@@ -75,7 +75,12 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
             procedure.CancelReason = reason;
             await cancel.CancelAsync();
         }
-        await using var onCancel = ct.Register(() => _ = journal.CancelledAsync("cancelled by the operator"));
+        await using var onCancel = ct.Register(() =>
+        {
+            // The reason the journal keeps is the one the procedure gives: a replay gives the same.
+            procedure.CancelReason ??= "cancelled by the operator";
+            _ = journal.CancelledAsync(procedure.CancelReason);
+        });
         try
         {
             var outcome = await procedure.RunAsync(request, cancel.Token);

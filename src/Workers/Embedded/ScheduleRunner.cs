@@ -55,7 +55,7 @@ public sealed class ScheduleRunner(IDocumentStore store, DrainRunner drains, IOp
                 // Gone, paused, fired by another orchestrator meanwhile, or its last run still runs.
                 if (!locked && fresh is { Paused: false } && fresh.NextRun <= now)
                 {
-                    await SaveAsync(fresh with { NextRun = fresh.NextAfter(now), LastProblem = $"skipped at {now:u}: the last run still runs" }, ct);
+                    await SaveAsync(fresh with { NextRun = fresh.NextAfter(now), LastSkip = $"skipped at {now:u}: the last run still runs" }, ct);
                     logger.LogWarning("drain schedule {Schedule}: skipped, its last run still runs", fresh.Id);
                 }
                 await connection.DisposeAsync();
