@@ -145,7 +145,8 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentSto
                     if (ct.IsCancellationRequested && stopBy is null)
                     {
                         stopBy = DateTime.UtcNow + StopWait;
-                        await bus.Publish(new CancelSteps(migrationId, "cancelled by the operator"), CancellationToken.None);
+                        // The engine knows only that its procedure stops the step, not why (the log of the migration says).
+                        await bus.Publish(new CancelSteps(migrationId, "the migration stops its steps: cancelled, or another step failed"), CancellationToken.None);
                         logger.LogWarning("{Step} at {Host}: cancelled, waiting for the step to stop", step, host);
                     }
                     if (stopBy is { } by && DateTime.UtcNow > by)

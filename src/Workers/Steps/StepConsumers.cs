@@ -66,7 +66,7 @@ public sealed class CancelStepsConsumer(RunningSteps running, HostContext host, 
         var stopped = running.Cancel(context.Message.MigrationId);
         if (stopped > 0)
         {
-            logger.LogWarning("migration {Migration} cancelled ({Reason}): stopping its {Steps} steps running on {Host}", context.Message.MigrationId,
+            logger.LogWarning("migration {Migration}: {Reason}: stopping its {Steps} steps running on {Host}", context.Message.MigrationId,
                 context.Message.Reason, stopped, host.Host);
         }
         return Task.CompletedTask;
