@@ -101,7 +101,7 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         var id = $"drain-test-{Guid.NewGuid():N}"[..24];
         await TemporalDrainSchedules.CreateAsync(client, new DrainSchedule(id, run.Source, null, TimeSpan.FromHours(1), ScheduleOverlap.Skip, MigrationMode.Semigrate, ["vaultdb"], 1,
             Paused: false, NextRun: DateTimeOffset.UtcNow.AddHours(1)));
-        var schedule = TemporalDrainSchedules.Handle(client, id);
+        var schedule = client.GetScheduleHandle(id);
         try
         {
             await schedule.TriggerAsync();

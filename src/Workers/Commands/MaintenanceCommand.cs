@@ -200,7 +200,7 @@ public static class MaintenanceCommand
             {
                 return await OnTemporalAsync(async () =>
                 {
-                    await onTemporal(TemporalDrainSchedules.Handle(temporal, parse.GetValue(id)!));
+                    await onTemporal(temporal.GetScheduleHandle(parse.GetValue(id)!));
                     Console.WriteLine($"Temporal schedule {parse.GetValue(id)}: {done}");
                 });
             }
@@ -229,7 +229,7 @@ public static class MaintenanceCommand
             {
                 return await OnTemporalAsync(async () =>
                 {
-                    await TemporalDrainSchedules.Handle(temporal, parse.GetValue(id)!).DeleteAsync();
+                    await temporal.GetScheduleHandle(parse.GetValue(id)!).DeleteAsync();
                     Console.WriteLine($"Temporal schedule {parse.GetValue(id)}: deleted");
                 });
             }

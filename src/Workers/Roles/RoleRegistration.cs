@@ -99,24 +99,20 @@ public static class RoleRegistration
             }
         }
         builder.Services.AddSingleton<RunningSteps>();
+        // The step consumers of this host's roles, all on its one step queue.
+        Type[] steps =
+        [
+            .. source ? [typeof(SourceStepsConsumer)] : Array.Empty<Type>(),
+            .. pages ? [typeof(PagingStepsConsumer)] : Array.Empty<Type>(),
+            .. main ? [typeof(MainHostStepsConsumer)] : Array.Empty<Type>(),
+            .. source || main ? [typeof(DigestStepsConsumer)] : Array.Empty<Type>(),
+        ];
         return builder.AddMessaging(
             x =>
             {
-                if (source)
+                foreach (var consumer in steps)
                 {
-                    x.AddConsumer<SourceStepsConsumer>();
-                }
-                if (pages)
-                {
-                    x.AddConsumer<PagingStepsConsumer>();
-                }
-                if (main)
-                {
-                    x.AddConsumer<MainHostStepsConsumer>();
-                }
-                if (source || main)
-                {
-                    x.AddConsumer<DigestStepsConsumer>();
+                    x.AddConsumer(consumer);
                 }
                 x.AddConsumer<CancelStepsConsumer>();
             },
@@ -126,21 +122,9 @@ public static class RoleRegistration
                 {
                     // Transfers to every destination run at once at the source.
                     e.PrefetchCount = 16;
-                    if (source)
+                    foreach (var consumer in steps)
                     {
-                        e.ConfigureConsumer<SourceStepsConsumer>(bus);
-                    }
-                    if (pages)
-                    {
-                        e.ConfigureConsumer<PagingStepsConsumer>(bus);
-                    }
-                    if (main)
-                    {
-                        e.ConfigureConsumer<MainHostStepsConsumer>(bus);
-                    }
-                    if (source || main)
-                    {
-                        e.ConfigureConsumer<DigestStepsConsumer>(bus);
+                        e.ConfigureConsumer(bus, consumer);
                     }
                 });
                 // Beside the step queue, not behind the steps waiting in it: a cancel reaches this process at once.

@@ -37,6 +37,4 @@ public static class TemporalDrainSchedules
         }
         return lines;
     }
-
-    public static ScheduleHandle Handle(ITemporalClient client, string id) => client.GetScheduleHandle(id);
 }
