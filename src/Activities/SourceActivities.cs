@@ -178,6 +178,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             long resentPages = 0, batchGuestPages = 0;
             var clock = Stopwatch.StartNew();
             long bytesThisAttempt = 0;
+            var signals = new ProgressSignals(logger);
             for (var pfn = resume; pfn < a.EndPfn; pfn++)
             {
                 ct.ThrowIfCancellationRequested();
@@ -258,6 +259,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 {
                     ActivityExecutionContext.Current.Heartbeat(beat);
                 }
+                signals.Offer(beat, last: force);
                 await publish.Publish(beat, ct);
                 return checkpoint;
             }

@@ -40,6 +40,7 @@ public sealed class MigrationWorkflow
     public static readonly IReadOnlyList<SearchAttributeKey<string>> SearchAttributes = [VmKey, SourceKey, MainKey, ModeKey, StateKey];
 
     private readonly CancellationTokenSource cancel = new(); // the Cancel signal's
+    private readonly SortedDictionary<string, TransferProgress> live = new(StringComparer.Ordinal);
     private MigrationProcedure? procedure;
     private Guid migrationId;
 
@@ -62,7 +63,25 @@ public sealed class MigrationWorkflow
     }
 
     [WorkflowQuery("Progress")]
-    public MigrationProgress Progress() => procedure?.Progress ?? new MigrationProgress(migrationId, MigrationState.Requested, [], null);
+    public MigrationProgress Progress() =>
+        (procedure?.Progress ?? new MigrationProgress(migrationId, MigrationState.Requested, [], null)) with { Live = [.. live.Values] };
+
+    /// <summary>Most hosts whose progress is kept: a VM has a main host and a few sub-hosts, and a signal
+    /// from anyone else must not grow the workflow's state.</summary>
+    private const int MaxLiveHosts = 64;
+
+    /// <summary>A transfer's progress (its activity signals it, see the source's ProgressSignals): kept per
+    /// host for <see cref="Progress"/>, a later round's or a further one replacing what was there.</summary>
+    [WorkflowSignal(TransferProgress.Signal)]
+    public Task TransferProgressedAsync(TransferProgress beat)
+    {
+        if ((migrationId == Guid.Empty || beat.MigrationId == migrationId)
+            && (live.TryGetValue(beat.Host, out var was) ? (beat.Round, beat.NextPfn).CompareTo((was.Round, was.NextPfn)) >= 0 : live.Count < MaxLiveHosts))
+        {
+            live[beat.Host] = beat;
+        }
+        return Task.CompletedTask;
+    }
 
     /// <summary>Stops the migration; what started is released and the VM stays at the source.</summary>
     [WorkflowSignal("Cancel")]

@@ -120,6 +120,66 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     }
 
     [Fact]
+    public async Task Under_Temporal_a_transfer_signals_its_workflow_its_progress_sparsely_and_its_last_beat()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var migration = Guid.NewGuid();
+        var intro = Introspect(migration);
+        var found = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
+        var host = rabbit.Name("dest");
+        using var store = new InMemoryPageStore(200_000);
+        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = 200_000 }, store, NullLogger.Instance, ct);
+        await client.StartVmAsync(host, intro.Vm, MigrationMode.Semigrate, found.Pages.Total, ct);
+        var heartbeats = new List<TransferProgress>();
+        var signals = new SignalRecorder();
+        var env = new ActivityEnvironment
+        {
+            Info = ActivityEnvironment.DefaultInfo with { WorkflowId = $"migration-{intro.Vm}", WorkflowRunId = "run-1" },
+            Heartbeater = details => heartbeats.Add((TransferProgress)details.Single()!),
+            // A client that never connects: the recorder answers every signal.
+            TemporalClient = Temporalio.Client.TemporalClient.CreateLazy(new("127.0.0.1:1") { Interceptors = [signals] }),
+        };
+        var transfer = new TransferPages(migration, intro.Vm, MigrationMode.Semigrate, new Assignment(host, 0, found.PfnLimit, found.Pages.Total), 0, 1, null);
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await env.RunAsync(() => source.TransferAsync(transfer));
+        var elapsed = clock.Elapsed;
+
+        // The last one goes after the transfer's answer (it never holds the transfer up).
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!signals.Sent.Any(s => s.Beat.PagesSent == found.Pages.Total) && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50, ct);
+        }
+        var sent = signals.Sent.ToList();
+        Assert.All(sent, s => Assert.Equal(($"migration-{intro.Vm}", "run-1", TransferProgress.Signal), (s.Workflow, s.Run, s.Signal)));
+        Assert.Equal(heartbeats[0], sent[0].Beat);
+        Assert.Equal(heartbeats[^1], sent[^1].Beat);
+        Assert.Equal(found.Pages.Total, sent[^1].Beat.PagesSent);
+        Assert.All(sent, s => Assert.Contains(s.Beat, heartbeats));
+        // Every signal is a history event: the first, the last, and at most one per 5 s between them.
+        Assert.InRange(sent.Count, 2, 2 + (int)(elapsed.TotalSeconds / 5));
+    }
+
+    private sealed class SignalRecorder : Temporalio.Client.Interceptors.IClientInterceptor
+    {
+        public System.Collections.Concurrent.ConcurrentQueue<(string Workflow, string? Run, string Signal, TransferProgress Beat)> Sent { get; } = new();
+
+        public Temporalio.Client.Interceptors.ClientOutboundInterceptor InterceptClient(Temporalio.Client.Interceptors.ClientOutboundInterceptor nextInterceptor) =>
+            new Outbound(nextInterceptor, this);
+
+        private sealed class Outbound(Temporalio.Client.Interceptors.ClientOutboundInterceptor next, SignalRecorder recorder)
+            : Temporalio.Client.Interceptors.ClientOutboundInterceptor(next)
+        {
+            public override Task SignalWorkflowAsync(Temporalio.Client.Interceptors.SignalWorkflowInput input)
+            {
+                recorder.Sent.Enqueue((input.Id, input.RunId, input.Signal, (TransferProgress)input.Args.Single()!));
+                return Task.CompletedTask;
+            }
+        }
+    }
+
+    [Fact]
     public async Task Hand_over_sends_the_main_host_the_sealed_manifest_and_a_key_that_opens_only_there()
     {
         var ct = TestContext.Current.CancellationToken;

@@ -36,7 +36,10 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         var outcome = await handle.GetResultAsync();
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-        Assert.Equal(MigrationState.SwitchedOver, (await handle.QueryAsync(w => w.Progress())).State);
+        var progress = await handle.QueryAsync(w => w.Progress());
+        Assert.Equal(MigrationState.SwitchedOver, progress.State);
+        // Each transfer signalled its progress (the switch-over, seconds long, came after their signals).
+        Assert.Equal(outcome.Transfers.Select(t => t.Host).Order(StringComparer.Ordinal), progress.Live!.Select(p => p.Host));
         var described = await handle.DescribeAsync();
         Assert.Equal(nameof(MigrationState.SwitchedOver), described.TypedSearchAttributes.Get(MigrationWorkflow.StateKey));
         Assert.Equal(request.Vm.ToString(), described.TypedSearchAttributes.Get(MigrationWorkflow.VmKey));

@@ -354,6 +354,26 @@ public class MigrationReplayTests
     }
 
     [Fact]
+    public async Task Transfers_signal_their_progress_which_the_Progress_query_shows_without_changing_the_procedure()
+    {
+        var h = HappyPath((h, _) =>
+        {
+            h.Signaled(TransferProgress.Signal, new TransferProgress(Request.MigrationId, "sub-a", 1536, 480, 1000, 2_000_000));
+            h.Signaled(TransferProgress.Signal, new TransferProgress(Request.MigrationId, "main", 1024, 1000, 1000, 4_000_000));
+            h.Signaled(TransferProgress.Signal, new TransferProgress(Request.MigrationId, "sub-a", 1200, 100, 1000, 500_000)); // late, older
+            h.Signaled(TransferProgress.Signal, new TransferProgress(Guid.NewGuid(), "sub-b", 3000, 900, 1000, 1)); // another migration's
+            h.Task(); // signals only: no command
+        });
+
+        var capture = new ReplayCapture();
+        var result = await ReplayAsync(h.Build(), capture);
+        Assert.Null(result.ReplayFailure);
+        Assert.Equal(MigrationState.SwitchedOver, Assert.IsType<MigrationOutcome>(capture.Result).State);
+        var live = Assert.IsType<MigrationWorkflow>(capture.Instance).Progress().Live!;
+        Assert.Equal([("main", 1000L), ("sub-a", 480L)], live.Select(p => (p.Host, p.PagesSent)));
+    }
+
+    [Fact]
     public async Task A_transfer_that_fails_for_good_stops_the_others_before_anything_is_undone_and_is_the_reason()
     {
         var h = new HistoryBuilder();

@@ -18,6 +18,9 @@ internal sealed class ReplayCapture : IWorkerInterceptor
 
     public object? Result { get; private set; }
 
+    /// <summary>The workflow object replayed, to read its queries' answers after the replay.</summary>
+    public object? Instance { get; private set; }
+
     public WorkflowInboundInterceptor InterceptWorkflow(WorkflowInboundInterceptor nextInterceptor) => new Inbound(nextInterceptor, this);
 
     private sealed class Inbound(WorkflowInboundInterceptor next, ReplayCapture capture) : WorkflowInboundInterceptor(next)
@@ -26,6 +29,7 @@ internal sealed class ReplayCapture : IWorkerInterceptor
 
         public override async Task<object?> ExecuteWorkflowAsync(ExecuteWorkflowInput input)
         {
+            capture.Instance = input.Instance;
             var result = await base.ExecuteWorkflowAsync(input);
             capture.Result = result;
             return result;

@@ -25,8 +25,10 @@ public sealed record MigrationOutcome(
     public TimeSpan? Downtime => SwitchOver?.ContinuedAt - PausedAt;
 }
 
-/// <summary>The progress query's answer: the state and each finished transfer.</summary>
-public sealed record MigrationProgress(Guid MigrationId, MigrationState State, IReadOnlyList<TransferResult> Transfers, string? Reason);
+/// <summary>The progress query's answer: the state, each finished transfer and, on Temporal, the last
+/// progress each transfer signalled (<paramref name="Live"/>, by host; a finished one's last says all sent).</summary>
+public sealed record MigrationProgress(Guid MigrationId, MigrationState State, IReadOnlyList<TransferResult> Transfers, string? Reason,
+    IReadOnlyList<TransferProgress>? Live = null);
 
 /// <summary>The query/cancel signal's argument.</summary>
 public sealed record CancelMigration(string Reason);

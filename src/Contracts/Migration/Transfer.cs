@@ -10,7 +10,11 @@ public sealed record TransferPages(
     Guid MigrationId, Guid Vm, MigrationMode Mode, Assignment Assignment, long ResumeFrom, int Attempt, byte[]? ChannelKeyFor, int Round = 1, bool StartOver = false);
 
 /// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host (in this <paramref name="Round"/>).</summary>
-public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes, int Round = 1);
+public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes, int Round = 1)
+{
+    /// <summary>The Temporal signal that brings a transfer's progress to its workflow's Progress query.</summary>
+    public const string Signal = "TransferProgressed";
+}
 
 /// <summary>A finished transfer, over all its attempts: <paramref name="Bytes"/> sent in all, of which
 /// <paramref name="ResentBytes"/> (<paramref name="ResentPages"/> pages) went again because an attempt

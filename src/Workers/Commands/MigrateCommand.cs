@@ -88,6 +88,7 @@ public static class MigrateCommand
         CancellationToken detach = default)
     {
         Func<MigrationState> state;
+        IReadOnlyList<TransferProgress> signalled = []; // on Temporal, what the Progress query says besides the transfers' events
         Task<MigrationOutcome> migration;
         if (services.GetRequiredService<IOptions<TemporalOptions>>().Value is { IsConfigured: true } temporal)
         {
@@ -111,7 +112,8 @@ public static class MigrateCommand
                 {
                     try
                     {
-                        last = (await handle.QueryAsync(w => w.Progress())).State;
+                        var progress = await handle.QueryAsync(w => w.Progress());
+                        (last, signalled) = (progress.State, progress.Live ?? []);
                     }
                     catch (Temporalio.Exceptions.TemporalException)
                     {
@@ -149,7 +151,7 @@ public static class MigrateCommand
                         stage = now;
                         console.MarkupLineInterpolated($"  [grey]{now}[/]");
                     }
-                    foreach (var p in watch.Of(request.MigrationId))
+                    foreach (var p in watch.Of(request.MigrationId).Concat(signalled).GroupBy(p => p.Host).Select(g => g.MaxBy(p => (p.Round, p.PagesSent))!))
                     {
                         if (!bars.TryGetValue(p.Host, out var bar))
                         {
