@@ -90,11 +90,14 @@ public sealed class MainHostActivities(
         {
             ct.ThrowIfCancellationRequested(); // the point of no return of a memory dump's VM: registered here next
         }
-        var (guest, ram, memory) = SealedBlob.IsThere(BlobKind.DeviceState, blobs)
-            ? await RunAsync(input, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
+        var live = SealedBlob.IsThere(BlobKind.DeviceState, blobs);
+        var name = live ? NameHere(input) : null; // before the guest runs here: a bad name refuses the switch-over
+        var kit = Path.Combine(host.MigrationDirectory(input.MigrationId), "vm");
+        var (guest, ram, memory) = live
+            ? await RunAsync(input, kit, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
         var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest);
-        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory));
+        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
         return result;
@@ -104,11 +107,10 @@ public sealed class MainHostActivities(
     /// sealed blobs the source handed over; its RAM is a FUSE file served by its pager, kept within
     /// this host's share (<paramref name="budgetPages"/>); QEMU starts with -incoming, loads the device
     /// state and continues the guest where it stopped.</summary>
-    private async Task<(LiveGuest, FuseRamFile, PagedRam)> RunAsync(SwitchOver input, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager, ulong pages,
-        long budgetPages)
+    private async Task<(LiveGuest, FuseRamFile, PagedRam)> RunAsync(SwitchOver input, string folder, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager,
+        ulong pages, long budgetPages)
     {
         var clock = Stopwatch.StartNew();
-        var folder = Path.Combine(host.MigrationDirectory(input.MigrationId), "vm");
         Directory.CreateDirectory(folder);
         byte[] Blob(BlobKind kind) => SealedBlob.Open(kind, input.Vm, blobs, opener, host.Host, SealedBlob.MaxBytes * 4);
         await File.WriteAllBytesAsync(BootedGuest.KernelIn(folder), Blob(BlobKind.Kernel));
@@ -148,6 +150,20 @@ public sealed class MainHostActivities(
             await memory.DisposeAsync();
             throw;
         }
+    }
+
+    /// <summary>The running guest taken over here that goes by <paramref name="name"/>, if any.</summary>
+    public MainHostVms.RunningVm? GuestNamed(string name) => vms.All.FirstOrDefault(v => v.GuestName == name && v.Guest is not null);
+
+    /// <summary>The name a running guest taken over here goes by: its source's, unless a guest of this
+    /// host has it already (then with the VM's id appended). A guest that left this host, or stopped,
+    /// keeps its folder but not its name.</summary>
+    private string NameHere(SwitchOver input)
+    {
+        var name = input.Guest ?? $"vm-{input.Vm:N}";
+        var folder = host.GuestDirectory(name);
+        var taken = LiveGuest.IsRunning(folder) || File.Exists(BootedGuest.DumpIn(folder)) || vms.All.Any(v => v.GuestName == name && v.Vm != input.Vm);
+        return taken ? $"{name}-{input.Vm.ToString("N")[..8]}" : name;
     }
 
     /// <summary>The VM's memory as it was migrated: every guest page read through the pager (a running

@@ -21,8 +21,10 @@ namespace SEmigrate.Activities;
 
 /// <summary>The source host's steps: introspect and classify the guest, seal and send each destination's
 /// pages, hand the main host the sealed manifest and the wrapped data key, and let the VM go. Page data,
-/// the classification and keys stay here; the steps take and return small records that name no file.</summary>
-public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, ILogger<SourceActivities> logger)
+/// the classification and keys stay here; the steps take and return small records that name no file.
+/// <paramref name="mainHost"/>: on a host that is a main host too, the running guests it took over move on
+/// from here as well.</summary>
+public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, ILogger<SourceActivities> logger, MainHostActivities? mainHost = null)
 {
     /// <summary>Pages per chunk for placement; large VMs get larger chunks so the list stays small.</summary>
     private const int MaxChunks = 4096;
@@ -33,9 +35,9 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     [Activity("MeasureGuest")]
     public Task<GuestLayout> MeasureAsync(MeasureGuest input) => Task.Run(() =>
     {
-        var guest = LoadGuest(input.Guest);
-        using var memory = GuestMemory.Open(guest.DumpPath); // the ranges only: a running guest runs on
-        return Layout(memory, HandOverPages(input.Guest, memory.PfnLimit, LiveGuest.IsLive(host.GuestDirectory(input.Guest))));
+        var guest = FindGuest(input.Guest);
+        using var memory = guest.OpenMemory(); // the ranges only: a running guest runs on
+        return Layout(memory, HandOverPages(guest, memory.PfnLimit));
     });
 
     [Activity("Introspect")]
@@ -43,8 +45,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input, CancellationToken ct) => Task.Run(async () =>
     {
-        var guest = LoadGuest(input.Guest);
-        var live = LiveGuest.IsLive(host.GuestDirectory(input.Guest));
+        var guest = FindGuest(input.Guest);
+        var live = guest.Live;
         var layout = KernelLayout.Load(guest.KernelPath); // the kernel's types: from its file, before the pause
         DateTimeOffset? pausedAt = null;
         if (live)
@@ -52,7 +54,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             // Stop-and-copy: the guest stays paused from its scan to the end (it continues here if
             // the migration is undone, at the main host if not). A page written after a scan would
             // need to travel again, sealed (pre-copy): not done, the guest does not run meanwhile.
-            await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(input.Guest), ct);
+            await using var running = await guest.AttachAsync(ct);
             await running.PauseAsync(ct);
             pausedAt = DateTimeOffset.UtcNow;
         }
@@ -65,7 +67,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             // Nothing here remembers the guest yet, so nothing else would let it run again.
             try
             {
-                await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(input.Guest), CancellationToken.None);
+                await using var running = await guest.AttachAsync(CancellationToken.None);
                 await running.ContinueAsync(CancellationToken.None);
             }
 #pragma warning disable CA1031 // the introspection's failure is the one to report; this one is logged
@@ -78,10 +80,10 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
     }, ct);
 
-    private IntrospectionResult Classify(IntrospectGuest input, (string DumpPath, string KernelPath) guest, KernelLayout layout, bool live, DateTimeOffset? pausedAt,
+    private IntrospectionResult Classify(IntrospectGuest input, SourceGuest guest, KernelLayout layout, bool live, DateTimeOffset? pausedAt,
         CancellationToken ct)
     {
-        using var memory = GuestMemory.Open(guest.DumpPath);
+        using var memory = guest.OpenMemory();
         ct.ThrowIfCancellationRequested();
         var found = GuestIntrospection.Run(memory, layout);
         var map = Classifier.Classify(memory, found, input.PlainProcesses.ToHashSet(StringComparer.Ordinal));
@@ -94,7 +96,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             key.Save(state.KeyPath); // generated here, at the source; it leaves only wrapped for the main host
         }
 
-        var chunks = Layout(memory, HandOverPages(input.Guest, map.PfnLimit, live));
+        var chunks = Layout(memory, HandOverPages(guest, map.PfnLimit));
         var sent = new int[chunks.ChunkGuestPages.Count];
         var codec = new PageCodec(input.Mode, input.Vm, null, null);
         for (ulong pfn = 0; pfn < map.PfnLimit; pfn++)
@@ -155,9 +157,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             var resume = Math.Max(Math.Max(a.FirstPfn, input.ResumeFrom), Math.Max(before.Confirmed, heartbeat?.NextPfn ?? 0));
             var sentBefore = Math.Max(before.Sent, resume);
 
-            var (dump, _) = LoadGuest(state.Guest.Name);
             var map = ClassificationMap.Load(state.MapPath);
-            using var memory = GuestMemory.Open(dump);
+            using var memory = FindGuest(state.Guest.Name).OpenMemory();
             using var key = state.LoadKey();
             var epoch = state.NextEpoch();
             using var sealer = key.CreateSealer(input.Vm, epoch);
@@ -272,12 +273,11 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     /// <summary>At most what the hand-over stores at the main host: the manifest (its map uncompressed),
     /// and for a running guest its kernel, initramfs and device state (QEMU's is well under 1 MiB).</summary>
-    private long HandOverPages(string guest, ulong pfnLimit, bool live)
+    private static long HandOverPages(SourceGuest guest, ulong pfnLimit)
     {
-        long Pages(long bytes) => (bytes + PageRecord.PageSize - 1) / PageRecord.PageSize + 1;
-        var folder = host.GuestDirectory(guest);
+        static long Pages(long bytes) => (bytes + PageRecord.PageSize - 1) / PageRecord.PageSize + 1;
         return Pages(ClassificationMap.ByteSizeFor(pfnLimit))
-            + (live ? Pages(new FileInfo(BootedGuest.KernelIn(folder)).Length) + Pages(new FileInfo(Path.Combine(folder, "initrd.gz")).Length) + Pages(1 << 20) : 0);
+            + (guest.Live ? Pages(new FileInfo(guest.KernelPath).Length) + Pages(new FileInfo(guest.InitrdPath).Length) + Pages(1 << 20) : 0);
     }
 
     /// <summary>Holds all transfers of this host together to its limit: each batch takes the next free
@@ -329,15 +329,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         {
             // A running guest's core goes with it: its device state (saved now, while it is paused) and
             // the kernel and initramfs its QEMU runs, sealed like everything else, to the main host only.
-            var folder = host.GuestDirectory(guest.Name);
+            var here = FindGuest(guest.Name);
             var deviceState = Path.Combine(host.MigrationDirectory(input.MigrationId), "device.state");
-            await using (var running = await LiveGuest.AttachAsync(folder, StepToken.Current))
+            await using (var running = await here.AttachAsync(StepToken.Current))
             {
                 await running.SaveDeviceStateAsync(deviceState, StepToken.Current);
             }
             records.AddRange(SealedBlob.Seal(BlobKind.DeviceState, await File.ReadAllBytesAsync(deviceState), sealer));
-            records.AddRange(SealedBlob.Seal(BlobKind.Kernel, await File.ReadAllBytesAsync(BootedGuest.KernelIn(folder)), sealer));
-            records.AddRange(SealedBlob.Seal(BlobKind.Initrd, await File.ReadAllBytesAsync(Path.Combine(folder, "initrd.gz")), sealer));
+            records.AddRange(SealedBlob.Seal(BlobKind.Kernel, await File.ReadAllBytesAsync(here.KernelPath), sealer));
+            records.AddRange(SealedBlob.Seal(BlobKind.Initrd, await File.ReadAllBytesAsync(here.InitrdPath), sealer));
             File.Delete(deviceState);
         }
         // All at once (a running guest's kernel is a dozen batches): the guest is paused meanwhile.
@@ -365,7 +365,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var guest = state.Guest;
         var codec = new PageCodec(guest.Mode, input.Vm, null, null);
         var map = ClassificationMap.Load(state.MapPath);
-        using var memory = GuestMemory.Open(LoadGuest(guest.Name).DumpPath);
+        using var memory = FindGuest(guest.Name).OpenMemory();
         var zeros = new byte[PageRecord.PageSize];
         using var digest = new PageDigests(input);
         for (var pfn = (ulong)input.FirstPfn; pfn < (ulong)input.EndPfn; pfn++)
@@ -387,21 +387,24 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     }
 
     /// <summary>Drops the migration's key; a running guest ends here when it has left (it runs at the
-    /// main host now) and continues here when the migration was undone.</summary>
+    /// main host now) and continues here when the migration was undone. One that this host had taken
+    /// over ends as a VM of this main host ends (StopVm): its pager stops and the hosts that held its
+    /// pages for it release them.</summary>
     [Activity("ReleaseSource")]
     public async Task<SourceReleased> ReleaseSourceAsync(ReleaseSource input)
     {
         var state = State(input.MigrationId);
-        if (state.HasGuest && state.Guest is { Live: true } guest && File.Exists(LiveGuest.SocketIn(host.GuestDirectory(guest.Name))))
+        if (state.HasGuest && state.Guest is { Live: true } guest && TryFindGuest(guest.Name) is { } here
+            && (here.TakenOver is not null || File.Exists(LiveGuest.SocketIn(here.Kit))))
         {
-            await using var running = await LiveGuest.AttachAsync(host.GuestDirectory(guest.Name), StepToken.Current);
-            if (input.VmLeft)
+            if (input.VmLeft && here.TakenOver is { } vm)
             {
-                await running.QuitAsync();
+                await mainHost!.StopVmAsync(new StopVm(vm.MigrationId, vm.Vm, host.Host));
             }
             else
             {
-                await running.ContinueAsync(StepToken.Current);
+                await using var running = await here.AttachAsync(StepToken.Current);
+                await (input.VmLeft ? running.QuitAsync() : running.ContinueAsync(StepToken.Current));
             }
         }
         state.Release();
@@ -415,17 +418,27 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     private SourceState State(Guid migrationId) => new(host.MigrationDirectory(migrationId));
 
-    /// <summary>This host's guest <paramref name="name"/>, as `semigrate guest boot` or `guest start` leaves it: its memory and kernel.</summary>
-    private (string DumpPath, string KernelPath) LoadGuest(string name)
+    /// <summary>This host's guest <paramref name="name"/>: as `semigrate guest boot` or `guest start` leaves
+    /// it, or a running guest taken over here.</summary>
+    private SourceGuest FindGuest(string name) => TryFindGuest(name, out var missing) ?? throw new ApplicationFailureException(
+        $"host {host.Host} has no guest '{name}' ({missing} does not exist; guests made by `semigrate guest boot` live in {Path.GetDirectoryName(host.GuestDirectory(name))})",
+        nonRetryable: true);
+
+    private SourceGuest? TryFindGuest(string name) => TryFindGuest(name, out _);
+
+    private SourceGuest? TryFindGuest(string name, out string? missing)
     {
-        var dir = host.GuestDirectory(name);
-        // A running guest's memory is its RAM file (read while it is paused); a booted one's, its dump.
-        var (dump, kernel) = (LiveGuest.IsLive(dir) ? LiveGuest.RamIn(dir) : BootedGuest.DumpIn(dir), BootedGuest.KernelIn(dir));
-        foreach (var path in new[] { dump, kernel }.Where(p => !File.Exists(p)))
+        var dir = host.GuestDirectory(name); // refuses a name that is a path
+        missing = null;
+        if (mainHost?.GuestNamed(name) is { Ram: { } ram, Kit: { } kit } vm)
         {
-            throw new ApplicationFailureException($"host {host.Host} has no guest '{name}' ({path} does not exist; guests made by `semigrate guest boot` live in {Path.GetDirectoryName(dir)})", nonRetryable: true);
+            return new SourceGuest(name, ram.FilePath, kit, Live: true, vm);
         }
-        return (dump, kernel);
+        // A running guest's memory is its RAM file (read while it is paused); a booted one's, its dump.
+        var live = LiveGuest.IsLive(dir);
+        var guest = new SourceGuest(name, live ? LiveGuest.RamIn(dir) : BootedGuest.DumpIn(dir), dir, live);
+        missing = new[] { guest.Memory, guest.KernelPath }.FirstOrDefault(p => !File.Exists(p));
+        return missing is null ? guest : null;
     }
 
     /// <summary>The assignment's pages by class, and by the class they travel as in this mode (what the audit checks).</summary>

@@ -28,7 +28,11 @@ public sealed class DrainProcedure(IDrainSteps steps)
         var notMoved = new List<DrainNotMoved>();
         foreach (var guest in inventory.Guests.OrderByDescending(g => g.Pages).ThenBy(g => g.Name, StringComparer.Ordinal))
         {
-            if (Plan(drain, guest, inventory.Hosts, room) is { } request)
+            if (guest.CannotMove is { } why)
+            {
+                notMoved.Add(new DrainNotMoved(guest.Name, why));
+            }
+            else if (Plan(drain, guest, inventory.Hosts, room) is { } request)
             {
                 planned.Add((guest, request));
             }

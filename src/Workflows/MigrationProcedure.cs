@@ -149,7 +149,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             // A cancel reaches the switch-over, which stops if the main host has not taken the VM yet and
             // else finishes: past that point a cancel undoes nothing.
             var switched = await steps.SwitchOverAsync(request.Main.Host,
-                new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan), ct);
+                new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan, request.Guest), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow,
                 handedOver.ManifestDigest, switched.ManifestDigest, handedOver.Epoch));

@@ -83,6 +83,25 @@ public sealed class FuseRamFileTests : IAsyncLifetime
         Assert.All(page, b => Assert.Equal(0, b));
     }
 
+    [Fact]
+    public void The_serving_process_reads_its_own_file_as_guest_memory_with_reads_and_sees_pages_still_dirty_in_the_cache()
+    {
+        backing.Fill(11 << 20, 4096, 0x3c);
+        using var map = MemoryMappedFile.CreateFromFile(fuse.FilePath, FileMode.Open, null, 0, MemoryMappedFileAccess.ReadWrite);
+        using var view = map.CreateViewAccessor(0, Size);
+        view.Write((12 << 20) + 5, (byte)0x42); // as a guest writes: dirty in the page cache, not yet at the backing
+        Assert.Equal(0, backing.Bytes((12 << 20) + 5, 1)[0]);
+
+        using var memory = Memory.GuestMemory.OpenImageByReads(fuse.FilePath);
+
+        Assert.Equal((ulong)(Size / 4096), memory.GuestPages);
+        Assert.All(memory.Page((11 << 20) / 4096).ToArray(), b => Assert.Equal(0x3c, b));
+        Assert.Equal(0x42, memory.Page((12 << 20) / 4096)[5]);
+        Assert.True(memory.TryReadUInt64((11 << 20) + 8, out var word));
+        Assert.Equal(0x3c3c3c3c3c3c3c3cUL, word);
+        Assert.False(memory.TryRead((ulong)Size - 4, new byte[8])); // past its end
+    }
+
     /// <summary>A RAM file held in an array; reads at <see cref="FailAt"/> fail, as a dead sub-host's would.</summary>
     private sealed class ArrayBacking(long size) : IRamFile
     {

@@ -40,6 +40,15 @@ public class FleetTests(RealGuestFixture guest, PostgresFixture postgres) : ICla
         Assert.Contains(run.Main, table.Stdout, StringComparison.Ordinal);
         Assert.Contains($"{request.Vm}", table.Stdout, StringComparison.Ordinal);
 
+        // A drain of that main host reports the VM it cannot move (a memory dump's runs nowhere), and exits 1.
+        var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "maintenance", "drain", run.Main, "--json");
+        Assert.True(drain.ExitCode == 1, drain.Stdout + drain.Stderr);
+        using var report = JsonDocument.Parse(drain.Stdout);
+        Assert.Empty(report.RootElement.GetProperty("moved").EnumerateArray());
+        var stays = Assert.Single(report.RootElement.GetProperty("notMoved").EnumerateArray());
+        Assert.Equal($"VM {request.Vm}", stays.GetProperty("vm").GetString());
+        Assert.Contains("a memory dump's VM taken over here", stays.GetProperty("reason").GetString(), StringComparison.Ordinal);
+
         await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct);
         await run.FleetOnceAsync(f => f.Vms.All(v => v.Vm != request.Vm), "the VM left the inventory once stopped", ct);
     }

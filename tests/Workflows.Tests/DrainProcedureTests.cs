@@ -41,6 +41,19 @@ public class DrainProcedureTests
     private static DrainHost Drain(int atOnce = 2) => new(Guid.NewGuid(), "h1", MigrationMode.Semigrate, ["vaultdb"], atOnce);
 
     [Fact]
+    public async Task A_guest_that_cannot_move_at_all_is_reported_with_its_reason_and_takes_no_room()
+    {
+        var why = "host h1 does not run the source role";
+        var steps = new Steps(new DrainInventory([new("taken-over", 90_000, true, why), new("b", 90_000, true)], Others), _ => MigrationState.SwitchedOver);
+
+        var report = await new DrainProcedure(steps).RunAsync(Drain(), TestContext.Current.CancellationToken);
+
+        Assert.Equal(new DrainNotMoved("taken-over", why), Assert.Single(report.NotMoved));
+        Assert.Equal("b", Assert.Single(steps.Migrated).Guest); // the room it would have taken went to the next
+        Assert.Equal("main-1", Assert.Single(report.Moved).To);
+    }
+
+    [Fact]
     public async Task Every_guest_is_placed_on_the_other_hosts_room_reserved_as_it_goes_and_reported_moved()
     {
         var steps = new Steps(new DrainInventory([new("a", 65_600, true), new("b", 65_600, false)], [new("h1", true, true, 1_000_000), .. Others]),

@@ -14,8 +14,9 @@ public sealed record HostSeen(string Host, IReadOnlyList<string> Roles, long Cap
 /// RAM a file the source reads) or a memory dump.</summary>
 public sealed record GuestSeen(string Name, long Pages, bool Running);
 
-/// <summary>A VM a main host took over (by <paramref name="MigrationId"/>): its pages here and at sub-hosts.</summary>
-public sealed record VmSeen(Guid Vm, Guid MigrationId, long LocalPages, long RemotePages, bool Running);
+/// <summary>A VM a main host took over (by <paramref name="MigrationId"/>): its pages here and at sub-hosts;
+/// a running guest's <paramref name="Guest"/> name, by which it can be migrated on from there.</summary>
+public sealed record VmSeen(Guid Vm, Guid MigrationId, long LocalPages, long RemotePages, bool Running, string? Guest = null);
 
 public static class HostStreams
 {

@@ -10,8 +10,10 @@ public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] Mai
 public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes, string? ManifestDigest = null, uint? Epoch = null);
 
 /// <summary>At the main host: take over the VM: unwrap the key, open the manifest it received, and serve
-/// every page from then on (its own from its store, the rest from the sub-hosts of the placement).</summary>
-public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement);
+/// every page from then on (its own from its store, the rest from the sub-hosts of the placement).
+/// <paramref name="Guest"/>: its name at the source; a running guest goes by it at the main host too,
+/// so that it can be moved on from there (see SourceGuest).</summary>
+public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement, string? Guest = null);
 
 /// <summary>The VM is at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
 /// at sub-hosts (free pages count where their range is placed, though nothing of them travelled);

@@ -6,23 +6,35 @@ namespace SEmigrate.Guest.Memory;
 /// <summary>Guest-physical memory, memory-mapped from a file, read by page number: a QEMU ELF dump
 /// (PT_LOAD ranges with holes between them) or a raw image (one range from address 0; sparse files
 /// of tens of GiB work, nothing is read into RAM). An image opened writable keeps a dirty-page bitmap.
-/// Reads outside the present ranges fail (TryRead returns false): guest pointers are untrusted.</summary>
+/// Reads outside the present ranges fail (TryRead returns false): guest pointers are untrusted.
+/// A raw image can also be read with pread, never mapped (<see cref="OpenImageByReads"/>).</summary>
 public sealed unsafe class GuestMemory : IDisposable
 {
     public const int PageSize = 4096;
     public const int PageShift = 12;
 
-    private readonly MemoryMappedFile file;
-    private readonly MemoryMappedViewAccessor view;
+    private readonly MemoryMappedFile? file;
+    private readonly MemoryMappedViewAccessor? view;
     private readonly byte* basePointer;
+    private readonly Microsoft.Win32.SafeHandles.SafeFileHandle? reads; // instead of the mapping
+
+    [ThreadStatic]
+    private static byte[]? pageRead;
     private readonly MemoryRange[] ranges;
     private readonly ulong[]? dirty;
 
-    private GuestMemory(string path, long fileLength, MemoryRange[] ranges, bool writable, IReadOnlyList<string> problems)
+    private GuestMemory(string path, long fileLength, MemoryRange[] ranges, bool writable, IReadOnlyList<string> problems, bool mapped = true)
     {
         Path = path;
         this.ranges = ranges;
         Problems = problems;
+        PfnLimit = ranges.Length == 0 ? 0 : ranges.Max(r => r.EndPfn);
+        GuestPages = (ulong)ranges.Sum(r => (decimal)r.Pages);
+        if (!mapped)
+        {
+            reads = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            return;
+        }
         var access = writable ? MemoryMappedFileAccess.ReadWrite : MemoryMappedFileAccess.Read;
         file = MemoryMappedFile.CreateFromFile(
             new FileStream(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read, FileShare.ReadWrite),
@@ -31,8 +43,6 @@ public sealed unsafe class GuestMemory : IDisposable
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
         basePointer = p + view.PointerOffset;
-        PfnLimit = ranges.Length == 0 ? 0 : ranges.Max(r => r.EndPfn);
-        GuestPages = (ulong)ranges.Sum(r => (decimal)r.Pages);
         if (writable)
         {
             dirty = new ulong[(PfnLimit + 63) / 64];
@@ -120,6 +130,21 @@ public sealed unsafe class GuestMemory : IDisposable
         return new GuestMemory(path, length, [new MemoryRange(0, pages, pages, 0)], writable, []);
     }
 
+    /// <summary>Opens a raw image read-only that is read with pread and never mapped: for a RAM file this
+    /// process serves itself over FUSE. A page fault on a mapping of it would hold this process's mmap
+    /// lock while the FUSE server, in this same process, may need that lock to answer: a deadlock.
+    /// <see cref="Page"/>'s bytes then stay valid only until the next Page call on the same thread.</summary>
+    public static GuestMemory OpenImageByReads(string path)
+    {
+        var length = new FileInfo(path).Length;
+        if (length == 0 || length % PageSize != 0)
+        {
+            throw new InvalidDataException($"{path}: a memory image must be a non-empty multiple of {PageSize} bytes, not {length}");
+        }
+        var pages = (ulong)length / PageSize;
+        return new GuestMemory(path, length, [new MemoryRange(0, pages, pages, 0)], writable: false, [], mapped: false);
+    }
+
     /// <summary>Creates a sparse, zero-filled image of the given size and opens it writable.</summary>
     public static GuestMemory CreateImage(string path, long bytes)
     {
@@ -155,11 +180,38 @@ public sealed unsafe class GuestMemory : IDisposable
     /// <summary>Whether the page's bytes are in the file.</summary>
     public bool IsPresent(ulong pfn) => TryLocate(pfn, out _);
 
-    /// <summary>The page's bytes, valid until this object is disposed.</summary>
-    public ReadOnlySpan<byte> Page(ulong pfn) =>
-        TryLocate(pfn, out var r)
-            ? new ReadOnlySpan<byte>(basePointer + r.FileOffset + ((pfn - r.FirstPfn) << PageShift), PageSize)
-            : throw new ArgumentOutOfRangeException(nameof(pfn), $"page 0x{pfn:x} is not in guest memory");
+    /// <summary>The page's bytes, valid until this object is disposed (read, not mapped: until the next Page
+    /// call on this thread).</summary>
+    public ReadOnlySpan<byte> Page(ulong pfn)
+    {
+        if (!TryLocate(pfn, out var r))
+        {
+            throw new ArgumentOutOfRangeException(nameof(pfn), $"page 0x{pfn:x} is not in guest memory");
+        }
+        var offset = r.FileOffset + ((pfn - r.FirstPfn) << PageShift);
+        if (reads is null)
+        {
+            return new ReadOnlySpan<byte>(basePointer + offset, PageSize);
+        }
+        var page = pageRead ??= new byte[PageSize];
+        ReadAt((long)offset, page);
+        return page;
+    }
+
+    /// <summary>Fills <paramref name="destination"/> from the file at <paramref name="offset"/> (pread).</summary>
+    private void ReadAt(long offset, Span<byte> destination)
+    {
+        while (destination.Length > 0)
+        {
+            var n = RandomAccess.Read(reads!, destination, offset);
+            if (n == 0)
+            {
+                throw new IOException($"{Path} ended at byte {offset}, inside its guest memory");
+            }
+            destination = destination[n..];
+            offset += n;
+        }
+    }
 
     /// <summary>Copies guest-physical bytes; false if any of them is outside present memory.</summary>
     public bool TryRead(ulong physicalAddress, Span<byte> destination)
@@ -173,8 +225,15 @@ public sealed unsafe class GuestMemory : IDisposable
             }
             var inPage = (int)(physicalAddress & (PageSize - 1));
             var n = Math.Min(destination.Length, PageSize - inPage);
-            new ReadOnlySpan<byte>(basePointer + r.FileOffset + ((pfn - r.FirstPfn) << PageShift) + inPage, n)
-                .CopyTo(destination);
+            var offset = r.FileOffset + ((pfn - r.FirstPfn) << PageShift) + (ulong)inPage;
+            if (reads is null)
+            {
+                new ReadOnlySpan<byte>(basePointer + offset, n).CopyTo(destination);
+            }
+            else
+            {
+                ReadAt((long)offset, destination[..n]);
+            }
             destination = destination[n..];
             physicalAddress += (ulong)n;
         }
@@ -229,12 +288,16 @@ public sealed unsafe class GuestMemory : IDisposable
         }
     }
 
-    public void Flush() => view.Flush();
+    public void Flush() => view?.Flush();
 
     public void Dispose()
     {
-        view.SafeMemoryMappedViewHandle.ReleasePointer();
-        view.Dispose();
-        file.Dispose();
+        if (view is not null)
+        {
+            view.SafeMemoryMappedViewHandle.ReleasePointer();
+            view.Dispose();
+        }
+        file?.Dispose();
+        reads?.Dispose();
     }
 }

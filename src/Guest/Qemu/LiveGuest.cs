@@ -18,6 +18,7 @@ public sealed partial class LiveGuest : IAsyncDisposable
     private readonly string? socketPath;
     private readonly Task<string> stderr;
     private bool detached;
+    private bool borrowed;
     private int disposed;
 
     /// <summary><paramref name="socketPath"/>: a socket of this object's own, removed with it (null for
@@ -34,6 +35,26 @@ public sealed partial class LiveGuest : IAsyncDisposable
     public static string SocketIn(string folder) => Path.Combine(folder, "qmp.sock");
 
     public static bool IsLive(string folder) => File.Exists(Path.Combine(folder, "live.json"));
+
+    /// <summary>Whether the QEMU of the guest living in <paramref name="folder"/> runs (a guest that left
+    /// the host, or was stopped, keeps its folder).</summary>
+    public static bool IsRunning(string folder)
+    {
+        var pidFile = Path.Combine(folder, "qemu.pid");
+        if (!IsLive(folder) || !File.Exists(pidFile) || !int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
+        {
+            return false;
+        }
+        try
+        {
+            using var qemu = Process.GetProcessById(pid);
+            return !qemu.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
 
     /// <summary>The memory size of the guest living in <paramref name="folder"/>.</summary>
     public static int MemoryMiBIn(string folder) =>
@@ -77,9 +98,17 @@ public sealed partial class LiveGuest : IAsyncDisposable
         return new LiveGuest(qemu, qmp, null, Path.Combine(folder, "serial.log"), Task.FromResult("(daemonised: see its serial log)")) { detached = true };
     }
 
+    /// <summary>This guest's control for a while, on the same QMP connection (QEMU takes one client): disposing
+    /// the loan does nothing, and only the owner ends the guest.</summary>
+    public LiveGuest Borrowed() => new(qemu, qmp, null, SerialPath, stderr) { detached = true, borrowed = true };
+
     /// <summary>Ends the guest.</summary>
     public async Task QuitAsync()
     {
+        if (borrowed)
+        {
+            throw new InvalidOperationException("a borrowed guest is ended by its owner");
+        }
         detached = false;
         await DisposeAsync();
     }
@@ -239,9 +268,9 @@ public sealed partial class LiveGuest : IAsyncDisposable
     /// <summary>Ends QEMU (quit, or kill if it does not answer), unless detached: then only the control connection.</summary>
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref disposed, 1) == 1)
+        if (Interlocked.Exchange(ref disposed, 1) == 1 || borrowed)
         {
-            return; // after QuitAsync, a using's dispose finds nothing left to do
+            return; // after QuitAsync, a using's dispose finds nothing left to do; a loan owns nothing
         }
         if (detached)
         {

@@ -45,27 +45,39 @@ internal sealed class Qmp : IAsyncDisposable
         {
             request["arguments"] = arguments;
         }
-        await writer.WriteLineAsync(request.ToJsonString().AsMemory(), ct);
-        while (true)
+        // One command at a time: a guest's control may be lent (LiveGuest.Borrowed), and replies carry no id.
+        await gate.WaitAsync(ct);
+        try
         {
-            var line = await reader.ReadLineAsync(ct)
-                ?? throw new IOException($"QEMU closed the QMP connection during '{command}'");
-            var reply = JsonNode.Parse(line) as JsonObject;
-            if (reply?["error"] is { } error)
+            await writer.WriteLineAsync(request.ToJsonString().AsMemory(), ct);
+            while (true)
             {
-                throw new InvalidOperationException($"QMP '{command}' failed: {error["desc"]}");
-            }
-            if (reply?.ContainsKey("return") == true)
-            {
-                return reply["return"];
+                var line = await reader.ReadLineAsync(ct)
+                    ?? throw new IOException($"QEMU closed the QMP connection during '{command}'");
+                var reply = JsonNode.Parse(line) as JsonObject;
+                if (reply?["error"] is { } error)
+                {
+                    throw new InvalidOperationException($"QMP '{command}' failed: {error["desc"]}");
+                }
+                if (reply?.ContainsKey("return") == true)
+                {
+                    return reply["return"];
+                }
             }
         }
+        finally
+        {
+            gate.Release();
+        }
     }
+
+    private readonly SemaphoreSlim gate = new(1, 1);
 
     public async ValueTask DisposeAsync()
     {
         await writer.DisposeAsync();
         reader.Dispose();
         socket.Dispose();
+        gate.Dispose();
     }
 }

@@ -23,7 +23,7 @@ public static class FleetInventory
         FleetVm TakenOver(string at, VmSeen v)
         {
             var m = last.GetValueOrDefault(v.Vm);
-            return new FleetVm(at, v.Vm, null, v.LocalPages + v.RemotePages, v.Running, m?.Id, m?.State.ToString(), m?.UpdatedAt);
+            return new FleetVm(at, v.Vm, v.Guest, v.LocalPages + v.RemotePages, v.Running, m?.Id, m?.State.ToString(), m?.UpdatedAt);
         }
         var vms = hosts.SelectMany(h => h.Vms.Select(v => TakenOver(h.Host, v))
             .Concat(h.Guests.Select(g => new FleetVm(h.Host, null, g.Name, g.Pages, g.Running, null, null, null))))

@@ -40,7 +40,7 @@ public static class LiveGuestCommands
                 return 2;
             }
             var folder = Folder(parse.GetValue(guests)!, parse.GetValue(name)!);
-            if (File.Exists(LiveGuest.SocketIn(folder)) && Running(folder))
+            if (File.Exists(LiveGuest.SocketIn(folder)) && LiveGuest.IsRunning(folder))
             {
                 await Console.Error.WriteLineAsync($"semigrate: guest {parse.GetValue(name)} already runs ({folder})");
                 return 1;
@@ -61,7 +61,7 @@ public static class LiveGuestCommands
         command.SetAction(async (parse, ct) =>
         {
             var folder = Folder(parse.GetValue(guests)!, parse.GetValue(name)!);
-            if (!Running(folder))
+            if (!LiveGuest.IsRunning(folder))
             {
                 await Console.Error.WriteLineAsync($"semigrate: guest {parse.GetValue(name)} does not run here");
                 return 1;
@@ -95,7 +95,7 @@ public static class LiveGuestCommands
                 }
                 var serial = Path.Combine(d.FullName, "serial.log");
                 var last = File.Exists(serial) ? LiveGuest.PassesIn(File.ReadAllText(serial)).LastOrDefault() : null;
-                Console.WriteLine($"{d.Name,-16} {(Running(d.FullName) ? "running" : "stopped"),-8} {LiveGuest.MemoryMiBIn(d.FullName)} MiB" +
+                Console.WriteLine($"{d.Name,-16} {(LiveGuest.IsRunning(d.FullName) ? "running" : "stopped"),-8} {LiveGuest.MemoryMiBIn(d.FullName)} MiB" +
                     (last is null ? "" : $"  workload pass {last.Pass}, {last.Errors} pages ever wrong"));
             }
             return 0;
@@ -107,20 +107,4 @@ public static class LiveGuestCommands
         name.Length > 0 && name[0] != '.' && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.') ? Path.Combine(guests.FullName, name)
         : throw new FormatException($"'{name}' is not a guest name (letters, digits, '-', '_', '.')");
 
-    private static bool Running(string folder)
-    {
-        var pidFile = Path.Combine(folder, "qemu.pid");
-        if (!File.Exists(pidFile) || !int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid))
-        {
-            return false;
-        }
-        try
-        {
-            return !System.Diagnostics.Process.GetProcessById(pid).HasExited;
-        }
-        catch (ArgumentException)
-        {
-            return false;
-        }
-    }
 }

@@ -20,8 +20,12 @@ public sealed class DrainRunner(EmbeddedEngine engine, IDocumentStore store, IOp
         var drained = inventory.Hosts.FirstOrDefault(h => h.Host == host)
             ?? throw new InvalidOperationException($"host {host} is not in the fleet inventory (its worker reports when it starts: `semigrate fleet`)");
         var fresh = DateTimeOffset.UtcNow - TimeSpan.FromSeconds(3 * fleet.Value.ReportSeconds + 10);
+        // A guest it took over moves on from there like its own, through the host's source role.
+        var noSource = drained.Roles.Contains("source") ? null : $"host {host} does not run the source role (start its worker with --role {string.Join(',', drained.Roles.Append("source"))})";
         return new DrainInventory(
-            [.. drained.Guests.Select(g => new DrainGuest(g.Name, g.Pages, g.Running))],
+            [.. drained.Guests.Select(g => new DrainGuest(g.Name, g.Pages, g.Running)),
+                .. drained.Vms.Select(v => new DrainGuest(v.Guest ?? $"VM {v.Vm}", v.LocalPages + v.RemotePages, v.Running,
+                    !v.Running ? "a memory dump's VM taken over here: nothing runs to move (`semigrate vm stop` ends it)" : v.Guest is null ? "it has no guest name here" : noSource))],
             [.. inventory.Hosts.Where(h => h.Host != host && h.LastSeen >= fresh)
                 .Select(h => new DrainTarget(h.Host, h.Roles.Contains("main"), h.Roles.Contains("main") || h.Roles.Contains("sub"), Math.Max(0, h.CapacityPages - h.UsedPages)))]);
     }

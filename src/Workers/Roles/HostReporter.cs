@@ -42,17 +42,18 @@ public sealed class HostReporter(IServiceProvider services, HostContext host, Ho
     {
         var store = services.GetService<IPageStore>();
         var vms = services.GetService<MainHostVms>()?.All
-            .Select(v => new VmSeen(v.Vm, v.MigrationId, v.SwitchedOver.LocalPages, v.SwitchedOver.RemotePages, v.Guest is not null)).ToList() ?? [];
+            .Select(v => new VmSeen(v.Vm, v.MigrationId, v.SwitchedOver.LocalPages, v.SwitchedOver.RemotePages, v.Guest is not null, v.GuestName)).ToList() ?? [];
         return new HostSeen(host.Host, roles.Roles, store?.CapacityPages ?? 0, store?.UsedPages ?? 0, roles.Roles.Contains("source") ? Guests() : [], vms,
             DateTimeOffset.UtcNow);
     }
 
-    /// <summary>The source's guests: running ones and memory dumps, as `guest list` finds them.</summary>
+    /// <summary>The source's guests that can move: running ones and memory dumps (not a guest that left or
+    /// was stopped: it keeps its folder).</summary>
     private List<GuestSeen> Guests()
     {
         var folder = new DirectoryInfo(host.GuestsDirectory ?? Path.Combine(host.StateDirectory, "guests"));
         return !folder.Exists ? [] : [.. folder.GetDirectories()
-            .Where(d => LiveGuest.IsLive(d.FullName) || File.Exists(BootedGuest.DumpIn(d.FullName)))
+            .Where(d => LiveGuest.IsLive(d.FullName) ? LiveGuest.IsRunning(d.FullName) : File.Exists(BootedGuest.DumpIn(d.FullName)))
             .OrderBy(d => d.Name, StringComparer.Ordinal)
             .Select(d => LiveGuest.IsLive(d.FullName)
                 ? new GuestSeen(d.Name, LiveGuest.MemoryMiBIn(d.FullName) * 256L, true)
