@@ -28,7 +28,16 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
         // The main host keeps its share as it arrives (it holds the data key and opens pages itself), so
         // its memory server never plays the allenc baseline's decrypt-and-re-seal.
         var serverMode = mainHostKeys is null ? input.Mode : MigrationMode.Semigrate;
-        var serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, StepToken.Current);
+        byte[] serverKey;
+        try
+        {
+            serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, StepToken.Current);
+        }
+        catch (PageProtocolException e) when (e.Code == PageError.StoreFull)
+        {
+            // Room reserved for other VMs' transfers counts too: asking again meets the same answer.
+            throw new ApplicationFailureException($"host {host.Host} cannot take this VM's share: {e.Message}", nonRetryable: true);
+        }
         return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey, already);
     }
 

@@ -15,6 +15,10 @@ public sealed record MemoryServerOptions
     /// <summary>When set, pages are kept in files here instead of in memory.</summary>
     public string? StoreFolder { get; init; }
 
+    /// <summary>Most VMs served at once: each has two queues and two channels, and a flood of StartVm
+    /// requests must not open channels without end (RabbitMQ allows 2047 per connection).</summary>
+    public int MaxVms { get; init; } = 256;
+
     /// <summary>Unacknowledged deliveries per queue.</summary>
     public ushort Prefetch { get; init; } = 64;
 }

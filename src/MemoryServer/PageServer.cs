@@ -86,7 +86,7 @@ public sealed class PageServer : IAsyncDisposable
             // A file store that survived a restart: its VMs are served again. Their records are served
             // as stored, which is all semigrate and noenc need; allenc's at-rest keys lived in memory
             // and are gone (a limit of that baseline, not of the store).
-            await server.StartVmAsync(vm, MigrationMode.Semigrate, ct);
+            await server.StartVmAsync(vm, MigrationMode.Semigrate, null, ct);
         }
         logger.LogInformation("memory server {Host} up: {Used}/{Capacity} pages", options.Host, store.UsedPages, store.CapacityPages);
         return server;
@@ -106,21 +106,52 @@ public sealed class PageServer : IAsyncDisposable
         await channel.BasicConsumeAsync(queue, autoAck: false, consumer, ct);
     }
 
-    private async Task StartVmAsync(Guid id, MigrationMode mode, CancellationToken ct)
+    /// <summary>Serves a VM (idempotent): its room is reserved first (<paramref name="expectedPages"/>,
+    /// null: none, a VM that survived a restart), then its queues open. What fails leaves nothing behind:
+    /// no channel open, no room held by a VM that was not there.</summary>
+    private async Task StartVmAsync(Guid id, MigrationMode mode, long? expectedPages, CancellationToken ct)
     {
         await startGate.WaitAsync(ct);
         try
         {
             if (vms.ContainsKey(id))
             {
-                return; // idempotent
+                if (expectedPages is { } again)
+                {
+                    store.Reserve(id, again);
+                }
+                return;
+            }
+            if (vms.Count >= options.MaxVms)
+            {
+                throw new PageProtocolException(PageError.StoreFull, options.Host, $"{options.Host} serves {vms.Count} VMs, its most (MemoryServer:MaxVms)");
+            }
+            var had = store.PagesPerVm().ContainsKey(id);
+            if (expectedPages is { } pages)
+            {
+                store.Reserve(id, pages);
             }
             var vm = new Vm(id, mode);
-            foreach (var queue in new[] { PageQueues.Bulk(options.Host, id), PageQueues.Fetch(options.Host, id) })
+            try
             {
-                var channel = await connection.CreateChannelAsync(cancellationToken: ct);
-                vm.Channels.Add(channel);
-                await ConsumeAsync(channel, queue, vm, ct);
+                foreach (var queue in new[] { PageQueues.Bulk(options.Host, id), PageQueues.Fetch(options.Host, id) })
+                {
+                    var channel = await connection.CreateChannelAsync(cancellationToken: ct);
+                    vm.Channels.Add(channel);
+                    await ConsumeAsync(channel, queue, vm, ct);
+                }
+            }
+            catch
+            {
+                foreach (var channel in vm.Channels)
+                {
+                    await channel.CloseAsync(CancellationToken.None);
+                }
+                if (!had)
+                {
+                    store.Release(id);
+                }
+                throw;
             }
             vms[id] = vm;
         }
@@ -195,8 +226,7 @@ public sealed class PageServer : IAsyncDisposable
             case FrameKind.StartVm:
             {
                 var (mode, expected) = StartVmPayload(body.Span);
-                await StartVmAsync(vmId, mode, CancellationToken.None);
-                store.Reserve(vmId, expected);
+                await StartVmAsync(vmId, mode, expected, CancellationToken.None);
                 return (PageFrame.Build(FrameKind.VmStarted, vmId, requestId, 0, allEncKeys.PublicKey), null);
             }
             case FrameKind.Usage:

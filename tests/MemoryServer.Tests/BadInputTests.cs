@@ -150,7 +150,7 @@ public class BadInputTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixtu
 
         var full = await Assert.ThrowsAsync<PageProtocolException>(() => h.Client.StoreAsync(h.Host, h.Vm, records[24..48]));
         Assert.Equal(PageError.StoreFull, full.Code);
-        Assert.Contains("store full: 32 of 40 pages used, 16 more needed", full.Message, StringComparison.Ordinal);
+        Assert.Contains("store full: 32 of 40 pages stored or reserved, 16 more needed", full.Message, StringComparison.Ordinal);
         Assert.Equal(32, (await h.Client.UsageAsync(h.Host)).UsedPages);
         var page = new byte[4096];
         await h.Pager.PageInAsync(31, page);

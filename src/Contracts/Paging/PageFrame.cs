@@ -18,6 +18,9 @@ public readonly ref struct PageFrame
     public const int HeaderSize = 36;
     public const byte Version = 1;
     public const int MaxSize = 8 << 20;
+
+    /// <summary>Most pages one Fetch may ask for: its reply (up to ~4.2 MB) stays well within <see cref="MaxSize"/>.</summary>
+    public const int MaxFetchPages = 1024;
     private const uint Magic = 0x47504d53; // "SMPG" little-endian
 
     public FrameKind Kind { get; }
@@ -129,6 +132,11 @@ public readonly ref struct PageFrame
     public static List<PageRecord> ReadPages(ReadOnlyMemory<byte> frame)
     {
         var header = Parse(frame.Span);
+        // Bounded by the bytes there before anything is allocated: a record is at least its header.
+        if (header.Count > header.Payload.Length / PageRecord.HeaderSize)
+        {
+            throw new InvalidDataException($"{header.Count} page records cannot fit in {header.Payload.Length} bytes");
+        }
         var pages = new List<PageRecord>(header.Count);
         var at = HeaderSize;
         for (var i = 0; i < header.Count; i++)
@@ -178,6 +186,10 @@ public readonly ref struct PageFrame
     public static ulong[] ReadPfns(ReadOnlySpan<byte> frame)
     {
         var header = Parse(frame);
+        if (header.Count > MaxFetchPages)
+        {
+            throw new InvalidDataException($"a fetch of {header.Count} pages is more than the {MaxFetchPages} one may ask for");
+        }
         if (header.Payload.Length != header.Count * 8)
         {
             throw new InvalidDataException($"fetch of {header.Count} pages carries {header.Payload.Length} bytes");
@@ -192,6 +204,10 @@ public readonly ref struct PageFrame
 
     public static byte[] BuildFetch(Guid vm, ulong requestId, ReadOnlySpan<ulong> pfns)
     {
+        if (pfns.Length > MaxFetchPages)
+        {
+            throw new ArgumentException($"a fetch asks for at most {MaxFetchPages} pages, not {pfns.Length}", nameof(pfns));
+        }
         var frame = new byte[HeaderSize + pfns.Length * 8];
         WriteHeader(frame, FrameKind.Fetch, vm, requestId, pfns.Length);
         for (var i = 0; i < pfns.Length; i++)
@@ -236,6 +252,24 @@ public readonly ref struct PageFrame
             acks.Add((BinaryPrimitives.ReadUInt64LittleEndian(header.Payload[(i * 12)..]), BinaryPrimitives.ReadInt32LittleEndian(header.Payload[(i * 12 + 8)..])));
         }
         return acks;
+    }
+
+    /// <summary>A UsageReport: the store's capacity and use, and the pages of each VM it lists.</summary>
+    public static (long CapacityPages, long UsedPages, Dictionary<Guid, long> PagesPerVm) ReadUsage(ReadOnlySpan<byte> frame)
+    {
+        var header = Parse(frame);
+        if (header.Kind != FrameKind.UsageReport || header.Payload.Length < 16 || (header.Payload.Length - 16) / 24 != header.Count
+            || (header.Payload.Length - 16) % 24 != 0)
+        {
+            throw new InvalidDataException($"a usage report of {header.Count} VMs has {header.Payload.Length} payload bytes");
+        }
+        var p = header.Payload;
+        var perVm = new Dictionary<Guid, long>(header.Count);
+        for (var i = 0; i < header.Count; i++)
+        {
+            perVm[new Guid(p.Slice(16 + i * 24, 16))] = BinaryPrimitives.ReadInt64LittleEndian(p[(32 + i * 24)..]);
+        }
+        return (BinaryPrimitives.ReadInt64LittleEndian(p), BinaryPrimitives.ReadInt64LittleEndian(p[8..]), perVm);
     }
 
     public static (PageError Code, string Message) ReadError(ReadOnlySpan<byte> frame)

@@ -350,14 +350,15 @@ public sealed class PageClient : IAsyncDisposable
     {
         var id = NewRequestId();
         var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.Usage, Guid.Empty, id, 0), BulkTimeout, ct);
-        var frame = PageFrame.Parse(reply);
-        var p = frame.Payload;
-        var perVm = new Dictionary<Guid, long>();
-        for (var i = 0; i < frame.Count; i++)
+        try
         {
-            perVm[new Guid(p.Slice(16 + i * 24, 16))] = BinaryPrimitives.ReadInt64LittleEndian(p[(32 + i * 24)..]);
+            var (capacity, used, perVm) = PageFrame.ReadUsage(reply);
+            return new Usage(capacity, used, perVm);
         }
-        return new Usage(BinaryPrimitives.ReadInt64LittleEndian(p), BinaryPrimitives.ReadInt64LittleEndian(p[8..]), perVm);
+        catch (InvalidDataException e)
+        {
+            throw new PageProtocolException(PageError.Malformed, host, $"malformed usage reply: {e.Message}");
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -61,10 +61,10 @@ public sealed class VmPager(
             }
             at.Add(i);
         }
-        await Task.WhenAll(remote.Select(r => FetchAsync(r.Key, r.Value, pfns, pages, ct)));
+        await Task.WhenAll(remote.SelectMany(r => r.Value.Chunk(PageFrame.MaxFetchPages).Select(part => FetchAsync(r.Key, part, pfns, pages, ct))));
     }
 
-    private async Task FetchAsync(string host, List<int> indexes, ulong[] pfns, Memory<byte> pages, CancellationToken ct)
+    private async Task FetchAsync(string host, int[] indexes, ulong[] pfns, Memory<byte> pages, CancellationToken ct)
     {
         var wanted = indexes.Select(i => pfns[i]).ToArray();
         IReadOnlyList<PageRecord> records = [];

@@ -21,6 +21,7 @@ public sealed class FilePageStore : IPageStore
 
     private readonly string folder;
     private readonly Dictionary<Guid, VmFile> vms = [];
+    private readonly Room room;
     private readonly Lock gate = new();
     private long used;
 
@@ -28,6 +29,7 @@ public sealed class FilePageStore : IPageStore
     {
         this.folder = folder;
         CapacityPages = capacityPages;
+        room = new Room(capacityPages);
         Directory.CreateDirectory(folder);
         foreach (var path in Directory.GetFiles(folder, "*.pages"))
         {
@@ -36,6 +38,7 @@ public sealed class FilePageStore : IPageStore
                 var file = Open(vm);
                 Reindex(file);
                 used += file.Slots.Count;
+                room.Adopt(vm, file.Slots.Count);
             }
         }
     }
@@ -50,7 +53,12 @@ public sealed class FilePageStore : IPageStore
     {
         if (!vms.TryGetValue(vm, out var file))
         {
+            var created = !File.Exists(PathOf(vm));
             vms[vm] = file = new VmFile(File.OpenHandle(PathOf(vm), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read));
+            if (created)
+            {
+                Durable.SyncDirectory(folder); // a crash must not lose the file of pages acknowledged later
+            }
         }
         return file;
     }
@@ -75,10 +83,7 @@ public sealed class FilePageStore : IPageStore
         {
             var file = Open(vm);
             var added = records.Select(r => r.Pfn).Distinct().Count(pfn => !file.Slots.ContainsKey(pfn));
-            if (used + added > CapacityPages)
-            {
-                throw new StoreFullException(CapacityPages, used, added);
-            }
+            room.Store(vm, added);
             var slot = new byte[SlotSize];
             foreach (var r in records)
             {
@@ -91,13 +96,19 @@ public sealed class FilePageStore : IPageStore
                 }
                 RandomAccess.Write(file.Handle, slot, index * SlotSize);
             }
+            // On disk before this returns, so before the store is acknowledged: an acknowledged page
+            // survives a crash of the machine, not only of the server.
+            RandomAccess.FlushToDisk(file.Handle);
             used += added;
         }
     }
 
     public void Reserve(Guid vm, long pages)
     {
-        // The file grows as pages arrive; the page cache does the rest.
+        lock (gate)
+        {
+            room.Reserve(vm, pages); // counted; the file grows as pages arrive
+        }
     }
 
     public byte[]? Get(Guid vm, ulong pfn)
@@ -120,6 +131,7 @@ public sealed class FilePageStore : IPageStore
     {
         lock (gate)
         {
+            room.Release(vm);
             if (!vms.Remove(vm, out var file))
             {
                 return 0;

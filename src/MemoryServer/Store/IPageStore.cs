@@ -16,7 +16,8 @@ public interface IPageStore : IDisposable
 
     /// <summary>Prepares room for a VM's expected pages before its transfer starts (memory allocated
     /// and touched ahead of the transfer rather than page by page in it, without delaying the
-    /// answer); does not count against capacity.</summary>
+    /// answer). It counts against capacity: a VM holds the larger of its reservation and its stored
+    /// pages (StoreFullException when that does not fit beside what the others hold).</summary>
     void Reserve(Guid vm, long pages);
 
     /// <summary>The stored wire form of a page, or null.</summary>
@@ -29,4 +30,4 @@ public interface IPageStore : IDisposable
 }
 
 public sealed class StoreFullException(long capacity, long used, long wanted)
-    : Exception($"store full: {used} of {capacity} pages used, {wanted} more needed");
+    : Exception($"store full: {used} of {capacity} pages stored or reserved, {wanted} more needed");

@@ -22,6 +22,7 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
     }
 
     private readonly Dictionary<Guid, VmPages> vms = [];
+    private readonly Room room = new(capacityPages);
     private readonly Lock gate = new();
     private long used;
 
@@ -52,7 +53,11 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
                 slots[i] = slot;
             }
             var added = pages.Slots.Count - before;
-            if (used + added > capacityPages)
+            try
+            {
+                room.Store(vm, added);
+            }
+            catch (StoreFullException)
             {
                 foreach (var r in records)
                 {
@@ -61,7 +66,7 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
                         pages.Slots.Remove(r.Pfn);
                     }
                 }
-                throw new StoreFullException(capacityPages, used, added);
+                throw;
             }
             while ((long)pages.Slabs.Count * SlotsPerSlab < pages.Slots.Count)
             {
@@ -84,11 +89,12 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
         long slabs;
         lock (gate)
         {
+            room.Reserve(vm, pages); // first: a reservation that does not fit allocates nothing
             if (!vms.TryGetValue(vm, out vmPages!))
             {
                 vms[vm] = vmPages = new VmPages();
             }
-            var slots = Math.Min(pages, capacityPages - used);
+            var slots = Math.Max(0, pages);
             vmPages.Slots.EnsureCapacity((int)Math.Min(slots, int.MaxValue));
             slabs = (slots + SlotsPerSlab - 1) / SlotsPerSlab;
         }
@@ -141,6 +147,7 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
     {
         lock (gate)
         {
+            room.Release(vm);
             if (!vms.Remove(vm, out var pages))
             {
                 return 0;

@@ -52,6 +52,7 @@ public static class WorkerCommand
             builder.Configuration.AddInMemoryCollection(overrides);
             builder.Services.AddOptions<MemoryServerOptions>().BindConfiguration(MemoryServerOptions.Section)
                 .Validate(o => o.CapacityPages > 0, "MemoryServer:CapacityPages must be positive")
+                .Validate(o => o.MaxVms is >= 1 and <= 1000, "MemoryServer:MaxVms must be 1 to 1000")
                 .ValidateOnStart();
             var stateDirectory = parse.GetValue(state)?.FullName ?? Path.Combine("/opt/semigrate/hosts", name);
             Directory.CreateDirectory(stateDirectory);
