@@ -10,7 +10,10 @@ namespace SEmigrate.Sealing;
 /// the data key with the VM and epoch), an epoch has exactly one sealer (DataKey.CreateSealer refuses
 /// a second one in-process; across processes the orchestrator hands every sealing party and every
 /// retry its own epoch), and within the sealer the nonce is a 64-bit counter that only goes up
-/// (atomically) and is never reset. Associated data binds VM, page number, version and epoch, so a
+/// (atomically) and is never reset. Should an epoch repeat all the same (a state folder restored from
+/// a backup, two workers on copies of one), the nonce's other 32 bits are random per sealer, so two
+/// sealers of one epoch collide only if they also draw the same salt (2^-32) and their counters
+/// overlap. The nonce travels in the body, so GCM binds it; the opener needs nothing new. Associated data binds VM, page number, version and epoch, so a
 /// sealed page cannot be moved, replayed as another version or re-labelled without failing its tag.
 /// Plain pages get a GMAC tag under the same key (<see cref="MacInto"/>).</summary>
 public sealed class PageSealer : IDisposable
@@ -18,6 +21,7 @@ public sealed class PageSealer : IDisposable
     private readonly byte[] subkey;
     private readonly ThreadLocal<AesGcm> aes;
     private readonly ThreadLocal<byte[]> macInput = new(() => new byte[AssociatedData.Size + PageRecord.PageSize]);
+    private readonly uint salt = BinaryPrimitives.ReadUInt32LittleEndian(RandomNumberGenerator.GetBytes(4));
     private long counter;
 
     internal PageSealer(byte[] subkey, Guid vm, uint epoch)
@@ -77,7 +81,7 @@ public sealed class PageSealer : IDisposable
             throw new CryptographicException("nonce counter exhausted for this epoch");
         }
         var nonce = body[..PageRecord.NonceSize];
-        BinaryPrimitives.WriteUInt32BigEndian(nonce, 0);
+        BinaryPrimitives.WriteUInt32BigEndian(nonce, salt);
         BinaryPrimitives.WriteInt64BigEndian(nonce[4..], n);
         return nonce;
     }

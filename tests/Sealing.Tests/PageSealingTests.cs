@@ -56,6 +56,26 @@ public sealed class PageSealingTests : IDisposable
     }
 
     [Fact]
+    public void Should_an_epoch_repeat_across_processes_its_sealers_still_draw_different_nonces_and_both_open()
+    {
+        // Two processes on copies of one state folder: the same key, VM and epoch, each its own sealer.
+        var saved = Path.GetTempFileName();
+        key.Save(saved);
+        using var copy = DataKey.Load(saved);
+        File.Delete(saved);
+        using var first = key.CreateSealer(Vm, 11);
+        using var second = copy.CreateSealer(Vm, 11);
+        using var opener = new PageOpener(key, Vm);
+        var page = Page(3);
+        var (a, b) = (first.Seal(1, 1, page), second.Seal(1, 1, page));
+
+        Assert.NotEqual(a.Body.Span[..12].ToArray(), b.Body.Span[..12].ToArray()); // same counter, another salt
+        var back = new byte[4096];
+        Assert.True(opener.TryOpen(a, back) && opener.TryOpen(b, back));
+        Assert.Equal(page, back);
+    }
+
+    [Fact]
     public void An_epoch_gets_one_sealer_only()
     {
         using var first = key.CreateSealer(Vm, 9);
