@@ -154,6 +154,90 @@ public sealed class CorruptGuestTests(RealGuestFixture fixture)
         Assert.Equal(0UL, map.Zero);
     }
 
+    /// <summary>The guest's RAM as a running guest's file holds it (a raw image: no ELF note, so its
+    /// VMCOREINFO is found by scanning RAM), with <paramref name="change"/> applied to its pages.</summary>
+    private string RawImage(string folder, Action<GuestMemory> change)
+    {
+        var image = Path.Combine(folder, "ram");
+        File.Delete(image);
+        using var dump = GuestMemory.OpenElfDump(fixture.Guest.DumpPath);
+        using (var raw = GuestMemory.CreateImage(image, (long)dump.PfnLimit * GuestMemory.PageSize))
+        {
+            foreach (var r in dump.Ranges)
+            {
+                for (var pfn = r.FirstPfn; pfn < r.FirstPfn + r.PresentPages; pfn++)
+                {
+                    raw.WritePage(pfn, dump.Page(pfn));
+                }
+            }
+            change(raw);
+            raw.Flush();
+        }
+        return image;
+    }
+
+    /// <summary>A VMCOREINFO text as the guest's kernel writes it, with another build id (or none).</summary>
+    private static byte[] PlantedVmcoreInfo(string? buildId)
+    {
+        var text = "OSRELEASE=6.1.0-planted\n" + (buildId is null ? "" : $"BUILD-ID={buildId}\n")
+            + "PAGESIZE=4096\nKERNELOFFSET=1000000\nSYMBOL(init_top_pgt)=ffffffff8260a000\nNUMBER(phys_base)=0\n";
+        var page = new byte[GuestMemory.PageSize];
+        System.Text.Encoding.ASCII.GetBytes(text).CopyTo(page, 0);
+        return page;
+    }
+
+    [Fact]
+    public async Task A_VMCOREINFO_planted_in_RAM_is_passed_over_and_without_the_real_one_nothing_is_trusted()
+    {
+        var folder = Directory.CreateTempSubdirectory("semigrate-planted-").FullName;
+        try
+        {
+            // Planted in the first pages, before the kernel's own: one with another build id, one with none.
+            var image = RawImage(folder, raw =>
+            {
+                raw.WritePage(16, PlantedVmcoreInfo("00112233445566778899aabbccddeeff00112233"));
+                raw.WritePage(17, PlantedVmcoreInfo(null));
+            });
+            using (var guest = await Introspected.WithinAsync(Bound, image, Layout))
+            {
+                Assert.NotNull(guest.Result.Symbols);
+                Assert.StartsWith("RAM scan at 0x", guest.Result.Symbols!.VmcoreInfoSource, StringComparison.Ordinal);
+                Assert.NotEqual("RAM scan at 0x10000", guest.Result.Symbols.VmcoreInfoSource);
+                Assert.Equal(Layout.BuildId, guest.Result.Symbols.BuildId, ignoreCase: true);
+                Assert.True(guest.Classify("vaultdb").Plain > 0, "the real VMCOREINFO was used: the walks worked");
+            }
+
+            // The kernel's own text gone (every OSRELEASE= beyond the planted ones overwritten): nothing is trusted.
+            image = RawImage(folder, raw =>
+            {
+                raw.WritePage(16, PlantedVmcoreInfo("00112233445566778899aabbccddeeff00112233"));
+                raw.WritePage(17, PlantedVmcoreInfo(null));
+                for (var pfn = 18UL; pfn < raw.PfnLimit; pfn++)
+                {
+                    var page = raw.Page(pfn).ToArray();
+                    var at = page.AsSpan().IndexOf("OSRELEASE="u8);
+                    if (at >= 0)
+                    {
+                        page[at] = (byte)'X';
+                        raw.WritePage(pfn, page);
+                    }
+                }
+            });
+            using (var guest = await Introspected.WithinAsync(Bound, image, Layout))
+            {
+                Assert.Null(guest.Result.Symbols);
+                Assert.Contains($"no VMCOREINFO found with the kernel's build id {Layout.BuildId}", Assert.Single(guest.Result.Diagnostics), StringComparison.Ordinal);
+                Assert.Contains("(2 with another or none: planted", guest.Result.Diagnostics[0], StringComparison.Ordinal);
+                var map = guest.Classify("vaultdb", "webapp");
+                Assert.Equal(map.GuestPages, map.Sealed);
+            }
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     [Fact]
     public async Task Memory_that_is_not_a_Linux_guest_is_all_sealed()
     {

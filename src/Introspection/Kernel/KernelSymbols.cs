@@ -29,13 +29,13 @@ public sealed record KernelSymbols(
         VmcoreInfo info;
         try
         {
-            info = VmcoreInfo.Find(memory);
+            info = VmcoreInfo.Find(memory, layout.BuildId);
         }
         catch (InvalidDataException e)
         {
             throw new GuestDataException(e.Message);
         }
-        if (layout.BuildId.Length > 0 && info.BuildId.Length > 0 && !string.Equals(layout.BuildId, info.BuildId, StringComparison.OrdinalIgnoreCase))
+        if (layout.BuildId.Length > 0 && !string.Equals(layout.BuildId, info.BuildId, StringComparison.OrdinalIgnoreCase))
         {
             throw new GuestDataException(
                 $"wrong kernel profile: it is for build {layout.BuildId} ({layout.Release}), the guest runs build {info.BuildId} ({info.Release})");

@@ -44,15 +44,20 @@ public sealed class VmcoreInfo
 
     public ulong KernelOffset => ulong.Parse(Get("KERNELOFFSET"), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
 
-    /// <summary>From the ELF dump's VMCOREINFO note, else by scanning guest RAM for it.</summary>
-    public static VmcoreInfo Find(GuestMemory memory)
+    /// <summary>From the ELF dump's VMCOREINFO note, else by scanning guest RAM for it. In RAM anyone in
+    /// the guest can write such a text: with <paramref name="buildId"/> (the kernel file's), only one
+    /// carrying that build id counts, and one planted before it is passed over.</summary>
+    public static VmcoreInfo Find(GuestMemory memory, string buildId = "")
     {
         if (memory.Path.Length > 0 && FromNote(memory.Path) is { } note)
         {
             return note;
         }
-        return FromRam(memory)
-            ?? throw new InvalidDataException("no VMCOREINFO found (no ELF note, no OSRELEASE= in guest RAM): not a Linux guest?");
+        var passed = 0;
+        return FromRam(memory, buildId, ref passed)
+            ?? throw new InvalidDataException(passed == 0
+                ? "no VMCOREINFO found (no ELF note, no OSRELEASE= in guest RAM): not a Linux guest?"
+                : $"no VMCOREINFO found with the kernel's build id {buildId} in guest RAM ({passed} with another or none: planted, or another kernel): not trusted");
     }
 
     private static VmcoreInfo? FromNote(string path)
@@ -80,7 +85,7 @@ public sealed class VmcoreInfo
 
     /// <summary>vmcoreinfo_data is one page of text starting with OSRELEASE=; it needs KERNELOFFSET
     /// and init_top_pgt to count (an unrelated "OSRELEASE=" elsewhere does not).</summary>
-    private static VmcoreInfo? FromRam(GuestMemory memory)
+    private static VmcoreInfo? FromRam(GuestMemory memory, string buildId, ref int passed)
     {
         var needle = "OSRELEASE="u8;
         foreach (var range in memory.Ranges)
@@ -98,7 +103,12 @@ public sealed class VmcoreInfo
                 var text = Encoding.ASCII.GetString(end < 0 ? tail : tail[..end]);
                 if (text.Contains("KERNELOFFSET=", StringComparison.Ordinal) && text.Contains("SYMBOL(init_top_pgt)=", StringComparison.Ordinal))
                 {
-                    return new VmcoreInfo(text) { Source = $"RAM scan at 0x{(pfn << GuestMemory.PageShift) + (ulong)at:x}" };
+                    var found = new VmcoreInfo(text) { Source = $"RAM scan at 0x{(pfn << GuestMemory.PageShift) + (ulong)at:x}" };
+                    if (buildId.Length == 0 || string.Equals(found.BuildId, buildId, StringComparison.OrdinalIgnoreCase))
+                    {
+                        return found;
+                    }
+                    passed++;
                 }
             }
         }
