@@ -45,3 +45,45 @@ public class LayoutTests(RealGuestFixture fixture)
         Directory.Delete(Path.GetDirectoryName(kernel)!, recursive: true);
     }
 }
+
+/// <summary>A BTF blob is data from a file: types that refer to themselves or to types that do not exist
+/// end in an error, never a stack overflow.</summary>
+public class HostileBtfTests
+{
+    /// <summary>Type 1: struct "s" of one anonymous member of type <paramref name="memberType"/>.</summary>
+    private static byte[] Blob(uint memberType)
+    {
+        var strings = "\0s\0"u8.ToArray();
+        var types = new byte[12 + 12];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(types, 1); // name "s"
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(types.AsSpan(4), (4u << 24) | 1); // struct, one member
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(types.AsSpan(8), 8);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(types.AsSpan(16), memberType); // anonymous member
+        var blob = new byte[24 + types.Length + strings.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(blob, 0xeB9F);
+        blob[2] = 1;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(4), 24);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(12), (uint)types.Length);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(16), (uint)types.Length);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(20), (uint)strings.Length);
+        types.CopyTo(blob, 24);
+        strings.CopyTo(blob, 24 + types.Length);
+        return blob;
+    }
+
+    [Fact]
+    public void A_struct_that_contains_itself_anonymously_is_an_error_not_a_stack_overflow()
+    {
+        var btf = new Btf(Blob(memberType: 1));
+        var e = Assert.Throws<InvalidDataException>(() => btf.OffsetOf("s", "x"));
+        Assert.Contains("nest deeper than 32", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_member_of_a_type_that_does_not_exist_is_an_error()
+    {
+        var btf = new Btf(Blob(memberType: 99));
+        var e = Assert.Throws<InvalidDataException>(() => btf.OffsetOf("s", "x"));
+        Assert.Contains("refers to type 99", e.Message, StringComparison.Ordinal);
+    }
+}

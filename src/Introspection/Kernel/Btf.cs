@@ -150,7 +150,7 @@ public sealed class Btf
     /// <summary>Element count of an array member (free_area[MAX_ORDER] gives MAX_ORDER).</summary>
     public int ArrayLength(string structName, string memberPath)
     {
-        var t = types[(int)Strip(Resolve(structName, memberPath).Type)];
+        var t = Type(Strip(Resolve(structName, memberPath).Type));
         return t.Kind == Kind.Array
             ? (int)arrays[t.MembersAt].Count
             : throw new KeyNotFoundException($"{structName}.{memberPath} is not an array");
@@ -191,10 +191,18 @@ public sealed class Btf
         return (offset, type);
     }
 
+    /// <summary>How deep anonymous members and arrays of arrays may nest: the kernel's go a few levels; a
+    /// BTF blob whose types refer to themselves must end in an error, not a stack overflow.</summary>
+    private const int MaxDepth = 32;
+
     /// <summary>Finds a member by name, descending into anonymous members; offsets in bytes.</summary>
-    private (ulong Offset, uint Type)? Find(uint typeId, string name)
+    private (ulong Offset, uint Type)? Find(uint typeId, string name, int depth = 0)
     {
-        var t = types[(int)typeId];
+        if (depth > MaxDepth)
+        {
+            throw new InvalidDataException($"BTF anonymous members nest deeper than {MaxDepth} looking for {name}: a type that contains itself?");
+        }
+        var t = Type(typeId);
         if (t.Kind is not (Kind.Struct or Kind.Union))
         {
             return null;
@@ -207,7 +215,7 @@ public sealed class Btf
             {
                 return (bits / 8, m.Type);
             }
-            if (m.Name.Length == 0 && Find(Strip(m.Type), name) is { } inner)
+            if (m.Name.Length == 0 && Find(Strip(m.Type), name, depth + 1) is { } inner)
             {
                 return (bits / 8 + inner.Offset, inner.Type);
             }
@@ -215,12 +223,15 @@ public sealed class Btf
         return null;
     }
 
+    private BtfType Type(uint id) =>
+        id < types.Count ? types[(int)id] : throw new InvalidDataException($"BTF refers to type {id}; it has {types.Count}");
+
     /// <summary>Follows typedefs and qualifiers to the underlying type.</summary>
     private uint Strip(uint typeId)
     {
         for (var guard = 0; guard < 64; guard++)
         {
-            var t = types[(int)typeId];
+            var t = Type(typeId);
             if (t.Kind is not (Kind.Typedef or Kind.Volatile or Kind.Const or Kind.Restrict or Kind.TypeTag))
             {
                 return typeId;
@@ -230,14 +241,18 @@ public sealed class Btf
         throw new InvalidDataException($"BTF type chain from {typeId} does not end");
     }
 
-    private ulong SizeOfType(uint typeId)
+    private ulong SizeOfType(uint typeId, int depth = 0)
     {
-        var t = types[(int)Strip(typeId)];
+        if (depth > MaxDepth)
+        {
+            throw new InvalidDataException($"BTF arrays nest deeper than {MaxDepth} at type {typeId}: a type that contains itself?");
+        }
+        var t = Type(Strip(typeId));
         return t.Kind switch
         {
             Kind.Int or Kind.Struct or Kind.Union or Kind.Enum or Kind.Enum64 or Kind.Float => t.SizeOrType,
             Kind.Ptr => 8,
-            Kind.Array => arrays[t.MembersAt].Count * SizeOfType(arrays[t.MembersAt].ElementType),
+            Kind.Array => checked(arrays[t.MembersAt].Count * SizeOfType(arrays[t.MembersAt].ElementType, depth + 1)),
             _ => throw new InvalidDataException($"BTF type {typeId} ({t.Kind}) has no size"),
         };
     }
