@@ -85,7 +85,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     {
         using var memory = guest.OpenMemory();
         ct.ThrowIfCancellationRequested();
-        var found = GuestIntrospection.Run(memory, layout);
+        var found = GuestIntrospection.Run(memory, layout, ct);
         var map = Classifier.Classify(memory, found, input.PlainProcesses.ToHashSet(StringComparer.Ordinal));
         var state = State(input.MigrationId);
         map.Save(state.MapPath);

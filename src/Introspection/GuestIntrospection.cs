@@ -16,8 +16,11 @@ public sealed record GuestIntrospection(
     ulong[] FreeBitmap,
     IReadOnlyList<string> Diagnostics)
 {
-    public static GuestIntrospection Run(GuestMemory memory, KernelLayout layout)
+    /// <summary>Walks the guest within <paramref name="budget"/> (default <see cref="WalkBudget.For"/> its size),
+    /// stopping at once when <paramref name="ct"/> is cancelled (OperationCanceledException).</summary>
+    public static GuestIntrospection Run(GuestMemory memory, KernelLayout layout, CancellationToken ct = default, WalkBudget? budget = null)
     {
+        budget ??= WalkBudget.For(memory.GuestPages, ct);
         var diagnostics = new List<string>(memory.Problems);
         var noFree = new ulong[(memory.PfnLimit + 63) / 64];
         KernelSymbols symbols;
@@ -32,14 +35,20 @@ public sealed record GuestIntrospection(
             return new GuestIntrospection(null, [], false, [], [], noFree, diagnostics);
         }
 
-        var tasks = TaskWalk.Run(space, layout, symbols, maxTasks: (int)Math.Min(memory.GuestPages, 1 << 22));
+        var tasks = TaskWalk.Run(space, layout, symbols, maxTasks: (int)Math.Min(memory.GuestPages, 1 << 22), budget);
         if (tasks.Problem is not null)
         {
             diagnostics.Add(tasks.Problem);
         }
-        var processes = tasks.Tasks.Where(t => t.Mm != 0).Select(t => ProcessPages.Run(space, layout, t)).ToList();
-        diagnostics.AddRange(processes.Where(p => p.Problem is not null).Select(p => p.Problem!));
-        var buddy = BuddyWalk.Run(space, layout, symbols);
+        // An mm shared by several tasks (CLONE_VM, or forged to be) is walked once: each of them maps its pages.
+        var processes = new List<ProcessPages.Result>();
+        foreach (var shared in tasks.Tasks.Where(t => t.Mm != 0).GroupBy(t => t.Mm))
+        {
+            var walked = ProcessPages.Run(space, layout, shared.First(), budget);
+            processes.AddRange(shared.Select(t => walked with { Task = t }));
+        }
+        diagnostics.AddRange(processes.Where(p => p.Problem is not null).Select(p => p.Problem!).Distinct(StringComparer.Ordinal));
+        var buddy = BuddyWalk.Run(space, layout, symbols, budget);
         diagnostics.AddRange(buddy.Problems);
 
         var mapped = new HashSet<ulong>(processes.SelectMany(p => p.Pfns));

@@ -238,6 +238,88 @@ public sealed class CorruptGuestTests(RealGuestFixture fixture)
         }
     }
 
+    /// <summary>The physical address of the first present 4 KiB page-table entry of <paramref name="comm"/>'s user half.</summary>
+    private static ulong FirstLeafEntry(Introspected good, AddressSpace space, string comm)
+    {
+        var task = good.Result.Tasks.Single(t => t.Comm == comm);
+        Assert.True(space.TryReadUInt64(task.Mm + (ulong)good.Layout.MmPgd, out var pgd));
+        Assert.True(space.TryTranslate(pgd, out var table));
+        const ulong mask = 0x000f_ffff_ffff_f000;
+        ulong? Descend(ulong at, int level)
+        {
+            for (var i = 0; i < (level == 4 ? 256 : 512); i++)
+            {
+                var entryAt = (at & mask) + (ulong)i * 8;
+                if (!good.Memory.TryReadUInt64(entryAt, out var entry) || (entry & 1) == 0 || (level is 2 or 3 && (entry & (1 << 7)) != 0))
+                {
+                    continue;
+                }
+                if (level == 1)
+                {
+                    return entryAt;
+                }
+                if (Descend(entry, level - 1) is { } found)
+                {
+                    return found;
+                }
+            }
+            return null;
+        }
+        return Descend(table, 4) ?? throw new InvalidOperationException($"{comm} maps no 4 KiB page");
+    }
+
+    [Fact]
+    public async Task A_PROT_NONE_page_is_still_the_processs_own()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        ulong pfn;
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (_, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            var at = FirstLeafEntry(good, space, "webapp");
+            Assert.True(good.Memory.TryReadUInt64(at, out var entry));
+            pfn = (entry & 0x000f_ffff_ffff_f000) >> 12;
+            Assert.Contains(pfn, good.Process("webapp").Pfns);
+            copy.WriteUInt64(at, (entry & ~1UL) | (1UL << 8)); // as mprotect(PROT_NONE) or NUMA hinting leaves it
+        }
+
+        using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
+        Assert.Contains(pfn, guest.Process("webapp").Pfns);
+        Assert.Equal(PageClass.Sealed, guest.Classify("vaultdb")[pfn]); // never free, never plain
+    }
+
+    [Fact]
+    public async Task Tasks_that_share_an_mm_each_map_its_pages()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (_, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            var (vault, web) = (good.Result.Tasks.Single(t => t.Comm == "vaultdb"), good.Result.Tasks.Single(t => t.Comm == "webapp"));
+            Assert.True(space.TryTranslate(web.Address + (ulong)Layout.TaskMm, out var pa));
+            copy.WriteUInt64(pa, vault.Mm); // webapp now shares vaultdb's address space (as CLONE_VM would)
+        }
+
+        using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
+        Assert.Equal(guest.Process("vaultdb").Pfns, guest.Process("webapp").Pfns);
+        // Mapped by a process that is not plain as well: nothing of vaultdb's travels as-is.
+        Assert.Equal(0UL, guest.Classify("vaultdb").Plain);
+    }
+
+    [Fact]
+    public async Task A_spent_budget_stops_every_walk_and_nothing_is_plain_and_a_cancel_stops_it_at_once()
+    {
+        using var memory = GuestMemory.OpenElfDump(fixture.Guest.DumpPath);
+        var result = await Task.Run(() => GuestIntrospection.Run(memory, Layout, budget: new Walks.WalkBudget(steps: 1_000, TimeSpan.FromMinutes(1))))
+            .WaitAsync(Bound);
+        Assert.Contains(result.Diagnostics, d => d.Contains("introspection budget spent: more than 1000 ", StringComparison.Ordinal));
+        Assert.Equal(0UL, Classification.Classifier.Classify(memory, result, new HashSet<string> { "vaultdb", "webapp" }).Plain);
+
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+        Assert.Throws<OperationCanceledException>(() => GuestIntrospection.Run(memory, Layout, cancelled.Token));
+    }
+
     [Fact]
     public async Task Memory_that_is_not_a_Linux_guest_is_all_sealed()
     {

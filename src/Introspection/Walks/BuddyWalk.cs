@@ -15,8 +15,9 @@ public static class BuddyWalk
 
     public sealed record Result(IReadOnlyList<Zone> Zones, ulong[] FreeBitmap, IReadOnlyList<string> Problems);
 
-    public static Result Run(AddressSpace space, KernelLayout layout, KernelSymbols symbols)
+    public static Result Run(AddressSpace space, KernelLayout layout, KernelSymbols symbols, WalkBudget? budget = null)
     {
+        budget ??= WalkBudget.For(space.Memory.GuestPages);
         var memory = space.Memory;
         var free = new ulong[(memory.PfnLimit + 63) / 64];
         var zones = new List<Zone>();
@@ -35,7 +36,7 @@ public static class BuddyWalk
             for (var z = 0; z < layout.MaxNrZones; z++)
             {
                 var zone = pgdat + (ulong)layout.NodeZones + (ulong)(z * layout.ZoneSize);
-                var result = WalkZone(space, layout, symbols, node, z, zone, free);
+                var result = WalkZone(space, layout, symbols, node, z, zone, free, budget);
                 zones.Add(result);
                 if (result.Problem is not null)
                 {
@@ -50,7 +51,7 @@ public static class BuddyWalk
         return new Result(zones, free, problems);
     }
 
-    private static Zone WalkZone(AddressSpace space, KernelLayout layout, KernelSymbols symbols, int node, int z, ulong zone, ulong[] free)
+    private static Zone WalkZone(AddressSpace space, KernelLayout layout, KernelSymbols symbols, int node, int z, ulong zone, ulong[] free, WalkBudget budget)
     {
         var name = space.TryReadUInt64(zone + (ulong)layout.ZoneName, out var namePtr) && namePtr != 0
             && space.TryReadString(namePtr, 16, out var n) ? n : $"zone{z}";
@@ -82,6 +83,10 @@ public static class BuddyWalk
                 var maxSteps = (limit >> order) + 1;
                 while (current != head)
                 {
+                    if (!budget.Take())
+                    {
+                        return new Zone(node, name, walked, nrFree, $"{Where()}: {budget.Spent}");
+                    }
                     if (++steps > maxSteps)
                     {
                         return new Zone(node, name, walked, nrFree, $"{Where()}: free list longer than the guest could hold: cycle");

@@ -11,8 +11,15 @@ public static class ProcessPages
 
     public sealed record Result(GuestTask Task, ulong[] Pfns, string? Problem);
 
-    public static Result Run(AddressSpace space, KernelLayout layout, GuestTask task)
+    /// <summary>_PAGE_PROTNONE (the global bit, on a non-present entry): a PROT_NONE or NUMA-hinting
+    /// mapping, whose page is in memory and the process's all the same.</summary>
+    private const ulong ProtNone = 1 << 8;
+
+    private const ulong HugePage = 1 << 7;
+
+    public static Result Run(AddressSpace space, KernelLayout layout, GuestTask task, WalkBudget? budget = null)
     {
+        budget ??= WalkBudget.For(space.Memory.GuestPages);
         if (!space.TryReadUInt64(task.Mm + (ulong)layout.MmPgd, out var pgd) || !space.TryTranslate(pgd, out var root))
         {
             return new Result(task, [], $"pid {task.Pid} ({task.Comm}): mm->pgd is not in guest memory");
@@ -31,6 +38,11 @@ public static class ProcessPages
         while (stack.Count > 0 && problem is null)
         {
             var (table, level) = stack.Pop();
+            if (!budget.Take())
+            {
+                problem = $"pid {task.Pid} ({task.Comm}): {budget.Spent}";
+                break;
+            }
             var last = level == levels ? 255 : 511; // user half of the top level only
             for (var i = 0; i <= last && problem is null; i++)
             {
@@ -39,14 +51,21 @@ public static class ProcessPages
                     problem = $"pid {task.Pid} ({task.Comm}): page table at 0x{table:x} is not in guest memory";
                     break;
                 }
-                if ((entry & 1) == 0)
+                // As the kernel's pte_present and pmd_present see it: a PROT_NONE page is present.
+                var present = (entry & 1) != 0 || (level == 1 && (entry & ProtNone) != 0) || (level == 2 && (entry & (ProtNone | HugePage)) != 0);
+                if (!present)
                 {
-                    continue;
+                    continue; // empty, or a swap entry: not in memory
                 }
-                var huge = level is 2 or 3 && (entry & (1 << 7)) != 0;
+                var huge = level is 2 or 3 && (entry & HugePage) != 0;
                 if (level == 1 || huge)
                 {
                     var span = 1UL << (9 * (level - 1));
+                    if (!budget.Take((long)span))
+                    {
+                        problem = $"pid {task.Pid} ({task.Comm}): {budget.Spent}";
+                        break;
+                    }
                     var first = (entry & AddressMask) >> GuestMemory.PageShift & ~(span - 1);
                     for (var p = first; p < first + span; p++)
                     {

@@ -9,14 +9,19 @@ public static class TaskWalk
 {
     public sealed record Result(IReadOnlyList<GuestTask> Tasks, string? Problem);
 
-    public static Result Run(AddressSpace space, KernelLayout layout, KernelSymbols symbols, int maxTasks = 1 << 20)
+    public static Result Run(AddressSpace space, KernelLayout layout, KernelSymbols symbols, int maxTasks = 1 << 20, WalkBudget? budget = null)
     {
+        budget ??= WalkBudget.For(space.Memory.GuestPages);
         var tasks = new List<GuestTask>();
         var head = symbols.InitTask + (ulong)layout.TaskTasks;
         var seen = new HashSet<ulong> { head };
         var current = head;
         while (true)
         {
+            if (!budget.Take())
+            {
+                return new Result(tasks, $"task list: {budget.Spent}");
+            }
             var task = current - (ulong)layout.TaskTasks;
             if (!TryReadTask(space, layout, task, out var t))
             {
