@@ -307,6 +307,38 @@ public sealed class CorruptGuestTests(RealGuestFixture fixture)
     }
 
     [Fact]
+    public async Task A_leader_that_exited_is_walked_through_a_thread_that_runs_on()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        ulong[] vaultPages;
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (_, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            var (vault, web) = (good.Result.Tasks.Single(t => t.Comm == "vaultdb"), good.Result.Tasks.Single(t => t.Comm == "webapp"));
+            vaultPages = good.Process("vaultdb").Pfns;
+            void Write(ulong va, ulong value)
+            {
+                Assert.True(space.TryTranslate(va, out var pa));
+                copy.WriteUInt64(pa, value);
+            }
+            // webapp's leader has exited (no mm); its thread group's list holds one live thread, which
+            // maps what vaultdb maps (vaultdb's task plays that thread).
+            Assert.True(space.TryReadUInt64(web.Address + (ulong)Layout.TaskSignal, out var signal));
+            var head = signal + (ulong)Layout.SignalThreadHead;
+            var thread = vault.Address + (ulong)Layout.TaskThreadNode;
+            Write(head + (ulong)Layout.ListNext, thread);
+            Write(head + (ulong)Layout.ListPrev, thread);
+            Write(thread + (ulong)Layout.ListNext, head);
+            Write(thread + (ulong)Layout.ListPrev, head);
+            Write(web.Address + (ulong)Layout.TaskMm, 0);
+        }
+
+        using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
+        Assert.Equal(vaultPages, guest.Process("webapp").Pfns);
+        Assert.Equal(0UL, guest.Classify("vaultdb").Plain); // its pages are mapped by webapp's thread too
+    }
+
+    [Fact]
     public async Task A_spent_budget_stops_every_walk_and_nothing_is_plain_and_a_cancel_stops_it_at_once()
     {
         using var memory = GuestMemory.OpenElfDump(fixture.Guest.DumpPath);

@@ -30,8 +30,19 @@ public sealed record KernelLayout(
     int FreeAreaFreeList,
     int MigrateTypes,
     int ZoneVmStat,
-    int NrFreePagesIndex)
+    int NrFreePagesIndex,
+    int TaskFlags = 0,
+    int TaskSignal = 0,
+    int TaskThreadNode = 0,
+    int SignalThreadHead = 0,
+    int Schema = 0)
 {
+    /// <summary>The fields this code needs: a cache written before one was added is rebuilt, not read with zeros.</summary>
+    public const int CurrentSchema = 2;
+
+    /// <summary>PF_KTHREAD in task_struct.flags: a kernel thread, which has no mm of its own.</summary>
+    public const uint KernelThreadFlag = 0x0020_0000;
+
     public static KernelLayout FromImage(KernelImage image)
     {
         var btf = new Btf(image.BtfData);
@@ -60,7 +71,12 @@ public sealed record KernelLayout(
             FreeAreaFreeList: btf.OffsetOf("free_area", "free_list"),
             MigrateTypes: btf.ArrayLength("free_area", "free_list"),
             ZoneVmStat: btf.OffsetOf("zone", "vm_stat"),
-            NrFreePagesIndex: (int)btf.EnumValue("zone_stat_item", "NR_FREE_PAGES"));
+            NrFreePagesIndex: (int)btf.EnumValue("zone_stat_item", "NR_FREE_PAGES"),
+            TaskFlags: btf.OffsetOf("task_struct", "flags"),
+            TaskSignal: btf.OffsetOf("task_struct", "signal"),
+            TaskThreadNode: btf.OffsetOf("task_struct", "thread_node"),
+            SignalThreadHead: btf.OffsetOf("signal_struct", "thread_head"),
+            Schema: CurrentSchema);
     }
 
     /// <summary>The layout of the kernel at <paramref name="kernelPath"/>, from its cache file when
@@ -72,7 +88,7 @@ public sealed record KernelLayout(
         {
             try
             {
-                if (JsonSerializer.Deserialize<KernelLayout>(File.ReadAllText(cache)) is { } cached)
+                if (JsonSerializer.Deserialize<KernelLayout>(File.ReadAllText(cache)) is { Schema: CurrentSchema } cached)
                 {
                     return cached;
                 }
