@@ -80,7 +80,7 @@ public sealed class MainHostActivities(
             }
         }
         var epochs = new EpochFile(Path.Combine(host.MigrationDirectory(input.MigrationId), "page-out-epoch"), PageOutEpochs);
-        var codec = new PageCodec(input.Mode, input.Vm, key.CreateSealer(input.Vm, epochs.Next()), opener);
+        var codec = new PageCodec(input.Mode, input.Vm, key.CreateSealer(input.Vm, epochs.Next()), opener, Channels(input, key, epochs));
         var unavailable = new System.Collections.Concurrent.ConcurrentDictionary<string, DateTime>(StringComparer.Ordinal);
         var pager = new VmPager(client, codec, table, pfn => MainHostVms.RunningVm.HostOf(input.Placement, pfn), host.Host, store,
             e => new ValueTask(ReportAsync(input.MigrationId, e)),
@@ -150,6 +150,22 @@ public sealed class MainHostActivities(
             await memory.DisposeAsync();
             throw;
         }
+    }
+
+    /// <summary>allenc: each sub-host's pages are under its own channel key (derived from the data key, as
+    /// the source sealed them): page-ins open, and page-outs seal under a fresh epoch, with that host's key.</summary>
+    private Func<string, (PageSealer Sealer, PageOpener Opener)?>? Channels(SwitchOver input, DataKey key, EpochFile epochs)
+    {
+        if (input.Mode != Contracts.MigrationMode.AllEnc)
+        {
+            return null;
+        }
+        var perHost = new System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<(PageSealer, PageOpener)>>(StringComparer.Ordinal);
+        return at => at == host.Host ? null : perHost.GetOrAdd(at, _ => new(() =>
+        {
+            var channel = key.ChannelKey(input.Vm, at); // held by its opener for the VM's life
+            return (channel.CreateSealer(input.Vm, epochs.Next()), new PageOpener(channel, input.Vm));
+        })).Value;
     }
 
     /// <summary>The running guest taken over here that goes by <paramref name="name"/>, if any.</summary>

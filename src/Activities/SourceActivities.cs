@@ -161,14 +161,16 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             using var memory = FindGuest(state.Guest.Name).OpenMemory();
             using var key = state.LoadKey();
             var epoch = state.NextEpoch();
-            using var sealer = key.CreateSealer(input.Vm, epoch);
+            // The baseline's sub-hosts decrypt: each gets a channel key of its own, derived from the data key,
+            // and its pages are sealed under that (the main host, which gets the data key, needs none).
+            using var channelKey = input.Mode == MigrationMode.AllEnc && input.ChannelKeyFor is not null ? key.ChannelKey(input.Vm, a.Host) : null;
+            using var sealer = (channelKey ?? key).CreateSealer(input.Vm, epoch);
             var codec = new PageCodec(input.Mode, input.Vm, sealer, null);
             before = before with { Epochs = [.. before.Epochs ?? [], epoch] };
             state.SaveCheckpoint(a.Host, before); // an attempt that dies still counts its epoch as used
-            if (input.Mode == MigrationMode.AllEnc && input.ChannelKeyFor is { } hostKey)
+            if (channelKey is not null)
             {
-                // The baseline's sub-hosts decrypt (the main host, which gets the data key, does not need this).
-                await client.SendChannelKeyAsync(a.Host, input.Vm, KeyWrap.Wrap(key, hostKey, $"allenc-channel|{input.Vm:N}|{a.Host}"), ct);
+                await client.SendChannelKeyAsync(a.Host, input.Vm, KeyWrap.Wrap(channelKey, input.ChannelKeyFor!, $"allenc-channel|{input.Vm:N}|{a.Host}"), ct);
             }
 
             var progress = new Progress(resume, CountGuestPages(map, a.FirstPfn, resume), before with { Attempts = before.Attempts + 1 });

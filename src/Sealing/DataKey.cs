@@ -61,6 +61,12 @@ public sealed class DataKey : IDisposable
         return new PageSealer(Subkey(vm, epoch), vm, epoch);
     }
 
+    /// <summary>The allenc baseline's channel key for one sub-host: derived from this key, the VM and the
+    /// host, so a sub-host that decrypts (as that baseline's do) holds its own key only, never the
+    /// migration's data key, and opens no other host's pages.</summary>
+    public DataKey ChannelKey(Guid vm, string host) =>
+        new(HKDF.DeriveKey(HashAlgorithmName.SHA256, key, Size, vm.ToByteArray(), Encoding.UTF8.GetBytes($"SEmigrate allenc channel v1|{host}")));
+
     public override string ToString() => "DataKey(hidden)";
 
     public void Dispose() => CryptographicOperations.ZeroMemory(key);

@@ -9,8 +9,11 @@ namespace SEmigrate.Sealing;
 /// allenc: every page sealed with the channel key (the sub-host decrypts and re-encrypts at rest);
 /// noenc: every page's bytes as-is (with a GMAC tag: nothing is encrypted, but nothing goes unchecked).
 /// Opening checks, before any byte reaches the guest: the page number asked for, the class and version
-/// the main host's table expects, and the GCM or GMAC tag over VM, page number, version and epoch.</summary>
-public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, PageOpener? opener)
+/// the main host's table expects, and the GCM or GMAC tag over VM, page number, version and epoch.
+/// <paramref name="channels"/> (allenc, at the main host): the sealer and opener of a sub-host's own channel
+/// key (see DataKey.ChannelKey), null for a host whose pages are under the data key (the main host's own).</summary>
+public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, PageOpener? opener,
+    Func<string, (PageSealer Sealer, PageOpener Opener)?>? channels = null)
 {
     public MigrationMode Mode => mode;
 
@@ -24,17 +27,20 @@ public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, P
         _ => PageClass.Plain,
     };
 
-    /// <summary>One page as a record of its own (page-out, tests); the bulk path uses EncodeInto.</summary>
-    public PageRecord Encode(ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page)
+    /// <summary>One page as a record of its own (page-out, tests), for <paramref name="host"/>; the bulk path uses EncodeInto.</summary>
+    public PageRecord Encode(ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page, string? host = null)
     {
         var bytes = new byte[PageRecord.HeaderSize + PageRecord.BodySize(WireClass(classified))];
-        EncodeInto(bytes, pfn, version, classified, page);
+        EncodeInto(bytes, pfn, version, classified, page, host is null ? sealer : channels?.Invoke(host)?.Sealer ?? sealer);
         return PageFrame.ReadRecord(bytes);
     }
 
     /// <summary>Encodes a page's wire form (record header and body) straight into <paramref name="destination"/>;
     /// returns the bytes written. The bulk path builds whole frames this way, without a copy per page.</summary>
-    public int EncodeInto(Span<byte> destination, ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page)
+    public int EncodeInto(Span<byte> destination, ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page) =>
+        EncodeInto(destination, pfn, version, classified, page, sealer);
+
+    private int EncodeInto(Span<byte> destination, ulong pfn, ulong version, PageClass classified, ReadOnlySpan<byte> page, PageSealer? sealer)
     {
         var wire = WireClass(classified);
         if (wire != PageClass.Zero && sealer is null)
@@ -75,7 +81,7 @@ public sealed class PageCodec(MigrationMode mode, Guid vm, PageSealer? sealer, P
                     page.Clear();
                     return;
                 default:
-                    if ((opener ?? throw new InvalidOperationException($"{mode} mode needs an opener")).TryOpen(record, page))
+                    if ((channels?.Invoke(host)?.Opener ?? opener ?? throw new InvalidOperationException($"{mode} mode needs an opener")).TryOpen(record, page))
                     {
                         return;
                     }

@@ -76,6 +76,30 @@ public sealed class PageSealingTests : IDisposable
     }
 
     [Fact]
+    public void An_allenc_sub_host_gets_a_channel_key_of_its_own_that_opens_nothing_else()
+    {
+        using var a = key.ChannelKey(Vm, "sub-a");
+        using var again = key.ChannelKey(Vm, "sub-a");
+        using var b = key.ChannelKey(Vm, "sub-b");
+        using var sealer = a.CreateSealer(Vm, 1);
+        var record = sealer.Seal(4, 1, Page(4));
+        var back = new byte[4096];
+
+        using (var sameHost = new PageOpener(again, Vm))
+        {
+            Assert.True(sameHost.TryOpen(record, back)); // derived alike wherever it is derived
+        }
+        using (var otherHost = new PageOpener(b, Vm))
+        using (var dataKey = new PageOpener(key, Vm))
+        using (var otherVm = new PageOpener(key.ChannelKey(Guid.NewGuid(), "sub-a"), Vm))
+        {
+            Assert.False(otherHost.TryOpen(record, back));
+            Assert.False(dataKey.TryOpen(record, back));
+            Assert.False(otherVm.TryOpen(record, back));
+        }
+    }
+
+    [Fact]
     public void An_epoch_gets_one_sealer_only()
     {
         using var first = key.CreateSealer(Vm, 9);

@@ -158,7 +158,7 @@ public sealed class VmPager(
     {
         await Task.WhenAll(pages.GroupBy(p => hostOf(p.Pfn)).Select(async group =>
         {
-            var records = group.Select(p => codec.Encode(p.Pfn, table[p.Pfn].Version + 1, PageClass.Sealed, p.Page.Span)).ToList();
+            var records = group.Select(p => codec.Encode(p.Pfn, table[p.Pfn].Version + 1, PageClass.Sealed, p.Page.Span, group.Key)).ToList();
             if (group.Key == self && local is not null)
             {
                 local.Put(codec.Vm, records);
