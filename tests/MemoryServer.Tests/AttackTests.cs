@@ -93,6 +93,75 @@ public class AttackTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixture
         Assert.Equal(Enumerable.Repeat((byte)2, 4096), page);
     }
 
+    private static IEnumerable<ulong> PlainPages() =>
+        Enumerable.Range(0, PagingHarness.Pages).Select(p => (ulong)p).Where(p => PagingHarness.GuestPage(p).Class == PageClass.Plain);
+
+    public static TheoryData<string> PlainAttacks => ["flip", "swap", "rollback"];
+
+    /// <summary>Pages that travel as-is (plain) are not secret but are authenticated all the same: a
+    /// sub-host that alters one, swaps two or serves one's version from before a page-out is caught.</summary>
+    [Theory]
+    [MemberData(nameof(PlainAttacks))]
+    public async Task Plain_page_tampering_is_caught_every_time(string attack)
+    {
+        var evil = new TamperingStore(new InMemoryPageStore(10_000));
+        await using var h = await PagingHarness.StartAsync(rabbit, MigrationMode.Semigrate, evil);
+        await h.TransferAsync();
+        var plain = PlainPages().ToList();
+        if (attack == "rollback")
+        {
+            // Each plain page is written by the guest and paged out (sealed, version 2): version 1 is stale.
+            foreach (var pfn in plain)
+            {
+                await h.Pager.PageOutAsync(pfn, Enumerable.Repeat((byte)pfn, 4096).ToArray());
+            }
+        }
+        var random = new Random(attack.Length);
+        evil.Tamper = (vm, pfn, stored, store) => attack switch
+        {
+            "flip" => Flip(stored, random),
+            "swap" => Relabelled(store.Honest(vm, pfn == plain[0] ? plain[1] : plain[0])!, pfn),
+            _ => store.History(vm, pfn)[0],
+        };
+
+        var (tries, refused, wrongBytesDelivered) = (0, 0, 0);
+        var page = new byte[4096];
+        foreach (var pfn in plain)
+        {
+            tries++;
+            page.AsSpan().Fill(0xcc);
+            try
+            {
+                await h.Pager.PageInAsync(pfn, page);
+            }
+            catch (PageIntegrityException e) when ((e.Pfn, e.Host) == (pfn, h.Host))
+            {
+                refused++;
+            }
+            // Whatever happened, the guest's buffer holds nothing the sub-host made up: its old bytes or zeros.
+            wrongBytesDelivered += page.AsSpan().IndexOfAnyExcept((byte)0) < 0 || page.AsSpan().IndexOfAnyExcept((byte)0xcc) < 0 ? 0 : 1;
+        }
+        TestContext.Current.TestOutputHelper?.WriteLine($"{"attack",-46} {"tries",6} {"refused",8} {"data lost",10}");
+        TestContext.Current.TestOutputHelper?.WriteLine($"{$"plain page tampering: {attack}",-46} {tries,6} {refused,8} {wrongBytesDelivered,10}");
+        Assert.Equal((tries, 0), (refused, wrongBytesDelivered));
+        Assert.Equal(tries, h.Violations.Count); // each a security event
+
+        static byte[] Flip(byte[] stored, Random random)
+        {
+            // A bit of the page's bytes (after header and nonce): what a sub-host would change to mislead the guest.
+            var bit = (PageRecord.HeaderSize + PageRecord.NonceSize) * 8 + random.Next(PageRecord.PageSize * 8);
+            stored[bit / 8] ^= (byte)(1 << (bit % 8));
+            return stored;
+        }
+
+        static byte[] Relabelled(byte[] other, ulong pfn)
+        {
+            var copy = other.ToArray();
+            BinaryPrimitives.WriteUInt64LittleEndian(copy.AsSpan(8), pfn);
+            return copy;
+        }
+    }
+
     [Fact]
     public async Task An_administrator_who_edits_the_store_folder_is_caught()
     {
