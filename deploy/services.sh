@@ -7,8 +7,13 @@
 #
 # Settings (environment): SEMIGRATE_STATE_DIR (default /opt/semigrate), SEMIGRATE_PG_PORT (15433),
 # SEMIGRATE_AMQP_PORT (16672), SEMIGRATE_RABBIT_DIST_PORT (16673), SEMIGRATE_EPMD_PORT (16369).
-# Facts behind the choices: shared/notes/services.md (initdb refuses root; RabbitMQ's default
-# distribution port is AMQP + 20000; epmd outlives the node).
+# Facts behind the choices: initdb refuses root; RabbitMQ's default distribution port is AMQP + 20000;
+# epmd outlives the node.
+#
+# Credentials: PostgreSQL takes passwords only (scram-sha-256 over TCP; the local socket only for the
+# postgres system user), and RabbitMQ's guest (an administrator) is gone: the services' user
+# `semigrate` has no administrator tag. Both passwords are made once, kept 0600 in STATE/secrets, and
+# printed in the settings.
 set -euo pipefail
 
 STATE=${SEMIGRATE_STATE_DIR:-/opt/semigrate}
@@ -20,9 +25,19 @@ EPMD_PORT=${SEMIGRATE_EPMD_PORT:-16369}
 PG_DIR=$STATE/postgres
 RMQ_DIR=$STATE/rabbitmq
 RMQ_PID=$RMQ_DIR/rabbit.pid
+SECRETS=$STATE/secrets
 
 log() { echo "services: $*" >&2; }
 die() { echo "services: error: $*" >&2; exit 1; }
+
+# A password made once (32 letters and digits), kept owner-only.
+secret() {
+  local f=$SECRETS/$1
+  if [ ! -s "$f" ]; then
+    (umask 077; mkdir -p "$SECRETS"; head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 >"$f.tmp" && mv "$f.tmp" "$f")
+  fi
+  cat "$f"
+}
 
 pg_bin() {
   local d
@@ -65,8 +80,12 @@ pg_up() {
   if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
     log "postgres: initdb in $PG_DIR/data"
     rm -rf "$PG_DIR/data"
-    pg "initdb -D '$PG_DIR/data' -U postgres --auth=trust -E UTF8 --locale=C.UTF-8" >"$PG_DIR/log/initdb.log" 2>&1 \
-      || die "initdb failed: see $PG_DIR/log/initdb.log"
+    local pwfile=$PG_DIR/run/initdb.pw
+    (umask 077; secret postgres >"$pwfile"); chown postgres "$pwfile"
+    pg "initdb -D '$PG_DIR/data' -U postgres --auth-local=peer --auth-host=scram-sha-256 --pwfile='$pwfile' -E UTF8 --locale=C.UTF-8" \
+      >"$PG_DIR/log/initdb.log" 2>&1 || { rm -f "$pwfile"; die "initdb failed: see $PG_DIR/log/initdb.log"; }
+    rm -f "$pwfile"
+    : >"$PG_DIR/data/semigrate-passwords"
   fi
   if pg_running; then
     log "postgres: already running on 127.0.0.1:$PG_PORT"
@@ -77,10 +96,25 @@ pg_up() {
   fi
   local i
   for i in $(seq 1 60); do
-    pg "pg_isready -q -h 127.0.0.1 -p $PG_PORT -U postgres" && return 0
+    pg "pg_isready -q -h 127.0.0.1 -p $PG_PORT -U postgres" && { pg_passwords; return 0; }
     sleep 0.5
   done
   die "postgres is running but not accepting connections on 127.0.0.1:$PG_PORT"
+}
+
+# A cluster made before passwords (trust for everyone): the postgres role gets its password, and
+# pg_hba.conf takes passwords only (scram-sha-256), the local socket only for the postgres system user.
+pg_passwords() {
+  [ -f "$PG_DIR/data/semigrate-passwords" ] && return 0
+  log "postgres: password authentication (scram-sha-256) from now on"
+  local pw; pw=$(secret postgres)
+  pg "psql -q -h '$PG_DIR/run' -p $PG_PORT -U postgres -d postgres -c \"SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '$pw'\"" >&2 \
+    || die "postgres: cannot set the postgres role's password"
+  printf '%s\n' '# deploy/services.sh: passwords only' 'local all postgres peer' \
+    'host all all 127.0.0.1/32 scram-sha-256' 'host all all ::1/128 scram-sha-256' >"$PG_DIR/data/pg_hba.conf"
+  chown postgres:postgres "$PG_DIR/data/pg_hba.conf"
+  pg "pg_ctl reload -D '$PG_DIR/data'" >/dev/null || die "postgres: reload failed"
+  : >"$PG_DIR/data/semigrate-passwords"
 }
 
 pg_down() {
@@ -130,6 +164,7 @@ rmq_up() {
   if rmq_running; then
     log "rabbitmq: already running on 127.0.0.1:$AMQP_PORT"
     rmq_test_vhost
+    rmq_users
     return 0
   fi
   rm -f "$RMQ_PID"
@@ -141,6 +176,24 @@ rmq_up() {
     || die "rabbitmq did not start: see $RMQ_DIR/log/server.out and $RMQ_DIR/log"
   rmq rabbitmq-diagnostics -q ping >/dev/null || die "rabbitmq started but does not answer ping"
   rmq_test_vhost
+  rmq_users
+}
+
+# The services' own user, no administrator, on the default vhost and the tests'; guest (an
+# administrator, password guest) is deleted.
+rmq_users() {
+  [ -f "$RMQ_DIR/users" ] && return 0
+  local pw; pw=$(secret rabbitmq)
+  rmq rabbitmqctl -q add_user semigrate "$pw" >/dev/null 2>&1 || rmq rabbitmqctl -q change_password semigrate "$pw" >&2 \
+    || die "rabbitmq: cannot make the user semigrate"
+  rmq rabbitmqctl -q set_user_tags semigrate >&2
+  local vhost
+  for vhost in / semigrate-tests; do
+    rmq rabbitmqctl -q set_permissions -p "$vhost" semigrate '.*' '.*' '.*' >&2 || die "rabbitmq: cannot open $vhost to semigrate"
+  done
+  rmq rabbitmqctl -q delete_user guest >/dev/null 2>&1 || true
+  log "rabbitmq: user semigrate (no administrator); guest deleted"
+  : >"$RMQ_DIR/users"
 }
 
 # The tests' own virtual host: what they publish never reaches the queues of the demo's or an
@@ -149,7 +202,6 @@ rmq_up() {
 rmq_test_vhost() {
   [ -f "$RMQ_DIR/test-vhost" ] && return 0
   rmq rabbitmqctl -q add_vhost semigrate-tests >/dev/null 2>&1 || true
-  rmq rabbitmqctl -q set_permissions -p semigrate-tests guest '.*' '.*' '.*' >&2 || die "rabbitmq: cannot open the vhost semigrate-tests to guest"
   : >"$RMQ_DIR/test-vhost"
 }
 
@@ -170,8 +222,8 @@ rmq_down() {
 # --- commands ---------------------------------------------------------------------------------
 
 print_env() {
-  echo "SEMIGRATE__Postgres__ConnectionString='Host=127.0.0.1;Port=$PG_PORT;Username=postgres;Database=postgres'"
-  echo "SEMIGRATE__RabbitMq__Uri='amqp://guest:guest@127.0.0.1:$AMQP_PORT/'"
+  echo "SEMIGRATE__Postgres__ConnectionString='Host=127.0.0.1;Port=$PG_PORT;Username=postgres;Password=$(secret postgres);Database=postgres'"
+  echo "SEMIGRATE__RabbitMq__Uri='amqp://semigrate:$(secret rabbitmq)@127.0.0.1:$AMQP_PORT/'"
 }
 
 status() {

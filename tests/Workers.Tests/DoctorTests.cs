@@ -47,6 +47,23 @@ public class DoctorTests
     }
 
     [Fact]
+    public async Task The_services_take_passwords_only_and_doctor_names_the_setting_that_lacks_one()
+    {
+        var env = await RunningServices();
+        var (pg, amqp) = (new Npgsql.NpgsqlConnectionStringBuilder(env["SEMIGRATE__Postgres__ConnectionString"]), new Uri(env["SEMIGRATE__RabbitMq__Uri"]));
+        Assert.False(string.IsNullOrEmpty(pg.Password), "the services' settings carry PostgreSQL's password");
+        Assert.StartsWith("semigrate:", amqp.UserInfo, StringComparison.Ordinal);
+        env["SEMIGRATE__Postgres__ConnectionString"] = new Npgsql.NpgsqlConnectionStringBuilder(pg.ConnectionString) { Password = null }.ConnectionString;
+        env["SEMIGRATE__RabbitMq__Uri"] = new UriBuilder(amqp) { UserName = "guest", Password = "guest" }.Uri.ToString(); // the broker's old administrator
+
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"^postgres\s+FAILED\s+Postgres:ConnectionString has no password for postgres", Line(r.Stdout, "postgres"));
+        Assert.Matches(@"^rabbitmq\s+FAILED\s+RabbitMq:Uri logs in as guest, whom the broker refuses", Line(r.Stdout, "rabbitmq"));
+    }
+
+    [Fact]
     public async Task A_configured_but_unreachable_Temporal_fails_the_check()
     {
         var env = await RunningServices();

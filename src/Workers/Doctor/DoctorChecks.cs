@@ -54,7 +54,16 @@ public sealed class DoctorChecks(
         var csb = new NpgsqlConnectionStringBuilder(o.ConnectionString) { Timeout = 5 };
         await using (var connection = new NpgsqlConnection(csb.ConnectionString))
         {
-            await connection.OpenAsync(ct);
+            try
+            {
+                await connection.OpenAsync(ct);
+            }
+            catch (Exception e) when (e is NpgsqlException { SqlState: "28P01" or "28000" } || e.Message.Contains("password", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new InvalidOperationException(
+                    $"Postgres:ConnectionString has {(string.IsNullOrEmpty(csb.Password) ? "no password" : "a password the server refuses")} for {csb.Username}"
+                    + " (deploy/services.sh up prints the settings with the password it made)", e);
+            }
         }
         await using var store = DocumentStore.For(m =>
         {
@@ -71,7 +80,18 @@ public sealed class DoctorChecks(
         var factory = rabbitMq.Value.ConnectionFactory("semigrate doctor");
         factory.RequestedConnectionTimeout = TimeSpan.FromSeconds(5);
         factory.AutomaticRecoveryEnabled = false;
-        await using var connection = await factory.CreateConnectionAsync(ct);
+        RabbitMQ.Client.IConnection connection;
+        try
+        {
+            connection = await factory.CreateConnectionAsync(ct);
+        }
+        catch (RabbitMQ.Client.Exceptions.BrokerUnreachableException e) when (e.InnerException is RabbitMQ.Client.Exceptions.AuthenticationFailureException
+                                                                             || e.Message.Contains("ACCESS_REFUSED", StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException(
+                $"RabbitMq:Uri logs in as {factory.UserName}, whom the broker refuses (deploy/services.sh up prints the settings with its user and password)", e);
+        }
+        await using var _ = connection;
         await using var channel = await connection.CreateChannelAsync(cancellationToken: ct);
         var version = connection.ServerProperties?.TryGetValue("version", out var v) == true && v is byte[] b
             ? System.Text.Encoding.UTF8.GetString(b)
