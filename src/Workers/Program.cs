@@ -42,5 +42,9 @@ catch (Exception e)
 #pragma warning restore CA1031
 {
     await Console.Error.WriteLineAsync($"semigrate: {e.GetType().Name}: {e.Message}");
+    for (var cause = e.InnerException; cause is not null; cause = cause.InnerException)
+    {
+        await Console.Error.WriteLineAsync($"semigrate:   because {cause.GetType().Name}: {cause.Message}"); // the cause is often the one to act on
+    }
     return 1;
 }

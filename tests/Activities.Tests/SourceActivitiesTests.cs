@@ -74,17 +74,35 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         Assert.Contains(why, e.Message, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task A_retried_transfer_resumes_from_its_last_heartbeat_and_sends_nothing_below_it()
+    /// <summary>The guest introspected, and a destination's memory server serving its VM, for a transfer.</summary>
+    private sealed record ServedVm(Guid Migration, IntrospectGuest Intro, IntrospectionResult Found, string Host, InMemoryPageStore Store, PageServer Server)
+        : IAsyncDisposable
     {
-        var ct = TestContext.Current.CancellationToken;
+        public async ValueTask DisposeAsync()
+        {
+            await Server.DisposeAsync();
+            Store.Dispose();
+        }
+    }
+
+    private async Task<ServedVm> IntrospectedToADestinationAsync(CancellationToken ct)
+    {
         var migration = Guid.NewGuid();
         var intro = Introspect(migration);
         var found = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
         var host = rabbit.Name("dest");
-        using var store = new InMemoryPageStore(200_000);
-        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = 200_000 }, store, NullLogger.Instance, ct);
+        var store = new InMemoryPageStore(200_000);
+        var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = 200_000 }, store, NullLogger.Instance, ct);
         await client.StartVmAsync(host, intro.Vm, MigrationMode.Semigrate, found.Pages.Total, ct);
+        return new ServedVm(migration, intro, found, host, store, server);
+    }
+
+    [Fact]
+    public async Task A_retried_transfer_resumes_from_its_last_heartbeat_and_sends_nothing_below_it()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var d = await IntrospectedToADestinationAsync(ct);
+        var (migration, intro, found, host, store) = (d.Migration, d.Intro, d.Found, d.Host, d.Store);
         var resumeAt = found.PfnLimit / 2;
         var heartbeats = new List<TransferProgress>();
         var env = new ActivityEnvironment
@@ -123,13 +141,8 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     public async Task Under_Temporal_a_transfer_signals_its_workflow_its_progress_sparsely_and_its_last_beat()
     {
         var ct = TestContext.Current.CancellationToken;
-        var migration = Guid.NewGuid();
-        var intro = Introspect(migration);
-        var found = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
-        var host = rabbit.Name("dest");
-        using var store = new InMemoryPageStore(200_000);
-        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = 200_000 }, store, NullLogger.Instance, ct);
-        await client.StartVmAsync(host, intro.Vm, MigrationMode.Semigrate, found.Pages.Total, ct);
+        await using var d = await IntrospectedToADestinationAsync(ct);
+        var (migration, intro, found, host) = (d.Migration, d.Intro, d.Found, d.Host);
         var heartbeats = new List<TransferProgress>();
         var signals = new SignalRecorder();
         var env = new ActivityEnvironment

@@ -72,7 +72,8 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
             var until = DateTime.UtcNow.AddSeconds(60);
             while ((await client.UsageAsync(run.Main, ct)).PagesPerVm.GetValueOrDefault(vm) == 0)
             {
-                Assert.True(DateTime.UtcNow < until && !process.HasExited, "the transfer never started");
+                Assert.True(DateTime.UtcNow < until && !process.HasExited,
+                    $"the transfer never started{(process.HasExited ? $": migrate exited {process.ExitCode}: {await stderr}" : "")}");
                 await Task.Delay(100, ct);
             }
 

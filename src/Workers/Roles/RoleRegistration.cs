@@ -200,8 +200,13 @@ public static class RoleRegistration
             o.Projections.Add<MigrationSummaryProjection>(ProjectionLifecycle.Inline);
             o.Projections.Add<VmPagingSummaryProjection>(ProjectionLifecycle.Inline);
             o.Projections.Add<FleetHostProjection>(ProjectionLifecycle.Inline);
+            // Documents stored outside projections: known up front, so AuditTrailSchema makes their tables too.
+            o.RegisterDocumentType<AuditedMessage>();
+            o.RegisterDocumentType<Embedded.DrainSchedule>();
             return o;
         }).UseLightweightSessions();
+        // First of the hosted services: the schema is there before the bus or the engine use the store.
+        builder.Services.Insert(0, ServiceDescriptor.Singleton<IHostedService, AuditTrailSchema>());
         return builder;
     }
 
