@@ -105,25 +105,37 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
             await run.AssertAuditedAsync(request.MigrationId, ct);
             await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             var events = (await query.Events.FetchStreamAsync(request.MigrationId, token: ct)).Select(e => e.Data).ToList();
-            var lost = Assert.Single(events.OfType<DestinationLost>());
-            Assert.Equal((victim, 2), (lost.Host, lost.Round));
+            var lost = events.OfType<DestinationLost>().SingleOrDefault();
             var resent = outcome.Transfers.Single(t => t.Host == victim);
-            var restarted = JsonSerializer.Deserialize<PagingStarted>(events.OfType<StepCompleted>().Single(s => s.Step == StepKeys.StartPaging(victim, 2)).Result,
-                new JsonSerializerOptions(JsonSerializerDefaults.Web))!;
+            PagingStarted Restarted() => JsonSerializer.Deserialize<PagingStarted>(
+                events.OfType<StepCompleted>().Single(s => s.Step == StepKeys.StartPaging(victim, 2)).Result, new JsonSerializerOptions(JsonSerializerDefaults.Web))!;
             if (victim == run.Sub1)
             {
-                // It kept nothing: everything sent before the kill went again.
-                Assert.Equal(0, restarted.HeldPages);
+                // It kept nothing: the VM is gone there, paging starts again and everything sent before the kill goes again.
+                Assert.Equal((victim, 2), (lost?.Host, lost?.Round));
+                Assert.Equal(0, Restarted().HeldPages);
                 Assert.True(resent.ResentBytes >= atKill.Bytes * 9 / 10, $"trial {trial}: {resent} after {atKill}");
             }
             else
             {
-                // It kept what it had acknowledged: only what was in flight at the kill went again (as
-                // when the source is killed: 10 MiB leaves room for a slow machine).
-                Assert.True(restarted.HeldPages > 0, $"trial {trial}: {restarted}");
+                // It kept what it had acknowledged and serves the VM again as it starts. A request sent while
+                // it was down finds no queue: the VM counts as lost and a second round sends what it had not
+                // acknowledged; if none was sent meanwhile (the window full of requests lost with it), a probe
+                // finds them lost and the transfer's next attempt sends them again. Either way only what
+                // was in flight at the kill went again (as when the source is killed: 10 MiB leaves room
+                // for a slow machine).
+                if (lost is not null)
+                {
+                    Assert.Equal((victim, 2), (lost.Host, lost.Round));
+                    Assert.True(Restarted().HeldPages > 0, $"trial {trial}: {Restarted()}");
+                }
+                else
+                {
+                    Assert.True(resent.Attempts > 1, $"trial {trial}: neither lost nor retried: {resent}");
+                }
                 Assert.True(resent.ResentBytes <= 10L << 20, $"trial {trial}: {resent} after {atKill}");
             }
-            report.Add($"trial {trial}: {victim} ({kept}) killed after {atKill.Bytes / 1048576.0:0.0} MiB, {atKill.PagesSent} of its {atKill.PagesTotal} pages, "
+            report.Add($"trial {trial}: {victim} ({kept}, {(lost is null ? $"retried, {resent.Attempts} attempts" : "lost, round 2")}) killed after {atKill.Bytes / 1048576.0:0.0} MiB, {atKill.PagesSent} of its {atKill.PagesTotal} pages, "
                 + $"switched over {took.TotalSeconds:0.0} s later; {resent.Bytes >> 20} MiB sent to it in all, {resent.ResentBytes >> 20} MiB of them again");
 
             var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
