@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Processes;
@@ -23,8 +25,14 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
             ["SEMIGRATE__Postgres__Schema"] = postgres.Schema,
             ["SEMIGRATE__Audit__Queue"] = audit,
         };
+        // The VM was migrated by this test's orchestrator a moment ago, and stopped since: another process
+        // may migrate it again at once (the first one's locks went with its connection).
+        var earlier = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+        Assert.Equal(MigrationState.SwitchedOver, (await run.MigrateAsync(earlier, ct)).State);
+        await run.Steps.StopVmAsync(new StopVm(earlier.MigrationId, earlier.Vm, run.Main), ct);
+
         var r = await SemigrateProcess.RunAsync(environment, "migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source,
-            "--main", $"{run.Main}:80M", "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--json");
+            "--main", $"{run.Main}:80M", "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--vm", earlier.Vm.ToString(), "--json");
 
         Assert.True(r.ExitCode == 0, r.Stderr);
         using var outcome = JsonDocument.Parse(r.Stdout);

@@ -96,7 +96,7 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
     /// <summary>The migration's lock, held by an open connection; null if another orchestrator holds it.</summary>
     private async Task<NpgsqlConnection?> TryDriveAsync(Guid migrationId, CancellationToken ct)
     {
-        var connection = new NpgsqlConnection(postgres.Value.ConnectionString);
+        var connection = new NpgsqlConnection(LockHolding(postgres.Value.ConnectionString));
         await connection.OpenAsync(ct);
         if (await TryLockAsync(connection, LockKey(migrationId), ct))
         {
@@ -105,6 +105,11 @@ public sealed class EmbeddedEngine(EmbeddedSteps steps, IDocumentStore store, IO
         await connection.DisposeAsync();
         return null;
     }
+
+    /// <summary>A connection that holds session locks is not pooled: closing it must end the session, or
+    /// its locks would stay with the pooled connection (until Npgsql resets it on its next use, or drops
+    /// it minutes later), and other orchestrators would find a finished migration's VM still locked.</summary>
+    public static string LockHolding(string connectionString) => new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false }.ConnectionString;
 
     private static async Task<bool> TryLockAsync(NpgsqlConnection connection, long key, CancellationToken ct)
     {

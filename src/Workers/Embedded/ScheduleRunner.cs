@@ -46,7 +46,7 @@ public sealed class ScheduleRunner(IDocumentStore store, DrainRunner drains, IOp
         var runs = new List<Task>();
         foreach (var schedule in due)
         {
-            var connection = new NpgsqlConnection(postgres.Value.ConnectionString);
+            var connection = new NpgsqlConnection(EmbeddedEngine.LockHolding(postgres.Value.ConnectionString));
             await connection.OpenAsync(ct);
             var locked = await TryLockAsync(connection, schedule.Id, ct);
             var fresh = await ReloadAsync(schedule.Id, ct);
