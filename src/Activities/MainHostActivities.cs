@@ -22,7 +22,7 @@ namespace SEmigrate.Activities;
 /// share from this host's store, where the source's transfer put it, the rest from the sub-hosts), and
 /// digest the VM's memory as the pager serves it.</summary>
 public sealed class MainHostActivities(
-    HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, AuditRoute audit, ILogger<MainHostActivities> logger)
+    HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, AuditRoute audit, StepGuard guard, ILogger<MainHostActivities> logger)
 {
     /// <summary>Pages read per pager call when digesting: 2 MiB, a FUSE block.</summary>
     private const int ReadBatch = 512;
@@ -37,9 +37,18 @@ public sealed class MainHostActivities(
         {
             throw new ApplicationFailureException($"switch-over for main host {input.Main} reached host {host.Host}", nonRetryable: true);
         }
-        if (vms.Find(input.Vm) is { } running && running.MigrationId == input.MigrationId)
+        var request = await guard.AllowAsync(nameof(SwitchOver), input.MigrationId, input.Vm, input.Request);
+        if (vms.Find(input.Vm) is { } running)
         {
-            return running.SwitchedOver; // a retry after the answer was lost: the VM already runs here
+            return running.MigrationId == input.MigrationId ? running.SwitchedOver // a retry after the answer was lost: the VM already runs here
+                : throw await guard.RefuseAsync(nameof(SwitchOver), input.MigrationId, input.Vm, $"VM {input.Vm} already runs here, brought by migration {running.MigrationId}");
+        }
+        if (request.Main.Host != host.Host || request.Mode != input.Mode
+            || input.Placement.Assignments.Any(a => !StepGuard.IsDestination(request, a.Host)))
+        {
+            throw await guard.RefuseAsync(nameof(SwitchOver), input.MigrationId, input.Vm,
+                $"the request moves the VM in {request.Mode} to main host {request.Main.Host} and sub-hosts {string.Join(", ", request.SubHosts.Select(d => d.Host))}; " +
+                $"this switch-over is in {input.Mode} at {host.Host} with pages at {string.Join(", ", input.Placement.Assignments.Select(a => a.Host).Distinct())}");
         }
         using var heartbeats = StepToken.Heartbeats(TimeSpan.FromSeconds(2));
         var ct = StepToken.Current;
@@ -96,7 +105,8 @@ public sealed class MainHostActivities(
         var (guest, ram, memory) = live
             ? await RunAsync(input, kit, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
-        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest);
+        var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest,
+            key.Receipt(input.MigrationId, input.Vm, host.Host));
         vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);

@@ -11,12 +11,18 @@ namespace SEmigrate.Activities;
 
 /// <summary>A destination's steps (main host or sub-host): serve a VM's pages on this host's memory
 /// server, and release them. The main host also hands out its public key here, for the data key.</summary>
-public sealed class PagingActivities(HostContext host, PageClient client, HostKeyPair? mainHostKeys = null)
+public sealed class PagingActivities(HostContext host, PageClient client, StepGuard guard, HostKeyPair? mainHostKeys = null)
 {
     [Activity("StartPaging")]
     public async Task<PagingStarted> StartPagingAsync(StartPaging input)
     {
         CheckHost(input.Host);
+        var request = await guard.AllowAsync(nameof(StartPaging), input.MigrationId, input.Vm, input.Request);
+        if (!StepGuard.IsDestination(request, host.Host) || request.Mode != input.Mode)
+        {
+            throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm,
+                $"the request sends pages in {request.Mode} to {string.Join(", ", request.SubHosts.Prepend(request.Main).Select(d => d.Host))}, not in {input.Mode} to {host.Host}");
+        }
         // Placement trusted the capacity the operator gave; the memory server knows what it has left.
         var usage = await client.UsageAsync(host.Host, StepToken.Current);
         var already = usage.PagesPerVm.GetValueOrDefault(input.Vm);
@@ -46,6 +52,11 @@ public sealed class PagingActivities(HostContext host, PageClient client, HostKe
     public async Task<PagingReleased> ReleasePagingAsync(ReleasePaging input)
     {
         CheckHost(input.Host);
+        var request = await guard.AllowAsync(nameof(ReleasePaging), input.MigrationId, input.Vm, input.Request, expiredToo: true);
+        if (!StepGuard.IsDestination(request, host.Host))
+        {
+            throw await guard.RefuseAsync(nameof(ReleasePaging), input.MigrationId, input.Vm, $"the request sends no pages to {host.Host}");
+        }
         try
         {
             return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, StepToken.Current));

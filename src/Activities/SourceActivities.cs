@@ -24,7 +24,7 @@ namespace SEmigrate.Activities;
 /// the classification and keys stay here; the steps take and return small records that name no file.
 /// <paramref name="mainHost"/>: on a host that is a main host too, the running guests it took over move on
 /// from here as well.</summary>
-public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, ILogger<SourceActivities> logger, MainHostActivities? mainHost = null)
+public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, StepGuard guard, ILogger<SourceActivities> logger, MainHostActivities? mainHost = null)
 {
     /// <summary>Pages per chunk for placement; large VMs get larger chunks so the list stays small.</summary>
     private const int MaxChunks = 4096;
@@ -33,17 +33,52 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     private readonly Throttle throttle = new();
 
     [Activity("MeasureGuest")]
-    public Task<GuestLayout> MeasureAsync(MeasureGuest input) => Task.Run(() =>
+    public async Task<GuestLayout> MeasureAsync(MeasureGuest input)
+    {
+        var request = await guard.AllowAsync(nameof(MeasureGuest), input.MigrationId, input.Vm, input.Request);
+        if (request.Source != host.Host || request.Guest != input.Guest)
+        {
+            throw await guard.RefuseAsync(nameof(MeasureGuest), input.MigrationId, input.Vm,
+                $"the request moves guest '{request.Guest}' of {request.Source}, not '{input.Guest}' of {host.Host}");
+        }
+        await RefuseEndedAsync(nameof(MeasureGuest), input.MigrationId, input.Vm);
+        return await Task.Run(() => Measure(input));
+    }
+
+    private GuestLayout Measure(MeasureGuest input)
     {
         var guest = FindGuest(input.Guest);
         using var memory = guest.OpenMemory(); // the ranges only: a running guest runs on
         return Layout(memory, HandOverPages(guest, memory.PfnLimit));
-    });
+    }
+
+    /// <summary>A migration whose source was released here is over: a step of it again is a replay.</summary>
+    private async Task RefuseEndedAsync(string step, Guid migrationId, Guid vm)
+    {
+        if (State(migrationId).Released)
+        {
+            throw await guard.RefuseAsync(step, migrationId, vm, $"migration {migrationId} already ended at {host.Host} (a replay)");
+        }
+    }
 
     [Activity("Introspect")]
     public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input) => IntrospectAsync(input, ActivityExecutionContext.Current.CancellationToken);
 
-    public Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input, CancellationToken ct) => Task.Run(async () =>
+    public async Task<IntrospectionResult> IntrospectAsync(IntrospectGuest input, CancellationToken ct)
+    {
+        var request = await guard.AllowAsync(nameof(IntrospectGuest), input.MigrationId, input.Vm, input.Request);
+        if (request.Source != host.Host || request.Guest != input.Guest || request.Mode != input.Mode
+            || !request.PlainProcesses.SequenceEqual(input.PlainProcesses, StringComparer.Ordinal))
+        {
+            throw await guard.RefuseAsync(nameof(IntrospectGuest), input.MigrationId, input.Vm,
+                $"the request moves guest '{request.Guest}' of {request.Source} in {request.Mode} (plain: {string.Join(",", request.PlainProcesses)}), " +
+                $"not '{input.Guest}' of {host.Host} in {input.Mode} (plain: {string.Join(",", input.PlainProcesses)})");
+        }
+        await RefuseEndedAsync(nameof(IntrospectGuest), input.MigrationId, input.Vm);
+        return await Task.Run(() => IntrospectAllowedAsync(input, ct), ct);
+    }
+
+    private async Task<IntrospectionResult> IntrospectAllowedAsync(IntrospectGuest input, CancellationToken ct)
     {
         var guest = FindGuest(input.Guest);
         var live = guest.Live;
@@ -78,7 +113,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             }
             throw;
         }
-    }, ct);
+    }
 
     private IntrospectionResult Classify(IntrospectGuest input, SourceGuest guest, KernelLayout layout, bool live, DateTimeOffset? pausedAt,
         CancellationToken ct)
@@ -137,6 +172,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     /// its own checkpoint file) and sends nothing below it again; storing a page twice is harmless.</summary>
     public async Task<TransferResult> TransferAsync(TransferPages input, CancellationToken ct)
     {
+        await AllowTransferAsync(input);
         var a = input.Assignment;
         // One transfer per destination at a time: a request redelivered after a crash waits for the
         // retry running now and then finds the work done.
@@ -318,6 +354,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     [Activity("HandOver")]
     public async Task<HandedOver> HandOverAsync(HandOver input)
     {
+        var request = await guard.AllowAsync(nameof(HandOver), input.MigrationId, input.Vm, input.Request);
+        await RefuseEndedAsync(nameof(HandOver), input.MigrationId, input.Vm);
+        // The data key is wrapped only for the main host the operator named, under the key it pinned.
+        if (input.Main != request.Main.Host || StepGuard.PinnedKey(request, input.Main) is not { } pinned || !pinned.AsSpan().SequenceEqual(input.MainPublicKey))
+        {
+            throw await guard.RefuseAsync(nameof(HandOver), input.MigrationId, input.Vm,
+                $"the data key would be wrapped for {input.Main}'s key {KeyPrint(input.MainPublicKey)}; the request's main host is {request.Main.Host}, " +
+                $"its pinned key {(StepGuard.PinnedKey(request, request.Main.Host) is { } k ? KeyPrint(k) : "missing")}");
+        }
         var state = State(input.MigrationId);
         var guest = state.Guest;
         var codec = new PageCodec(guest.Mode, input.Vm, null, null);
@@ -395,7 +440,17 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     [Activity("ReleaseSource")]
     public async Task<SourceReleased> ReleaseSourceAsync(ReleaseSource input)
     {
+        var request = await guard.AllowAsync(nameof(ReleaseSource), input.MigrationId, input.Vm, input.Request, expiredToo: true);
         var state = State(input.MigrationId);
+        if (state.Released)
+        {
+            return new SourceReleased(input.VmLeft); // done before (a retry, or a replay: nothing left to do)
+        }
+        if (input.VmLeft && !(File.Exists(state.KeyPath) && input.Receipt is { } receipt && HasReceipt(state, receipt, input, request.Main.Host)))
+        {
+            throw await guard.RefuseAsync(nameof(ReleaseSource), input.MigrationId, input.Vm,
+                $"that the VM left takes the switch-over receipt of main host {request.Main.Host}, and {(input.Receipt is null ? "none came" : "this one is not it")}");
+        }
         if (state.HasGuest && state.Guest is { Live: true } guest && TryFindGuest(guest.Name) is { } here
             && (here.TakenOver is not null || File.Exists(LiveGuest.SocketIn(here.Kit))))
         {
@@ -414,6 +469,49 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             input.Vm, input.MigrationId);
         return new SourceReleased(input.VmLeft);
     }
+
+    /// <summary>Refuses a transfer the request does not allow: another mode, or an assignment that is not in
+    /// the placement this host computes from the request and its own guest's layout.</summary>
+    private async Task AllowTransferAsync(TransferPages input)
+    {
+        const string step = nameof(TransferPages);
+        var request = await guard.AllowAsync(step, input.MigrationId, input.Vm, input.Request);
+        await RefuseEndedAsync(step, input.MigrationId, input.Vm);
+        var state = State(input.MigrationId);
+        var guest = state.HasGuest ? state.Guest : throw await guard.RefuseAsync(step, input.MigrationId, input.Vm, "the guest was not introspected here for this migration");
+        if (input.Mode != request.Mode || guest.Mode != request.Mode)
+        {
+            throw await guard.RefuseAsync(step, input.MigrationId, input.Vm, $"the transfer is in {input.Mode}, the request's mode is {request.Mode}");
+        }
+        PlacementPlan plan;
+        using (var memory = FindGuest(guest.Name).OpenMemory())
+        {
+            var layout = Layout(memory, 0);
+            try
+            {
+                plan = Placement.Plan(layout.ChunkGuestPages, layout.ChunkPages, request.Main, request.SubHosts);
+            }
+            catch (PlacementException e)
+            {
+                throw await guard.RefuseAsync(step, input.MigrationId, input.Vm, $"the request places no pages here: {e.Message}");
+            }
+        }
+        if (!plan.Assignments.Contains(input.Assignment))
+        {
+            var a = input.Assignment;
+            throw await guard.RefuseAsync(step, input.MigrationId, input.Vm,
+                $"pages 0x{a.FirstPfn:x}-0x{a.EndPfn:x} to {a.Host} are not in the placement of the request ({string.Join(", ", plan.Assignments.Select(p => $"{p.Host} 0x{p.FirstPfn:x}-0x{p.EndPfn:x}"))})");
+        }
+    }
+
+    private static bool HasReceipt(SourceState state, byte[] receipt, ReleaseSource input, string main)
+    {
+        using var key = state.LoadKey();
+        return key.IsReceipt(receipt, input.MigrationId, input.Vm, main);
+    }
+
+    /// <summary>A public key's fingerprint for messages: the first bytes of its SHA-256.</summary>
+    public static string KeyPrint(byte[] key) => Convert.ToHexString(SHA256.HashData(key).AsSpan(0, 8));
 
     /// <summary>What the wrapped data key is bound to: a wrap for another migration or host does not open.</summary>
     public static string KeyContext(Guid migrationId, string main) => $"semigrate-data-key|{migrationId:N}|{main}";

@@ -43,9 +43,16 @@ public sealed class SourceState(string directory)
     public void SaveCheckpoint(string host, TransferCheckpoint checkpoint) =>
         WriteAtomically(CheckpointPath(host), JsonSerializer.Serialize(checkpoint));
 
-    /// <summary>Drops the key (overwritten first) and the checkpoints; the map stays for inspection.</summary>
+    /// <summary>Whether the migration was released here: it is over, and no step of it runs again.</summary>
+    public bool Released => File.Exists(ReleasedPath);
+
+    private string ReleasedPath => Path.Combine(directory, "released");
+
+    /// <summary>Drops the key (overwritten first) and the checkpoints, and marks the migration over; the map
+    /// stays for inspection.</summary>
     public void Release()
     {
+        File.WriteAllText(ReleasedPath, ""); // first: from here on, no step of this migration runs here
         if (File.Exists(KeyPath))
         {
             File.WriteAllBytes(KeyPath, new byte[DataKey.Size]);

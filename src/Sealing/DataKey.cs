@@ -67,6 +67,26 @@ public sealed class DataKey : IDisposable
     public DataKey ChannelKey(Guid vm, string host) =>
         new(HKDF.DeriveKey(HashAlgorithmName.SHA256, key, Size, vm.ToByteArray(), Encoding.UTF8.GetBytes($"SEmigrate allenc channel v1|{host}")));
 
+    /// <summary>The main host's receipt for a switch-over: an HMAC under a key derived from this one, over the
+    /// migration, VM and main host. Only who holds the data key (the source, and the main host that unwrapped
+    /// it) can make one, so a forged "the VM has left" cannot end the source's copy.</summary>
+    public byte[] Receipt(Guid migrationId, Guid vm, string main)
+    {
+        var receiptKey = HKDF.DeriveKey(HashAlgorithmName.SHA256, key, Size, vm.ToByteArray(), Encoding.ASCII.GetBytes("SEmigrate switch-over receipt v1"));
+        try
+        {
+            return HMACSHA256.HashData(receiptKey, Encoding.UTF8.GetBytes($"{migrationId:N}|{vm:N}|{main}"));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(receiptKey);
+        }
+    }
+
+    /// <summary>Whether <paramref name="receipt"/> is this key's receipt for the switch-over (compared in constant time).</summary>
+    public bool IsReceipt(ReadOnlySpan<byte> receipt, Guid migrationId, Guid vm, string main) =>
+        CryptographicOperations.FixedTimeEquals(receipt, Receipt(migrationId, vm, main));
+
     public override string ToString() => "DataKey(hidden)";
 
     public void Dispose() => CryptographicOperations.ZeroMemory(key);

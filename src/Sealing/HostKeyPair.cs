@@ -24,9 +24,24 @@ public sealed class HostKeyPair : IDisposable
         ecdh.Dispose();
         var pair = Generate();
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        File.WriteAllBytes(path, []);
-        File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        File.WriteAllBytes(path, pair.ecdh.ExportPkcs8PrivateKey());
+        // Made 0600 before a byte is in it, and whole or not at all: a crash never leaves half a key.
+        var temporary = $"{path}.{Environment.ProcessId}.tmp";
+        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
+        using (var file = new FileStream(temporary, options))
+        {
+            file.Write(pair.ecdh.ExportPkcs8PrivateKey());
+            file.Flush(flushToDisk: true);
+        }
+        try
+        {
+            File.Move(temporary, path, overwrite: false);
+        }
+        catch (IOException) when (File.Exists(path))
+        {
+            File.Delete(temporary); // another process made it first: that one is the host's key
+            pair.Dispose();
+            return LoadOrCreate(path);
+        }
         return pair;
     }
 

@@ -15,6 +15,7 @@ var root = new RootCommand("SEmigrate: split migration of large-memory VMs witho
     .AddVmCommand()
     .AddMaintenanceCommand()
     .AddTemporalCommand()
+    .AddTrustCommands()
     .AddDemoCommand();
 
 try

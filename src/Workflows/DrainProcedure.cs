@@ -23,7 +23,10 @@ public sealed class DrainProcedure(IDrainSteps steps)
     public async Task<DrainReport> RunAsync(DrainHost drain, CancellationToken ct)
     {
         var inventory = await steps.InventoryAsync(drain.Host, ct);
-        var room = inventory.Hosts.Where(h => h.Host != drain.Host).ToDictionary(h => h.Host, h => h.FreePages, StringComparer.Ordinal);
+        // Only the hosts the operator's order allows (and pinned keys for) take guests.
+        var allowed = drain.Order?.Hosts.Select(h => h.Host).ToHashSet(StringComparer.Ordinal);
+        var room = inventory.Hosts.Where(h => h.Host != drain.Host && (allowed is null || allowed.Contains(h.Host)))
+            .ToDictionary(h => h.Host, h => h.FreePages, StringComparer.Ordinal);
         var planned = new List<(DrainGuest Guest, MigrationRequest Request)>();
         var notMoved = new List<DrainNotMoved>();
         foreach (var guest in inventory.Guests.OrderByDescending(g => g.Pages).ThenBy(g => g.Name, StringComparer.Ordinal))
@@ -106,7 +109,7 @@ public sealed class DrainProcedure(IDrainSteps steps)
         // Whole chunks are placed: the main host takes no more than its share, and the sub-hosts, which
         // take what is left, are offered a little of their room beyond theirs for the last chunk.
         return new MigrationRequest(IdOf(drain, guest, "migration"), IdOf(drain, guest, "vm"), guest.Name, drain.Host, new Destination(main.Host, atMain),
-            [.. subs.Select(s => s with { CapacityPages = s.CapacityPages + Slack(room, s.Host) })], drain.Mode, drain.PlainProcesses);
+            [.. subs.Select(s => s with { CapacityPages = s.CapacityPages + Slack(room, s.Host) })], drain.Mode, drain.PlainProcesses, Order: drain.Order);
     }
 
     /// <summary>Room the main host keeps for what the hand-over brings beside the guest's pages (the

@@ -55,7 +55,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         {
             if (pagingFirst)
             {
-                layout = await steps.MeasureAsync(request.Source, new MeasureGuest(id, request.Vm, request.Guest), ct);
+                layout = await steps.MeasureAsync(request.Source, new MeasureGuest(id, request.Vm, request.Guest, request), ct);
             }
             else
             {
@@ -85,7 +85,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             long Share(string host) => plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages);
             long ArrivingAt(string host) => guest is null ? Share(host) : plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a));
             var starts = destinations.ToDictionary(host => host,
-                host => new StartPaging(id, request.Vm, host, request.Mode, Share(host) + HandedOverTo(host), ArrivingAt(host) + HandedOverTo(host)), StringComparer.Ordinal);
+                host => new StartPaging(id, request.Vm, host, request.Mode, Share(host) + HandedOverTo(host), ArrivingAt(host) + HandedOverTo(host), Request: request),
+                StringComparer.Ordinal);
             var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host, starts[host], ct)));
             var keys = started.ToDictionary(s => s.Host, StringComparer.Ordinal);
             state = MigrationState.PagingStarted;
@@ -101,7 +102,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
 
             state = MigrationState.Transferring;
             var mainKey = keys[request.Main.Host].HostKey ?? throw new InvalidOperationException($"main host {request.Main.Host} sent no public key");
-            Task<HandedOver> HandOverAsync() => steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host, mainKey), ct);
+            Task<HandedOver> HandOverAsync() => steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host, mainKey, request), ct);
             // The hand-over needs only the paused guest and the main host's key, so it runs beside the
             // transfers: it is inside a running guest's downtime. Histories from before ran it after them.
             var besideTransfers = pagingFirst || steps.Patched(HandOverBesideTransfers);
@@ -149,11 +150,11 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             // A cancel reaches the switch-over, which stops if the main host has not taken the VM yet and
             // else finishes: past that point a cancel undoes nothing.
             var switched = await steps.SwitchOverAsync(request.Main.Host,
-                new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan, request.Guest), ct);
+                new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan, request.Guest, request), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow,
                 handedOver.ManifestDigest, switched.ManifestDigest, handedOver.Epoch));
-            var released = await LetSourceGoAsync(request);
+            var released = await LetSourceGoAsync(request, switched.Receipt);
             var late = stopFirst && ct.IsCancellationRequested
                 ? $"the cancel ({CancelReason ?? "requested"}) came after the main host had taken the VM over: nothing was undone"
                 : null;
@@ -171,7 +172,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
     private async Task<IntrospectionResult> IntrospectAsync(MigrationRequest request, CancellationToken ct)
     {
         var id = request.MigrationId;
-        var guest = await steps.IntrospectAsync(request.Source, new IntrospectGuest(id, request.Vm, request.Guest, request.Mode, request.PlainProcesses), ct);
+        var guest = await steps.IntrospectAsync(request.Source, new IntrospectGuest(id, request.Vm, request.Guest, request.Mode, request.PlainProcesses, request), ct);
         state = MigrationState.Introspected;
         await steps.RecordAsync(new GuestIntrospected(id, guest.Tasks, guest.Processes, guest.Diagnostics, steps.UtcNow));
         await steps.RecordAsync(new PagesClassified(id, guest.Pages.Zero, guest.Pages.Plain, guest.Pages.Sealed, steps.UtcNow));
@@ -217,7 +218,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
     {
         // Only the baseline's sub-hosts get a channel key; the main host gets the data key at hand-over.
         byte[]? ChannelKeyFor(PagingStarted s) => request.Mode == MigrationMode.AllEnc && a.Host != request.Main.Host ? s.ServerKey : null;
-        var transfer = new TransferPages(request.MigrationId, request.Vm, request.Mode, a, a.FirstPfn, 1, ChannelKeyFor(started));
+        var transfer = new TransferPages(request.MigrationId, request.Vm, request.Mode, a, a.FirstPfn, 1, ChannelKeyFor(started), Request: request);
         TransferResult result;
         while (true)
         {
@@ -246,11 +247,11 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
 
     /// <summary>After switch-over nothing is undone: a source that cannot drop its copy of the key is
     /// reported (the outcome's reason) for the operator, not compensated.</summary>
-    private async Task<string?> LetSourceGoAsync(MigrationRequest request)
+    private async Task<string?> LetSourceGoAsync(MigrationRequest request, byte[]? receipt)
     {
         try
         {
-            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: true), CancellationToken.None);
+            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: true, request, receipt), CancellationToken.None);
             return null;
         }
         catch (Exception e) when (e is not OperationCanceledException)
@@ -284,7 +285,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         {
             try
             {
-                await steps.ReleasePagingAsync(host, new ReleasePaging(request.MigrationId, request.Vm, host), CancellationToken.None);
+                await steps.ReleasePagingAsync(host, new ReleasePaging(request.MigrationId, request.Vm, host, request), CancellationToken.None);
                 return (host, ok: true);
             }
             catch (Exception e) when (e is not OperationCanceledException)
@@ -298,7 +299,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         try
         {
-            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: false), CancellationToken.None);
+            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: false, request), CancellationToken.None);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {

@@ -57,13 +57,18 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     private (MainHostActivities Activities, MainHostVms Vms) Worker()
     {
         var vms = new MainHostVms();
-        return (new MainHostActivities(new HostContext(Main, state.FullName), client, store, keys, vms, bus,
-            new AuditRoute("semigrate-audit-activity-tests", 1), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
+        var host = new HostContext(Main, state.FullName);
+        return (new MainHostActivities(host, client, store, keys, vms, bus,
+            new AuditRoute("semigrate-audit-activity-tests", 1), TestBus.Guard(host, bus), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
     }
 
     private SwitchOver Input(byte[]? wrapped = null) => new(migration, vm, Main, MigrationMode.Semigrate,
         wrapped ?? KeyWrap.Wrap(key, keys.PublicKey, SourceActivities.KeyContext(migration, Main)),
-        new PlacementPlan([new Assignment(Main, 0, 4, 4), new Assignment(sub.Host, 4, 8, 4)]));
+        new PlacementPlan([new Assignment(Main, 0, 4, 4), new Assignment(sub.Host, 4, 8, 4)]), Request: Request);
+
+    /// <summary>The operator's request the switch-over belongs to.</summary>
+    private MigrationRequest Request => TestOperator.Sign(new MigrationRequest(migration, vm, "guest", "src", new Destination(Main, 4), [new Destination(sub.Host, 4)],
+        MigrationMode.Semigrate, []), [new PinnedHost(Main, keys.PublicKey)]);
 
     [Fact]
     public async Task A_vm_taken_over_again_by_a_restarted_worker_never_pages_out_under_the_same_epoch()

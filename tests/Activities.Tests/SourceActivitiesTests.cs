@@ -29,7 +29,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     {
         bus = await TestBus.StartAsync(rabbit);
         client = await PageClient.CreateAsync(rabbit.Connection);
-        source = new SourceActivities(Host, client, bus, NullLogger<SourceActivities>.Instance);
+        source = new SourceActivities(Host, client, bus, TestBus.Guard(Host, bus), NullLogger<SourceActivities>.Instance);
     }
 
     public async ValueTask DisposeAsync()
@@ -44,7 +44,22 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
 
     private string MapOf(Guid migration) => new SourceState(Host.MigrationDirectory(migration)).MapPath;
 
-    private IntrospectGuest Introspect(Guid migration) => new(migration, Guid.NewGuid(), Path.GetFileName(guest.Guest.Directory), MigrationMode.Semigrate, ["vaultdb"]);
+    private IntrospectGuest Introspect(Guid migration, string main = "main", params string[] subs)
+    {
+        var vm = Guid.NewGuid();
+        var name = Path.GetFileName(guest.Guest.Directory);
+        return new(migration, vm, name, MigrationMode.Semigrate, ["vaultdb"], Request(migration, vm, name, main, subs));
+    }
+
+    /// <summary>The operator's request behind the steps: the guest goes to <paramref name="main"/> (a third of
+    /// it at most when there are sub-hosts) and the sub-hosts.</summary>
+    private static MigrationRequest Request(Guid migration, Guid vm, string guestName, string main, string[] subs, byte[]? mainKey = null) =>
+        TestOperator.Sign(new MigrationRequest(migration, vm, guestName, "src", new Destination(main, subs.Length == 0 ? 1 << 30 : 20_000),
+            [.. subs.Select(s => new Destination(s, 1 << 30))], MigrationMode.Semigrate, ["vaultdb"]), mainKey is null ? [] : [new PinnedHost(main, mainKey)]);
+
+    /// <summary>The assignment of <paramref name="host"/> in the request's placement, as the source computes it.</summary>
+    private static Assignment AssignmentOf(IntrospectGuest intro, IntrospectionResult found, string host) =>
+        Placement.Plan(found.ChunkGuestPages, found.ChunkPages, intro.Request!.Main, intro.Request.SubHosts).Assignments.Single(a => a.Host == host);
 
     [Fact]
     public async Task Introspection_classifies_every_page_and_keeps_the_data_key_to_the_source()
@@ -67,7 +82,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     [InlineData(".hidden", "is not a guest name")]
     public async Task A_guest_this_host_does_not_have_or_a_path_is_refused_without_retries(string name, string why)
     {
-        var input = Introspect(Guid.NewGuid()) with { Guest = name };
+        var input = Introspect(Guid.NewGuid()) is var i ? i with { Guest = name, Request = Request(i.MigrationId, i.Vm, name, "main", []) } : null!;
 
         var e = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(input)));
         Assert.True(e.NonRetryable);
@@ -88,9 +103,9 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     private async Task<ServedVm> IntrospectedToADestinationAsync(CancellationToken ct)
     {
         var migration = Guid.NewGuid();
-        var intro = Introspect(migration);
-        var found = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
         var host = rabbit.Name("dest");
+        var intro = Introspect(migration, host);
+        var found = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
         var store = new InMemoryPageStore(200_000);
         var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = 200_000 }, store, NullLogger.Instance, ct);
         await client.StartVmAsync(host, intro.Vm, MigrationMode.Semigrate, found.Pages.Total, ct);
@@ -111,7 +126,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
             Info = ActivityEnvironment.DefaultInfo with { Attempt = 2, HeartbeatDetails = [DataConverter.Default.PayloadConverter.ToPayload(new TransferProgress(migration, host, resumeAt, 0, found.Pages.Total, 0))] },
             Heartbeater = details => heartbeats.Add((TransferProgress)details.Single()!),
         };
-        var transfer = new TransferPages(migration, intro.Vm, MigrationMode.Semigrate, new Assignment(host, 0, found.PfnLimit, found.Pages.Total), 0, 2, null);
+        var transfer = new TransferPages(migration, intro.Vm, MigrationMode.Semigrate, AssignmentOf(intro, found, host), 0, 2, null, Request: intro.Request);
 
         var result = await env.RunAsync(() => source.TransferAsync(transfer));
 
@@ -122,7 +137,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         // Above it every page with bytes went; free pages did not travel at all (the manifest names them).
         Assert.All(above, p => Assert.Equal(map[p] != PageClass.Zero, store.Get(intro.Vm, p) is not null));
         Assert.Equal(above.Count(p => map[p] != PageClass.Zero), store.PagesPerVm()[intro.Vm]);
-        Assert.Equal(found.PfnLimit, heartbeats[^1].NextPfn);
+        Assert.Equal(transfer.Assignment.EndPfn, heartbeats[^1].NextPfn); // the whole share (its last chunk may end past the guest)
         Assert.Equal(found.Pages.Total, heartbeats[^1].PagesSent); // free pages count as done, though nothing of them went
         Assert.True(heartbeats.Select(h => h.NextPfn).SequenceEqual(heartbeats.Select(h => h.NextPfn).Order()), "heartbeats only move forward");
         Assert.Equal(0, result.ResentBytes);
@@ -152,7 +167,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
             // A client that never connects: the recorder answers every signal.
             TemporalClient = Temporalio.Client.TemporalClient.CreateLazy(new("127.0.0.1:1") { Interceptors = [signals] }),
         };
-        var transfer = new TransferPages(migration, intro.Vm, MigrationMode.Semigrate, new Assignment(host, 0, found.PfnLimit, found.Pages.Total), 0, 1, null);
+        var transfer = new TransferPages(migration, intro.Vm, MigrationMode.Semigrate, AssignmentOf(intro, found, host), 0, 1, null, Request: intro.Request);
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
         await env.RunAsync(() => source.TransferAsync(transfer));
@@ -198,16 +213,17 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     {
         var ct = TestContext.Current.CancellationToken;
         var migration = Guid.NewGuid();
-        var intro = Introspect(migration);
-        await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
         var mainHost = rabbit.Name("main");
+        using var main = HostKeyPair.Generate();
+        using var other = HostKeyPair.Generate();
+        var intro = Introspect(migration, mainHost);
+        intro = intro with { Request = Request(migration, intro.Vm, intro.Guest, mainHost, [], main.PublicKey) };
+        await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
         using var store = new InMemoryPageStore(10_000);
         await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = mainHost, CapacityPages = 10_000 }, store, NullLogger.Instance, ct);
         await client.StartVmAsync(mainHost, intro.Vm, MigrationMode.Semigrate, 0, ct);
-        using var main = HostKeyPair.Generate();
-        using var other = HostKeyPair.Generate();
 
-        var handedOver = await new ActivityEnvironment().RunAsync(() => source.HandOverAsync(new HandOver(migration, intro.Vm, mainHost, main.PublicKey)));
+        var handedOver = await new ActivityEnvironment().RunAsync(() => source.HandOverAsync(new HandOver(migration, intro.Vm, mainHost, main.PublicKey, intro.Request)));
 
         using var key = KeyWrap.Unwrap(handedOver.WrappedKey, main, SourceActivities.KeyContext(migration, mainHost));
         Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(handedOver.WrappedKey, other, SourceActivities.KeyContext(migration, mainHost)));
@@ -232,19 +248,19 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     {
         var ct = TestContext.Current.CancellationToken;
         const double limit = 25; // MB/s, for all transfers of the host together
-        var throttled = new SourceActivities(Host with { MaxTransferMBps = limit }, client, bus, NullLogger<SourceActivities>.Instance);
+        var throttled = new SourceActivities(Host with { MaxTransferMBps = limit }, client, bus, TestBus.Guard(Host, bus), NullLogger<SourceActivities>.Instance);
         var migration = Guid.NewGuid();
-        var intro = Introspect(migration);
-        var found = await new ActivityEnvironment().RunAsync(() => throttled.IntrospectAsync(intro));
         var (a, b) = (rabbit.Name("dest-a"), rabbit.Name("dest-b"));
+        var intro = Introspect(migration, a, b);
+        var found = await new ActivityEnvironment().RunAsync(() => throttled.IntrospectAsync(intro));
         using var storeA = new InMemoryPageStore(200_000);
         using var storeB = new InMemoryPageStore(200_000);
         await using var serverA = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = a, CapacityPages = 200_000 }, storeA, NullLogger.Instance, ct);
         await using var serverB = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = b, CapacityPages = 200_000 }, storeB, NullLogger.Instance, ct);
         await client.StartVmAsync(a, intro.Vm, MigrationMode.Semigrate, 0, ct);
         await client.StartVmAsync(b, intro.Vm, MigrationMode.Semigrate, 0, ct);
-        // Both send the whole guest (each to its own host): two transfers at once from one source.
-        TransferPages To(string host) => new(migration, intro.Vm, MigrationMode.Semigrate, new Assignment(host, 0, found.PfnLimit, found.Pages.Total), 0, 1, null);
+        // Two transfers at once from one source, each of its share.
+        TransferPages To(string host) => new(migration, intro.Vm, MigrationMode.Semigrate, AssignmentOf(intro, found, host), 0, 1, null, Request: intro.Request);
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var results = await Task.WhenAll(

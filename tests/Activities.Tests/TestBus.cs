@@ -20,4 +20,9 @@ internal static class TestBus
         await bus.StartAsync(TestContext.Current.CancellationToken);
         return bus;
     }
+
+    /// <summary>A host's step guard that pins the tests' operator key; refusals go to a queue nobody reads.</summary>
+    public static StepGuard Guard(HostContext host, IBus bus) =>
+        new(host, new OperatorTrust(TestOperator.PublicKey), bus, new Contracts.Audit.AuditRoute("semigrate-audit-activity-tests", 1),
+            Microsoft.Extensions.Logging.Abstractions.NullLogger<StepGuard>.Instance);
 }

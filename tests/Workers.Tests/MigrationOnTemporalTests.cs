@@ -26,7 +26,7 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         Assert.Empty(await SearchAttributeSetup.AddMissingAsync(client, ct));
         Assert.All(await SearchAttributeSetup.CheckAsync(client, ct), a => Assert.Equal(IndexedValueType.Keyword, a.Has));
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, temporalAddress: client.Connection.Options.TargetHost);
-        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+        var request = await run.SignAsync(run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000), ct);
 
         var handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request), MigrationWorkflow.StartOptions(request));
         // One migration of a VM at a time: a second one while the first runs is refused.
@@ -57,7 +57,7 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         await SearchAttributeSetup.AddMissingAsync(client, ct);
         // 4 MB/s: the transfers last long enough for the cancel to land in them.
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 4, temporalAddress: client.Connection.Options.TargetHost);
-        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+        var request = await run.SignAsync(run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000), ct);
         var handle = await client.StartWorkflowAsync((MigrationWorkflow w) => w.RunAsync(request), MigrationWorkflow.StartOptions(request));
         var until = DateTime.UtcNow.AddMinutes(2);
         while ((await handle.QueryAsync(w => w.Progress())).State != MigrationState.Transferring)
@@ -91,7 +91,7 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, temporalAddress: client.Connection.Options.TargetHost);
         await run.FleetOnceAsync(run.AllReported, "every host reported", ct);
 
-        var input = new DrainHost(Guid.NewGuid(), run.Source, MigrationMode.Semigrate, ["vaultdb"]);
+        var input = await run.OrderAsync(new DrainHost(Guid.NewGuid(), run.Source, MigrationMode.Semigrate, ["vaultdb"]), ct);
         var drain = await client.StartWorkflowAsync((DrainWorkflow w) => w.RunAsync(input),
             new Temporalio.Client.WorkflowOptions($"drain-{run.Source}", MigrationWorkflow.OrchestratorQueue));
         var report = await drain.GetResultAsync();

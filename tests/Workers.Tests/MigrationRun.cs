@@ -7,6 +7,7 @@ using SEmigrate.TestSupport;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -32,9 +33,17 @@ internal sealed class MigrationRun : IAsyncDisposable
 
     public EmbeddedSteps Steps => Host.Services.GetRequiredService<EmbeddedSteps>();
 
-    /// <summary>Runs the migration on the embedded engine, as `migrate` does (journaled, auditable).</summary>
-    public Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct) =>
-        Host.Services.GetRequiredService<EmbeddedEngine>().RunAsync(request, null, ct);
+    /// <summary>Runs the migration on the embedded engine, as `migrate` does (journaled, auditable), signed
+    /// by the tests' operator unless it is signed already.</summary>
+    public async Task<MigrationOutcome> MigrateAsync(MigrationRequest request, CancellationToken ct) =>
+        await Host.Services.GetRequiredService<EmbeddedEngine>().RunAsync(await SignAsync(request, ct), null, ct);
+
+    /// <summary>The request as `semigrate migrate` signs it (the hosts' enrolled keys pinned); one signed already stays as it is.</summary>
+    public async Task<MigrationRequest> SignAsync(MigrationRequest request, CancellationToken ct) =>
+        request.Signature is not null || request.Order is not null ? request : await OperatorAuthority.SignAsync(Host.Services, request, ct);
+
+    /// <summary>The drain as `semigrate maintenance drain` orders it.</summary>
+    public Task<DrainHost> OrderAsync(DrainHost drain, CancellationToken ct) => OperatorAuthority.OrderAsync(Host.Services, drain, ct);
 
     /// <summary>The settings a `semigrate` command run by the test needs to see this run's audit trail.</summary>
     public async Task<Dictionary<string, string>> CommandEnvironmentAsync(string schema) =>
@@ -99,6 +108,7 @@ internal sealed class MigrationRun : IAsyncDisposable
         {
             Environment.SetEnvironmentVariable(key, value); // the workers and the orchestrator read them
         }
+        TestOperator.Use(); // the workers pin the tests' operator key; the orchestrator signs with it
         var suffix = Guid.NewGuid().ToString("N")[..8];
         var state = Directory.CreateTempSubdirectory("semigrate-e2e-");
         string Store(string host) => Path.Combine(state.FullName, host, "store");
@@ -130,6 +140,7 @@ internal sealed class MigrationRun : IAsyncDisposable
             ["Temporal:Address"] = temporalAddress ?? "",
         });
         await host.StartAsync(ct);
+        await LocalOperator.EnrolAsync(host.Services, fleet, ct); // into this test's schema
         return new MigrationRun(state, fleet, host, suffix);
     }
 

@@ -19,6 +19,7 @@ namespace SEmigrate.Contracts.Audit;
 [JsonDerivedType(typeof(MigrationRefused), nameof(MigrationRefused))]
 [JsonDerivedType(typeof(PageCheckFailed), nameof(PageCheckFailed))]
 [JsonDerivedType(typeof(PagesUnavailable), nameof(PagesUnavailable))]
+[JsonDerivedType(typeof(StepDenied), nameof(StepDenied))]
 [JsonDerivedType(typeof(MigratedVmStopped), nameof(MigratedVmStopped))]
 [JsonDerivedType(typeof(MigrationAccepted), nameof(MigrationAccepted))]
 [JsonDerivedType(typeof(StepScheduled), nameof(StepScheduled))]
@@ -65,7 +66,14 @@ public sealed record MigrationRefused(Guid MigrationId, string Reason, DateTimeO
 /// <summary>A security event: a page that <paramref name="Host"/> returned to the main host failed its
 /// check (altered, swapped, replayed, relabelled, or missing), so it was not used. Names the page, never
 /// its content.</summary>
-public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, string Problem, DateTimeOffset At) : IMigrationEvent;
+public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, string Problem, DateTimeOffset At) : ISecurityEvent;
+
+/// <summary>A security event: <paramref name="Host"/> refused a step (<paramref name="Step"/>) that the
+/// migration's signed request does not allow: forged, altered, replayed or expired. Nothing changed there.</summary>
+public sealed record StepDenied(Guid MigrationId, Guid Vm, string Host, string Step, string Problem, DateTimeOffset At) : ISecurityEvent;
+
+/// <summary>An event that says somebody tried what they may not (the audit and status count them).</summary>
+public interface ISecurityEvent : IMigrationEvent;
 
 /// <summary>An availability event: <paramref name="Host"/> did not serve pages the main host needed (from
 /// <paramref name="Pfn"/>, <paramref name="Pages"/> of them) for a VM that runs there, so the guest's read

@@ -3,8 +3,8 @@ namespace SEmigrate.Contracts.Migration;
 /// <summary>Host maintenance: migrate every guest off <paramref name="Host"/> (its source role's guests and
 /// the running guests it took over as a main host),
 /// placed across the other hosts the fleet inventory knows, at most <paramref name="MaxConcurrent"/>
-/// migrations at a time.</summary>
-public sealed record DrainHost(Guid DrainId, string Host, MigrationMode Mode, IReadOnlyList<string> PlainProcesses, int MaxConcurrent = 2);
+/// migrations at a time, as the operator's signed <paramref name="Order"/> allows.</summary>
+public sealed record DrainHost(Guid DrainId, string Host, MigrationMode Mode, IReadOnlyList<string> PlainProcesses, int MaxConcurrent = 2, DrainOrder? Order = null);
 
 /// <summary>The drain's inventory activity's input: the host to drain.</summary>
 public sealed record ReadInventory(string Host);

@@ -1,7 +1,7 @@
 namespace SEmigrate.Contracts.Migration;
 
 /// <summary>At the source: read the kernel structures of its guest <paramref name="Guest"/> and classify every page.</summary>
-public sealed record IntrospectGuest(Guid MigrationId, Guid Vm, string Guest, MigrationMode Mode, IReadOnlyList<string> PlainProcesses);
+public sealed record IntrospectGuest(Guid MigrationId, Guid Vm, string Guest, MigrationMode Mode, IReadOnlyList<string> PlainProcesses, MigrationRequest? Request = null);
 
 /// <summary>What introspection found. The per-page classes stay at the source (they reach the main
 /// host sealed, over the page path); placement gets guest pages per chunk of
@@ -26,7 +26,7 @@ public sealed record IntrospectionResult(
 /// <summary>At the source, before anything stops: the layout of its guest <paramref name="Guest"/>, enough
 /// to place it and start paging while a running guest still runs (its pages are classified later,
 /// paused).</summary>
-public sealed record MeasureGuest(Guid MigrationId, Guid Vm, string Guest);
+public sealed record MeasureGuest(Guid MigrationId, Guid Vm, string Guest, MigrationRequest? Request = null);
 
 /// <summary>A guest's memory layout: guest pages per chunk of <paramref name="ChunkPages"/> pages (as
 /// <see cref="IntrospectionResult"/> gives them), and <paramref name="HandOverPages"/>, what the

@@ -4,7 +4,8 @@ namespace SEmigrate.Contracts.Migration;
 /// guest pages (it must have room for them all: free ones may be paged out to it later), of which
 /// <paramref name="ArrivingPages"/> travel now (the memory it prepares at once). <paramref name="Round"/>
 /// is 1, or more when paging starts again at a host that lost the VM (see TransferPages).</summary>
-public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, MigrationMode Mode, long ExpectedPages, long ArrivingPages, int Round = 1);
+public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, MigrationMode Mode, long ExpectedPages, long ArrivingPages, int Round = 1,
+    MigrationRequest? Request = null);
 
 /// <summary>The destination serves the VM. <paramref name="HostKey"/> is the main host's public key, for
 /// which the data key is wrapped (null at a sub-host); <paramref name="ServerKey"/> is its memory
@@ -14,6 +15,6 @@ public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, Migrati
 public sealed record PagingStarted(string Host, byte[] ServerKey, byte[]? HostKey, long HeldPages = 0);
 
 /// <summary>At a destination: drop the VM's pages (compensation, or after switch-over for the main host's copy).</summary>
-public sealed record ReleasePaging(Guid MigrationId, Guid Vm, string Host);
+public sealed record ReleasePaging(Guid MigrationId, Guid Vm, string Host, MigrationRequest? Request = null);
 
 public sealed record PagingReleased(string Host, long Pages);

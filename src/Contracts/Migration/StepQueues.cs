@@ -21,6 +21,10 @@ public static class StepErrors
 
     /// <summary>The step stopped because the migration was cancelled (embedded engine; Temporal has its own).</summary>
     public const string Cancelled = "Cancelled";
+
+    /// <summary>A host refused the step: the migration's signed request does not allow it (forged, altered,
+    /// replayed or expired); recorded as a security event (StepDenied).</summary>
+    public const string Denied = "StepDenied";
 }
 
 /// <summary>The embedded engine cancels a migration: every worker stops the migration's forward steps it

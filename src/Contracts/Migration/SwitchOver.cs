@@ -3,7 +3,7 @@ namespace SEmigrate.Contracts.Migration;
 /// <summary>At the source, once every page is at its destination: send the main host the manifest (the
 /// class of every page, sealed under the data key, over the page path) and wrap the data key for the
 /// main host's public key.</summary>
-public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey);
+public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey, MigrationRequest? Request = null);
 
 /// <summary>The wrapped data key (only the main host's private key opens it), the manifest's size on the
 /// wire, the SHA-256 of the manifest sent (hex) and the key epoch it was sealed under.</summary>
@@ -13,15 +13,18 @@ public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes, string? M
 /// every page from then on (its own from its store, the rest from the sub-hosts of the placement).
 /// <paramref name="Guest"/>: its name at the source; a running guest goes by it at the main host too,
 /// so that it can be moved on from there (see SourceGuest).</summary>
-public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement, string? Guest = null);
+public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement, string? Guest = null,
+    MigrationRequest? Request = null);
 
 /// <summary>The VM is at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
 /// at sub-hosts (free pages count where their range is placed, though nothing of them travelled);
 /// <paramref name="Running"/> when it was a running guest, which now runs there on RAM its pager serves,
 /// continued at <paramref name="ContinuedAt"/> (the main host's clock). <paramref name="ManifestDigest"/>: the
-/// SHA-256 of the manifest the main host opened (hex).</summary>
+/// SHA-256 of the manifest the main host opened (hex). <paramref name="Receipt"/>: proof that the main host
+/// holds the data key, which only a main host that took the VM over has (see DataKey.Receipt): the source
+/// lets the VM go only with it.</summary>
 public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, bool Running = false, DateTimeOffset? ContinuedAt = null,
-    string? ManifestDigest = null);
+    string? ManifestDigest = null, byte[]? Receipt = null);
 
 /// <summary>At the source, or at the main host after switch-over: a digest of every guest page in
 /// [<paramref name="FirstPfn"/>, <paramref name="EndPfn"/>), one per chunk of <paramref name="ChunkPages"/>
@@ -41,7 +44,8 @@ public sealed record StopVm(Guid MigrationId, Guid Vm, string Main);
 /// <summary>The VM is gone: the pages each host released.</summary>
 public sealed record VmStopped(Guid MigrationId, IReadOnlyList<PagingReleased> Released);
 
-/// <summary>At the source: the VM has left (or stays, after compensation); drop the migration's key and state.</summary>
-public sealed record ReleaseSource(Guid MigrationId, Guid Vm, bool VmLeft);
+/// <summary>At the source: the VM has left (or stays, after compensation); drop the migration's key and state.
+/// That it left takes the main host's <paramref name="Receipt"/> (a forged release would end the only running copy).</summary>
+public sealed record ReleaseSource(Guid MigrationId, Guid Vm, bool VmLeft, MigrationRequest? Request = null, byte[]? Receipt = null);
 
 public sealed record SourceReleased(bool VmLeft);

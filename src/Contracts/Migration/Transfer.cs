@@ -7,7 +7,8 @@ namespace SEmigrate.Contracts.Migration;
 /// sent because the host lost it (1 at first); a new round with <paramref name="StartOver"/> sends it
 /// all again (the host kept none of it), without, only what the host had not acknowledged.</summary>
 public sealed record TransferPages(
-    Guid MigrationId, Guid Vm, MigrationMode Mode, Assignment Assignment, long ResumeFrom, int Attempt, byte[]? ChannelKeyFor, int Round = 1, bool StartOver = false);
+    Guid MigrationId, Guid Vm, MigrationMode Mode, Assignment Assignment, long ResumeFrom, int Attempt, byte[]? ChannelKeyFor, int Round = 1, bool StartOver = false,
+    MigrationRequest? Request = null);
 
 /// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host (in this <paramref name="Round"/>).</summary>
 public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes, int Round = 1)

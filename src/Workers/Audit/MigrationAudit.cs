@@ -47,7 +47,7 @@ public static class MigrationAudit
             await ReplayAsync(migrationId, events, state),
         };
         verdicts.AddRange(Invariants(events, state));
-        return new AuditReport(migrationId, state, verdicts, events.OfType<PageCheckFailed>().Count());
+        return new AuditReport(migrationId, state, verdicts, events.OfType<ISecurityEvent>().Count());
     }
 
     /// <summary>Audits a Temporal history of the SplitMigration workflow (as `temporal workflow show --output
@@ -66,7 +66,7 @@ public static class MigrationAudit
             ? new AuditVerdict("replay", true, $"today's workflow code makes the commands of its {history.Events.Count} events and ends {state}")
             : new AuditVerdict("replay", false, $"nondeterminism: {diverged}");
         var id = events.OfType<IMigrationEvent>().FirstOrDefault()?.MigrationId ?? Guid.Empty;
-        return new AuditReport(id, state, [replay, .. Invariants(events, state)], events.OfType<PageCheckFailed>().Count());
+        return new AuditReport(id, state, [replay, .. Invariants(events, state)], events.OfType<ISecurityEvent>().Count());
 
         static StepCompleted Done(Guid migrationId, string step) => new(migrationId, step, "", DateTimeOffset.UnixEpoch);
     }

@@ -11,7 +11,7 @@ namespace SEmigrate.Workers.Audit;
 public sealed class MigrationAuditConsumer(IDocumentSession session) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<DestinationLost>, IConsumer<MigrationSwitchedOver>,
-    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>, IConsumer<HostSeen>
+    IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<StepDenied>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>, IConsumer<HostSeen>
 {
     public Task Consume(ConsumeContext<MigrationRequested> context) => AppendAsync(context, context.Message);
 
@@ -34,6 +34,8 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
     public Task Consume(ConsumeContext<MigrationRefused> context) => AppendAsync(context, context.Message);
 
     public Task Consume(ConsumeContext<PageCheckFailed> context) => AppendAsync(context, context.Message);
+
+    public Task Consume(ConsumeContext<StepDenied> context) => AppendAsync(context, context.Message);
 
     public Task Consume(ConsumeContext<PagesUnavailable> context) => AppendAsync(context, context.Message);
 

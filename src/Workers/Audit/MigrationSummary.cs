@@ -47,6 +47,12 @@ public sealed class MigrationSummaryProjection : SingleStreamProjection<Migratio
 
     public static MigrationSummary Apply(PageCheckFailed e, MigrationSummary s) => s with { SecurityEvents = s.SecurityEvents + 1, UpdatedAt = e.At };
 
+    /// <summary>A step refused for a migration nobody requested (a forged one) still shows, as a security event.</summary>
+    public static MigrationSummary Create(StepDenied e) =>
+        new(e.MigrationId, e.Vm, "", "", [], "", MigrationState.Refused, e.At, e.At, null, [], $"{e.Step} refused at {e.Host}: {e.Problem}", SecurityEvents: 1);
+
+    public static MigrationSummary Apply(StepDenied e, MigrationSummary s) => s with { SecurityEvents = s.SecurityEvents + 1, UpdatedAt = e.At };
+
     public static MigrationSummary Apply(PagesUnavailable e, MigrationSummary s) => s with { AvailabilityEvents = s.AvailabilityEvents + 1, UpdatedAt = e.At };
 
     public static MigrationSummary Apply(MigratedVmStopped e, MigrationSummary s) => s with { StoppedAt = e.At, UpdatedAt = e.At };

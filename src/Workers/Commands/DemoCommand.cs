@@ -8,6 +8,7 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Memory;
 using SEmigrate.Guest.Qemu;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workers.Settings;
@@ -148,20 +149,22 @@ public static class DemoCommand
         say($"{name}: starting workers {source}, {main}, {sub1}, {sub2} (state and logs in {root}; " +
             (isolated ? "each in a mount namespace of its own: no host sees another's files)" : "not isolated: mount namespaces need root)"));
         string? Store(string host) => keepDir is null ? null : Path.Combine(root, host, "store");
+        using var host = Orchestrator.Build(StepPolicies.Default);
+        await host.StartAsync(ct);
         using var fleet = await WorkerFleet.StartAsync(
         [
             new WorkerFleet.Worker("source", source, GuestsFolder: Path.GetDirectoryName(guest.Directory)),
             new WorkerFleet.Worker("main", main, mainPages + 1024, Store(main)),
             new WorkerFleet.Worker("sub", sub1, subPages + 1024, Store(sub1)),
             new WorkerFleet.Worker("sub", sub2, subPages + 1024, Store(sub2)),
-        ], root, logs, ct, isolated: isolated);
-        using var host = Orchestrator.Build(StepPolicies.Default);
-        await host.StartAsync(ct);
+        ], root, logs, ct, LocalOperator.WorkerEnvironment(host.Services), isolated: isolated);
+        await LocalOperator.EnrolAsync(host.Services, fleet, ct);
         var vm = Guid.NewGuid();
         try
         {
             var request = new MigrationRequest(Guid.NewGuid(), vm, Path.GetFileName(guest.Directory), source, new Contracts.Migration.Destination(main, mainPages),
                 [new Contracts.Migration.Destination(sub1, subPages), new Contracts.Migration.Destination(sub2, subPages)], mode, plainProcesses);
+            request = await OperatorAuthority.SignAsync(host.Services, request, ct);
             var cpu0 = (fleet.CpuSecondsByRole(), CpuMeter.Self());
             var clock = Stopwatch.StartNew();
             var outcome = await MigrateCommand.FollowAsync(host.Services, request, quiet, ct) ?? throw new InvalidOperationException("the demo never detaches");

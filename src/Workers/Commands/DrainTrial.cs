@@ -4,6 +4,7 @@ using Microsoft.Extensions.Options;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Qemu;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
@@ -33,6 +34,8 @@ public static class DrainTrial
         var guests = Directory.CreateDirectory(Path.Combine(root, "guests")).FullName;
         var logs = Directory.CreateDirectory(Path.Combine(root, "logs")).FullName;
         say($"drain: starting hosts {source} (source, with two guests), {main} (main), {sub1}, {sub2} (sub)");
+        using var host = Orchestrator.Build(StepPolicies.Default);
+        await host.StartAsync(ct);
         using var fleet = await WorkerFleet.StartAsync(
         [
             new WorkerFleet.Worker("source", source, GuestsFolder: guests),
@@ -40,9 +43,9 @@ public static class DrainTrial
             new WorkerFleet.Worker("main", main, MemoryMiB * 256L * 5 / 4 + 2 * DrainProcedure.HandOverPages),
             new WorkerFleet.Worker("sub", sub1, MemoryMiB * 256L),
             new WorkerFleet.Worker("sub", sub2, MemoryMiB * 256L),
-        ], Path.Combine(root, "hosts"), logs, ct, new Dictionary<string, string> { ["SEMIGRATE__Fleet__ReportSeconds"] = "2" }, isolated: true);
-        using var host = Orchestrator.Build(StepPolicies.Default);
-        await host.StartAsync(ct);
+        ], Path.Combine(root, "hosts"), logs, ct, new Dictionary<string, string>(LocalOperator.WorkerEnvironment(host.Services)) { ["SEMIGRATE__Fleet__ReportSeconds"] = "2" },
+            isolated: true);
+        await LocalOperator.EnrolAsync(host.Services, fleet, ct);
         DrainReport? report = null;
         try
         {
@@ -66,7 +69,8 @@ public static class DrainTrial
                 await Task.Delay(200, ct);
             }
             say($"drain: draining {source}");
-            report = await host.Services.GetRequiredService<DrainRunner>().DrainAsync(new DrainHost(Guid.NewGuid(), source, MigrationMode.Semigrate, [], 2), ct);
+            report = await host.Services.GetRequiredService<DrainRunner>().DrainAsync(
+                await OperatorAuthority.OrderAsync(host.Services, new DrainHost(Guid.NewGuid(), source, MigrationMode.Semigrate, [], 2), ct), ct);
             foreach (var moved in report.Moved)
             {
                 var serial = Path.Combine(root, "hosts", moved.To, "migrations", moved.MigrationId.ToString("N"), "vm", "serial.log");

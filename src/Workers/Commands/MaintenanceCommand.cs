@@ -5,6 +5,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Roles;
 using SEmigrate.Workers.Settings;
@@ -50,8 +51,8 @@ public static class MaintenanceCommand
             DrainReport report;
             try
             {
-                report = await orchestrator.Services.GetRequiredService<DrainRunner>().DrainAsync(
-                    new DrainHost(Guid.NewGuid(), parse.GetValue(host)!, m, parse.GetValue(plain) ?? [], parse.GetValue(concurrent)), ct);
+                report = await orchestrator.Services.GetRequiredService<DrainRunner>().DrainAsync(await OperatorAuthority.OrderAsync(orchestrator.Services,
+                    new DrainHost(Guid.NewGuid(), parse.GetValue(host)!, m, parse.GetValue(plain) ?? [], parse.GetValue(concurrent)), ct), ct);
             }
             catch (InvalidOperationException e)
             {
@@ -105,7 +106,12 @@ public static class MaintenanceCommand
         var mode = new Option<string>("--mode") { Description = "semigrate, allenc or noenc", DefaultValueFactory = _ => "semigrate" };
         var plain = new Option<string[]>("--plain-process") { Description = "A process whose memory is already encrypted (repeatable)" };
         var concurrent = new Option<int>("--max-concurrent") { Description = "Migrations at once (default 2)", DefaultValueFactory = _ => 2 };
-        var command = new Command("schedule", "Drain HOST on a schedule, run by the orchestrator's worker") { host, id, cron, every, overlap, mode, plain, concurrent };
+        var validDays = new Option<int>("--valid-days")
+        {
+            Description = "How long the operator's signed order behind the schedule lets it drain (default 90 days; make the schedule again to renew)",
+            DefaultValueFactory = _ => 90,
+        };
+        var command = new Command("schedule", "Drain HOST on a schedule, run by the orchestrator's worker") { host, id, cron, every, overlap, mode, plain, concurrent, validDays };
         command.SetAction(async (parse, ct) =>
         {
             var (c, e) = (parse.GetValue(cron), parse.GetValue(every));
@@ -134,6 +140,18 @@ public static class MaintenanceCommand
             var schedule = new DrainSchedule(name, parse.GetValue(host)!, c, interval, parse.GetValue(overlap) == "skip" ? ScheduleOverlap.Skip : ScheduleOverlap.AllowAll,
                 m, parse.GetValue(plain) ?? [], Math.Clamp(parse.GetValue(concurrent), 1, 16), Paused: false, NextRun: DateTimeOffset.MinValue);
             schedule = schedule with { NextRun = schedule.NextAfter(DateTimeOffset.UtcNow) };
+            using var services = AuditTrail();
+            try
+            {
+                var order = await OperatorAuthority.OrderAsync(services.Services, new DrainHost(Guid.Empty, schedule.Host, m, schedule.PlainProcesses), ct,
+                    TimeSpan.FromDays(Math.Clamp(parse.GetValue(validDays), 1, 366)));
+                schedule = schedule with { Order = order.Order };
+            }
+            catch (InvalidOperationException x)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: cannot sign the schedule's drain order: {x.Message}");
+                return 2;
+            }
             if (await TemporalAsync() is { } temporal)
             {
                 return await OnTemporalAsync(async () =>
@@ -142,7 +160,6 @@ public static class MaintenanceCommand
                     Console.WriteLine($"Temporal schedule {name}: drain {schedule.Host} {(c is null ? $"every {interval}" : $"at '{c}' (UTC)")}");
                 });
             }
-            using var services = AuditTrail();
             await using var session = services.Services.GetRequiredService<IDocumentStore>().LightweightSession();
             session.Store(schedule);
             await session.SaveChangesAsync(ct);

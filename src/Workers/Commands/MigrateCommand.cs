@@ -8,6 +8,7 @@ using SEmigrate.Workers.Embedded;
 using SEmigrate.Workflows;
 using Microsoft.Extensions.Options;
 using SEmigrate.Workers.Settings;
+using SEmigrate.Workers.Trust;
 using Spectre.Console;
 using Temporalio.Client;
 
@@ -55,6 +56,15 @@ public static class MigrateCommand
             }
             using var host = Orchestrator.Build(StepPolicies.Default);
             await host.StartAsync(ct);
+            try
+            {
+                request = await OperatorAuthority.SignAsync(host.Services, request, ct);
+            }
+            catch (InvalidOperationException e)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: cannot sign the request: {e.Message}");
+                return 2;
+            }
             var temporal = host.Services.GetRequiredService<IOptions<TemporalOptions>>().Value.IsConfigured;
             using var interruption = new Interruption(canDetach: temporal, line => Console.Error.WriteLine($"semigrate: {line}"));
             MigrationOutcome? outcome;

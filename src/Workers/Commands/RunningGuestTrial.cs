@@ -6,6 +6,7 @@ using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Qemu;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
@@ -58,15 +59,16 @@ public static class RunningGuestTrial
         // The main host's share is a third of the guest, as in the original paper; the sub-hosts hold the rest.
         var (mainPages, subPages) = (MemoryMiB * 256L * 35 / 100, MemoryMiB * 256L * 40 / 100);
         say($"running guest: starting workers {source}, {main}, {sub1}, {sub2}, each in a mount namespace of its own");
+        using var host = Orchestrator.Build(StepPolicies.Default);
+        await host.StartAsync(ct);
         using var fleet = await WorkerFleet.StartAsync(
         [
             new WorkerFleet.Worker("source", source, GuestsFolder: guests),
             new WorkerFleet.Worker("main", main, mainPages + 8192), // its share, and the kernel, initramfs and device state handed over
             new WorkerFleet.Worker("sub", sub1, subPages + 1024),
             new WorkerFleet.Worker("sub", sub2, subPages + 1024),
-        ], Path.Combine(root, "hosts"), logs, ct, isolated: true);
-        using var host = Orchestrator.Build(StepPolicies.Default);
-        await host.StartAsync(ct);
+        ], Path.Combine(root, "hosts"), logs, ct, LocalOperator.WorkerEnvironment(host.Services), isolated: true);
+        await LocalOperator.EnrolAsync(host.Services, fleet, ct);
         var vm = Guid.NewGuid();
         try
         {
@@ -79,6 +81,7 @@ public static class RunningGuestTrial
 
             var request = new MigrationRequest(Guid.NewGuid(), vm, Name, source, new Destination(main, mainPages),
                 [new Destination(sub1, subPages), new Destination(sub2, subPages)], mode, ["vaultdb"]);
+            request = await OperatorAuthority.SignAsync(host.Services, request, ct);
             var broker = CpuMeter.BrokerPid();
             var cpu0 = (fleet.CpuSecondsByRole(), CpuMeter.Seconds(broker));
             var clock = Stopwatch.StartNew();

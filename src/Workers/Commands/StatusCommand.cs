@@ -41,7 +41,7 @@ public static class StatusCommand
                 Console.WriteLine($"{m.Id}  {m.State,-13} {m.Mode,-9} {m.Source} -> {m.Main} + {string.Join(", ", m.SubHosts)}  {m.RequestedAt:u}" +
                     (m.Pages is { } p ? $"  pages {p.Zero}/{p.Plain}/{p.Sealed} zero/plain/sealed" : "") +
                     (m.Transfers.Count > 0 ? $"  {m.Transfers.Count} transfers done" : "") +
-                    (m.SecurityEvents > 0 ? $"  SECURITY EVENTS: {m.SecurityEvents} (pages that failed their check)" : "") +
+                    (m.SecurityEvents > 0 ? $"  SECURITY EVENTS: {m.SecurityEvents} (pages that failed their check, steps refused)" : "") +
                     (m.AvailabilityEvents > 0 ? $"  AVAILABILITY EVENTS: {m.AvailabilityEvents} (pages a host did not serve)" : "") + (m.Reason is null ? "" : $"  reason: {m.Reason}"));
                 if (paging.GetValueOrDefault(m.Vm) is { } v && m.State == MigrationState.SwitchedOver)
                 {

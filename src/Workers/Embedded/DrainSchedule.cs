@@ -10,7 +10,7 @@ namespace SEmigrate.Workers.Embedded;
 /// <see cref="LastProblem"/>: why the last run failed, if it did; <see cref="LastSkip"/>: the last run skipped, and why.</summary>
 public sealed record DrainSchedule(string Id, string Host, string? Cron, TimeSpan? Every, ScheduleOverlap Overlap, MigrationMode Mode, IReadOnlyList<string> PlainProcesses,
     int MaxConcurrent, bool Paused, DateTimeOffset NextRun, DateTimeOffset? LastRun = null, DrainReport? LastReport = null, string? LastProblem = null,
-    string? LastSkip = null)
+    string? LastSkip = null, DrainOrder? Order = null)
 {
     /// <summary>The first run after <paramref name="after"/>.</summary>
     public DateTimeOffset NextAfter(DateTimeOffset after) => Cron is { } cron

@@ -75,7 +75,8 @@ public sealed class ScheduleRunner(IDocumentStore store, DrainRunner drains, IOp
         string? problem = null;
         try
         {
-            report = await drains.DrainAsync(new DrainHost(Guid.NewGuid(), schedule.Host, schedule.Mode, schedule.PlainProcesses, schedule.MaxConcurrent), ct);
+            // The operator signed the schedule's order when making it: the hosts check it (and its expiry).
+            report = await drains.DrainAsync(new DrainHost(Guid.NewGuid(), schedule.Host, schedule.Mode, schedule.PlainProcesses, schedule.MaxConcurrent, schedule.Order), ct);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {

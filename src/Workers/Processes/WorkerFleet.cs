@@ -53,6 +53,9 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
 
     public ChildProcess this[string host] => workers[host].Process;
 
+    /// <summary>Where each worker wrote its identity (its state folder, seen from here).</summary>
+    public IEnumerable<string> IdentityFiles => all.Select(w => Path.Combine(stateRoot, w.Host, Trust.HostIdentity.FileName));
+
     /// <summary>CPU seconds so far, summed per role.</summary>
     public IReadOnlyDictionary<string, double> CpuSecondsByRole() =>
         RoleRegistration.Roles.ToDictionary(r => r, r => workers.Values.Where(w => w.Spec.Role == r).Sum(w => w.Process.CpuSeconds), StringComparer.Ordinal);

@@ -15,11 +15,11 @@ using SEmigrate.Contracts.Migration;
 using SEmigrate.MemoryServer;
 using SEmigrate.MemoryServer.Client;
 using SEmigrate.MemoryServer.Store;
-using SEmigrate.Sealing;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Settings;
 using SEmigrate.Workers.Steps;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workflows;
 using Temporalio.Extensions.Hosting;
 
@@ -60,6 +60,10 @@ public static class RoleRegistration
         builder.Services.AddSingleton(context);
         builder.Services.AddSingleton(new HostRoles([.. roles.Order(StringComparer.Ordinal)]));
         builder.Services.AddHostedService<HostReporter>();
+        // Every host has its identity; a main host's data keys are wrapped for it.
+        var keys = HostIdentity.Ensure(stateDirectory, host);
+        builder.Services.AddSingleton(sp => new OperatorTrust(sp.GetRequiredService<IOptions<TrustOptions>>().Value.PublicKey));
+        builder.Services.AddSingleton<StepGuard>();
         builder.AddPagePath($"{string.Join(",", roles.Order(StringComparer.Ordinal))} worker {host}");
         if (pages)
         {
@@ -74,9 +78,13 @@ public static class RoleRegistration
         {
             builder.Services.AddSingleton<SourceActivities>();
         }
+        if (!main)
+        {
+            keys.Dispose(); // only a main host uses its key pair here
+        }
         if (main)
         {
-            builder.Services.AddSingleton(_ => HostKeyPair.LoadOrCreate(Path.Combine(stateDirectory, "host.key")));
+            builder.Services.AddSingleton(keys);
             builder.Services.AddSingleton<MainHostVms>();
             builder.Services.AddSingleton<MainHostActivities>();
             builder.Services.AddHostedService<PagingReporter>();
@@ -203,6 +211,7 @@ public static class RoleRegistration
             // Documents stored outside projections: known up front, so AuditTrailSchema makes their tables too.
             o.RegisterDocumentType<AuditedMessage>();
             o.RegisterDocumentType<Embedded.DrainSchedule>();
+            o.RegisterDocumentType<Trust.HostEnrolment>();
             return o;
         }).UseLightweightSessions();
         // First of the hosted services: the schema is there before the bus or the engine use the store.

@@ -34,6 +34,11 @@ public static partial class SettingsRegistration
         builder.Services.AddOptions<FleetOptions>().BindConfiguration(FleetOptions.Section)
             .Validate(o => o.ReportSeconds is >= 1 and <= 3600, "Fleet:ReportSeconds must be 1 to 3600")
             .ValidateOnStart();
+        builder.Services.AddOptions<TrustOptions>().BindConfiguration(TrustOptions.Section)
+            .Validate(o => string.IsNullOrWhiteSpace(o.OperatorKey) || IsPublicKey(o.PublicKey),
+                "Trust:OperatorKey must be the operator's public key in base64 (`semigrate operator init` prints it)")
+            .Validate(o => o.ValidHours is > 0 and <= 24 * 366, "Trust:ValidHours must be more than 0 and at most a year")
+            .ValidateOnStart();
         builder.Services.AddOptions<TemporalOptions>().BindConfiguration(TemporalOptions.Section)
             .Validate(o => !o.IsConfigured || HostPort().IsMatch(o.Address!),
                 "Temporal:Address must be host:port (or empty to use the embedded engine)")
@@ -53,6 +58,24 @@ public static partial class SettingsRegistration
             return !string.IsNullOrEmpty(new NpgsqlConnectionStringBuilder(value).Host);
         }
         catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+
+    private static bool IsPublicKey(byte[]? key)
+    {
+        if (key is null)
+        {
+            return false;
+        }
+        using var ecdsa = System.Security.Cryptography.ECDsa.Create();
+        try
+        {
+            ecdsa.ImportSubjectPublicKeyInfo(key, out _);
+            return true;
+        }
+        catch (System.Security.Cryptography.CryptographicException)
         {
             return false;
         }

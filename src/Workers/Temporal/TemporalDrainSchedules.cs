@@ -15,7 +15,7 @@ public static class TemporalDrainSchedules
     public static async Task CreateAsync(ITemporalClient client, DrainSchedule schedule)
     {
         // An empty drain id: each run makes its own (DrainWorkflow), so its guests' ids are new each time.
-        var drain = new DrainHost(Guid.Empty, schedule.Host, schedule.Mode, schedule.PlainProcesses, schedule.MaxConcurrent);
+        var drain = new DrainHost(Guid.Empty, schedule.Host, schedule.Mode, schedule.PlainProcesses, schedule.MaxConcurrent, schedule.Order);
         var action = ScheduleActionStartWorkflow.Create((DrainWorkflow w) => w.RunAsync(drain), new WorkflowOptions($"drain-{schedule.Host}", MigrationWorkflow.OrchestratorQueue)
         {
             StaticSummary = $"drain {schedule.Host} (schedule {schedule.Id})",

@@ -1,0 +1,107 @@
+using MassTransit;
+using Microsoft.Extensions.Logging;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Sealing;
+using Temporalio.Exceptions;
+
+namespace SEmigrate.Activities;
+
+/// <summary>The operator's public key this host pins (setting Trust:OperatorKey); null when none is set,
+/// and then every step is refused.</summary>
+public sealed record OperatorTrust(byte[]? PublicKey);
+
+/// <summary>A host's check that a step is one the migration's signed request allows: the request (or the
+/// drain order behind it) is the operator's, names this migration and VM, has not expired, and the step's
+/// own inputs are what it says (each activity checks those with <see cref="RefuseAsync"/>). A refusal changes
+/// nothing, fails the step for good and is recorded as a security event (StepDenied).</summary>
+public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, AuditRoute audit, ILogger<StepGuard> logger)
+{
+    /// <summary>The request that allows <paramref name="step"/> for <paramref name="migrationId"/> and
+    /// <paramref name="vm"/>. <paramref name="expiredToo"/>: releases are allowed after the request
+    /// expired (undoing must always be possible; a host only ever lets go of the VM it was asked to).</summary>
+    public async Task<MigrationRequest> AllowAsync(string step, Guid migrationId, Guid vm, MigrationRequest? request, bool expiredToo = false)
+    {
+        if (Problem(migrationId, vm, request, expiredToo) is { } problem)
+        {
+            throw await RefuseAsync(step, migrationId, vm, problem);
+        }
+        return request!;
+    }
+
+    /// <summary>Refuses the step (records it, logs it); throw what it returns.</summary>
+    public async Task<Exception> RefuseAsync(string step, Guid migrationId, Guid vm, string problem)
+    {
+        logger.LogWarning("refused {Step} of migration {Migration} (VM {Vm}): {Problem}", step, migrationId, vm, problem);
+        try
+        {
+            var e = new StepDenied(migrationId, vm, host.Host, step, problem, DateTimeOffset.UtcNow);
+            await (await bus.GetSendEndpoint(audit.AddressOf(migrationId))).Send((object)e);
+        }
+#pragma warning disable CA1031 // the refusal stands whether or not it could be recorded
+        catch (Exception x)
+#pragma warning restore CA1031
+        {
+            logger.LogError("the refusal of {Step} of migration {Migration} could not be recorded: {Why}", step, migrationId, x.Message);
+        }
+        return new ApplicationFailureException($"{step} refused at {host.Host}: {problem}", StepErrors.Denied, nonRetryable: true);
+    }
+
+    /// <summary>The key the operator pinned for <paramref name="name"/> in the request (or its drain order).</summary>
+    public static byte[]? PinnedKey(MigrationRequest request, string name) =>
+        (request.Order?.Hosts ?? request.Pinned ?? []).FirstOrDefault(p => p.Host == name)?.HostKey;
+
+    /// <summary>The hosts a request sends pages to.</summary>
+    public static bool IsDestination(MigrationRequest request, string name) => request.Main.Host == name || request.SubHosts.Any(s => s.Host == name);
+
+    private string? Problem(Guid migrationId, Guid vm, MigrationRequest? r, bool expiredToo)
+    {
+        if (trust.PublicKey is not { } operatorKey)
+        {
+            return $"host {host.Host} pins no operator key (setting Trust:OperatorKey), so it takes no step";
+        }
+        if (r is null)
+        {
+            return "the step carries no signed request";
+        }
+        if (r.MigrationId != migrationId || r.Vm != vm)
+        {
+            return $"the step is for migration {migrationId} (VM {vm}), its request for migration {r.MigrationId} (VM {r.Vm})";
+        }
+        DateTimeOffset? notAfter;
+        if (r.Order is { } order)
+        {
+            if (!OperatorSignatures.IsSigned(order, operatorKey))
+            {
+                return "its drain order is not signed by the operator this host trusts";
+            }
+            var allowed = order.Hosts.Select(h => h.Host).ToHashSet(StringComparer.Ordinal);
+            if (r.Source != order.Host || r.Mode != order.Mode || !r.PlainProcesses.SequenceEqual(order.PlainProcesses, StringComparer.Ordinal))
+            {
+                return $"the drain order for {order.Host} ({order.Mode}) does not allow a migration from {r.Source} ({r.Mode}, plain: {string.Join(",", r.PlainProcesses)})";
+            }
+            if (r.SubHosts.Prepend(r.Main).FirstOrDefault(d => !allowed.Contains(d.Host) || d.Host == order.Host) is { } stranger)
+            {
+                return $"the drain order for {order.Host} does not allow {stranger.Host} as a destination";
+            }
+            notAfter = order.NotAfter;
+        }
+        else
+        {
+            if (!OperatorSignatures.IsSigned(r, operatorKey))
+            {
+                return "the request is not signed by the operator this host trusts (or was altered)";
+            }
+            notAfter = r.NotAfter;
+        }
+        if (notAfter is null)
+        {
+            return "the request has no expiry";
+        }
+        if (!expiredToo && notAfter < DateTimeOffset.UtcNow)
+        {
+            return $"the request expired at {notAfter:u}";
+        }
+        return null;
+    }
+}

@@ -1,0 +1,76 @@
+using System.Security.Cryptography;
+
+namespace SEmigrate.Sealing;
+
+/// <summary>The operator's signing key (ECDSA P-256): it signs migration requests, drain orders and host
+/// enrolments; hosts pin its public key (setting Trust:OperatorKey) and check every step against what it
+/// signed. The private key is a file of mode 0600, created so before a byte is written, and never leaves
+/// the operator's machine.</summary>
+public sealed class OperatorKey : IDisposable
+{
+    private readonly ECDsa ecdsa;
+
+    private OperatorKey(ECDsa ecdsa) => this.ecdsa = ecdsa;
+
+    public static OperatorKey Generate() => new(ECDsa.Create(ECCurve.NamedCurves.nistP256));
+
+    public static OperatorKey Load(string path)
+    {
+        var ecdsa = ECDsa.Create();
+        ecdsa.ImportPkcs8PrivateKey(File.ReadAllBytes(path), out _);
+        return new OperatorKey(ecdsa);
+    }
+
+    /// <summary>Creates the key at <paramref name="path"/> unless one is there; returns whether it made one.</summary>
+    public static bool Create(string path)
+    {
+        if (File.Exists(path))
+        {
+            return false;
+        }
+        using var key = Generate();
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
+        var temporary = $"{path}.{Environment.ProcessId}.tmp";
+        using (var file = new FileStream(temporary, options))
+        {
+            file.Write(key.ecdsa.ExportPkcs8PrivateKey());
+            file.Flush(flushToDisk: true);
+        }
+        try
+        {
+            File.Move(temporary, path, overwrite: false); // two at once: the first one stays
+            return true;
+        }
+        catch (IOException) when (File.Exists(path))
+        {
+            File.Delete(temporary);
+            return false;
+        }
+    }
+
+    /// <summary>The public key (SubjectPublicKeyInfo), what hosts pin.</summary>
+    public byte[] PublicKey => ecdsa.ExportSubjectPublicKeyInfo();
+
+    public byte[] Sign(ReadOnlySpan<byte> data) => ecdsa.SignData(data, HashAlgorithmName.SHA256);
+
+    /// <summary>Whether <paramref name="signature"/> is <paramref name="publicKey"/>'s over <paramref name="data"/>;
+    /// a malformed key or signature is just not valid.</summary>
+    public static bool Verify(ReadOnlySpan<byte> publicKey, ReadOnlySpan<byte> data, ReadOnlySpan<byte> signature)
+    {
+        using var ecdsa = ECDsa.Create();
+        try
+        {
+            ecdsa.ImportSubjectPublicKeyInfo(publicKey, out _);
+            return ecdsa.VerifyData(data, signature, HashAlgorithmName.SHA256);
+        }
+        catch (CryptographicException)
+        {
+            return false;
+        }
+    }
+
+    public override string ToString() => "OperatorKey(hidden)";
+
+    public void Dispose() => ecdsa.Dispose();
+}

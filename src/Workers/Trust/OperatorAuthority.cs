@@ -1,0 +1,84 @@
+using Marten;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Sealing;
+using SEmigrate.Workers.Settings;
+
+namespace SEmigrate.Workers.Trust;
+
+/// <summary>A host the operator enrolled: its key, vouched for by the operator's signature (the database
+/// is not trusted to keep it: a swapped key fails the signature when it is read).</summary>
+public sealed record HostEnrolment(string Id, byte[] HostKey, DateTimeOffset At, byte[] Signature);
+
+/// <summary>What the operator's commands do with the operator's key: enrol hosts, and sign migration
+/// requests and drain orders with the enrolled keys pinned in them.</summary>
+public static class OperatorAuthority
+{
+    public static OperatorKey LoadKey(TrustOptions o) => File.Exists(o.OperatorKeyFile) ? OperatorKey.Load(o.OperatorKeyFile)
+        : throw new InvalidOperationException($"no operator key at {o.OperatorKeyFile} (setting Trust:OperatorKeyFile): `semigrate operator init` makes one");
+
+    public static async Task<HostEnrolment> EnrolAsync(IDocumentStore store, OperatorKey key, HostIdentity identity, CancellationToken ct)
+    {
+        var at = DateTimeOffset.UtcNow;
+        var enrolment = new HostEnrolment(identity.Host, identity.HostKey, at, key.Sign(OperatorSignatures.Enrolment(identity.Host, identity.HostKey, at)));
+        await using var session = store.LightweightSession();
+        session.Store(enrolment);
+        await session.SaveChangesAsync(ct);
+        return enrolment;
+    }
+
+    /// <summary>The enrolled keys of <paramref name="hosts"/> (every enrolled host when null), each checked
+    /// against the operator's signature; a host not enrolled, or whose enrolment was altered, fails.</summary>
+    public static async Task<IReadOnlyList<PinnedHost>> PinAsync(IDocumentStore store, OperatorKey key, IReadOnlyCollection<string>? hosts, CancellationToken ct)
+    {
+        await using var query = store.QuerySession();
+        var enrolled = hosts is null ? await query.Query<HostEnrolment>().ToListAsync(ct) : await query.LoadManyAsync<HostEnrolment>(ct, hosts);
+        if (hosts?.FirstOrDefault(h => enrolled.All(e => e.Id != h)) is { } missing)
+        {
+            throw new InvalidOperationException($"host {missing} is not enrolled: `semigrate host enrol {missing} --identity FILE` (its worker writes STATE/{HostIdentity.FileName})");
+        }
+        var publicKey = key.PublicKey;
+        if (enrolled.FirstOrDefault(e => !OperatorKey.Verify(publicKey, OperatorSignatures.Enrolment(e.Id, e.HostKey, e.At), e.Signature)) is { } forged)
+        {
+            throw new InvalidOperationException($"the enrolment of host {forged.Id} is not signed by this operator's key (altered in the database, or enrolled by another operator)");
+        }
+        return [.. enrolled.OrderBy(e => e.Id, StringComparer.Ordinal).Select(e => new PinnedHost(e.Id, e.HostKey))];
+    }
+
+    /// <summary>The request signed, valid for <paramref name="validFor"/>, with its destinations' enrolled keys pinned.</summary>
+    public static async Task<MigrationRequest> SignAsync(IDocumentStore store, OperatorKey key, MigrationRequest request, TimeSpan validFor, CancellationToken ct)
+    {
+        var pinned = await PinAsync(store, key, [.. request.SubHosts.Prepend(request.Main).Select(d => d.Host).Distinct(StringComparer.Ordinal)], ct);
+        return OperatorSignatures.Sign(request with { Pinned = pinned, NotAfter = DateTimeOffset.UtcNow + validFor }, key);
+    }
+
+    /// <summary>The request signed with the operator's key (Trust:OperatorKeyFile), valid for Trust:ValidHours.</summary>
+    public static async Task<MigrationRequest> SignAsync(IServiceProvider services, MigrationRequest request, CancellationToken ct)
+    {
+        var trust = services.GetRequiredService<IOptions<TrustOptions>>().Value;
+        using var key = LoadKey(trust);
+        return await SignAsync(services.GetRequiredService<IDocumentStore>(), key, request, TimeSpan.FromHours(trust.ValidHours), ct);
+    }
+
+    /// <summary>The drain signed as the operator's order (valid for <paramref name="validFor"/>, Trust:ValidHours by default).</summary>
+    public static async Task<DrainHost> OrderAsync(IServiceProvider services, DrainHost drain, CancellationToken ct, TimeSpan? validFor = null)
+    {
+        var trust = services.GetRequiredService<IOptions<TrustOptions>>().Value;
+        using var key = LoadKey(trust);
+        return drain with
+        {
+            Order = await OrderDrainAsync(services.GetRequiredService<IDocumentStore>(), key, drain.Host, drain.Mode, drain.PlainProcesses,
+                validFor ?? TimeSpan.FromHours(trust.ValidHours), ct),
+        };
+    }
+
+    /// <summary>An order to drain <paramref name="host"/> onto every other enrolled host, valid for <paramref name="validFor"/>.</summary>
+    public static async Task<DrainOrder> OrderDrainAsync(IDocumentStore store, OperatorKey key, string host, MigrationMode mode, IReadOnlyList<string> plainProcesses,
+        TimeSpan validFor, CancellationToken ct)
+    {
+        var others = (await PinAsync(store, key, null, ct)).Where(p => p.Host != host).ToList();
+        return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, others, DateTimeOffset.UtcNow + validFor, []), key);
+    }
+}

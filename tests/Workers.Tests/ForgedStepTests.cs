@@ -1,0 +1,141 @@
+using System.Security.Cryptography;
+using Marten;
+using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Sealing;
+using SEmigrate.TestSupport;
+using SEmigrate.Workers.Trust;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>Somebody on the broker sends the hosts' workers steps of their own making, as the embedded
+/// engine's messages: each one a step that the operator's signed request does not allow. Every one is
+/// refused, changes nothing (the source keeps its key, its guest and its state; the same steps as the request
+/// allows them still work afterwards) and is in the audit trail as a StepDenied.</summary>
+public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
+{
+    [Fact]
+    public async Task Every_forged_or_replayed_step_is_refused_recorded_and_changes_nothing()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        var bus = run.Host.Services.GetRequiredService<IBus>();
+        var r = await run.SignAsync(run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000), ct);
+        var (id, vm) = (r.MigrationId, r.Vm);
+        var rows = new List<(string Attack, int Tries, int Refused, int Lost)>();
+        var streams = new HashSet<Guid> { id };
+
+        // What the request allows, for the attacks to aim at: the guest introspected, the main host serving the VM.
+        var found = await AllowedAsync<IntrospectGuest, IntrospectionResult>(r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, r));
+        var started = await AllowedAsync<StartPaging, PagingStarted>(r.Main.Host, new StartPaging(id, vm, r.Main.Host, r.Mode, 30_000, 30_000, Request: r));
+        var plan = Placement.Plan(found.ChunkGuestPages, found.ChunkPages, r.Main, r.SubHosts);
+        var keyFile = Path.Combine(run.StateOf(r.Source), "migrations", id.ToString("N"), "data.key");
+        Assert.True(File.Exists(keyFile));
+        using var attacker = HostKeyPair.Generate();
+        var enrolled = await OperatorAuthority.PinAsync(run.Host.Services.GetRequiredService<IDocumentStore>(), OperatorKey.Load(TestOperator.KeyFile), null, ct);
+        var sub1Key = enrolled.Single(p => p.Host == run.Sub1).HostKey;
+        using var otherOperator = OperatorKey.Generate();
+        var signedByAnother = OperatorSignatures.Sign(r, otherOperator);
+        var altered = r with { Mode = MigrationMode.NoEnc }; // the operator's signature, over another mode
+
+        await Row("wrap the data key for the attacker's key", r.Source, new HandOver(id, vm, r.Main.Host, attacker.PublicKey, r));
+        await Row("wrap for another host's key (swapped PagingStarted key)", r.Source, new HandOver(id, vm, r.Main.Host, sub1Key, r));
+        await Row("wrap for the main host named by an altered request", r.Source, new HandOver(id, vm, run.Sub1, sub1Key, r with { Main = r.Main with { Host = run.Sub1 } }));
+        await Row("transfer to an unknown host", r.Source, new TransferPages(id, vm, r.Mode, plan.Assignments[0] with { Host = "attacker" }, 0, 1, null, Request: r));
+        await Row("transfer of another host's range", r.Source, new TransferPages(id, vm, r.Mode, plan.Assignments[0] with { Host = run.Sub2 }, 0, 1, null, Request: r));
+        await Row("noenc forced on the transfer", r.Source, new TransferPages(id, vm, MigrationMode.NoEnc, plan.Assignments[0], 0, 1, null, Request: r));
+        await Row("noenc forced in the request (signature kept)", r.Source, new TransferPages(id, vm, MigrationMode.NoEnc, plan.Assignments[0], 0, 1, null, Request: altered));
+        await Row("paging started in noenc", r.Main.Host, new StartPaging(id, vm, r.Main.Host, MigrationMode.NoEnc, 10, 10, Request: r));
+        await Row("request signed by another operator", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, signedByAnother));
+        await Row("step without a request", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses));
+        await Row("plain processes widened", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, [.. r.PlainProcesses, "sshd"], r));
+        var foreignId = Guid.NewGuid();
+        streams.Add(foreignId);
+        await Row("foreign switch-over (forged request)", r.Main.Host,
+            new SwitchOver(foreignId, vm, r.Main.Host, r.Mode, KeyWrap.Wrap(DataKey.Generate(), started.HostKey!, "x"), plan, Request: r with { MigrationId = foreignId }));
+        await Row("foreign switch-over (another operator)", r.Main.Host,
+            new SwitchOver(id, vm, r.Main.Host, r.Mode, KeyWrap.Wrap(DataKey.Generate(), started.HostKey!, "x"), plan, Request: signedByAnother));
+        await Row("foreign release: the VM left, without a receipt", r.Source, new ReleaseSource(id, vm, VmLeft: true, r));
+        await Row("foreign release: the VM left, forged receipt", r.Source, new ReleaseSource(id, vm, VmLeft: true, r, RandomNumberGenerator.GetBytes(32)));
+        await Row("foreign release of paging (another operator)", r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, signedByAnother));
+        var expired = Expired(r);
+        await Row("replay of an expired signed request", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, expired));
+
+        // Nothing changed: the source still has its key, and the steps as the request allows them still work.
+        var lostKey = File.Exists(keyFile) ? 0 : 1;
+        var handedOver = await AllowedAsync<HandOver, HandedOver>(r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r));
+        Assert.NotEmpty(handedOver.WrappedKey);
+        // The migration undone as the request allows; replaying its steps after that is refused too.
+        await AllowedAsync<ReleasePaging, PagingReleased>(r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, r));
+        await AllowedAsync<ReleaseSource, SourceReleased>(r.Source, new ReleaseSource(id, vm, VmLeft: false, r));
+        await Row("replay of a signed request after it ended", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, r));
+        await Row("replay of its hand-over after it ended", r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r));
+
+        // Every refusal is in the audit trail as a security event.
+        await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
+        var refusals = rows.Sum(x => x.Refused);
+        var denied = 0;
+        for (var i = 0; i < 100 && denied < refusals; i++)
+        {
+            denied = 0;
+            foreach (var stream in streams)
+            {
+                denied += (await query.Events.FetchStreamAsync(stream, token: ct)).Count(e => e.Data is StepDenied);
+            }
+            await Task.Delay(100, ct);
+        }
+        var output = TestContext.Current.TestOutputHelper;
+        output?.WriteLine($"| {"attack",-56} | tries | refused | data lost |");
+        foreach (var (attack, tries, refused, lost) in rows)
+        {
+            output?.WriteLine($"| {attack,-56} | {tries,5} | {refused,7} | {lost,9} |");
+        }
+        output?.WriteLine($"StepDenied events in the audit trail: {denied} of {refusals} refusals; source key kept through them: {lostKey == 0}");
+        Assert.All(rows, x => Assert.Equal(x.Tries, x.Refused));
+        Assert.Equal(0, lostKey);
+        Assert.Equal(refusals, denied);
+
+        async Task Row(string attack, string host, object step)
+        {
+            var reason = step switch
+            {
+                IntrospectGuest x => await RefusalAsync<IntrospectGuest, IntrospectionResult>(host, x),
+                StartPaging x => await RefusalAsync<StartPaging, PagingStarted>(host, x),
+                TransferPages x => await RefusalAsync<TransferPages, TransferResult>(host, x),
+                HandOver x => await RefusalAsync<HandOver, HandedOver>(host, x),
+                SwitchOver x => await RefusalAsync<SwitchOver, SwitchedOverResult>(host, x),
+                ReleasePaging x => await RefusalAsync<ReleasePaging, PagingReleased>(host, x),
+                ReleaseSource x => await RefusalAsync<ReleaseSource, SourceReleased>(host, x),
+                _ => throw new ArgumentException($"no step {step.GetType().Name}"),
+            };
+            Assert.True(reason is not null, $"{attack}: the step was taken");
+            Assert.Contains("refused", reason, StringComparison.Ordinal);
+            rows.Add((attack, 1, 1, 0));
+        }
+
+        async Task<TOut> AllowedAsync<T, TOut>(string host, T step) where T : class where TOut : class
+        {
+            var response = await bus.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
+            return response.Is(out Response<TOut>? done) ? done.Message
+                : response.Is(out Response<StepRefused>? refused) ? throw new InvalidOperationException($"{typeof(T).Name} refused: {refused.Message.Reason}")
+                : throw new InvalidOperationException("no answer");
+        }
+
+        // The refusal's reason; null when the step was taken.
+        async Task<string?> RefusalAsync<T, TOut>(string host, T step) where T : class where TOut : class
+        {
+            var response = await bus.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
+            return response.Is(out Response<StepRefused>? refused) ? refused.Message.Reason : null;
+        }
+
+        static MigrationRequest Expired(MigrationRequest request)
+        {
+            using var key = OperatorKey.Load(TestOperator.KeyFile);
+            return OperatorSignatures.Sign(request with { NotAfter = DateTimeOffset.UtcNow.AddMinutes(-1) }, key);
+        }
+    }
+}
