@@ -106,7 +106,7 @@ public sealed class MainHostActivities(
             ? await RunAsync(input, kit, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
             : (null, null, null);
         var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest,
-            key.Receipt(input.MigrationId, input.Vm, host.Host));
+            Convert.ToHexString(key.Receipt(input.MigrationId, input.Vm, host.Host)));
         vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);

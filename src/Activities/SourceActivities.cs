@@ -504,10 +504,19 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
     }
 
-    private static bool HasReceipt(SourceState state, byte[] receipt, ReleaseSource input, string main)
+    private static bool HasReceipt(SourceState state, string receipt, ReleaseSource input, string main)
     {
+        byte[] bytes;
+        try
+        {
+            bytes = Convert.FromHexString(receipt);
+        }
+        catch (FormatException)
+        {
+            return false;
+        }
         using var key = state.LoadKey();
-        return key.IsReceipt(receipt, input.MigrationId, input.Vm, main);
+        return key.IsReceipt(bytes, input.MigrationId, input.Vm, main);
     }
 
     /// <summary>A public key's fingerprint for messages: the first bytes of its SHA-256.</summary>

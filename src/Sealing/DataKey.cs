@@ -23,16 +23,7 @@ public sealed class DataKey : IDisposable
 
     /// <summary>Keeps the key at the source for the length of a migration, so that a source worker that
     /// restarts mid-transfer seals under the same key (mode 0600, created so before a byte is written).</summary>
-    public void Save(string path)
-    {
-        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
-        using (var file = new FileStream(path + ".tmp", options))
-        {
-            file.Write(key);
-            file.Flush(flushToDisk: true);
-        }
-        File.Move(path + ".tmp", path, overwrite: true);
-    }
+    public void Save(string path) => PrivateFile.Write(path, key, overwrite: true);
 
     public static DataKey Load(string path) => FromBytes(File.ReadAllBytes(path));
 

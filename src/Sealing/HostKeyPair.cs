@@ -23,23 +23,9 @@ public sealed class HostKeyPair : IDisposable
         }
         ecdh.Dispose();
         var pair = Generate();
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        // Made 0600 before a byte is in it, and whole or not at all: a crash never leaves half a key.
-        var temporary = $"{path}.{Environment.ProcessId}.tmp";
-        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
-        using (var file = new FileStream(temporary, options))
+        if (!PrivateFile.Write(path, pair.ecdh.ExportPkcs8PrivateKey(), overwrite: false))
         {
-            file.Write(pair.ecdh.ExportPkcs8PrivateKey());
-            file.Flush(flushToDisk: true);
-        }
-        try
-        {
-            File.Move(temporary, path, overwrite: false);
-        }
-        catch (IOException) when (File.Exists(path))
-        {
-            File.Delete(temporary); // another process made it first: that one is the host's key
-            pair.Dispose();
+            pair.Dispose(); // another process made it first: that one is the host's key
             return LoadOrCreate(path);
         }
         return pair;

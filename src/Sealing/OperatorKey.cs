@@ -29,24 +29,7 @@ public sealed class OperatorKey : IDisposable
             return false;
         }
         using var key = Generate();
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
-        var temporary = $"{path}.{Environment.ProcessId}.tmp";
-        using (var file = new FileStream(temporary, options))
-        {
-            file.Write(key.ecdsa.ExportPkcs8PrivateKey());
-            file.Flush(flushToDisk: true);
-        }
-        try
-        {
-            File.Move(temporary, path, overwrite: false); // two at once: the first one stays
-            return true;
-        }
-        catch (IOException) when (File.Exists(path))
-        {
-            File.Delete(temporary);
-            return false;
-        }
+        return PrivateFile.Write(path, key.ecdsa.ExportPkcs8PrivateKey(), overwrite: false); // two at once: the first one stays
     }
 
     /// <summary>The public key (SubjectPublicKeyInfo), what hosts pin.</summary>

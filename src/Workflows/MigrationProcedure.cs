@@ -247,7 +247,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
 
     /// <summary>After switch-over nothing is undone: a source that cannot drop its copy of the key is
     /// reported (the outcome's reason) for the operator, not compensated.</summary>
-    private async Task<string?> LetSourceGoAsync(MigrationRequest request, byte[]? receipt)
+    private async Task<string?> LetSourceGoAsync(MigrationRequest request, string? receipt)
     {
         try
         {

@@ -60,7 +60,7 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await Row("foreign switch-over (another operator)", r.Main.Host,
             new SwitchOver(id, vm, r.Main.Host, r.Mode, KeyWrap.Wrap(DataKey.Generate(), started.HostKey!, "x"), plan, Request: signedByAnother));
         await Row("foreign release: the VM left, without a receipt", r.Source, new ReleaseSource(id, vm, VmLeft: true, r));
-        await Row("foreign release: the VM left, forged receipt", r.Source, new ReleaseSource(id, vm, VmLeft: true, r, RandomNumberGenerator.GetBytes(32)));
+        await Row("foreign release: the VM left, forged receipt", r.Source, new ReleaseSource(id, vm, VmLeft: true, r, Convert.ToHexString(RandomNumberGenerator.GetBytes(32))));
         await Row("foreign release of paging (another operator)", r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, signedByAnother));
         var expired = Expired(r);
         await Row("replay of an expired signed request", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, expired));

@@ -24,7 +24,7 @@ public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, Migratio
 /// holds the data key, which only a main host that took the VM over has (see DataKey.Receipt): the source
 /// lets the VM go only with it.</summary>
 public sealed record SwitchedOverResult(string Main, long LocalPages, long RemotePages, bool Running = false, DateTimeOffset? ContinuedAt = null,
-    string? ManifestDigest = null, byte[]? Receipt = null);
+    string? ManifestDigest = null, string? Receipt = null);
 
 /// <summary>At the source, or at the main host after switch-over: a digest of every guest page in
 /// [<paramref name="FirstPfn"/>, <paramref name="EndPfn"/>), one per chunk of <paramref name="ChunkPages"/>
@@ -46,6 +46,6 @@ public sealed record VmStopped(Guid MigrationId, IReadOnlyList<PagingReleased> R
 
 /// <summary>At the source: the VM has left (or stays, after compensation); drop the migration's key and state.
 /// That it left takes the main host's <paramref name="Receipt"/> (a forged release would end the only running copy).</summary>
-public sealed record ReleaseSource(Guid MigrationId, Guid Vm, bool VmLeft, MigrationRequest? Request = null, byte[]? Receipt = null);
+public sealed record ReleaseSource(Guid MigrationId, Guid Vm, bool VmLeft, MigrationRequest? Request = null, string? Receipt = null);
 
 public sealed record SourceReleased(bool VmLeft);

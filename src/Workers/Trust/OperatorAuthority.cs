@@ -47,10 +47,14 @@ public static class OperatorAuthority
         return [.. enrolled.OrderBy(e => e.Id, StringComparer.Ordinal).Select(e => new PinnedHost(e.Id, e.HostKey))];
     }
 
-    /// <summary>The request signed, valid for <paramref name="validFor"/>, with its destinations' enrolled keys pinned.</summary>
+    /// <summary>The request signed, valid for <paramref name="validFor"/>, with its main host's enrolled key pinned
+    /// (the data key is wrapped for it: it must be enrolled), and the keys of its sub-hosts that are (they hold no key:
+    /// a sub-host is named, not trusted).</summary>
     public static async Task<MigrationRequest> SignAsync(IDocumentStore store, OperatorKey key, MigrationRequest request, TimeSpan validFor, CancellationToken ct)
     {
-        var pinned = await PinAsync(store, key, [.. request.SubHosts.Prepend(request.Main).Select(d => d.Host).Distinct(StringComparer.Ordinal)], ct);
+        var main = await PinAsync(store, key, [request.Main.Host], ct);
+        var subs = (await PinAsync(store, key, null, ct)).Where(p => p.Host != request.Main.Host && request.SubHosts.Any(s => s.Host == p.Host));
+        var pinned = main.Concat(subs).ToList();
         return OperatorSignatures.Sign(request with { Pinned = pinned, NotAfter = DateTimeOffset.UtcNow + validFor }, key);
     }
 
