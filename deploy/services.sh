@@ -75,7 +75,9 @@ pg_up() {
   # postgres must traverse every folder above its data folder.
   local d=$STATE
   while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
-  chown -R postgres:postgres "$PG_DIR"
+  # Only what postgres does not own yet: a running server deletes its own files meanwhile (chown -R
+  # over them failed when one vanished), and never another's.
+  find "$PG_DIR" -ignore_readdir_race \( ! -user postgres -o ! -group postgres \) -exec chown postgres:postgres {} +
   chmod 755 "$STATE" "$PG_DIR"
   if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
     log "postgres: initdb in $PG_DIR/data"

@@ -16,12 +16,26 @@ public class DoctorTests
     {
         var env = await RunningServices();
         env["SEMIGRATE__Postgres__Schema"] = "doctor_ok";
+        env["SEMIGRATE__Trust__OperatorKey"] = Convert.ToBase64String(TestOperator.PublicKey);
+        env["SEMIGRATE__Trust__OperatorKeyFile"] = TestOperator.KeyFile;
         var r = await SemigrateProcess.RunAsync(env, "doctor");
         Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}\n{r.Stdout}\n{r.Stderr}");
         Assert.Matches(@"^postgres\s+ok\s+127\.0\.0\.1:\d+, Marten store ready \(schema doctor_ok\)", Line(r.Stdout, "postgres"));
         Assert.Matches(@"^rabbitmq\s+ok\s+127\.0\.0\.1:\d+, RabbitMQ \d", Line(r.Stdout, "rabbitmq"));
         Assert.Matches("^temporal\\s+ok\\s+not configured: the embedded engine will run migrations", Line(r.Stdout, "temporal"));
         Assert.Contains("qemu", r.Stdout, StringComparison.Ordinal);
+        Assert.Matches(@"^trust\s+ok\s+host workers here pin operator key [0-9A-F]{16}; the operator's key to sign with is ", Line(r.Stdout, "trust"));
+    }
+
+    [Fact]
+    public async Task A_host_without_the_operators_key_is_told_it_refuses_every_step()
+    {
+        var env = await RunningServices();
+        env["SEMIGRATE__Trust__OperatorKey"] = "";
+        env["SEMIGRATE__Trust__OperatorKeyFile"] = "/nonexistent/operator.key";
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+        Assert.Matches(@"^trust\s+missing\s+Trust:OperatorKey is not set: a host worker here refuses every step .*no operator key at /nonexistent/operator.key",
+            Line(r.Stdout, "trust"));
     }
 
     [Fact]
@@ -78,6 +92,7 @@ public class DoctorTests
     [InlineData("SEMIGRATE__Postgres__Schema", "Drop Table", "postgres", "Postgres:Schema")]
     [InlineData("SEMIGRATE__RabbitMq__Uri", "http://127.0.0.1/", "rabbitmq", "RabbitMq:Uri")]
     [InlineData("SEMIGRATE__Temporal__Address", "not an address", "temporal", "Temporal:Address")]
+    [InlineData("SEMIGRATE__Trust__OperatorKey", "bm90IGEga2V5", "trust", "Trust:OperatorKey")]
     public async Task A_wrong_setting_is_one_clear_line_naming_the_key_not_a_stack_trace(
         string variable, string value, string check, string key)
     {

@@ -11,7 +11,7 @@ namespace SEmigrate.Workers.Doctor;
 /// <summary>Checks that this host can reach what its roles need; each check turns every failure
 /// into a line of text, so one broken service never hides the others.</summary>
 public sealed class DoctorChecks(
-    IOptions<PostgresOptions> postgres, IOptions<RabbitMqOptions> rabbitMq, IOptions<TemporalOptions> temporal)
+    IOptions<PostgresOptions> postgres, IOptions<RabbitMqOptions> rabbitMq, IOptions<TemporalOptions> temporal, IOptions<TrustOptions> trust)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(15);
 
@@ -21,6 +21,7 @@ public sealed class DoctorChecks(
         await Guarded("rabbitmq", () => true, RabbitMqAsync, ct),
         await Guarded("temporal", () => temporal.Value.IsConfigured, TemporalAsync, ct),
         await Guarded("qemu", () => false, _ => Task.FromResult(Qemu()), ct),
+        await Guarded("trust", () => !string.IsNullOrWhiteSpace(trust.Value.OperatorKey), _ => Task.FromResult(Trust()), ct),
     ];
 
     // isRequired is read inside the guard: reading options validates them, and a check whose
@@ -118,6 +119,16 @@ public sealed class DoctorChecks(
             throw new InvalidOperationException($"namespace {o.Namespace} lacks the search attributes {string.Join(", ", missing)}: run `semigrate temporal setup`");
         }
         return $"{o.Address}, namespace {o.Namespace}, server {info.ServerVersion}, search attributes registered";
+    }
+
+    /// <summary>Which operator the host workers here obey, and whether the operator's commands can sign here.</summary>
+    private string Trust()
+    {
+        var o = trust.Value;
+        var signs = File.Exists(o.OperatorKeyFile) ? $"; the operator's key to sign with is {o.OperatorKeyFile}"
+            : $"; no operator key at {o.OperatorKeyFile} (Trust:OperatorKeyFile), so migrate and maintenance cannot sign here";
+        return o.PublicKey is { } pinned ? $"host workers here pin operator key {Activities.SourceActivities.KeyPrint(pinned)}{signs}"
+            : throw new InvalidOperationException($"Trust:OperatorKey is not set: a host worker here refuses every step (`semigrate operator init` prints it){signs}");
     }
 
     private static string Qemu()
