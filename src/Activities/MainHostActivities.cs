@@ -62,6 +62,19 @@ public sealed class MainHostActivities(
         {
             throw new ApplicationFailureException($"the wrapped data key does not open with this host's key: {e.Message}", nonRetryable: true);
         }
+        var capabilities = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        foreach (var c in input.Capabilities ?? [])
+        {
+            try
+            {
+                capabilities[c.Host] = KeyWrap.UnwrapSecret(c.Wrapped, keys, VmCapabilities.WrapContext(input.Vm, c.Host));
+            }
+            catch (CryptographicException e)
+            {
+                key.Dispose();
+                throw new ApplicationFailureException($"the capability of {c.Host} for VM {input.Vm} does not open with this host's key: {e.Message}", nonRetryable: true);
+            }
+        }
         var opener = new PageOpener(key, input.Vm);
         // What the source handed over is in this host's store, as sealed records (SealedBlob).
         Func<ulong, PageRecord?> blobs = pfn => store.Get(input.Vm, pfn) is { } r ? PageFrame.ReadRecord(r) : null;
@@ -107,7 +120,7 @@ public sealed class MainHostActivities(
             : (null, null, null);
         var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest,
             Convert.ToHexString(key.Receipt(input.MigrationId, input.Vm, host.Host)));
-        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null));
+        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null, capabilities));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
         return result;
@@ -274,18 +287,18 @@ public sealed class MainHostActivities(
         var released = new List<PagingReleased>();
         foreach (var h in vm.Placement.Assignments.Select(a => a.Host).Append(host.Host).Distinct(StringComparer.Ordinal))
         {
-            released.Add(new PagingReleased(h, h == host.Host ? store.Release(input.Vm) : await ReleaseAtAsync(h, input.Vm)));
+            released.Add(new PagingReleased(h, h == host.Host ? store.Release(input.Vm) : await ReleaseAtAsync(h, input.Vm, vm.Capabilities?.GetValueOrDefault(h))));
         }
         await AuditAsync(new MigratedVmStopped(vm.MigrationId, input.Vm, host.Host, [.. released.Select(r => r.Host)], released.Sum(r => r.Pages), DateTimeOffset.UtcNow));
         logger.LogInformation("VM {Vm} stopped; {Pages} pages released at {Hosts}", input.Vm, released.Sum(r => r.Pages), string.Join(", ", released.Select(r => r.Host)));
         return new VmStopped(vm.MigrationId, released);
     }
 
-    private async Task<long> ReleaseAtAsync(string at, Guid vm)
+    private async Task<long> ReleaseAtAsync(string at, Guid vm, byte[]? capability)
     {
         try
         {
-            return await client.ReleaseAsync(at, vm, StepToken.Current);
+            return await client.ReleaseAsync(at, vm, capability, StepToken.Current);
         }
         catch (MemoryServer.PageProtocolException e) when (e.Code == Contracts.Paging.PageError.UnknownVm)
         {

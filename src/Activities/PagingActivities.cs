@@ -11,7 +11,7 @@ namespace SEmigrate.Activities;
 
 /// <summary>A destination's steps (main host or sub-host): serve a VM's pages on this host's memory
 /// server, and release them. The main host also hands out its public key here, for the data key.</summary>
-public sealed class PagingActivities(HostContext host, PageClient client, StepGuard guard, HostKeyPair? mainHostKeys = null)
+public sealed class PagingActivities(HostContext host, PageClient client, StepGuard guard, VmCapabilities capabilities, HostKeyPair? mainHostKeys = null)
 {
     [Activity("StartPaging")]
     public async Task<PagingStarted> StartPagingAsync(StartPaging input)
@@ -23,8 +23,13 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
             throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm,
                 $"the request sends pages in {request.Mode} to {string.Join(", ", request.SubHosts.Prepend(request.Main).Select(d => d.Host))}, not in {input.Mode} to {host.Host}");
         }
+        // Only the main host may release the VM here after this (it pages from here): it gets the capability,
+        // wrapped for the key the operator pinned for it.
+        var mainKey = StepGuard.PinnedKey(request, request.Main.Host)
+            ?? throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm, $"the request pins no key for its main host {request.Main.Host}");
+        var capability = capabilities.For(input.MigrationId, input.Vm);
         // Placement trusted the capacity the operator gave; the memory server knows what it has left.
-        var usage = await client.UsageAsync(host.Host, StepToken.Current);
+        var usage = await client.UsageAsync(host.Host, input.Vm, capability, StepToken.Current);
         var already = usage.PagesPerVm.GetValueOrDefault(input.Vm);
         if (input.ExpectedPages - already > usage.CapacityPages - usage.UsedPages)
         {
@@ -37,14 +42,19 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         byte[] serverKey;
         try
         {
-            serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, StepToken.Current);
+            serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, capability, StepToken.Current);
+        }
+        catch (PageProtocolException e) when (e.Code == PageError.Forbidden)
+        {
+            throw new ApplicationFailureException($"host {host.Host} serves VM {input.Vm} for another migration already: {e.Message}", nonRetryable: true);
         }
         catch (PageProtocolException e) when (e.Code == PageError.StoreFull)
         {
             // Room reserved for other VMs' transfers counts too: asking again meets the same answer.
             throw new ApplicationFailureException($"host {host.Host} cannot take this VM's share: {e.Message}", nonRetryable: true);
         }
-        return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey, already);
+        return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey, already,
+            host.Host == request.Main.Host ? null : KeyWrap.WrapSecret(capability, mainKey, VmCapabilities.WrapContext(input.Vm, host.Host)));
     }
 
     /// <summary>Idempotent: a VM this host does not serve has nothing to release.</summary>
@@ -59,11 +69,15 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         }
         try
         {
-            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, StepToken.Current));
+            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, capabilities.For(input.MigrationId, input.Vm), StepToken.Current));
         }
         catch (PageProtocolException e) when (e.Code == PageError.UnknownVm)
         {
             return new PagingReleased(host.Host, 0);
+        }
+        catch (PageProtocolException e) when (e.Code == PageError.Forbidden)
+        {
+            throw new ApplicationFailureException($"host {host.Host} serves VM {input.Vm} for another migration: {e.Message}", nonRetryable: true);
         }
     }
 

@@ -6,8 +6,8 @@ namespace SEmigrate.MemoryServer;
 /// <summary>The original paper's design, kept as a baseline to measure against: the sub-host holds the
 /// channel key (sent to it wrapped for its own key pair), decrypts every page it receives and
 /// re-encrypts it at rest with a key of its own; page-in reverses both. Only VMs started in allenc
-/// mode ever reach this code. The at-rest key lives as long as the VM's pages: a channel key sent again
-/// (a retried transfer) replaces only the channel, so pages stored before still open.</summary>
+/// mode ever reach this code. The at-rest key lives as long as the VM's pages; the channel key is the first
+/// one sent (a retried transfer sends the same again).</summary>
 internal sealed class AllEncBaseline(Guid vm) : IDisposable
 {
     private readonly DataKey atRestKey = DataKey.Generate();
@@ -16,13 +16,21 @@ internal sealed class AllEncBaseline(Guid vm) : IDisposable
     private PageOpener? atRestOpener;
     private (DataKey Key, PageOpener Opener, PageSealer Sealer)? channel;
 
-    /// <summary>Takes (or replaces) the channel key; replies are sealed under <paramref name="replyEpoch"/>.</summary>
-    public void SetChannelKey(DataKey key, uint replyEpoch)
+    /// <summary>Takes the VM's channel key (this object keeps <paramref name="key"/> or disposes it); replies are
+    /// sealed under <paramref name="replyEpoch"/>. The first key stays: a retried transfer sends the same key
+    /// again, and a different one (somebody else's) is refused (false) rather than replacing it.</summary>
+    public bool SetChannelKey(DataKey key, uint replyEpoch)
     {
         lock (page)
         {
-            DisposeChannel();
+            if (channel is { } held)
+            {
+                var same = held.Key.Matches(key);
+                key.Dispose();
+                return same;
+            }
             channel = (key, new PageOpener(key, vm), key.CreateSealer(vm, replyEpoch));
+            return true;
         }
     }
 

@@ -28,6 +28,10 @@ public sealed class PageServer : IAsyncDisposable
         public List<IChannel> Channels { get; } = [];
 
         public AllEncBaseline? AllEnc { get; set; }
+
+        /// <summary>The SHA-256 of the VM's capability: who may release it and see its use (null: started
+        /// without one, as tests and benchmarks do; anyone may then).</summary>
+        public byte[]? Owner { get; set; }
     }
 
     private readonly IConnection connection;
@@ -86,7 +90,7 @@ public sealed class PageServer : IAsyncDisposable
             // A file store that survived a restart: its VMs are served again. Their records are served
             // as stored, which is all semigrate and noenc need; allenc's at-rest keys lived in memory
             // and are gone (a limit of that baseline, not of the store).
-            await server.StartVmAsync(vm, MigrationMode.Semigrate, null, ct);
+            await server.StartVmAsync(vm, MigrationMode.Semigrate, null, store.OwnerOf(vm), ct);
         }
         logger.LogInformation("memory server {Host} up: {Used}/{Capacity} pages", options.Host, store.UsedPages, store.CapacityPages);
         return server;
@@ -109,13 +113,24 @@ public sealed class PageServer : IAsyncDisposable
     /// <summary>Serves a VM (idempotent): its room is reserved first (<paramref name="expectedPages"/>,
     /// null: none, a VM that survived a restart), then its queues open. What fails leaves nothing behind:
     /// no channel open, no room held by a VM that was not there.</summary>
-    private async Task StartVmAsync(Guid id, MigrationMode mode, long? expectedPages, CancellationToken ct)
+    private async Task StartVmAsync(Guid id, MigrationMode mode, long? expectedPages, byte[]? owner, CancellationToken ct)
     {
         await startGate.WaitAsync(ct);
         try
         {
-            if (vms.ContainsKey(id))
+            if (vms.TryGetValue(id, out var started))
             {
+                // Idempotent for its owner only (a retry, or paging started again after a restart); a VM
+                // nobody owns yet (a restarted server's, started without a capability) is claimed.
+                if (started.Owner is { } held && (owner is null || !CryptographicOperations.FixedTimeEquals(held, owner)))
+                {
+                    throw new PageProtocolException(PageError.Forbidden, options.Host, $"VM {id} is served here for the holder of another capability");
+                }
+                if (owner is not null && started.Owner is null)
+                {
+                    store.SetOwner(id, owner);
+                    started.Owner = owner;
+                }
                 if (expectedPages is { } again)
                 {
                     store.Reserve(id, again);
@@ -131,9 +146,13 @@ public sealed class PageServer : IAsyncDisposable
             {
                 store.Reserve(id, pages);
             }
-            var vm = new Vm(id, mode);
+            var vm = new Vm(id, mode) { Owner = owner };
             try
             {
+                if (owner is not null)
+                {
+                    store.SetOwner(id, owner);
+                }
                 foreach (var queue in new[] { PageQueues.Bulk(options.Host, id), PageQueues.Fetch(options.Host, id) })
                 {
                     var channel = await connection.CreateChannelAsync(cancellationToken: ct);
@@ -225,13 +244,16 @@ public sealed class PageServer : IAsyncDisposable
         {
             case FrameKind.StartVm:
             {
-                var (mode, expected) = StartVmPayload(body.Span);
-                await StartVmAsync(vmId, mode, expected, CancellationToken.None);
+                var (mode, expected, capability) = StartVmPayload(body.Span);
+                await StartVmAsync(vmId, mode, expected, capability is null ? null : SHA256.HashData(capability), CancellationToken.None);
                 return (PageFrame.Build(FrameKind.VmStarted, vmId, requestId, 0, allEncKeys.PublicKey), null);
             }
             case FrameKind.Usage:
             {
-                var perVm = store.PagesPerVm();
+                // A client sees the VMs nobody owns, and the one whose capability it shows (header VM, payload capability).
+                var shown = PageFrame.Parse(body.Span).Payload is { Length: CapabilitySize } capability ? SHA256.HashData(capability) : null;
+                var perVm = store.PagesPerVm().Where(kv => !vms.TryGetValue(kv.Key, out var v) || v.Owner is not { } owner
+                    || (kv.Key == vmId && shown is not null && CryptographicOperations.FixedTimeEquals(owner, shown))).ToList();
                 var payload = new byte[16 + perVm.Count * 24];
                 BinaryPrimitives.WriteInt64LittleEndian(payload, store.CapacityPages);
                 BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(8), store.UsedPages);
@@ -258,7 +280,10 @@ public sealed class PageServer : IAsyncDisposable
                 {
                     vm.AllEnc ??= new AllEncBaseline(vmId);
                 }
-                vm.AllEnc.SetChannelKey(key, 0x8000_0000u | (uint)RandomNumberGenerator.GetInt32(int.MaxValue));
+                if (!vm.AllEnc.SetChannelKey(key, 0x8000_0000u | (uint)RandomNumberGenerator.GetInt32(int.MaxValue)))
+                {
+                    throw new PageProtocolException(PageError.Forbidden, options.Host, $"VM {vmId} has another channel key: it is not replaced");
+                }
                 return (PageFrame.Build(FrameKind.ChannelKeyAccepted, vmId, requestId, 0), null);
             }
             case FrameKind.ChannelKey:
@@ -308,6 +333,11 @@ public sealed class PageServer : IAsyncDisposable
             }
             case FrameKind.Release:
             {
+                if (vm.Owner is { } owner && !(PageFrame.Parse(body.Span).Payload is { Length: CapabilitySize } capability
+                        && CryptographicOperations.FixedTimeEquals(owner, SHA256.HashData(capability))))
+                {
+                    throw new PageProtocolException(PageError.Forbidden, options.Host, $"only the holder of VM {vmId}'s capability releases it");
+                }
                 var released = store.Release(vmId);
                 vms.TryRemove(vmId, out _);
                 // Page-ins fail at once from now on (no queue); the bulk queue goes once this is acked.
@@ -371,12 +401,20 @@ public sealed class PageServer : IAsyncDisposable
         }
     }
 
-    private static (MigrationMode Mode, long ExpectedPages) StartVmPayload(ReadOnlySpan<byte> frame)
+    /// <summary>Bytes of a VM's capability, where a StartVm, Release or Usage frame carries one.</summary>
+    public const int CapabilitySize = 32;
+
+    private static (MigrationMode Mode, long ExpectedPages, byte[]? Capability) StartVmPayload(ReadOnlySpan<byte> frame)
     {
         var payload = PageFrame.Parse(frame).Payload;
         var mode = payload.Length >= 1 && Enum.IsDefined((MigrationMode)payload[0]) ? (MigrationMode)payload[0]
             : throw new InvalidDataException("StartVm without a known mode");
-        return (mode, payload.Length >= 9 ? Math.Max(0, BinaryPrimitives.ReadInt64LittleEndian(payload[1..])) : 0);
+        if (payload.Length is not (1 or 9 or 9 + CapabilitySize))
+        {
+            throw new InvalidDataException($"a StartVm payload is 1, 9 or {9 + CapabilitySize} bytes, not {payload.Length}");
+        }
+        return (mode, payload.Length >= 9 ? Math.Max(0, BinaryPrimitives.ReadInt64LittleEndian(payload[1..])) : 0,
+            payload.Length > 9 ? payload[9..].ToArray() : null);
     }
 
     private async Task CloseVmAsync(Vm vm)

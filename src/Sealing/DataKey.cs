@@ -78,6 +78,9 @@ public sealed class DataKey : IDisposable
     public bool IsReceipt(ReadOnlySpan<byte> receipt, Guid migrationId, Guid vm, string main) =>
         CryptographicOperations.FixedTimeEquals(receipt, Receipt(migrationId, vm, main));
 
+    /// <summary>Whether <paramref name="other"/> is the same key (compared in constant time).</summary>
+    public bool Matches(DataKey other) => CryptographicOperations.FixedTimeEquals(key, other.key);
+
     public override string ToString() => "DataKey(hidden)";
 
     public void Dispose() => CryptographicOperations.ZeroMemory(key);

@@ -12,8 +12,28 @@ public static class KeyWrap
 {
     private const byte Version = 1;
 
-    public static byte[] Wrap(DataKey key, ReadOnlySpan<byte> recipientPublicKey, string context)
+    public static byte[] Wrap(DataKey key, ReadOnlySpan<byte> recipientPublicKey, string context) => WrapSecret(key.Bytes, recipientPublicKey, context);
+
+    public static DataKey Unwrap(ReadOnlySpan<byte> wrapped, HostKeyPair recipient, string context)
     {
+        var key = UnwrapSecret(wrapped, recipient, context);
+        try
+        {
+            return DataKey.FromBytes(key);
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(key);
+        }
+    }
+
+    /// <summary>Wraps any 32-byte secret (a data key, a memory server's capability for a VM) the same way.</summary>
+    public static byte[] WrapSecret(ReadOnlySpan<byte> secret, ReadOnlySpan<byte> recipientPublicKey, string context)
+    {
+        if (secret.Length != DataKey.Size)
+        {
+            throw new ArgumentException($"a wrapped secret is {DataKey.Size} bytes, not {secret.Length}", nameof(secret));
+        }
         using var recipient = ECDiffieHellman.Create();
         recipient.ImportSubjectPublicKeyInfo(recipientPublicKey, out _);
         using var ephemeral = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
@@ -26,12 +46,12 @@ public static class KeyWrap
         var rest = wrapped.AsSpan(3 + ephemeralPublic.Length);
         RandomNumberGenerator.Fill(rest[..12]); // one encryption per fresh KEK: a random nonce is safe
         using var aes = new AesGcm(kek, 16);
-        aes.Encrypt(rest[..12], key.Bytes, rest.Slice(12, DataKey.Size), rest[^16..], Encoding.UTF8.GetBytes(context));
+        aes.Encrypt(rest[..12], secret, rest.Slice(12, DataKey.Size), rest[^16..], Encoding.UTF8.GetBytes(context));
         CryptographicOperations.ZeroMemory(kek);
         return wrapped;
     }
 
-    public static DataKey Unwrap(ReadOnlySpan<byte> wrapped, HostKeyPair recipient, string context)
+    public static byte[] UnwrapSecret(ReadOnlySpan<byte> wrapped, HostKeyPair recipient, string context)
     {
         if (wrapped.Length < 3 || wrapped[0] != Version)
         {
@@ -47,7 +67,7 @@ public static class KeyWrap
         ephemeral.ImportSubjectPublicKeyInfo(ephemeralPublic, out _);
         var kek = Kek(recipient.Agree(ephemeral.PublicKey), ephemeralPublic.ToArray(), context);
         var rest = wrapped[(3 + publicLength)..];
-        Span<byte> key = stackalloc byte[DataKey.Size];
+        var key = new byte[DataKey.Size];
         using var aes = new AesGcm(kek, 16);
         try
         {
@@ -61,9 +81,7 @@ public static class KeyWrap
         {
             CryptographicOperations.ZeroMemory(kek);
         }
-        var result = DataKey.FromBytes(key);
-        CryptographicOperations.ZeroMemory(key);
-        return result;
+        return key;
     }
 
     private static byte[] Kek(byte[] secret, byte[] ephemeralPublic, string context)

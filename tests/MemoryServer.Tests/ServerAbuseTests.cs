@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Globalization;
+using System.Security.Cryptography;
 using Microsoft.Extensions.Logging.Abstractions;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
@@ -236,6 +237,75 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
     }
 
     [Fact]
+    public async Task A_vm_with_a_capability_is_released_shown_restarted_and_rekeyed_only_by_its_holder()
+    {
+        var host = rabbit.Name("sub-owned");
+        var folder = Directory.CreateTempSubdirectory("semigrate-owned-").FullName;
+        var options = new MemoryServerOptions { Host = host, CapacityPages = 10_000 };
+        var store = new FilePageStore(folder, options.CapacityPages);
+        var server = await PageServer.StartAsync(rabbit.Connection, options, store, NullLogger.Instance, Ct);
+        await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
+        var (victim, capability, other) = (Guid.NewGuid(), RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32));
+        var victimPages = Pages(100);
+        await client.StartVmAsync(host, victim, MigrationMode.Semigrate, 100, capability, Ct);
+        await client.StoreAsync(host, victim, victimPages, Ct);
+        var rows = new List<Row>();
+
+        async Task<int> RefusedAsync(Func<Task> attack, int tries)
+        {
+            var refused = 0;
+            for (var i = 0; i < tries; i++)
+            {
+                var e = await Record.ExceptionAsync(attack);
+                refused += e is PageProtocolException { Code: PageError.Forbidden } ? 1 : 0;
+            }
+            return refused;
+        }
+
+        rows.Add(new("release of an owned VM, no capability", 10, await RefusedAsync(() => client.ReleaseAsync(host, victim, Ct), 10),
+            await LostAsync(client, host, victim, victimPages)));
+        rows.Add(new("release of an owned VM, another capability", 10, await RefusedAsync(() => client.ReleaseAsync(host, victim, other, Ct), 10),
+            await LostAsync(client, host, victim, victimPages)));
+        rows.Add(new("StartVm of an owned VM, another capability", 10,
+            await RefusedAsync(() => client.StartVmAsync(host, victim, MigrationMode.Semigrate, 10_000, other, Ct), 10), await LostAsync(client, host, victim, victimPages)));
+        rows.Add(new("StartVm of an owned VM, no capability", 10,
+            await RefusedAsync(() => client.StartVmAsync(host, victim, MigrationMode.Semigrate, 10_000, Ct), 10), await LostAsync(client, host, victim, victimPages)));
+        // Usage: another client sees the totals, not the VM; its holder sees it.
+        var hidden = new[] { await client.UsageAsync(host, Ct), await client.UsageAsync(host, victim, other, Ct) }.Count(u => !u.PagesPerVm.ContainsKey(victim));
+        rows.Add(new("usage listing an owned VM, without its capability", 2, hidden, await LostAsync(client, host, victim, victimPages)));
+        Assert.Equal(100, (await client.UsageAsync(host, victim, capability, Ct)).PagesPerVm[victim]);
+        await client.StartVmAsync(host, victim, MigrationMode.Semigrate, 100, capability, Ct); // its holder may start it again
+
+        // The owner survives a restart of a file-backed server.
+        await server.DisposeAsync();
+        store.Dispose();
+        store = new FilePageStore(folder, options.CapacityPages);
+        server = await PageServer.StartAsync(rabbit.Connection, options, store, NullLogger.Instance, Ct);
+        rows.Add(new("release of an owned VM after a restart, no capability", 5, await RefusedAsync(() => client.ReleaseAsync(host, victim, Ct), 5),
+            await LostAsync(client, host, victim, victimPages)));
+
+        // allenc: the first channel key stays; the same one again is taken, another is refused.
+        var allenc = Guid.NewGuid();
+        var serverKey = await client.StartVmAsync(host, allenc, MigrationMode.AllEnc, 0, capability, Ct);
+        using var channelKey = Sealing.DataKey.Generate();
+        using var intruderKey = Sealing.DataKey.Generate();
+        var context = $"allenc-channel|{allenc:N}|{host}";
+        await client.SendChannelKeyAsync(host, allenc, Sealing.KeyWrap.Wrap(channelKey, serverKey, context), Ct);
+        await client.SendChannelKeyAsync(host, allenc, Sealing.KeyWrap.Wrap(channelKey, serverKey, context), Ct);
+        rows.Add(new("allenc channel key replaced", 5,
+            await RefusedAsync(() => client.SendChannelKeyAsync(host, allenc, Sealing.KeyWrap.Wrap(intruderKey, serverKey, context), Ct), 5), 0));
+
+        Print(rows);
+        Assert.All(rows, r => Assert.Equal(r.Tries, r.Refused));
+        Assert.All(rows, r => Assert.Equal(0, r.DataLost));
+        // Its holder releases it.
+        Assert.Equal(100, await client.ReleaseAsync(host, victim, capability, Ct));
+        await server.DisposeAsync();
+        store.Dispose();
+        Directory.Delete(folder, recursive: true);
+    }
+
+    [Fact]
     public async Task A_file_backed_server_that_dies_right_after_an_ack_has_every_acked_page()
     {
         var host = rabbit.Name("sub-crash");
@@ -312,10 +382,10 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
     private static void Print(IEnumerable<Row> rows)
     {
         var output = TestContext.Current.TestOutputHelper;
-        output?.WriteLine($"{"attack",-46} {"tries",6} {"refused",8} {"data lost",10}");
+        output?.WriteLine($"{"attack",-56} {"tries",6} {"refused",8} {"data lost",10}");
         foreach (var r in rows)
         {
-            output?.WriteLine($"{r.Attack,-46} {r.Tries,6} {r.Refused,8} {r.DataLost,10}");
+            output?.WriteLine($"{r.Attack,-56} {r.Tries,6} {r.Refused,8} {r.DataLost,10}");
         }
     }
 }

@@ -45,5 +45,9 @@ internal sealed class TamperingStore(IPageStore inner) : IPageStore
 
     public IReadOnlyDictionary<Guid, long> PagesPerVm() => inner.PagesPerVm();
 
+    public void SetOwner(Guid vm, byte[] capabilityHash) => inner.SetOwner(vm, capabilityHash);
+
+    public byte[]? OwnerOf(Guid vm) => inner.OwnerOf(vm);
+
     public void Dispose() => inner.Dispose();
 }

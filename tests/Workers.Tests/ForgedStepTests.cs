@@ -138,4 +138,33 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
             return OperatorSignatures.Sign(request with { NotAfter = DateTimeOffset.UtcNow.AddMinutes(-1) }, key);
         }
     }
+
+    [Fact]
+    public async Task Only_the_main_host_releases_a_migrated_vms_pages_at_a_sub_host_or_sees_them_listed()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
+        var outcome = await run.MigrateAsync(request, ct);
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        Assert.True(run.HoldsPagesOf(run.Sub1, request.Vm));
+
+        // Somebody else on the broker: the VM is not listed to them, and their release is refused.
+        await using var connection = await new RabbitMQ.Client.ConnectionFactory { Uri = new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]) }
+            .CreateConnectionAsync(ct);
+        await using var intruder = await MemoryServer.Client.PageClient.CreateAsync(connection, ct);
+        var usage = await intruder.UsageAsync(run.Sub1, ct);
+        Assert.True(usage.UsedPages > 0);
+        Assert.False(usage.PagesPerVm.ContainsKey(request.Vm), "another client sees the migrated VM listed");
+        var refused = await Assert.ThrowsAsync<MemoryServer.PageProtocolException>(() => intruder.ReleaseAsync(run.Sub1, request.Vm, ct));
+        Assert.Equal(Contracts.Paging.PageError.Forbidden, refused.Code);
+        Assert.True(run.HoldsPagesOf(run.Sub1, request.Vm), "the refused release dropped the pages");
+        TestContext.Current.TestOutputHelper?.WriteLine($"another client's release at {run.Sub1}: {refused.Message}");
+
+        // The main host, which holds the capability, releases them when the VM stops.
+        var stopped = await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct);
+        Assert.True(stopped.Released.Single(r => r.Host == run.Sub1).Pages > 0);
+        Assert.False(run.HoldsPagesOf(run.Sub1, request.Vm));
+        Assert.False(run.HoldsPagesOf(run.Sub2, request.Vm));
+    }
 }

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Text.Json;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
-using SEmigrate.MemoryServer.Client;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workflows;
@@ -10,8 +9,8 @@ using SEmigrate.Workflows;
 namespace SEmigrate.Workers.Tests;
 
 /// <summary>`semigrate migrate` as an operator runs it, against running host workers.</summary>
-public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgres, RabbitMqFixture rabbit)
-    : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>, IClassFixture<RabbitMqFixture>
+public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgres)
+    : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
 {
     [Fact]
     public async Task Migrate_moves_the_vm_and_prints_the_outcome_as_json()
@@ -76,9 +75,8 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
         var stderr = process.StandardError.ReadToEndAsync(ct);
         try
         {
-            await using var client = await PageClient.CreateAsync(rabbit.Connection, ct);
             var until = DateTime.UtcNow.AddSeconds(60);
-            while ((await client.UsageAsync(run.Main, ct)).PagesPerVm.GetValueOrDefault(vm) == 0)
+            while (!run.HoldsPagesOf(run.Main, vm))
             {
                 Assert.True(DateTime.UtcNow < until && !process.HasExited,
                     $"the transfer never started{(process.HasExited ? $": migrate exited {process.ExitCode}: {await stderr}" : "")}");
@@ -100,7 +98,7 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
             Assert.StartsWith("cancelled", outcome.RootElement.GetProperty("reason").GetString(), StringComparison.Ordinal);
             foreach (var host in new[] { run.Main, run.Sub1, run.Sub2 })
             {
-                Assert.False((await client.UsageAsync(host, ct)).PagesPerVm.ContainsKey(vm), $"{host} still holds pages of the VM");
+                Assert.False(run.HoldsPagesOf(host, vm), $"{host} still holds pages of the VM");
             }
             // The transfers were stopped at the source (not left sending while the destinations released).
             Assert.Contains("the migration stops its steps: cancelled, or another step failed: stopping its", run.LogOf(run.Source), StringComparison.Ordinal);

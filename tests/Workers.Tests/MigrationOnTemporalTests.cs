@@ -1,7 +1,6 @@
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
-using SEmigrate.MemoryServer.Client;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Temporal;
 using SEmigrate.Workflows;
@@ -72,12 +71,9 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         Assert.Equal(MigrationState.Compensated, outcome.State);
         Assert.StartsWith("cancelled", outcome.Reason, StringComparison.Ordinal);
         Assert.Equal(nameof(MigrationState.Compensated), (await handle.DescribeAsync()).TypedSearchAttributes.Get(MigrationWorkflow.StateKey));
-        await using var connection = await new RabbitMQ.Client.ConnectionFactory { Uri = new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]) }
-            .CreateConnectionAsync(ct);
-        await using var pages = await PageClient.CreateAsync(connection, ct);
         foreach (var host in new[] { run.Main, run.Sub1, run.Sub2 })
         {
-            Assert.False((await pages.UsageAsync(host, ct)).PagesPerVm.ContainsKey(request.Vm), $"{host} still holds pages of the VM");
+            Assert.False(run.HoldsPagesOf(host, request.Vm), $"{host} still holds pages of the VM");
         }
     }
 

@@ -92,6 +92,10 @@ internal sealed class MigrationRun : IAsyncDisposable
     /// <summary>What a host's worker wrote to its standard error (its log).</summary>
     public string LogOf(string host) => File.Exists(Path.Combine(state.FullName, $"{host}.log")) ? File.ReadAllText(Path.Combine(state.FullName, $"{host}.log")) : "";
 
+    /// <summary>Whether a host's memory server holds pages of the VM, as its administrator sees its store folder
+    /// (a VM's pages are a file there): over the broker, only the main host, which holds the VM's capability, may ask.</summary>
+    public bool HoldsPagesOf(string host, Guid vm) => new FileInfo(Path.Combine(StoreOf(host), $"{vm:N}.pages")) is { Exists: true, Length: > 0 };
+
     /// <summary>A memory server's store folder (the main host's holds its share): what its administrator could read.</summary>
     public string StoreOf(string host) => Path.Combine(StateOf(host), "store");
 

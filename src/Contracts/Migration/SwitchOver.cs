@@ -12,9 +12,13 @@ public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes, string? M
 /// <summary>At the main host: take over the VM: unwrap the key, open the manifest it received, and serve
 /// every page from then on (its own from its store, the rest from the sub-hosts of the placement).
 /// <paramref name="Guest"/>: its name at the source; a running guest goes by it at the main host too,
-/// so that it can be moved on from there (see SourceGuest).</summary>
+/// so that it can be moved on from there (see SourceGuest). <paramref name="Capabilities"/>: the destinations'
+/// capabilities for the VM, wrapped for the main host, which releases the VM there when it stops.</summary>
 public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement, string? Guest = null,
-    MigrationRequest? Request = null);
+    MigrationRequest? Request = null, IReadOnlyList<HostCapability>? Capabilities = null);
+
+/// <summary>A destination's capability for the VM, wrapped for the main host (see PagingStarted).</summary>
+public sealed record HostCapability(string Host, byte[] Wrapped);
 
 /// <summary>The VM is at the main host: <paramref name="LocalPages"/> held there, <paramref name="RemotePages"/>
 /// at sub-hosts (free pages count where their range is placed, though nothing of them travelled);

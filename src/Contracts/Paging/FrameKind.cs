@@ -30,4 +30,7 @@ public enum PageError : ushort
     StoreFull = 4,
     Unsupported = 5,
     Internal = 6,
+
+    /// <summary>The request lacks the VM's capability (see StartVm).</summary>
+    Forbidden = 7,
 }

@@ -10,7 +10,9 @@ namespace SEmigrate.Contracts.Paging;
 /// </code>
 /// Payloads: Store, PageOut, Pages: count page records (24-byte header + body implied by class).
 /// Fetch: count page numbers (8 each). StoreAck, PageOutAck, Released: count = pages.
-/// StartVm: mode (1), then optionally the pages expected (8). UsageReport: capacity, used (8 each), then count x (VM id, pages).
+/// StartVm: mode (1), then optionally the pages expected (8), then optionally the VM's capability (32).
+/// Release, Usage: optionally the VM's capability (32; Usage's VM is the header's). UsageReport: capacity,
+/// used (8 each), then count x (VM id, pages).
 /// StoreAcks: count x (request id (8), pages stored (4)), the acks of several Store requests in one
 /// reply. Error: code (2), then count bytes of UTF-8 message. Everything little-endian.</summary>
 public readonly ref struct PageFrame

@@ -262,12 +262,18 @@ public sealed class PageClient : IAsyncDisposable
 
     /// <summary>Starts serving a VM at a host (idempotent), which prepares room for the pages it expects;
     /// returns the host's public key (used only by the allenc baseline to send its channel key).</summary>
-    public async Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, long expectedPages = 0, CancellationToken ct = default)
+    public Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, long expectedPages = 0, CancellationToken ct = default) =>
+        StartVmAsync(host, vm, mode, expectedPages, null, ct);
+
+    /// <summary>Starts serving a VM owned by <paramref name="capability"/> (32 bytes): from then on the VM is
+    /// released, and its use shown, only to who shows it; starting it again takes the same capability.</summary>
+    public async Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, long expectedPages, byte[]? capability, CancellationToken ct)
     {
         var id = NewRequestId();
-        var payload = new byte[9];
+        var payload = new byte[9 + (capability?.Length ?? 0)];
         payload[0] = (byte)mode;
         BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(1), expectedPages);
+        capability?.CopyTo(payload, 9);
         var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.StartVm, vm, id, 0, payload), BulkTimeout, ct);
         return PageFrame.Parse(reply).Payload.ToArray();
     }
@@ -337,19 +343,26 @@ public sealed class PageClient : IAsyncDisposable
         }
     }
 
-    public async Task<long> ReleaseAsync(string host, Guid vm, CancellationToken ct = default)
+    public Task<long> ReleaseAsync(string host, Guid vm, CancellationToken ct = default) => ReleaseAsync(host, vm, null, ct);
+
+    /// <summary>Drops the VM's pages at the host; a VM started with a capability takes it.</summary>
+    public async Task<long> ReleaseAsync(string host, Guid vm, byte[]? capability, CancellationToken ct)
     {
         var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.Release, vm, id, 0), BulkTimeout, ct, vm);
+        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.Release, vm, id, 0, capability), BulkTimeout, ct, vm);
         return PageFrame.Parse(reply).Count;
     }
 
     public sealed record Usage(long CapacityPages, long UsedPages, IReadOnlyDictionary<Guid, long> PagesPerVm);
 
-    public async Task<Usage> UsageAsync(string host, CancellationToken ct = default)
+    public Task<Usage> UsageAsync(string host, CancellationToken ct = default) => UsageAsync(host, Guid.Empty, null, ct);
+
+    /// <summary>The host's capacity and use; per VM, the VMs nobody owns and <paramref name="vm"/> when
+    /// <paramref name="capability"/> is its own.</summary>
+    public async Task<Usage> UsageAsync(string host, Guid vm, byte[]? capability, CancellationToken ct)
     {
         var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.Usage, Guid.Empty, id, 0), BulkTimeout, ct);
+        var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.Usage, vm, id, 0, capability), BulkTimeout, ct);
         try
         {
             var (capacity, used, perVm) = PageFrame.ReadUsage(reply);

@@ -131,6 +131,7 @@ public sealed class FilePageStore : IPageStore
     {
         lock (gate)
         {
+            File.Delete(OwnerPath(vm));
             room.Release(vm);
             if (!vms.Remove(vm, out var file))
             {
@@ -142,6 +143,12 @@ public sealed class FilePageStore : IPageStore
             return file.Slots.Count;
         }
     }
+
+    private string OwnerPath(Guid vm) => Path.Combine(folder, $"{vm:N}.owner");
+
+    public void SetOwner(Guid vm, byte[] capabilityHash) => Durable.ReplaceFile(OwnerPath(vm), Convert.ToHexString(capabilityHash));
+
+    public byte[]? OwnerOf(Guid vm) => File.Exists(OwnerPath(vm)) ? Convert.FromHexString(File.ReadAllText(OwnerPath(vm)).Trim()) : null;
 
     public IReadOnlyDictionary<Guid, long> PagesPerVm()
     {

@@ -27,6 +27,13 @@ public interface IPageStore : IDisposable
     long Release(Guid vm);
 
     IReadOnlyDictionary<Guid, long> PagesPerVm();
+
+    /// <summary>Records a VM's owner: the SHA-256 of its capability (see PageServer), kept with its pages so
+    /// that a server that restarts on them still knows who may release them. Release forgets it.</summary>
+    void SetOwner(Guid vm, byte[] capabilityHash);
+
+    /// <summary>The VM's owner as <see cref="SetOwner"/> recorded it; null for a VM that has none.</summary>
+    byte[]? OwnerOf(Guid vm);
 }
 
 public sealed class StoreFullException(long capacity, long used, long wanted)

@@ -145,6 +145,7 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
 
     public long Release(Guid vm)
     {
+        owners.TryRemove(vm, out _);
         lock (gate)
         {
             room.Release(vm);
@@ -156,6 +157,12 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
             return pages.Slots.Count;
         }
     }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<Guid, byte[]> owners = new();
+
+    public void SetOwner(Guid vm, byte[] capabilityHash) => owners[vm] = capabilityHash;
+
+    public byte[]? OwnerOf(Guid vm) => owners.GetValueOrDefault(vm);
 
     public IReadOnlyDictionary<Guid, long> PagesPerVm()
     {

@@ -72,6 +72,7 @@ public static class RoleRegistration
                 ? new FilePageStore(folder, o.CapacityPages) : new InMemoryPageStore(o.CapacityPages));
             builder.Services.AddSingleton<MemoryServerWorker>();
             builder.Services.AddHostedService(sp => sp.GetRequiredService<MemoryServerWorker>());
+            builder.Services.AddSingleton<VmCapabilities>();
             builder.Services.AddSingleton<PagingActivities>();
         }
         if (source)
