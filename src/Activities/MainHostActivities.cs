@@ -22,7 +22,8 @@ namespace SEmigrate.Activities;
 /// share from this host's store, where the source's transfer put it, the rest from the sub-hosts), and
 /// digest the VM's memory as the pager serves it.</summary>
 public sealed class MainHostActivities(
-    HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, AuditRoute audit, StepGuard guard, ILogger<MainHostActivities> logger)
+    HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, AuditRoute audit, StepGuard guard, VmCapabilities ownCapabilities,
+    ILogger<MainHostActivities> logger)
 {
     /// <summary>Pages read per pager call when digesting: 2 MiB, a FUSE block.</summary>
     private const int ReadBatch = 512;
@@ -67,7 +68,8 @@ public sealed class MainHostActivities(
         {
             try
             {
-                capabilities[c.Host] = KeyWrap.UnwrapSecret(c.Wrapped, keys, VmCapabilities.WrapContext(input.Vm, c.Host));
+                capabilities[c.Host] = KeyWrap.UnwrapSecret(c.Wrapped, keys, VmCapabilities.WrapContext(input.Vm, c.Host, VmCapabilities.MainHolder));
+                client.UseCapability(c.Host, input.Vm, capabilities[c.Host]); // the pager addresses the VM there as its holder
             }
             catch (CryptographicException e)
             {
@@ -287,7 +289,9 @@ public sealed class MainHostActivities(
         var released = new List<PagingReleased>();
         foreach (var h in vm.Placement.Assignments.Select(a => a.Host).Append(host.Host).Distinct(StringComparer.Ordinal))
         {
-            released.Add(new PagingReleased(h, h == host.Host ? store.Release(input.Vm) : await ReleaseAtAsync(h, input.Vm, vm.Capabilities?.GetValueOrDefault(h))));
+            // Its own memory server too, by the capability it issued: the VM may come here again, under another.
+            var capability = h == host.Host ? ownCapabilities.For(vm.MigrationId, input.Vm) : vm.Capabilities?.GetValueOrDefault(h);
+            released.Add(new PagingReleased(h, await ReleaseAtAsync(h, input.Vm, capability)));
         }
         await AuditAsync(new MigratedVmStopped(vm.MigrationId, input.Vm, host.Host, [.. released.Select(r => r.Host)], released.Sum(r => r.Pages), DateTimeOffset.UtcNow));
         logger.LogInformation("VM {Vm} stopped; {Pages} pages released at {Hosts}", input.Vm, released.Sum(r => r.Pages), string.Join(", ", released.Select(r => r.Host)));

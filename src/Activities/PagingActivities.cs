@@ -23,10 +23,12 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
             throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm,
                 $"the request sends pages in {request.Mode} to {string.Join(", ", request.SubHosts.Prepend(request.Main).Select(d => d.Host))}, not in {input.Mode} to {host.Host}");
         }
-        // Only the main host may release the VM here after this (it pages from here): it gets the capability,
-        // wrapped for the key the operator pinned for it.
+        // Only the source (to send the VM's pages) and the main host (to page, and release the VM here) get
+        // the capability, each wrapped for the key the operator pinned for it.
         var mainKey = StepGuard.PinnedKey(request, request.Main.Host)
             ?? throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm, $"the request pins no key for its main host {request.Main.Host}");
+        var sourceKey = StepGuard.PinnedKey(request, request.Source)
+            ?? throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm, $"the request pins no key for its source {request.Source}");
         var capability = capabilities.For(input.MigrationId, input.Vm);
         // Placement trusted the capacity the operator gave; the memory server knows what it has left.
         var usage = await client.UsageAsync(host.Host, input.Vm, capability, StepToken.Current);
@@ -54,7 +56,8 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
             throw new ApplicationFailureException($"host {host.Host} cannot take this VM's share: {e.Message}", nonRetryable: true);
         }
         return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey, already,
-            host.Host == request.Main.Host ? null : KeyWrap.WrapSecret(capability, mainKey, VmCapabilities.WrapContext(input.Vm, host.Host)));
+            host.Host == request.Main.Host ? null : KeyWrap.WrapSecret(capability, mainKey, VmCapabilities.WrapContext(input.Vm, host.Host, VmCapabilities.MainHolder)),
+            KeyWrap.WrapSecret(capability, sourceKey, VmCapabilities.WrapContext(input.Vm, host.Host, VmCapabilities.SourceHolder)));
     }
 
     /// <summary>Idempotent: a VM this host does not serve has nothing to release.</summary>

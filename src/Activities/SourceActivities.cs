@@ -24,7 +24,8 @@ namespace SEmigrate.Activities;
 /// the classification and keys stay here; the steps take and return small records that name no file.
 /// <paramref name="mainHost"/>: on a host that is a main host too, the running guests it took over move on
 /// from here as well.</summary>
-public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, StepGuard guard, ILogger<SourceActivities> logger, MainHostActivities? mainHost = null)
+public sealed class SourceActivities(HostContext host, PageClient client, IBus publish, StepGuard guard, HostKeyPair keys, ILogger<SourceActivities> logger,
+    MainHostActivities? mainHost = null)
 {
     /// <summary>Pages per chunk for placement; large VMs get larger chunks so the list stays small.</summary>
     private const int MaxChunks = 4096;
@@ -173,6 +174,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     public async Task<TransferResult> TransferAsync(TransferPages input, CancellationToken ct)
     {
         await AllowTransferAsync(input);
+        UseCapability(input.Capability, input.Assignment.Host, input.Vm);
         var a = input.Assignment;
         // One transfer per destination at a time: a request redelivered after a crash waits for the
         // retry running now and then finds the work done.
@@ -363,6 +365,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 $"the data key would be wrapped for {input.Main}'s key {KeyPrint(input.MainPublicKey)}; the request's main host is {request.Main.Host}, " +
                 $"its pinned key {(StepGuard.PinnedKey(request, request.Main.Host) is { } k ? KeyPrint(k) : "missing")}");
         }
+        UseCapability(input.Capability, input.Main, input.Vm);
         var state = State(input.MigrationId);
         var guest = state.Guest;
         var codec = new PageCodec(guest.Mode, input.Vm, null, null);
@@ -501,6 +504,24 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             var a = input.Assignment;
             throw await guard.RefuseAsync(step, input.MigrationId, input.Vm,
                 $"pages 0x{a.FirstPfn:x}-0x{a.EndPfn:x} to {a.Host} are not in the placement of the request ({string.Join(", ", plan.Assignments.Select(p => $"{p.Host} 0x{p.FirstPfn:x}-0x{p.EndPfn:x}"))})");
+        }
+    }
+
+    /// <summary>Addresses the VM at <paramref name="at"/> as the holder of its capability, which that host
+    /// wrapped for this one (none in a history from before capabilities: the VM's queues have plain names).</summary>
+    private void UseCapability(byte[]? wrapped, string at, Guid vm)
+    {
+        if (wrapped is null)
+        {
+            return;
+        }
+        try
+        {
+            client.UseCapability(at, vm, KeyWrap.UnwrapSecret(wrapped, keys, VmCapabilities.WrapContext(vm, at, VmCapabilities.SourceHolder)));
+        }
+        catch (CryptographicException e)
+        {
+            throw new ApplicationFailureException($"the capability of {at} for VM {vm} does not open with this host's key: {e.Message}", nonRetryable: true);
         }
     }
 

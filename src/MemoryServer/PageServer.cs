@@ -32,6 +32,9 @@ public sealed class PageServer : IAsyncDisposable
         /// <summary>The SHA-256 of the VM's capability: who may release it and see its use (null: started
         /// without one, as tests and benchmarks do; anyone may then).</summary>
         public byte[]? Owner { get; set; }
+
+        /// <summary>What its queue names carry, decided by its capability (null: plain names).</summary>
+        public string? Token => Owner is null ? null : PageQueues.Token(Owner);
     }
 
     private readonly IConnection connection;
@@ -120,16 +123,11 @@ public sealed class PageServer : IAsyncDisposable
         {
             if (vms.TryGetValue(id, out var started))
             {
-                // Idempotent for its owner only (a retry, or paging started again after a restart); a VM
-                // nobody owns yet (a restarted server's, started without a capability) is claimed.
-                if (started.Owner is { } held && (owner is null || !CryptographicOperations.FixedTimeEquals(held, owner)))
+                // Idempotent for its owner only (a retry, or paging started again after a restart); one
+                // started without a capability stays so (its queues have plain names).
+                if (started.Owner is null != owner is null || started.Owner is { } held && !CryptographicOperations.FixedTimeEquals(held, owner))
                 {
                     throw new PageProtocolException(PageError.Forbidden, options.Host, $"VM {id} is served here for the holder of another capability");
-                }
-                if (owner is not null && started.Owner is null)
-                {
-                    store.SetOwner(id, owner);
-                    started.Owner = owner;
                 }
                 if (expectedPages is { } again)
                 {
@@ -153,7 +151,7 @@ public sealed class PageServer : IAsyncDisposable
                 {
                     store.SetOwner(id, owner);
                 }
-                foreach (var queue in new[] { PageQueues.Bulk(options.Host, id), PageQueues.Fetch(options.Host, id) })
+                foreach (var queue in new[] { PageQueues.Bulk(options.Host, id, vm.Token), PageQueues.Fetch(options.Host, id, vm.Token) })
                 {
                     var channel = await connection.CreateChannelAsync(cancellationToken: ct);
                     vm.Channels.Add(channel);
@@ -341,7 +339,7 @@ public sealed class PageServer : IAsyncDisposable
                 var released = store.Release(vmId);
                 vms.TryRemove(vmId, out _);
                 // Page-ins fail at once from now on (no queue); the bulk queue goes once this is acked.
-                await control.QueueDeleteAsync(PageQueues.Fetch(options.Host, vm.Id), ifUnused: false, ifEmpty: false);
+                await control.QueueDeleteAsync(PageQueues.Fetch(options.Host, vm.Id, vm.Token), ifUnused: false, ifEmpty: false);
                 return (PageFrame.Build(FrameKind.Released, vmId, requestId, (int)Math.Min(released, int.MaxValue)), () => _ = CloseVmAsync(vm));
             }
             default:
@@ -421,7 +419,7 @@ public sealed class PageServer : IAsyncDisposable
     {
         try
         {
-            await control.QueueDeleteAsync(PageQueues.Bulk(options.Host, vm.Id), ifUnused: false, ifEmpty: false);
+            await control.QueueDeleteAsync(PageQueues.Bulk(options.Host, vm.Id, vm.Token), ifUnused: false, ifEmpty: false);
             foreach (var channel in vm.Channels)
             {
                 await channel.CloseAsync();

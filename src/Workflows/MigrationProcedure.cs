@@ -102,7 +102,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
 
             state = MigrationState.Transferring;
             var mainKey = keys[request.Main.Host].HostKey ?? throw new InvalidOperationException($"main host {request.Main.Host} sent no public key");
-            Task<HandedOver> HandOverAsync() => steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host, mainKey, request), ct);
+            Task<HandedOver> HandOverAsync() => steps.HandOverAsync(request.Source, new HandOver(id, request.Vm, request.Main.Host, mainKey, request, keys[request.Main.Host].ForSource), ct);
             // The hand-over needs only the paused guest and the main host's key, so it runs beside the
             // transfers: it is inside a running guest's downtime. Histories from before ran it after them.
             var besideTransfers = pagingFirst || steps.Patched(HandOverBesideTransfers);
@@ -219,7 +219,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
     {
         // Only the baseline's sub-hosts get a channel key; the main host gets the data key at hand-over.
         byte[]? ChannelKeyFor(PagingStarted s) => request.Mode == MigrationMode.AllEnc && a.Host != request.Main.Host ? s.ServerKey : null;
-        var transfer = new TransferPages(request.MigrationId, request.Vm, request.Mode, a, a.FirstPfn, 1, ChannelKeyFor(started), Request: request);
+        var transfer = new TransferPages(request.MigrationId, request.Vm, request.Mode, a, a.FirstPfn, 1, ChannelKeyFor(started), Request: request,
+            Capability: started.ForSource);
         TransferResult result;
         while (true)
         {

@@ -59,7 +59,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
         var vms = new MainHostVms();
         var host = new HostContext(Main, state.FullName);
         return (new MainHostActivities(host, client, store, keys, vms, bus,
-            new AuditRoute("semigrate-audit-activity-tests", 1), TestBus.Guard(host, bus), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
+            new AuditRoute("semigrate-audit-activity-tests", 1), TestBus.Guard(host, bus), new VmCapabilities(host), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
     }
 
     private SwitchOver Input(byte[]? wrapped = null) => new(migration, vm, Main, MigrationMode.Semigrate,

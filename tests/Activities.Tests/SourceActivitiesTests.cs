@@ -24,12 +24,13 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     private IBusControl bus = null!;
     private PageClient client = null!;
     private SourceActivities source = null!;
+    private readonly HostKeyPair keys = HostKeyPair.Generate(); // the source's identity
 
     public async ValueTask InitializeAsync()
     {
         bus = await TestBus.StartAsync(rabbit);
         client = await PageClient.CreateAsync(rabbit.Connection);
-        source = new SourceActivities(Host, client, bus, TestBus.Guard(Host, bus), NullLogger<SourceActivities>.Instance);
+        source = new SourceActivities(Host, client, bus, TestBus.Guard(Host, bus), keys, NullLogger<SourceActivities>.Instance);
     }
 
     public async ValueTask DisposeAsync()
@@ -37,6 +38,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         await client.DisposeAsync();
         await bus.StopAsync();
         state.Delete(recursive: true);
+        keys.Dispose();
     }
 
     /// <summary>The source keeps its guests where the fixture booted them.</summary>
@@ -248,7 +250,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     {
         var ct = TestContext.Current.CancellationToken;
         const double limit = 25; // MB/s, for all transfers of the host together
-        var throttled = new SourceActivities(Host with { MaxTransferMBps = limit }, client, bus, TestBus.Guard(Host, bus), NullLogger<SourceActivities>.Instance);
+        var throttled = new SourceActivities(Host with { MaxTransferMBps = limit }, client, bus, TestBus.Guard(Host, bus), keys, NullLogger<SourceActivities>.Instance);
         var migration = Guid.NewGuid();
         var (a, b) = (rabbit.Name("dest-a"), rabbit.Name("dest-b"));
         var intro = Introspect(migration, a, b);

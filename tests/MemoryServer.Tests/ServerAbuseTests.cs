@@ -245,6 +245,7 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
         var store = new FilePageStore(folder, options.CapacityPages);
         var server = await PageServer.StartAsync(rabbit.Connection, options, store, NullLogger.Instance, Ct);
         await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
+        await using var intruder = await PageClient.CreateAsync(rabbit.Connection, Ct); // somebody else on the broker
         var (victim, capability, other) = (Guid.NewGuid(), RandomNumberGenerator.GetBytes(32), RandomNumberGenerator.GetBytes(32));
         var victimPages = Pages(100);
         await client.StartVmAsync(host, victim, MigrationMode.Semigrate, 100, capability, Ct);
@@ -256,22 +257,27 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
             var refused = 0;
             for (var i = 0; i < tries; i++)
             {
+                // Refused, or not even addressable: the VM's queues are named by its capability.
                 var e = await Record.ExceptionAsync(attack);
-                refused += e is PageProtocolException { Code: PageError.Forbidden } ? 1 : 0;
+                refused += e is PageProtocolException { Code: PageError.Forbidden or PageError.UnknownVm } ? 1 : 0;
             }
             return refused;
         }
 
-        rows.Add(new("release of an owned VM, no capability", 10, await RefusedAsync(() => client.ReleaseAsync(host, victim, Ct), 10),
+        rows.Add(new("release of an owned VM, no capability", 10, await RefusedAsync(() => intruder.ReleaseAsync(host, victim, Ct), 10),
             await LostAsync(client, host, victim, victimPages)));
-        rows.Add(new("release of an owned VM, another capability", 10, await RefusedAsync(() => client.ReleaseAsync(host, victim, other, Ct), 10),
+        rows.Add(new("release of an owned VM, another capability", 10, await RefusedAsync(() => intruder.ReleaseAsync(host, victim, other, Ct), 10),
             await LostAsync(client, host, victim, victimPages)));
         rows.Add(new("StartVm of an owned VM, another capability", 10,
-            await RefusedAsync(() => client.StartVmAsync(host, victim, MigrationMode.Semigrate, 10_000, other, Ct), 10), await LostAsync(client, host, victim, victimPages)));
+            await RefusedAsync(() => intruder.StartVmAsync(host, victim, MigrationMode.Semigrate, 10_000, other, Ct), 10), await LostAsync(client, host, victim, victimPages)));
         rows.Add(new("StartVm of an owned VM, no capability", 10,
-            await RefusedAsync(() => client.StartVmAsync(host, victim, MigrationMode.Semigrate, 10_000, Ct), 10), await LostAsync(client, host, victim, victimPages)));
+            await RefusedAsync(() => intruder.StartVmAsync(host, victim, MigrationMode.Semigrate, 10_000, Ct), 10), await LostAsync(client, host, victim, victimPages)));
+        rows.Add(new("fetch from an owned VM, no capability", 10,
+            await RefusedAsync(() => intruder.FetchAsync(host, victim, [1UL], Ct), 10), await LostAsync(client, host, victim, victimPages)));
+        rows.Add(new("store into an owned VM, no capability", 10,
+            await RefusedAsync(() => intruder.StoreAsync(host, victim, Pages(1, 5), Ct), 10), await LostAsync(client, host, victim, victimPages)));
         // Usage: another client sees the totals, not the VM; its holder sees it.
-        var hidden = new[] { await client.UsageAsync(host, Ct), await client.UsageAsync(host, victim, other, Ct) }.Count(u => !u.PagesPerVm.ContainsKey(victim));
+        var hidden = new[] { await intruder.UsageAsync(host, Ct), await intruder.UsageAsync(host, victim, other, Ct) }.Count(u => !u.PagesPerVm.ContainsKey(victim));
         rows.Add(new("usage listing an owned VM, without its capability", 2, hidden, await LostAsync(client, host, victim, victimPages)));
         Assert.Equal(100, (await client.UsageAsync(host, victim, capability, Ct)).PagesPerVm[victim]);
         await client.StartVmAsync(host, victim, MigrationMode.Semigrate, 100, capability, Ct); // its holder may start it again
@@ -281,7 +287,7 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
         store.Dispose();
         store = new FilePageStore(folder, options.CapacityPages);
         server = await PageServer.StartAsync(rabbit.Connection, options, store, NullLogger.Instance, Ct);
-        rows.Add(new("release of an owned VM after a restart, no capability", 5, await RefusedAsync(() => client.ReleaseAsync(host, victim, Ct), 5),
+        rows.Add(new("release of an owned VM after a restart, no capability", 5, await RefusedAsync(() => intruder.ReleaseAsync(host, victim, Ct), 5),
             await LostAsync(client, host, victim, victimPages)));
 
         // allenc: the first channel key stays; the same one again is taken, another is refused.

@@ -140,7 +140,7 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
     }
 
     [Fact]
-    public async Task Only_the_main_host_releases_a_migrated_vms_pages_at_a_sub_host_or_sees_them_listed()
+    public async Task Only_the_main_host_reaches_a_migrated_vms_pages_at_a_sub_host()
     {
         var ct = TestContext.Current.CancellationToken;
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
@@ -149,15 +149,18 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
         Assert.True(run.HoldsPagesOf(run.Sub1, request.Vm));
 
-        // Somebody else on the broker: the VM is not listed to them, and their release is refused.
+        // Somebody else on the broker: the VM is not listed to them, and they can neither release nor fetch it.
         await using var connection = await new RabbitMQ.Client.ConnectionFactory { Uri = new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]) }
             .CreateConnectionAsync(ct);
         await using var intruder = await MemoryServer.Client.PageClient.CreateAsync(connection, ct);
         var usage = await intruder.UsageAsync(run.Sub1, ct);
         Assert.True(usage.UsedPages > 0);
         Assert.False(usage.PagesPerVm.ContainsKey(request.Vm), "another client sees the migrated VM listed");
+        // Its queues there are named by its capability: another client cannot even address the VM.
         var refused = await Assert.ThrowsAsync<MemoryServer.PageProtocolException>(() => intruder.ReleaseAsync(run.Sub1, request.Vm, ct));
-        Assert.Equal(Contracts.Paging.PageError.Forbidden, refused.Code);
+        Assert.Equal(Contracts.Paging.PageError.UnknownVm, refused.Code);
+        var fetched = await Assert.ThrowsAsync<MemoryServer.PageProtocolException>(() => intruder.FetchAsync(run.Sub1, request.Vm, [0UL], ct));
+        Assert.Equal(Contracts.Paging.PageError.UnknownVm, fetched.Code);
         Assert.True(run.HoldsPagesOf(run.Sub1, request.Vm), "the refused release dropped the pages");
         TestContext.Current.TestOutputHelper?.WriteLine($"another client's release at {run.Sub1}: {refused.Message}");
 

@@ -6,7 +6,7 @@ public sealed record PinnedHost(string Host, byte[] HostKey);
 
 /// <summary>The operator's standing order to drain <paramref name="Host"/> until <paramref name="NotAfter"/>:
 /// the drain's migrations (which the orchestrator plans, and nobody signs one by one) may move its guests
-/// to the hosts of <paramref name="Hosts"/> (keys pinned), in <paramref name="Mode"/> with
+/// to the other hosts of <paramref name="Hosts"/> (keys pinned; the drained host's own is there too), in <paramref name="Mode"/> with
 /// <paramref name="PlainProcesses"/>. <paramref name="Signature"/>: the operator's, over all the rest.</summary>
 public sealed record DrainOrder(
     string Host,

@@ -12,10 +12,11 @@ public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, Migrati
 /// server's, used only by the allenc baseline to send that server the channel key. <paramref name="HeldPages"/>:
 /// pages of the VM the host held already (a host that lost the VM holds none; a file store that came
 /// back holds what it had acknowledged).
-/// <paramref name="Capability"/>: the VM's capability at this host's memory server (whoever holds it may
-/// release the VM there and see its use), wrapped for the main host's pinned key: only the main host,
-/// which pages from this host after switch-over, can open it.</summary>
-public sealed record PagingStarted(string Host, byte[] ServerKey, byte[]? HostKey, long HeldPages = 0, byte[]? Capability = null);
+/// <paramref name="Capability"/>: the VM's capability at this host's memory server (who holds it can address
+/// the VM's queues there, release it and see its use), wrapped for the main host's pinned key: only the main
+/// host, which pages from this host after switch-over, opens it (null at the main host itself).
+/// <paramref name="ForSource"/>: the same, wrapped for the source's pinned key, to send the VM's pages.</summary>
+public sealed record PagingStarted(string Host, byte[] ServerKey, byte[]? HostKey, long HeldPages = 0, byte[]? Capability = null, byte[]? ForSource = null);
 
 /// <summary>At a destination: drop the VM's pages (compensation, or after switch-over for the main host's copy).</summary>
 public sealed record ReleasePaging(Guid MigrationId, Guid Vm, string Host, MigrationRequest? Request = null);

@@ -2,8 +2,9 @@ namespace SEmigrate.Contracts.Migration;
 
 /// <summary>At the source, once every page is at its destination: send the main host the manifest (the
 /// class of every page, sealed under the data key, over the page path) and wrap the data key for the
-/// main host's public key.</summary>
-public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey, MigrationRequest? Request = null);
+/// main host's public key. <paramref name="Capability"/>: the VM's at the main host's memory server, wrapped
+/// for the source.</summary>
+public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey, MigrationRequest? Request = null, byte[]? Capability = null);
 
 /// <summary>The wrapped data key (only the main host's private key opens it), the manifest's size on the
 /// wire, the SHA-256 of the manifest sent (hex) and the key epoch it was sealed under.</summary>

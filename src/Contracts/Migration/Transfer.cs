@@ -5,10 +5,11 @@ namespace SEmigrate.Contracts.Migration;
 /// yet confirmed by an earlier attempt (0 at first); <paramref name="ChannelKeyFor"/> is a sub-host's
 /// public key in the allenc baseline only. <paramref name="Round"/> counts the times the share was
 /// sent because the host lost it (1 at first); a new round with <paramref name="StartOver"/> sends it
-/// all again (the host kept none of it), without, only what the host had not acknowledged.</summary>
+/// all again (the host kept none of it), without, only what the host had not acknowledged.
+/// <paramref name="Capability"/>: the VM's capability at the host, wrapped for the source (PagingStarted.ForSource).</summary>
 public sealed record TransferPages(
     Guid MigrationId, Guid Vm, MigrationMode Mode, Assignment Assignment, long ResumeFrom, int Attempt, byte[]? ChannelKeyFor, int Round = 1, bool StartOver = false,
-    MigrationRequest? Request = null);
+    MigrationRequest? Request = null, byte[]? Capability = null);
 
 /// <summary>A transfer's heartbeat: every page below <paramref name="NextPfn"/> is stored at the host (in this <paramref name="Round"/>).</summary>
 public sealed record TransferProgress(Guid MigrationId, string Host, long NextPfn, long PagesSent, long PagesTotal, long Bytes, int Round = 1)

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Globalization;
+using System.Security.Cryptography;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 using RabbitMQ.Client.Exceptions;
@@ -274,15 +275,29 @@ public sealed class PageClient : IAsyncDisposable
         payload[0] = (byte)mode;
         BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(1), expectedPages);
         capability?.CopyTo(payload, 9);
+        if (capability is not null)
+        {
+            UseCapability(host, vm, capability);
+        }
         var reply = await RequestAsync(bulk, host, PageQueues.Control(host), id, PageFrame.Build(FrameKind.StartVm, vm, id, 0, payload), BulkTimeout, ct);
         return PageFrame.Parse(reply).Payload.ToArray();
     }
+
+    private readonly ConcurrentDictionary<(string Host, Guid Vm), string> tokens = new();
+
+    /// <summary>From now on this client addresses the VM at the host as the holder of its capability (its
+    /// queues are named by it: see PageQueues.Token).</summary>
+    public void UseCapability(string host, Guid vm, byte[] capability) => tokens[(host, vm)] = PageQueues.Token(SHA256.HashData(capability));
+
+    private string BulkQueue(string host, Guid vm) => PageQueues.Bulk(host, vm, tokens.GetValueOrDefault((host, vm)));
+
+    private string FetchQueue(string host, Guid vm) => PageQueues.Fetch(host, vm, tokens.GetValueOrDefault((host, vm)));
 
     /// <summary>allenc baseline only: the channel key, wrapped for the host.</summary>
     public async Task SendChannelKeyAsync(string host, Guid vm, byte[] wrappedKey, CancellationToken ct = default)
     {
         var id = NewRequestId();
-        await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.ChannelKey, vm, id, 0, wrappedKey), BulkTimeout, ct, vm);
+        await RequestAsync(bulk, host, BulkQueue(host, vm), id, PageFrame.Build(FrameKind.ChannelKey, vm, id, 0, wrappedKey), BulkTimeout, ct, vm);
     }
 
     /// <summary>Stores a batch and returns once the memory server has it (its ack, not just the
@@ -315,7 +330,7 @@ public sealed class PageClient : IAsyncDisposable
     private async Task<Task> PublishBatchAsync(FrameKind kind, string host, Guid vm, PageBatch batch, CancellationToken ct)
     {
         var (id, count) = (NewRequestId(), batch.Count);
-        var reply = await SendAsync(bulk, host, PageQueues.Bulk(host, vm), id, batch.Frame(kind, vm, id), vm, BulkTimeout, ct);
+        var reply = await SendAsync(bulk, host, BulkQueue(host, vm), id, batch.Frame(kind, vm, id), vm, BulkTimeout, ct);
         return StoredAsync(reply, host, count);
     }
 
@@ -332,7 +347,7 @@ public sealed class PageClient : IAsyncDisposable
     public async Task<IReadOnlyList<PageRecord>> FetchAsync(string host, Guid vm, ulong[] pfns, CancellationToken ct = default)
     {
         var id = NewRequestId();
-        var reply = await RequestAsync(fetch, host, PageQueues.Fetch(host, vm), id, PageFrame.BuildFetch(vm, id, pfns), FetchTimeout, ct);
+        var reply = await RequestAsync(fetch, host, FetchQueue(host, vm), id, PageFrame.BuildFetch(vm, id, pfns), FetchTimeout, ct);
         try
         {
             return PageFrame.ReadPages(reply);
@@ -349,7 +364,9 @@ public sealed class PageClient : IAsyncDisposable
     public async Task<long> ReleaseAsync(string host, Guid vm, byte[]? capability, CancellationToken ct)
     {
         var id = NewRequestId();
-        var reply = await RequestAsync(bulk, host, PageQueues.Bulk(host, vm), id, PageFrame.Build(FrameKind.Release, vm, id, 0, capability), BulkTimeout, ct, vm);
+        var queue = capability is null ? BulkQueue(host, vm) : PageQueues.Bulk(host, vm, PageQueues.Token(SHA256.HashData(capability)));
+        var reply = await RequestAsync(bulk, host, queue, id, PageFrame.Build(FrameKind.Release, vm, id, 0, capability), BulkTimeout, ct, vm);
+        tokens.TryRemove((host, vm), out _);
         return PageFrame.Parse(reply).Count;
     }
 

@@ -73,19 +73,17 @@ public static class RoleRegistration
             builder.Services.AddSingleton<MemoryServerWorker>();
             builder.Services.AddHostedService(sp => sp.GetRequiredService<MemoryServerWorker>());
             builder.Services.AddSingleton<VmCapabilities>();
-            builder.Services.AddSingleton<PagingActivities>();
+            // Only a main host hands out its key at StartPaging (the data key is wrapped for it).
+            builder.Services.AddSingleton(sp => new PagingActivities(sp.GetRequiredService<HostContext>(), sp.GetRequiredService<PageClient>(),
+                sp.GetRequiredService<StepGuard>(), sp.GetRequiredService<VmCapabilities>(), main ? keys : null));
         }
         if (source)
         {
             builder.Services.AddSingleton<SourceActivities>();
         }
-        if (!main)
-        {
-            keys.Dispose(); // only a main host uses its key pair here
-        }
+        builder.Services.AddSingleton(keys); // capabilities are wrapped for it; at a main host, the data key too
         if (main)
         {
-            builder.Services.AddSingleton(keys);
             builder.Services.AddSingleton<MainHostVms>();
             builder.Services.AddSingleton<MainHostActivities>();
             builder.Services.AddHostedService<PagingReporter>();

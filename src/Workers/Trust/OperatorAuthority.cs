@@ -48,13 +48,14 @@ public static class OperatorAuthority
     }
 
     /// <summary>The request signed, valid for <paramref name="validFor"/>, with its main host's enrolled key pinned
-    /// (the data key is wrapped for it: it must be enrolled), and the keys of its sub-hosts that are (they hold no key:
-    /// a sub-host is named, not trusted).</summary>
+    /// (the data key is wrapped for it: it must be enrolled), and those of its source and sub-hosts that are
+    /// enrolled (destinations wrap the VM's capability for the source's; a destination refuses a request that
+    /// pins none for it).</summary>
     public static async Task<MigrationRequest> SignAsync(IDocumentStore store, OperatorKey key, MigrationRequest request, TimeSpan validFor, CancellationToken ct)
     {
         var main = await PinAsync(store, key, [request.Main.Host], ct);
-        var subs = (await PinAsync(store, key, null, ct)).Where(p => p.Host != request.Main.Host && request.SubHosts.Any(s => s.Host == p.Host));
-        var pinned = main.Concat(subs).ToList();
+        var others = (await PinAsync(store, key, null, ct)).Where(p => p.Host != request.Main.Host && (p.Host == request.Source || request.SubHosts.Any(s => s.Host == p.Host)));
+        var pinned = main.Concat(others).ToList();
         return OperatorSignatures.Sign(request with { Pinned = pinned, NotAfter = DateTimeOffset.UtcNow + validFor }, key);
     }
 
@@ -78,11 +79,12 @@ public static class OperatorAuthority
         };
     }
 
-    /// <summary>An order to drain <paramref name="host"/> onto every other enrolled host, valid for <paramref name="validFor"/>.</summary>
+    /// <summary>An order to drain <paramref name="host"/> onto every other enrolled host (all pinned), valid for <paramref name="validFor"/>.</summary>
     public static async Task<DrainOrder> OrderDrainAsync(IDocumentStore store, OperatorKey key, string host, MigrationMode mode, IReadOnlyList<string> plainProcesses,
         TimeSpan validFor, CancellationToken ct)
     {
-        var others = (await PinAsync(store, key, null, ct)).Where(p => p.Host != host).ToList();
-        return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, others, DateTimeOffset.UtcNow + validFor, []), key);
+        // Every enrolled host: the others may take its guests, and its own key is the drained source's.
+        var enrolled = await PinAsync(store, key, null, ct);
+        return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, enrolled, DateTimeOffset.UtcNow + validFor, []), key);
     }
 }
