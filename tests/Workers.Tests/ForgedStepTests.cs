@@ -67,13 +67,13 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
 
         // Nothing changed: the source still has its key, and the steps as the request allows them still work.
         var lostKey = File.Exists(keyFile) ? 0 : 1;
-        var handedOver = await AllowedAsync<HandOver, HandedOver>(r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r));
+        var handedOver = await AllowedAsync<HandOver, HandedOver>(r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r, started.ForSource));
         Assert.NotEmpty(handedOver.WrappedKey);
         // The migration undone as the request allows; replaying its steps after that is refused too.
         await AllowedAsync<ReleasePaging, PagingReleased>(r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, r));
         await AllowedAsync<ReleaseSource, SourceReleased>(r.Source, new ReleaseSource(id, vm, VmLeft: false, r));
         await Row("replay of a signed request after it ended", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, r));
-        await Row("replay of its hand-over after it ended", r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r));
+        await Row("replay of its hand-over after it ended", r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r, started.ForSource));
 
         // Every refusal is in the audit trail as a security event.
         await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();
