@@ -6,19 +6,24 @@
 #   deploy/services.sh up|down|status|env
 #
 # Settings (environment): SEMIGRATE_STATE_DIR (default /opt/semigrate), SEMIGRATE_PG_PORT (15433),
-# SEMIGRATE_AMQP_PORT (16672), SEMIGRATE_RABBIT_DIST_PORT (16673), SEMIGRATE_EPMD_PORT (16369).
+# SEMIGRATE_AMQPS_PORT (16671), SEMIGRATE_AMQP_PORT (16672), SEMIGRATE_RABBIT_DIST_PORT (16673),
+# SEMIGRATE_EPMD_PORT (16369), SEMIGRATE_PLAIN_AMQP (unset; 1: a local demo that wants plain AMQP).
 # Facts behind the choices: initdb refuses root; RabbitMQ's default distribution port is AMQP + 20000;
 # epmd outlives the node.
 #
 # Credentials: PostgreSQL takes passwords only (scram-sha-256 over TCP; the local socket only for the
 # postgres system user), and RabbitMQ's guest (an administrator) is gone: the services' user
 # `semigrate` has no administrator tag. Both passwords are made once, kept 0600 in STATE/secrets, and
-# printed in the settings.
+# printed in the settings. RabbitMQ speaks AMQPS only (TLS 1.2+), with a certificate from a CA made
+# here (STATE/tls, its key 0600) that the machine's trust store is given; plain AMQP only when
+# SEMIGRATE_PLAIN_AMQP=1 is set explicitly.
 set -euo pipefail
 
 STATE=${SEMIGRATE_STATE_DIR:-/opt/semigrate}
 PG_PORT=${SEMIGRATE_PG_PORT:-15433}
 AMQP_PORT=${SEMIGRATE_AMQP_PORT:-16672}
+AMQPS_PORT=${SEMIGRATE_AMQPS_PORT:-16671}
+PLAIN_AMQP=${SEMIGRATE_PLAIN_AMQP:-}
 DIST_PORT=${SEMIGRATE_RABBIT_DIST_PORT:-16673}
 EPMD_PORT=${SEMIGRATE_EPMD_PORT:-16369}
 
@@ -26,6 +31,9 @@ PG_DIR=$STATE/postgres
 RMQ_DIR=$STATE/rabbitmq
 RMQ_PID=$RMQ_DIR/rabbit.pid
 SECRETS=$STATE/secrets
+TLS_DIR=$STATE/tls
+# Named for the state folder: two local installations never replace each other's CA.
+TRUSTED_CA=/usr/local/share/ca-certificates/semigrate-local-ca-$(printf '%s' "$STATE" | sha256sum | cut -c1-12).crt
 
 log() { echo "services: $*" >&2; }
 die() { echo "services: error: $*" >&2; exit 1; }
@@ -49,6 +57,8 @@ ensure_packages() {
   local missing=()
   pg_bin >/dev/null || missing+=(postgresql)
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v update-ca-certificates >/dev/null || missing+=(ca-certificates)
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}) and not root: install them first"
   log "installing ${missing[*]} (apt)"
@@ -133,8 +143,6 @@ pg_down() {
 rmq_env() {
   export HOME=$RMQ_DIR/home
   export RABBITMQ_NODENAME=semigrate@localhost
-  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-  export RABBITMQ_NODE_PORT=$AMQP_PORT
   export RABBITMQ_DIST_PORT=$DIST_PORT
   export RABBITMQ_MNESIA_BASE=$RMQ_DIR/mnesia
   export RABBITMQ_LOG_BASE=$RMQ_DIR/log
@@ -160,17 +168,26 @@ rmq_up() {
     head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$RMQ_DIR/home/.erlang.cookie"
     chmod 400 "$RMQ_DIR/home/.erlang.cookie"
   }
-  [ -f "$RMQ_DIR/rabbitmq.conf" ] || printf 'log.console = false\nlog.file.level = warning\n' >"$RMQ_DIR/rabbitmq.conf"
+  local conf changed=
+  conf=$(rmq_conf)
+  if [ "$(cat "$RMQ_DIR/rabbitmq.conf" 2>/dev/null)" != "$conf" ]; then
+    printf '%s\n' "$conf" >"$RMQ_DIR/rabbitmq.conf"
+    changed=1
+  fi
   [ -f "$RMQ_DIR/enabled_plugins" ] || echo '[].' >"$RMQ_DIR/enabled_plugins"
   [ -f "$RMQ_DIR/rabbitmq-env.conf" ] || : >"$RMQ_DIR/rabbitmq-env.conf"
+  if rmq_running && [ -n "$changed" ]; then
+    log "rabbitmq: its listeners changed: restarting"
+    rmq_down
+  fi
   if rmq_running; then
-    log "rabbitmq: already running on 127.0.0.1:$AMQP_PORT"
+    log "rabbitmq: already running on $(rmq_where)"
     rmq_test_vhost
     rmq_users
     return 0
   fi
   rm -f "$RMQ_PID"
-  log "rabbitmq: starting on 127.0.0.1:$AMQP_PORT"
+  log "rabbitmq: starting on $(rmq_where)"
   (rmq_env; setsid nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$RMQ_DIR/log/server.out" 2>&1 </dev/null 9>&- &)
   local i
   for i in $(seq 1 120); do [ -s "$RMQ_PID" ] && break; sleep 0.5; done
@@ -179,6 +196,51 @@ rmq_up() {
   rmq rabbitmq-diagnostics -q ping >/dev/null || die "rabbitmq started but does not answer ping"
   rmq_test_vhost
   rmq_users
+}
+
+# AMQPS on loopback with the certificate tls_up made; plain AMQP only when asked for.
+rmq_conf() {
+  printf '%s\n' 'log.console = false' 'log.file.level = warning' \
+    "listeners.ssl.1 = 127.0.0.1:$AMQPS_PORT" "ssl_options.cacertfile = $TLS_DIR/ca.pem" \
+    "ssl_options.certfile = $TLS_DIR/server.pem" "ssl_options.keyfile = $TLS_DIR/server.key" \
+    'ssl_options.verify = verify_none' 'ssl_options.fail_if_no_peer_cert = false' \
+    'ssl_options.versions.1 = tlsv1.3' 'ssl_options.versions.2 = tlsv1.2'
+  if [ -n "$PLAIN_AMQP" ]; then echo "listeners.tcp.1 = 127.0.0.1:$AMQP_PORT"; else echo 'listeners.tcp = none'; fi
+}
+
+rmq_where() { echo "127.0.0.1:$AMQPS_PORT (AMQPS)${PLAIN_AMQP:+ and 127.0.0.1:$AMQP_PORT (plain AMQP, asked for)}"; }
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+# A CA of this machine's own (made once; its key never leaves STATE/tls) and the broker's certificate
+# for 127.0.0.1 and localhost; the machine's trust store gets the CA, so clients check the broker.
+tls_up() {
+  (umask 077; mkdir -p "$TLS_DIR")
+  if [ ! -s "$TLS_DIR/ca.pem" ]; then
+    log "tls: making a CA in $TLS_DIR"
+    (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj "/CN=SEmigrate local CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$TLS_DIR/ca.key.tmp" -out "$TLS_DIR/ca.pem.tmp" 2>/dev/null) || die "openssl could not make the CA"
+    chmod 644 "$TLS_DIR/ca.pem.tmp"
+    mv "$TLS_DIR/ca.key.tmp" "$TLS_DIR/ca.key"; mv "$TLS_DIR/ca.pem.tmp" "$TLS_DIR/ca.pem"
+    rm -f "$TLS_DIR/server.pem"
+  fi
+  if [ ! -s "$TLS_DIR/server.pem" ]; then
+    log "tls: the broker's certificate (127.0.0.1, localhost)"
+    (umask 077; openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null) || die "openssl could not make the broker's key"
+    printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'extendedKeyUsage=serverAuth' 'basicConstraints=CA:FALSE' >"$TLS_DIR/server.ext"
+    openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" -CAcreateserial -days 825 \
+      -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/server.pem.tmp" 2>/dev/null || die "openssl could not sign the broker's certificate"
+    mv "$TLS_DIR/server.pem.tmp" "$TLS_DIR/server.pem"
+  fi
+  if ! cmp -s "$TLS_DIR/ca.pem" "$TRUSTED_CA"; then
+    [ "$(id -u)" -eq 0 ] || die "the machine must trust $TLS_DIR/ca.pem (copy it to $TRUSTED_CA and run update-ca-certificates as root)"
+    log "tls: the machine's trust store gets the CA ($TRUSTED_CA)"
+    mkdir -p "$(dirname "$TRUSTED_CA")"
+    cp "$TLS_DIR/ca.pem" "$TRUSTED_CA"
+    update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed"
+  fi
 }
 
 # The services' own user, no administrator, on the default vhost and the tests'; guest (an
@@ -225,14 +287,18 @@ rmq_down() {
 
 print_env() {
   echo "SEMIGRATE__Postgres__ConnectionString='Host=127.0.0.1;Port=$PG_PORT;Username=postgres;Password=$(secret postgres);Database=postgres'"
-  echo "SEMIGRATE__RabbitMq__Uri='amqp://semigrate:$(secret rabbitmq)@127.0.0.1:$AMQP_PORT/'"
+  if [ -n "$PLAIN_AMQP" ]; then
+    echo "SEMIGRATE__RabbitMq__Uri='amqp://semigrate:$(secret rabbitmq)@127.0.0.1:$AMQP_PORT/'"
+  else
+    echo "SEMIGRATE__RabbitMq__Uri='amqps://semigrate:$(secret rabbitmq)@127.0.0.1:$AMQPS_PORT/'"
+  fi
 }
 
 status() {
   local rc=0
   if pg_running; then log "postgres: running on 127.0.0.1:$PG_PORT"; else log "postgres: stopped"; rc=3; fi
   if [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && rmq_running; then
-    log "rabbitmq: running on 127.0.0.1:$AMQP_PORT"
+    log "rabbitmq: running on $(rmq_where)"
   else
     log "rabbitmq: stopped"; rc=3
   fi
@@ -244,7 +310,7 @@ status() {
 lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock"; flock 9; }
 
 case "${1:-}" in
-  up) lock; ensure_packages; pg_up; rmq_up; log "state: $STATE"; print_env ;;
+  up) lock; ensure_packages; pg_up; tls_up; rmq_up; log "state: $STATE"; print_env ;;
   down) lock; pg_bin >/dev/null && pg_down; [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && rmq_down; true ;;
   status) status ;;
   env) print_env ;;

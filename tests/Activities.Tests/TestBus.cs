@@ -15,6 +15,10 @@ internal static class TestBus
             {
                 h.Username(user[0]);
                 h.Password(user[1]);
+                if (rabbit.Uri.Scheme == "amqps")
+                {
+                    h.UseSsl(s => s.ServerName = rabbit.Uri.Host);
+                }
             });
         });
         await bus.StartAsync(TestContext.Current.CancellationToken);
