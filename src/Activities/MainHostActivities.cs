@@ -255,7 +255,18 @@ public sealed class MainHostActivities(
     /// <summary>Stops a VM migrated here: its QEMU ends, its RAM file goes, and every host of its placement
     /// releases its pages (a host that is gone is named in the failure; what was released stays released).</summary>
     [Activity("StopVm")]
-    public Task<VmStopped> StopVmAsync(StopVm input)
+    public async Task<VmStopped> StopVmAsync(StopVm input)
+    {
+        if (input.Main == host.Host)
+        {
+            await guard.AllowStopAsync(input);
+        }
+        return await StopLeftVmAsync(input);
+    }
+
+    /// <summary>Stops a VM of this host's without the operator's word: a running guest that migrated on from
+    /// here (its source steps checked that: the next main host's receipt).</summary>
+    public Task<VmStopped> StopLeftVmAsync(StopVm input)
     {
         if (input.Main != host.Host)
         {

@@ -459,7 +459,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         {
             if (input.VmLeft && here.TakenOver is { } vm)
             {
-                await mainHost!.StopVmAsync(new StopVm(vm.MigrationId, vm.Vm, host.Host));
+                await mainHost!.StopLeftVmAsync(new StopVm(vm.MigrationId, vm.Vm, host.Host));
             }
             else
             {

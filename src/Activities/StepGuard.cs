@@ -29,6 +29,19 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
         return request!;
     }
 
+    /// <summary>A stop of a VM running here, as the operator signed it (and not expired).</summary>
+    public async Task AllowStopAsync(StopVm stop)
+    {
+        var problem = trust.PublicKey is not { } operatorKey ? $"host {host.Host} pins no operator key (setting Trust:OperatorKey), so it takes no step"
+            : !OperatorSignatures.IsSigned(stop, operatorKey) ? "the stop is not signed by the operator this host trusts (or was altered)"
+            : stop.NotAfter < DateTimeOffset.UtcNow ? $"the stop expired at {stop.NotAfter:u}"
+            : null;
+        if (problem is not null)
+        {
+            throw await RefuseAsync(nameof(StopVm), stop.MigrationId, stop.Vm, problem);
+        }
+    }
+
     /// <summary>Refuses the step (records it, logs it); throw what it returns.</summary>
     public async Task<Exception> RefuseAsync(string step, Guid migrationId, Guid vm, string problem)
     {

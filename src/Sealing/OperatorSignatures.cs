@@ -18,6 +18,18 @@ public static class OperatorSignatures
 
     public static DrainOrder Sign(DrainOrder order, OperatorKey key) => order with { Signature = key.Sign(Bytes(order)) };
 
+    /// <summary>A stop, signed, valid for <paramref name="validFor"/>.</summary>
+    public static StopVm Sign(StopVm stop, OperatorKey key, TimeSpan validFor)
+    {
+        var unsigned = stop with { NotAfter = DateTimeOffset.UtcNow + validFor, Signature = null };
+        return unsigned with { Signature = key.Sign(Bytes(unsigned)) };
+    }
+
+    public static bool IsSigned(StopVm stop, ReadOnlySpan<byte> operatorKey) =>
+        stop.Signature is { } s && OperatorKey.Verify(operatorKey, Bytes(stop), s);
+
+    public static byte[] Bytes(StopVm s) => new Writer("semigrate stop vm v1").Id(s.MigrationId).Id(s.Vm).Text(s.Main).Time(s.NotAfter).ToArray();
+
     public static bool IsSigned(MigrationRequest request, ReadOnlySpan<byte> operatorKey) =>
         request.Signature is { } s && OperatorKey.Verify(operatorKey, Bytes(request), s);
 

@@ -63,6 +63,21 @@ public sealed class OperatorSignatureTests
     }
 
     [Fact]
+    public void A_stop_changed_in_any_field_or_signed_by_another_fails()
+    {
+        using var key = OperatorKey.Generate();
+        using var other = OperatorKey.Generate();
+        var stop = OperatorSignatures.Sign(new StopVm(Guid.NewGuid(), Guid.NewGuid(), "h3"), key, TimeSpan.FromHours(1));
+        Assert.True(OperatorSignatures.IsSigned(stop, key.PublicKey));
+        Assert.False(OperatorSignatures.IsSigned(stop with { MigrationId = Guid.NewGuid() }, key.PublicKey));
+        Assert.False(OperatorSignatures.IsSigned(stop with { Vm = Guid.NewGuid() }, key.PublicKey));
+        Assert.False(OperatorSignatures.IsSigned(stop with { Main = "h9" }, key.PublicKey));
+        Assert.False(OperatorSignatures.IsSigned(stop with { NotAfter = stop.NotAfter!.Value.AddDays(1) }, key.PublicKey));
+        Assert.False(OperatorSignatures.IsSigned(stop, other.PublicKey));
+        Assert.False(OperatorSignatures.IsSigned(stop with { Signature = null }, key.PublicKey));
+    }
+
+    [Fact]
     public void The_operator_key_is_made_0600_once()
     {
         var dir = Directory.CreateTempSubdirectory("semigrate-operator-test-");

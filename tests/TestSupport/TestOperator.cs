@@ -32,6 +32,12 @@ public static class TestOperator
         return OperatorSignatures.Sign(request with { Pinned = pinned, NotAfter = DateTimeOffset.UtcNow + (validFor ?? TimeSpan.FromHours(1)) }, key);
     }
 
+    public static StopVm Sign(StopVm stop)
+    {
+        using var key = OperatorKey.Load(KeyFile);
+        return OperatorSignatures.Sign(stop, key, TimeSpan.FromHours(1));
+    }
+
     public static DrainOrder Sign(DrainOrder order)
     {
         using var key = OperatorKey.Load(KeyFile);

@@ -21,10 +21,22 @@ public class DoctorTests
         var r = await SemigrateProcess.RunAsync(env, "doctor");
         Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}\n{r.Stdout}\n{r.Stderr}");
         Assert.Matches(@"^postgres\s+ok\s+127\.0\.0\.1:\d+, Marten store ready \(schema doctor_ok\)", Line(r.Stdout, "postgres"));
-        Assert.Matches(@"^rabbitmq\s+ok\s+127\.0\.0\.1:\d+, RabbitMQ \d", Line(r.Stdout, "rabbitmq"));
+        Assert.Matches(@"^rabbitmq\s+ok\s+127\.0\.0\.1:\d+ \(TLS\), RabbitMQ \d", Line(r.Stdout, "rabbitmq")); // the services speak AMQPS only
         Assert.Matches("^temporal\\s+ok\\s+not configured: the embedded engine will run migrations", Line(r.Stdout, "temporal"));
         Assert.Contains("qemu", r.Stdout, StringComparison.Ordinal);
         Assert.Matches(@"^trust\s+ok\s+host workers here pin operator key [0-9A-F]{16}; the operator's key to sign with is ", Line(r.Stdout, "trust"));
+    }
+
+    [Fact]
+    public async Task Plain_AMQP_reaches_no_broker_the_services_run()
+    {
+        var env = await RunningServices();
+        var tls = new Uri(env["SEMIGRATE__RabbitMq__Uri"]);
+        Assert.Equal("amqps", tls.Scheme);
+        env["SEMIGRATE__RabbitMq__Uri"] = new UriBuilder(tls) { Scheme = "amqp" }.Uri.ToString(); // the same port, without TLS
+        var r = await SemigrateProcess.RunAsync(env, "doctor");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Matches(@"^rabbitmq\s+FAILED", Line(r.Stdout, "rabbitmq"));
     }
 
     [Fact]

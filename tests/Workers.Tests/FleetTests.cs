@@ -49,7 +49,7 @@ public class FleetTests(RealGuestFixture guest, PostgresFixture postgres) : ICla
         Assert.Equal($"VM {request.Vm}", stays.GetProperty("vm").GetString());
         Assert.Contains("a memory dump's VM taken over here", stays.GetProperty("reason").GetString(), StringComparison.Ordinal);
 
-        await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct);
+        await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(request.MigrationId, request.Vm, run.Main)), ct);
         await run.FleetOnceAsync(f => f.Vms.All(v => v.Vm != request.Vm), "the VM left the inventory once stopped", ct);
     }
 }

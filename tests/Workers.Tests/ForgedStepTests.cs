@@ -164,8 +164,20 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         Assert.True(run.HoldsPagesOf(run.Sub1, request.Vm), "the refused release dropped the pages");
         TestContext.Current.TestOutputHelper?.WriteLine($"another client's release at {run.Sub1}: {refused.Message}");
 
+        // A stop the operator did not sign (or signed by another operator) is refused: the VM runs on.
+        var bus = run.Host.Services.GetRequiredService<IBus>();
+        using var otherOperator = OperatorKey.Generate();
+        foreach (var forged in new[] { new StopVm(request.MigrationId, request.Vm, run.Main), OperatorSignatures.Sign(new StopVm(request.MigrationId, request.Vm, run.Main), otherOperator, TimeSpan.FromHours(1)) })
+        {
+            var answer = await bus.CreateRequestClient<StopVm>(new Uri($"queue:{StepQueues.Host(run.Main)}"), RequestTimeout.After(s: 60))
+                .GetResponse<VmStopped, StepRefused>(forged, ct);
+            Assert.True(answer.Is(out Response<StepRefused>? no), "a forged stop was taken");
+            Assert.Contains("StopVm refused", no!.Message.Reason, StringComparison.Ordinal);
+        }
+        Assert.True(run.HoldsPagesOf(run.Sub1, request.Vm), "a refused stop dropped the pages");
+
         // The main host, which holds the capability, releases them when the VM stops.
-        var stopped = await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct);
+        var stopped = await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(request.MigrationId, request.Vm, run.Main)), ct);
         Assert.True(stopped.Released.Single(r => r.Host == run.Sub1).Pages > 0);
         Assert.False(run.HoldsPagesOf(run.Sub1, request.Vm));
         Assert.False(run.HoldsPagesOf(run.Sub2, request.Vm));

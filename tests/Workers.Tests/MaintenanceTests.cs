@@ -56,7 +56,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
             Assert.All(fleet.Vms.Where(v => v.Vm is not null), v => Assert.Equal("SwitchedOver", v.LastState));
             foreach (var m in moved)
             {
-                await run.Steps.StopVmAsync(new StopVm(m.GetProperty("migrationId").GetGuid(), m.GetProperty("vmId").GetGuid(), m.GetProperty("to").GetString()!), ct);
+                await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(m.GetProperty("migrationId").GetGuid(), m.GetProperty("vmId").GetGuid(), m.GetProperty("to").GetString()!)), ct);
             }
         }
         finally
@@ -106,7 +106,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
             var ran = await SchedulesAsync(Semigrate);
             var moved = ran.GetProperty("lastReport").GetProperty("moved").EnumerateArray().Single();
             Assert.Equal(("web", "switchedOver"), (moved.GetProperty("vm").GetString(), moved.GetProperty("state").GetString()));
-            await run.Steps.StopVmAsync(new StopVm(moved.GetProperty("migrationId").GetGuid(), moved.GetProperty("vmId").GetGuid(), moved.GetProperty("to").GetString()!), ct);
+            await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(moved.GetProperty("migrationId").GetGuid(), moved.GetProperty("vmId").GetGuid(), moved.GetProperty("to").GetString()!)), ct);
 
             // Paused, a trigger does not fire it; deleted, it is gone.
             Assert.Equal(0, (await Semigrate("pause", "nightly")).ExitCode);

@@ -28,7 +28,7 @@ public class MigrateCommandTests(RealGuestFixture guest, PostgresFixture postgre
         // may migrate it again at once (the first one's locks went with its connection).
         var earlier = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
         Assert.Equal(MigrationState.SwitchedOver, (await run.MigrateAsync(earlier, ct)).State);
-        await run.Steps.StopVmAsync(new StopVm(earlier.MigrationId, earlier.Vm, run.Main), ct);
+        await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(earlier.MigrationId, earlier.Vm, run.Main)), ct);
 
         var r = await SemigrateProcess.RunAsync(environment, "migrate", "--guest", Path.GetFileName(guest.Guest.Directory), "--source", run.Source,
             "--main", $"{run.Main}:80M", "--sub", $"{run.Sub1}:30000", "--sub", $"{run.Sub2}:30000", "--plain-process", "vaultdb", "--vm", earlier.Vm.ToString(), "--json");

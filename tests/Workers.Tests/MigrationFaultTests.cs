@@ -141,7 +141,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
             var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
             Assert.True(verified.Ok, $"trial {trial}: {verified}");
             Assert.Equal(outcome.Pages!.Total, verified.Pages);
-            await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct); // room for the next trial
+            await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(request.MigrationId, request.Vm, run.Main)), ct); // room for the next trial
         }
         TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}:\n" + string.Join("\n", report));
     }
@@ -209,7 +209,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
             if (outcome.State == MigrationState.SwitchedOver)
             {
                 Assert.Contains("came after the main host had taken the VM over: nothing was undone", outcome.Reason, StringComparison.Ordinal);
-                await run.Steps.StopVmAsync(new StopVm(request.MigrationId, request.Vm, run.Main), ct);
+                await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(request.MigrationId, request.Vm, run.Main)), ct);
             }
             else
             {

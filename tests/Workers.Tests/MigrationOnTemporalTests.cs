@@ -94,7 +94,7 @@ public class MigrationOnTemporalTests(TemporalFixture temporal, RealGuestFixture
         Assert.Empty(report.NotMoved);
         var moved = Assert.Single(report.Moved);
         Assert.Equal(MigrationState.SwitchedOver, moved.State);
-        await run.Steps.StopVmAsync(new StopVm(moved.MigrationId, moved.VmId, moved.To), ct);
+        await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(moved.MigrationId, moved.VmId, moved.To)), ct);
 
         // The same drain on a Temporal schedule: created, triggered (a DrainHost run starts), deleted.
         var id = $"drain-test-{Guid.NewGuid():N}"[..24];

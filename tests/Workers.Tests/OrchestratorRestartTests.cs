@@ -206,7 +206,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
                 var placement = new PlacementPlan((await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data).OfType<PagesPlaced>().Single().Assignments);
                 var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, placement, ct);
                 Assert.True(verified.Ok, $"trial {trial}: {verified}");
-                await run.Steps.StopVmAsync(new StopVm(id, request.Vm, run.Main), ct); // room for the next trial
+                await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(id, request.Vm, run.Main)), ct); // room for the next trial
             }
         }
         var report = $"seed {seed}: " + string.Join("; ", ended);

@@ -60,7 +60,7 @@ public sealed class RunningGuestDrainTests(PostgresFixture postgres) : IClassFix
         }
         foreach (var m in back)
         {
-            await run.Steps.StopVmAsync(new StopVm(m.MigrationId, m.VmId, run.Source), ct);
+            await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(m.MigrationId, m.VmId, run.Source)), ct);
         }
     }
 

@@ -43,8 +43,10 @@ public sealed record DigestMemory(Guid MigrationId, Guid Vm, string Host, long F
 public sealed record MemoryDigest(long Pages, long FetchedPages, IReadOnlyList<string> Chunks, string Digest);
 
 /// <summary>At the main host: stop a VM that was migrated there (its QEMU ends if it runs) and release its
-/// pages everywhere: at every sub-host of its placement and in the main host's own store.</summary>
-public sealed record StopVm(Guid MigrationId, Guid Vm, string Main);
+/// pages everywhere: at every sub-host of its placement and in the main host's own store. The operator's
+/// <paramref name="Signature"/> over the rest, valid until <paramref name="NotAfter"/> (a forged stop would end
+/// a running VM and drop its only memory).</summary>
+public sealed record StopVm(Guid MigrationId, Guid Vm, string Main, DateTimeOffset? NotAfter = null, byte[]? Signature = null);
 
 /// <summary>The VM is gone: the pages each host released.</summary>
 public sealed record VmStopped(Guid MigrationId, IReadOnlyList<PagingReleased> Released);

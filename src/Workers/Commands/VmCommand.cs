@@ -3,6 +3,7 @@ using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Roles;
@@ -70,7 +71,8 @@ public static class VmCommand
                     await Console.Error.WriteLineAsync($"semigrate: VM {vm} runs at no main host, as far as the audit trail knows");
                     return 1;
                 }
-                var stopped = await host.Services.GetRequiredService<EmbeddedSteps>().StopVmAsync(new StopVm(migration.Id, vm, migration.Main), ct);
+                var stopped = await host.Services.GetRequiredService<EmbeddedSteps>().StopVmAsync(
+                    OperatorAuthority.Sign(host.Services, new StopVm(migration.Id, vm, migration.Main)), ct);
                 Console.WriteLine($"VM {vm} stopped at {migration.Main}; pages released: {string.Join(", ", stopped.Released.Select(r => $"{r.Host} {r.Pages}"))}");
                 return 0;
             }

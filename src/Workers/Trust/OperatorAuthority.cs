@@ -67,6 +67,13 @@ public static class OperatorAuthority
         return await SignAsync(services.GetRequiredService<IDocumentStore>(), key, request, TimeSpan.FromHours(trust.ValidHours), ct);
     }
 
+    /// <summary>The stop signed with the operator's key, valid for an hour.</summary>
+    public static StopVm Sign(IServiceProvider services, StopVm stop)
+    {
+        using var key = LoadKey(services.GetRequiredService<IOptions<TrustOptions>>().Value);
+        return OperatorSignatures.Sign(stop, key, TimeSpan.FromHours(1));
+    }
+
     /// <summary>The drain signed as the operator's order (valid for <paramref name="validFor"/>, Trust:ValidHours by default).</summary>
     public static async Task<DrainHost> OrderAsync(IServiceProvider services, DrainHost drain, CancellationToken ct, TimeSpan? validFor = null)
     {
