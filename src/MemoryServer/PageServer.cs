@@ -178,6 +178,13 @@ public sealed class PageServer : IAsyncDisposable
         }
     }
 
+    private readonly ConcurrentDictionary<string, long> refusals = new(StringComparer.Ordinal);
+
+    /// <summary>Requests refused since the server started, by error (malformed, forbidden, ...): what its host
+    /// reports to the audit trail (HostSeen), a count rather than an event per request, so a flood of bad
+    /// requests cannot flood the trail.</summary>
+    public IReadOnlyDictionary<string, long> Refusals => refusals.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+
     private async Task HandleAsync(IChannel channel, BasicDeliverEventArgs delivery, Vm? queueVm)
     {
         var body = delivery.Body;
@@ -211,6 +218,10 @@ public sealed class PageServer : IAsyncDisposable
             reply = PageFrame.BuildError(vmId, requestId, PageError.Internal, e.Message);
         }
 
+        if (reply.Length > 5 && reply[5] == (byte)FrameKind.Error)
+        {
+            refusals.AddOrUpdate(PageFrame.ReadError(reply).Code.ToString(), 1, (_, n) => n + 1);
+        }
         var replyTo = delivery.BasicProperties.ReplyTo;
         if (!string.IsNullOrEmpty(replyTo) && reply[5] == (byte)FrameKind.StoreAck)
         {

@@ -162,6 +162,14 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         var fetched = await Assert.ThrowsAsync<MemoryServer.PageProtocolException>(() => intruder.FetchAsync(run.Sub1, request.Vm, [0UL], ct));
         Assert.Equal(Contracts.Paging.PageError.UnknownVm, fetched.Code);
         Assert.True(run.HoldsPagesOf(run.Sub1, request.Vm), "the refused release dropped the pages");
+        var hijack = await Assert.ThrowsAsync<MemoryServer.PageProtocolException>(() =>
+            intruder.StartVmAsync(run.Sub1, request.Vm, MigrationMode.Semigrate, 1, RandomNumberGenerator.GetBytes(32), ct));
+        Assert.Equal(Contracts.Paging.PageError.Forbidden, hijack.Code);
+        // The memory server's refusals reach the audit trail, counted, in its host's reports.
+        var fleet = await run.FleetOnceAsync(f => f.Hosts.Any(h => h.Host == run.Sub1 && h.RefusedRequests?.GetValueOrDefault("Forbidden") >= 1),
+            $"{run.Sub1} reports the refused StartVm", ct);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{run.Sub1} reports refused requests: " +
+            string.Join(", ", fleet.Hosts.Single(h => h.Host == run.Sub1).RefusedRequests!.Select(r => $"{r.Key} {r.Value}")));
         TestContext.Current.TestOutputHelper?.WriteLine($"another client's release at {run.Sub1}: {refused.Message}");
 
         // A stop the operator did not sign (or signed by another operator) is refused: the VM runs on.

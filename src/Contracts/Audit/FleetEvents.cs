@@ -6,9 +6,10 @@ namespace SEmigrate.Contracts.Audit;
 /// <summary>A host worker's report, when it starts and every Fleet:ReportSeconds after: its roles, its
 /// memory server's room, the guests a source keeps and the VMs a main host took over. Appended to the
 /// host's own stream (<see cref="HostStreams"/>); the fleet inventory is built from these and from the
-/// migrations' streams.</summary>
+/// migrations' streams. <paramref name="RefusedRequests"/>: the requests its memory server refused since it
+/// started, by error (security: a count, so that a flood of bad requests cannot flood the trail).</summary>
 public sealed record HostSeen(string Host, IReadOnlyList<string> Roles, long CapacityPages, long UsedPages, IReadOnlyList<GuestSeen> Guests, IReadOnlyList<VmSeen> Vms,
-    DateTimeOffset At);
+    DateTimeOffset At, IReadOnlyDictionary<string, long>? RefusedRequests = null);
 
 /// <summary>A guest in a source's guests folder, <paramref name="Pages"/> 4 KiB pages of memory: running (its
 /// RAM a file the source reads) or a memory dump.</summary>

@@ -35,7 +35,8 @@ public static class FleetCommand
             Console.WriteLine($"{"host",-20} {"roles",-18} {"pages used/capacity",-22} last seen");
             foreach (var h in fleet.Hosts)
             {
-                Console.WriteLine($"{h.Host,-20} {string.Join(",", h.Roles),-18} {$"{h.UsedPages}/{h.CapacityPages}",-22} {(now - h.LastSeen).TotalSeconds:0} s ago");
+                Console.WriteLine($"{h.Host,-20} {string.Join(",", h.Roles),-18} {$"{h.UsedPages}/{h.CapacityPages}",-22} {(now - h.LastSeen).TotalSeconds:0} s ago" +
+                    (h.RefusedRequests is { Count: > 0 } refused ? $"  refused requests: {string.Join(", ", refused.Select(r => $"{r.Key} {r.Value}"))}" : ""));
             }
             Console.WriteLine();
             Console.WriteLine($"{"vm",-38} {"at",-20} {"pages",-9} last migration");

@@ -44,7 +44,7 @@ public sealed class HostReporter(IServiceProvider services, HostContext host, Ho
         var vms = services.GetService<MainHostVms>()?.All
             .Select(v => new VmSeen(v.Vm, v.MigrationId, v.SwitchedOver.LocalPages, v.SwitchedOver.RemotePages, v.Guest is not null, v.GuestName)).ToList() ?? [];
         return new HostSeen(host.Host, roles.Roles, store?.CapacityPages ?? 0, store?.UsedPages ?? 0, roles.Roles.Contains("source") ? Guests() : [], vms,
-            DateTimeOffset.UtcNow);
+            DateTimeOffset.UtcNow, services.GetService<MemoryServerWorker>()?.Refusals);
     }
 
     /// <summary>The source's guests that can move: running ones and memory dumps (not a guest that left or

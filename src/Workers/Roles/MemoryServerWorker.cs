@@ -17,6 +17,11 @@ public sealed class MemoryServerWorker(
     /// <summary>Completes once the server takes requests (fails if it could not start).</summary>
     public Task Ready => ready.Task;
 
+    private PageServer? running;
+
+    /// <summary>The requests the server refused so far, by error (none before it runs).</summary>
+    public IReadOnlyDictionary<string, long> Refusals => running?.Refusals ?? new Dictionary<string, long>();
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var o = options.Value;
@@ -35,6 +40,7 @@ public sealed class MemoryServerWorker(
         }
         await using var closeConnection = connection;
         await using var closeServer = server;
+        running = server;
         // The ready line: scripts and the benchmark wait for it.
         Console.WriteLine($"memory server {o.Host} ready");
         ready.TrySetResult();
