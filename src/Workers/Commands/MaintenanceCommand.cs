@@ -25,9 +25,10 @@ public static class MaintenanceCommand
         var plain = new Option<string[]>("--plain-process") { Description = "A process whose memory is already encrypted and may travel as-is (repeatable)" };
         var concurrent = new Option<int>("--max-concurrent") { Description = "Migrations at once (default 2)", DefaultValueFactory = _ => 2 };
         var json = new Option<bool>("--json") { Description = "Print the report as one JSON object: {\"drained\",\"moved\":[{\"vm\",\"to\",\"state\"}],\"notMoved\":[{\"vm\",\"reason\"}]}" };
+        var onto = new Option<string[]>("--onto") { Description = "A host the guests may go to (repeatable; default: every enrolled host); the signed order names only these" };
         var drain = new Command("drain", "Migrate every guest off HOST, placed across the other hosts of the fleet inventory; exit 0 when all moved, 1 when one did not")
         {
-            host, mode, plain, concurrent, json,
+            host, mode, plain, concurrent, json, onto,
         };
         drain.SetAction(async (parse, ct) =>
         {
@@ -52,7 +53,8 @@ public static class MaintenanceCommand
             try
             {
                 report = await orchestrator.Services.GetRequiredService<DrainRunner>().DrainAsync(await OperatorAuthority.OrderAsync(orchestrator.Services,
-                    new DrainHost(Guid.NewGuid(), parse.GetValue(host)!, m, parse.GetValue(plain) ?? [], parse.GetValue(concurrent)), ct), ct);
+                    new DrainHost(Guid.NewGuid(), parse.GetValue(host)!, m, parse.GetValue(plain) ?? [], parse.GetValue(concurrent)), ct,
+                    onto: parse.GetValue(onto) is { Length: > 0 } only ? only : null), ct);
             }
             catch (InvalidOperationException e)
             {

@@ -74,24 +74,27 @@ public static class OperatorAuthority
         return OperatorSignatures.Sign(stop, key, TimeSpan.FromHours(1));
     }
 
-    /// <summary>The drain signed as the operator's order (valid for <paramref name="validFor"/>, Trust:ValidHours by default).</summary>
-    public static async Task<DrainHost> OrderAsync(IServiceProvider services, DrainHost drain, CancellationToken ct, TimeSpan? validFor = null)
+    /// <summary>The drain signed as the operator's order (valid for <paramref name="validFor"/>, Trust:ValidHours by default),
+    /// onto the hosts of <paramref name="onto"/> (default: every enrolled host).</summary>
+    public static async Task<DrainHost> OrderAsync(IServiceProvider services, DrainHost drain, CancellationToken ct, TimeSpan? validFor = null,
+        IReadOnlyCollection<string>? onto = null)
     {
         var trust = services.GetRequiredService<IOptions<TrustOptions>>().Value;
         using var key = LoadKey(trust);
         return drain with
         {
             Order = await OrderDrainAsync(services.GetRequiredService<IDocumentStore>(), key, drain.Host, drain.Mode, drain.PlainProcesses,
-                validFor ?? TimeSpan.FromHours(trust.ValidHours), ct),
+                validFor ?? TimeSpan.FromHours(trust.ValidHours), ct, onto),
         };
     }
 
-    /// <summary>An order to drain <paramref name="host"/> onto every other enrolled host (all pinned), valid for <paramref name="validFor"/>.</summary>
+    /// <summary>An order to drain <paramref name="host"/> onto the hosts of <paramref name="onto"/> (every other
+    /// enrolled host when null; all pinned), valid for <paramref name="validFor"/>.</summary>
     public static async Task<DrainOrder> OrderDrainAsync(IDocumentStore store, OperatorKey key, string host, MigrationMode mode, IReadOnlyList<string> plainProcesses,
-        TimeSpan validFor, CancellationToken ct)
+        TimeSpan validFor, CancellationToken ct, IReadOnlyCollection<string>? onto = null)
     {
-        // Every enrolled host: the others may take its guests, and its own key is the drained source's.
-        var enrolled = await PinAsync(store, key, null, ct);
+        // The hosts that may take its guests, and its own key (the drained source's).
+        var enrolled = await PinAsync(store, key, onto is null ? null : [.. onto.Append(host).Distinct(StringComparer.Ordinal)], ct);
         return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, enrolled, DateTimeOffset.UtcNow + validFor, []), key);
     }
 }
