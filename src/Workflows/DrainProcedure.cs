@@ -77,13 +77,15 @@ public sealed class DrainProcedure(IDrainSteps steps)
     /// <summary>The guest's request, its room taken from <paramref name="room"/>; null if it does not fit.</summary>
     private static MigrationRequest? Plan(DrainHost drain, DrainGuest guest, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room)
     {
-        var main = hosts.Where(h => h.CanBeMain && room.ContainsKey(h.Host) && room[h.Host] > HandOverPages)
+        // What its hand-over brings, as its source reported it (histories from before: the fixed allowance).
+        var handOver = guest.HandOverPages > 0 ? guest.HandOverPages : HandOverPages;
+        var main = hosts.Where(h => h.CanBeMain && room.ContainsKey(h.Host) && room[h.Host] > handOver)
             .OrderByDescending(h => room[h.Host]).ThenBy(h => h.Host, StringComparer.Ordinal).FirstOrDefault();
         if (main is null)
         {
             return null;
         }
-        var atMain = Math.Min(guest.Pages, room[main.Host] - HandOverPages);
+        var atMain = Math.Min(guest.Pages, room[main.Host] - handOver);
         var subs = new List<Destination>();
         var left = guest.Pages - atMain;
         foreach (var sub in hosts.Where(h => h.CanHoldPages && h.Host != main.Host && room.ContainsKey(h.Host) && room[h.Host] > 0)
@@ -101,7 +103,7 @@ public sealed class DrainProcedure(IDrainSteps steps)
         {
             return null;
         }
-        room[main.Host] -= atMain + HandOverPages;
+        room[main.Host] -= atMain + handOver;
         foreach (var s in subs)
         {
             room[s.Host] -= s.CapacityPages;
@@ -113,7 +115,7 @@ public sealed class DrainProcedure(IDrainSteps steps)
     }
 
     /// <summary>Room the main host keeps for what the hand-over brings beside the guest's pages (the
-    /// manifest; a running guest's kernel, initramfs and device state): 16 MiB.</summary>
+    /// manifest; a running guest's kernel, initramfs and device state) when the source did not report it: 16 MiB.</summary>
     public const long HandOverPages = 4096;
 
     /// <summary>A guest's VM and migration ids in this drain: made from the drain's id and the guest's name,

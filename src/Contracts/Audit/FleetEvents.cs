@@ -12,8 +12,9 @@ public sealed record HostSeen(string Host, IReadOnlyList<string> Roles, long Cap
     DateTimeOffset At, IReadOnlyDictionary<string, long>? RefusedRequests = null);
 
 /// <summary>A guest in a source's guests folder, <paramref name="Pages"/> 4 KiB pages of memory: running (its
-/// RAM a file the source reads) or a memory dump.</summary>
-public sealed record GuestSeen(string Name, long Pages, bool Running);
+/// RAM a file the source reads) or a memory dump. <paramref name="HandOverPages"/>: what its hand-over stores
+/// at a main host besides its pages, at most (0: not reported).</summary>
+public sealed record GuestSeen(string Name, long Pages, bool Running, long HandOverPages = 0);
 
 /// <summary>A VM a main host took over (by <paramref name="MigrationId"/>): its pages here and at sub-hosts;
 /// a running guest's <paramref name="Guest"/> name, by which it can be migrated on from there.</summary>

@@ -13,8 +13,9 @@ public sealed record ReadInventory(string Host);
 public sealed record DrainInventory(IReadOnlyList<DrainGuest> Guests, IReadOnlyList<DrainTarget> Hosts);
 
 /// <summary>A guest on the drained host, <paramref name="Pages"/> 4 KiB pages of memory;
-/// <paramref name="CannotMove"/> says why it cannot move at all (it stays, and the report says so).</summary>
-public sealed record DrainGuest(string Name, long Pages, bool Running, string? CannotMove = null);
+/// <paramref name="CannotMove"/> says why it cannot move at all (it stays, and the report says so);
+/// <paramref name="HandOverPages"/>, what its hand-over stores at its main host besides its pages (0: unknown).</summary>
+public sealed record DrainGuest(string Name, long Pages, bool Running, string? CannotMove = null, long HandOverPages = 0);
 
 /// <summary>Another host: whether it can take a VM over (main role) and hold pages (main or sub), and its free room.</summary>
 public sealed record DrainTarget(string Host, bool CanBeMain, bool CanHoldPages, long FreePages);

@@ -39,8 +39,8 @@ public static class DrainTrial
         using var fleet = await WorkerFleet.StartAsync(
         [
             new WorkerFleet.Worker("source", source, GuestsFolder: guests),
-            // Room for one guest whole and a quarter of the other (with room for each hand-over): the second runs on paging from the sub-hosts.
-            new WorkerFleet.Worker("main", main, MemoryMiB * 256L * 5 / 4 + 2 * DrainProcedure.HandOverPages),
+            // Room for one guest whole and a quarter of the other (with room for each hand-over, up to 32 MiB): the second runs on paging from the sub-hosts.
+            new WorkerFleet.Worker("main", main, MemoryMiB * 256L * 5 / 4 + 4 * DrainProcedure.HandOverPages),
             new WorkerFleet.Worker("sub", sub1, MemoryMiB * 256L),
             new WorkerFleet.Worker("sub", sub2, MemoryMiB * 256L),
         ], Path.Combine(root, "hosts"), logs, ct, new Dictionary<string, string>(LocalOperator.WorkerEnvironment(host.Services)) { ["SEMIGRATE__Fleet__ReportSeconds"] = "2" },

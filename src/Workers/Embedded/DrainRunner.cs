@@ -23,7 +23,7 @@ public sealed class DrainRunner(EmbeddedEngine engine, IDocumentStore store, IOp
         // A guest it took over moves on from there like its own, through the host's source role.
         var noSource = drained.Roles.Contains("source") ? null : $"host {host} does not run the source role (start its worker with --role {string.Join(',', drained.Roles.Append("source"))})";
         return new DrainInventory(
-            [.. drained.Guests.Select(g => new DrainGuest(g.Name, g.Pages, g.Running)),
+            [.. drained.Guests.Select(g => new DrainGuest(g.Name, g.Pages, g.Running, HandOverPages: g.HandOverPages)),
                 .. drained.Vms.Select(v => new DrainGuest(v.Guest ?? $"VM {v.Vm}", v.LocalPages + v.RemotePages, v.Running,
                     !v.Running ? "a memory dump's VM taken over here: nothing runs to move (`semigrate vm stop` ends it)" : v.Guest is null ? "it has no guest name here" : noSource))],
             [.. inventory.Hosts.Where(h => h.Host != host && h.LastSeen >= fresh)

@@ -56,7 +56,8 @@ public sealed class HostReporter(IServiceProvider services, HostContext host, Ho
             .Where(d => LiveGuest.IsLive(d.FullName) ? LiveGuest.IsRunning(d.FullName) : File.Exists(BootedGuest.DumpIn(d.FullName)))
             .OrderBy(d => d.Name, StringComparer.Ordinal)
             .Select(d => LiveGuest.IsLive(d.FullName)
-                ? new GuestSeen(d.Name, LiveGuest.MemoryMiBIn(d.FullName) * 256L, true)
+                ? new GuestSeen(d.Name, LiveGuest.MemoryMiBIn(d.FullName) * 256L, true,
+                    SourceActivities.HandOverPages(d.FullName, (ulong)LiveGuest.MemoryMiBIn(d.FullName) * 256 * 2)) // its PFNs may reach past its pages (the PCI hole)
                 : new GuestSeen(d.Name, (new FileInfo(BootedGuest.DumpIn(d.FullName)).Length + 4095) / 4096, false))]; // a dump: a little more than its pages
     }
 }
