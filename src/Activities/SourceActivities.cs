@@ -366,8 +366,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         if (input.Main != request.Main.Host || StepGuard.PinnedKey(request, input.Main) is not { } pinned || !pinned.AsSpan().SequenceEqual(input.MainPublicKey))
         {
             throw await guard.RefuseAsync(nameof(HandOver), input.MigrationId, input.Vm,
-                $"the data key would be wrapped for {input.Main}'s key {KeyPrint(input.MainPublicKey)}; the request's main host is {request.Main.Host}, " +
-                $"its pinned key {(StepGuard.PinnedKey(request, request.Main.Host) is { } k ? KeyPrint(k) : "missing")}");
+                $"the data key would be wrapped for {input.Main}'s key {HostKeyPair.Fingerprint(input.MainPublicKey)}; the request's main host is {request.Main.Host}, " +
+                $"its pinned key {(StepGuard.PinnedKey(request, request.Main.Host) is { } k ? HostKeyPair.Fingerprint(k) : "missing")}");
         }
         UseCapability(input.Capability, input.Main, input.Vm);
         var state = State(input.MigrationId);
@@ -472,6 +472,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             }
         }
         state.Release();
+        client.ForgetVm(input.Vm); // its capabilities at the destinations: nothing here sends to them any more
         logger.LogInformation(input.VmLeft ? "VM {Vm} left this host: its migration key is gone" : "VM {Vm} stays on this host: migration {Migration} undone",
             input.Vm, input.MigrationId);
         return new SourceReleased(input.VmLeft);
@@ -543,9 +544,6 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         using var key = state.LoadKey();
         return key.IsReceipt(bytes, input.MigrationId, input.Vm, main);
     }
-
-    /// <summary>A public key's fingerprint for messages: the first bytes of its SHA-256.</summary>
-    public static string KeyPrint(byte[] key) => Convert.ToHexString(SHA256.HashData(key).AsSpan(0, 8));
 
     /// <summary>What the wrapped data key is bound to: a wrap for another migration or host does not open.</summary>
     public static string KeyContext(Guid migrationId, string main) => $"semigrate-data-key|{migrationId:N}|{main}";

@@ -34,6 +34,9 @@ public sealed class HostKeyPair : IDisposable
 
     public byte[] PublicKey => ecdh.ExportSubjectPublicKeyInfo();
 
+    /// <summary>A public key's fingerprint, for people and messages: the first 8 bytes of its SHA-256, in hex.</summary>
+    public static string Fingerprint(ReadOnlySpan<byte> publicKey) => Convert.ToHexString(SHA256.HashData(publicKey).AsSpan(0, 8));
+
     internal byte[] Agree(ECDiffieHellmanPublicKey other) => ecdh.DeriveRawSecretAgreement(other);
 
     public void Dispose() => ecdh.Dispose();

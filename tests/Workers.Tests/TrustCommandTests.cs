@@ -36,7 +36,7 @@ public class TrustCommandTests(PostgresFixture postgres) : IClassFixture<Postgre
 
             var enrol = await SemigrateProcess.RunAsync(env, "host", "enrol", "h1", "--identity", identity);
             Assert.True(enrol.ExitCode == 0, enrol.Stderr);
-            var print = Activities.SourceActivities.KeyPrint(HostIdentity.Read(identity).HostKey);
+            var print = Sealing.HostKeyPair.Fingerprint(HostIdentity.Read(identity).HostKey);
             Assert.Equal($"enrolled h1: key {print}", enrol.Stdout.Trim());
             var wrong = await SemigrateProcess.RunAsync(env, "host", "enrol", "h2", "--identity", identity);
             Assert.Equal(2, wrong.ExitCode);

@@ -289,6 +289,15 @@ public sealed class PageClient : IAsyncDisposable
     /// queues are named by it: see PageQueues.Token).</summary>
     public void UseCapability(string host, Guid vm, byte[] capability) => tokens[(host, vm)] = PageQueues.Token(SHA256.HashData(capability));
 
+    /// <summary>Forgets the capabilities this client holds for the VM (at every host): the VM has left.</summary>
+    public void ForgetVm(Guid vm)
+    {
+        foreach (var key in tokens.Keys.Where(k => k.Vm == vm))
+        {
+            tokens.TryRemove(key, out _);
+        }
+    }
+
     private string BulkQueue(string host, Guid vm) => PageQueues.Bulk(host, vm, tokens.GetValueOrDefault((host, vm)));
 
     private string FetchQueue(string host, Guid vm) => PageQueues.Fetch(host, vm, tokens.GetValueOrDefault((host, vm)));

@@ -64,7 +64,7 @@ public static class TrustCommands
                 await Console.Error.WriteLineAsync($"semigrate: {e.Message}");
                 return 2;
             }
-            Console.WriteLine($"enrolled {id.Host}: key {Activities.SourceActivities.KeyPrint(id.HostKey)}");
+            Console.WriteLine($"enrolled {id.Host}: key {Sealing.HostKeyPair.Fingerprint(id.HostKey)}");
             return 0;
         });
         var enrolled = new Command("enrolled", "List the enrolled hosts and their keys' fingerprints");
@@ -74,7 +74,7 @@ public static class TrustCommands
             await using var query = host.Services.GetRequiredService<IDocumentStore>().QuerySession();
             foreach (var e in await query.Query<HostEnrolment>().OrderBy(e => e.Id).ToListAsync(ct))
             {
-                Console.WriteLine($"{e.Id,-24} key {Activities.SourceActivities.KeyPrint(e.HostKey)}  enrolled {e.At:u}");
+                Console.WriteLine($"{e.Id,-24} key {Sealing.HostKeyPair.Fingerprint(e.HostKey)}  enrolled {e.At:u}");
             }
             return 0;
         });

@@ -127,7 +127,7 @@ public sealed class DoctorChecks(
         var o = trust.Value;
         var signs = File.Exists(o.OperatorKeyFile) ? $"; the operator's key to sign with is {o.OperatorKeyFile}"
             : $"; no operator key at {o.OperatorKeyFile} (Trust:OperatorKeyFile), so migrate and maintenance cannot sign here";
-        return o.PublicKey is { } pinned ? $"host workers here pin operator key {Activities.SourceActivities.KeyPrint(pinned)}{signs}"
+        return o.PublicKey is { } pinned ? $"host workers here pin operator key {Sealing.HostKeyPair.Fingerprint(pinned)}{signs}"
             : throw new InvalidOperationException($"Trust:OperatorKey is not set: a host worker here refuses every step (`semigrate operator init` prints it){signs}");
     }
 
