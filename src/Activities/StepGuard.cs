@@ -32,7 +32,7 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
     /// <summary>A stop of a VM running here, as the operator signed it (and not expired).</summary>
     public async Task AllowStopAsync(StopVm stop)
     {
-        var problem = trust.PublicKey is not { } operatorKey ? $"host {host.Host} pins no operator key (setting Trust:OperatorKey), so it takes no step"
+        var problem = trust.PublicKey is not { } operatorKey ? NoOperatorKey
             : !OperatorSignatures.IsSigned(stop, operatorKey) ? "the stop is not signed by the operator this host trusts (or was altered)"
             : stop.NotAfter < DateTimeOffset.UtcNow ? $"the stop expired at {stop.NotAfter:u}"
             : null;
@@ -67,11 +67,13 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
     /// <summary>The hosts a request sends pages to.</summary>
     public static bool IsDestination(MigrationRequest request, string name) => request.Main.Host == name || request.SubHosts.Any(s => s.Host == name);
 
+    private string NoOperatorKey => $"host {host.Host} pins no operator key (setting Trust:OperatorKey), so it takes no step";
+
     private string? Problem(Guid migrationId, Guid vm, MigrationRequest? r, bool expiredToo)
     {
         if (trust.PublicKey is not { } operatorKey)
         {
-            return $"host {host.Host} pins no operator key (setting Trust:OperatorKey), so it takes no step";
+            return NoOperatorKey;
         }
         if (r is null)
         {

@@ -35,7 +35,14 @@ public sealed class PageServer : IAsyncDisposable
 
         /// <summary>What its queue names carry, decided by its capability (null: plain names).</summary>
         public string? Token => Owner is null ? null : PageQueues.Token(Owner);
+
+        /// <summary>Whether a request showing <paramref name="shown"/> (a capability's hash, or null) is its owner's.</summary>
+        public bool IsOwner(byte[]? shown) => Owner is { } owner && shown is not null && CryptographicOperations.FixedTimeEquals(owner, shown);
     }
+
+    /// <summary>The hash of the capability a Release or Usage frame shows in its payload; null when it shows none.</summary>
+    private static byte[]? ShownCapability(ReadOnlySpan<byte> frame) =>
+        PageFrame.Parse(frame).Payload is { Length: CapabilitySize } capability ? SHA256.HashData(capability) : null;
 
     private readonly IConnection connection;
     private readonly MemoryServerOptions options;
@@ -125,7 +132,7 @@ public sealed class PageServer : IAsyncDisposable
             {
                 // Idempotent for its owner only (a retry, or paging started again after a restart); one
                 // started without a capability stays so (its queues have plain names).
-                if (started.Owner is null != owner is null || started.Owner is { } held && !CryptographicOperations.FixedTimeEquals(held, owner))
+                if (started.Owner is null ? owner is not null : !started.IsOwner(owner))
                 {
                     throw new PageProtocolException(PageError.Forbidden, options.Host, $"VM {id} is served here for the holder of another capability");
                 }
@@ -260,9 +267,8 @@ public sealed class PageServer : IAsyncDisposable
             case FrameKind.Usage:
             {
                 // A client sees the VMs nobody owns, and the one whose capability it shows (header VM, payload capability).
-                var shown = PageFrame.Parse(body.Span).Payload is { Length: CapabilitySize } capability ? SHA256.HashData(capability) : null;
-                var perVm = store.PagesPerVm().Where(kv => !vms.TryGetValue(kv.Key, out var v) || v.Owner is not { } owner
-                    || (kv.Key == vmId && shown is not null && CryptographicOperations.FixedTimeEquals(owner, shown))).ToList();
+                var shown = ShownCapability(body.Span);
+                var perVm = store.PagesPerVm().Where(kv => !vms.TryGetValue(kv.Key, out var v) || v.Owner is null || (kv.Key == vmId && v.IsOwner(shown))).ToList();
                 var payload = new byte[16 + perVm.Count * 24];
                 BinaryPrimitives.WriteInt64LittleEndian(payload, store.CapacityPages);
                 BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(8), store.UsedPages);
@@ -342,8 +348,7 @@ public sealed class PageServer : IAsyncDisposable
             }
             case FrameKind.Release:
             {
-                if (vm.Owner is { } owner && !(PageFrame.Parse(body.Span).Payload is { Length: CapabilitySize } capability
-                        && CryptographicOperations.FixedTimeEquals(owner, SHA256.HashData(capability))))
+                if (vm.Owner is not null && !vm.IsOwner(ShownCapability(body.Span)))
                 {
                     throw new PageProtocolException(PageError.Forbidden, options.Host, $"only the holder of VM {vmId}'s capability releases it");
                 }

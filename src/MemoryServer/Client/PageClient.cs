@@ -287,7 +287,9 @@ public sealed class PageClient : IAsyncDisposable
 
     /// <summary>From now on this client addresses the VM at the host as the holder of its capability (its
     /// queues are named by it: see PageQueues.Token).</summary>
-    public void UseCapability(string host, Guid vm, byte[] capability) => tokens[(host, vm)] = PageQueues.Token(SHA256.HashData(capability));
+    public void UseCapability(string host, Guid vm, byte[] capability) => tokens[(host, vm)] = TokenOf(capability);
+
+    private static string TokenOf(byte[] capability) => PageQueues.Token(SHA256.HashData(capability));
 
     /// <summary>Forgets the capabilities this client holds for the VM (at every host): the VM has left.</summary>
     public void ForgetVm(Guid vm)
@@ -373,7 +375,7 @@ public sealed class PageClient : IAsyncDisposable
     public async Task<long> ReleaseAsync(string host, Guid vm, byte[]? capability, CancellationToken ct)
     {
         var id = NewRequestId();
-        var queue = capability is null ? BulkQueue(host, vm) : PageQueues.Bulk(host, vm, PageQueues.Token(SHA256.HashData(capability)));
+        var queue = capability is null ? BulkQueue(host, vm) : PageQueues.Bulk(host, vm, TokenOf(capability));
         var reply = await RequestAsync(bulk, host, queue, id, PageFrame.Build(FrameKind.Release, vm, id, 0, capability), BulkTimeout, ct, vm);
         tokens.TryRemove((host, vm), out _);
         return PageFrame.Parse(reply).Count;
