@@ -4,6 +4,9 @@
 # connection settings (stdout, as SEMIGRATE__ variables); everything else goes to stderr.
 #
 #   deploy/services.sh up|down|status|env
+#   deploy/services.sh host-user NAME...          a broker user for each host's worker; prints `NAME URI`
+#   deploy/services.sh host-user --delete NAME... removes them
+#   deploy/services.sh host-permissions NAME      what such a user may configure, write and read
 #
 # Settings (environment): SEMIGRATE_STATE_DIR (default /opt/semigrate), SEMIGRATE_PG_PORT (15433),
 # SEMIGRATE_AMQPS_PORT (16671), SEMIGRATE_AMQP_PORT (16672), SEMIGRATE_RABBIT_DIST_PORT (16673),
@@ -184,6 +187,7 @@ rmq_up() {
     log "rabbitmq: already running on $(rmq_where)"
     rmq_test_vhost
     rmq_users
+    rmq_traced_vhost
     return 0
   fi
   rm -f "$RMQ_PID"
@@ -196,6 +200,7 @@ rmq_up() {
   rmq rabbitmq-diagnostics -q ping >/dev/null || die "rabbitmq started but does not answer ping"
   rmq_test_vhost
   rmq_users
+  rmq_traced_vhost
 }
 
 # AMQPS on loopback with the certificate tls_up made; plain AMQP only when asked for.
@@ -269,6 +274,19 @@ rmq_test_vhost() {
   : >"$RMQ_DIR/test-vhost"
 }
 
+# A virtual host whose every publish the broker's tracer copies to amq.rabbitmq.trace: where the leak
+# tests watch page traffic as someone who sees the whole broker would (page requests go through the
+# default exchange, which no queue can be bound to). Tracing is the node's runtime state: turned on
+# at every `up`.
+rmq_traced_vhost() {
+  if [ ! -f "$RMQ_DIR/traced-vhost" ]; then
+    rmq rabbitmqctl -q add_vhost semigrate-traced >/dev/null 2>&1 || true
+    rmq rabbitmqctl -q set_permissions -p semigrate-traced semigrate '.*' '.*' '.*' >&2 || die "rabbitmq: cannot open semigrate-traced to semigrate"
+    : >"$RMQ_DIR/traced-vhost"
+  fi
+  rmq rabbitmqctl -q trace_on -p semigrate-traced >/dev/null || die "rabbitmq: cannot trace semigrate-traced"
+}
+
 rmq_down() {
   if [ -f "$RMQ_PID" ] && kill -0 "$(cat "$RMQ_PID")" 2>/dev/null; then
     log "rabbitmq: stopping"
@@ -281,6 +299,65 @@ rmq_down() {
   if [ -x "$(command -v epmd)" ] || [ -x /usr/lib/erlang/bin/epmd ]; then
     PATH=$PATH:/usr/lib/erlang/bin epmd -port "$EPMD_PORT" -kill >/dev/null 2>&1 || true
   fi
+}
+
+
+# --- a broker user per host -------------------------------------------------------------------
+
+# What a host's worker may touch: its own queues and exchanges (its step queue, its bus and cancel
+# endpoints, its memory server's queues) to declare, delete and read; besides those, only what it
+# must declare or send to (message-type exchanges, the audit trail's entry exchanges, the
+# orchestrators' reply exchanges, the default exchange for pages). It can read (consume, purge, bind
+# from) nothing of another host's. Kept in step with the names the code gives (StepQueues,
+# PageQueues, RoleRegistration, AuditRoute); BrokerPermissionTests checks both against each other.
+# Prints configure, write and read, a line each.
+host_permissions() {
+  local h=$1 own shared
+  own="semigrate-host-$h(\\.(bus|cancel)-[0-9a-f]{32})?(_error|_skipped)?|semigrate\\.pages\\.$h(\\.dead|\\.[0-9a-f]{32}(\\.[0-9a-f]{32})?\\.(bulk|fetch))?"
+  shared='SEmigrate\.Contracts\.[A-Za-z.]+:[A-Za-z]+|MassTransit:[A-Za-z.:-]+|[A-Za-z0-9-]+-[0-9]+\.in|semigrate-orchestrator\.bus-[0-9a-f]{32}'
+  echo "^($own|$shared)\$"
+  echo "^($own|$shared|amq\\.default)\$"
+  echo "^($own|SEmigrate\\.Contracts\\.Migration:CancelSteps)\$"
+}
+
+valid_host() { [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9-]{0,62}$ ]] || die "host name '$1': letters, digits and '-' only (up to 63), as \`semigrate worker --host\` takes"; }
+
+# A user per named host (semigrate-host-NAME, its password made once and kept in STATE/secrets), with
+# the permissions above on the default vhost and the tests'; all in one import (rabbitmqctl starts a
+# VM per call). Prints `NAME URI` per host. With --delete, removes the named hosts' users.
+host_users() {
+  rmq_running || die "rabbitmq is not running: run \`$0 up\` first"
+  if [ "${1:-}" = --delete ]; then
+    shift
+    local erl="" h
+    for h in "$@"; do valid_host "$h"; erl+="rabbit_auth_backend_internal:delete_user(<<\"semigrate-host-$h\">>, <<\"services.sh\">>), "; rm -f "$SECRETS/rabbitmq-host-$h"; done
+    [ -n "$erl" ] && rmq rabbitmqctl -q eval "catch begin ${erl}ok end." >/dev/null
+    return 0
+  fi
+  [ $# -gt 0 ] || die "host-user: name one host or more"
+  local defs users="" perms="" h pw salt hash p vhost
+  defs=$(mktemp); trap 'rm -f "$defs" "$defs.salt"' RETURN
+  for h in "$@"; do
+    valid_host "$h"
+    pw=$(secret "rabbitmq-host-$h")
+    # RabbitMQ's own hash (rabbit_password_hashing_sha256): base64(salt ++ sha256(salt ++ password)).
+    head -c 4 /dev/urandom >"$defs.salt"
+    hash=$( { cat "$defs.salt"; printf '%s' "$pw" | cat "$defs.salt" - | openssl dgst -sha256 -binary; } | base64 -w0)
+    users+="${users:+,}{\"name\":\"semigrate-host-$h\",\"password_hash\":\"$hash\",\"hashing_algorithm\":\"rabbit_password_hashing_sha256\",\"tags\":[]}"
+    mapfile -t p < <(host_permissions "$h")
+    for vhost in / semigrate-tests; do
+      perms+="${perms:+,}{\"user\":\"semigrate-host-$h\",\"vhost\":\"$vhost\",\"configure\":\"${p[0]//\\/\\\\}\",\"write\":\"${p[1]//\\/\\\\}\",\"read\":\"${p[2]//\\/\\\\}\"}"
+    done
+  done
+  printf '{"users":[%s],"permissions":[%s]}\n' "$users" "$perms" >"$defs"
+  rmq rabbitmqctl -q import_definitions "$defs" >&2 || die "rabbitmq: cannot make the hosts' users ($*)"
+  for h in "$@"; do
+    if [ -n "$PLAIN_AMQP" ]; then
+      echo "$h amqp://semigrate-host-$h:$(secret "rabbitmq-host-$h")@127.0.0.1:$AMQP_PORT/"
+    else
+      echo "$h amqps://semigrate-host-$h:$(secret "rabbitmq-host-$h")@127.0.0.1:$AMQPS_PORT/"
+    fi
+  done
 }
 
 # --- commands ---------------------------------------------------------------------------------
@@ -314,5 +391,7 @@ case "${1:-}" in
   down) lock; pg_bin >/dev/null && pg_down; [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && rmq_down; true ;;
   status) status ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  host-user) shift; lock; host_users "$@" ;;
+  host-permissions) valid_host "${2:-}"; host_permissions "$2" ;;
+  *) echo "usage: $0 up|down|status|env|host-user [--delete] NAME...|host-permissions NAME" >&2; exit 2 ;;
 esac

@@ -92,7 +92,6 @@ public sealed class PageServer : IAsyncDisposable
         server.control = await connection.CreateChannelAsync(cancellationToken: ct);
         server.acks = await connection.CreateChannelAsync(cancellationToken: ct);
         server.ackTimer = new Timer(_ => _ = server.FlushStoreAcksAsync());
-        await server.control.ExchangeDeclareAsync(PageQueues.Exchange, ExchangeType.Direct, durable: false, cancellationToken: ct);
         await server.control.QueueDeclareAsync(server.DeadLetterQueue, durable: false, exclusive: false, autoDelete: false, cancellationToken: ct);
         await server.ConsumeAsync(server.control, PageQueues.Control(options.Host), null, ct);
         foreach (var (vm, _) in store.PagesPerVm())
@@ -113,7 +112,6 @@ public sealed class PageServer : IAsyncDisposable
         // to its sender at once (mandatory routing) instead of waiting in a queue nobody reads. The
         // control queue outlives a restart: requests wait there for the server to come back.
         await channel.QueueDeclareAsync(queue, durable: false, exclusive: vm is not null, autoDelete: false, cancellationToken: ct);
-        await channel.QueueBindAsync(queue, PageQueues.Exchange, queue, cancellationToken: ct);
         await channel.BasicQosAsync(0, options.Prefetch, false, ct);
         var consumer = new AsyncEventingBasicConsumer(channel);
         consumer.ReceivedAsync += (_, delivery) => HandleAsync(channel, delivery, vm);

@@ -24,7 +24,7 @@ public class BadInputTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixtu
             return Task.CompletedTask;
         };
         await channel.BasicConsumeAsync("amq.rabbitmq.reply-to", autoAck: true, consumer);
-        await channel.BasicPublishAsync(PageQueues.Exchange, queue, mandatory: false,
+        await channel.BasicPublishAsync("", queue, mandatory: false,
             new BasicProperties { ReplyTo = "amq.rabbitmq.reply-to", CorrelationId = "1" }, body);
         return await reply.Task.WaitAsync(TimeSpan.FromSeconds(10));
     }
@@ -94,7 +94,7 @@ public class BadInputTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixtu
         for (var i = 0; i < stores; i++)
         {
             var pages = Enumerable.Range(0, i % 5 + 1).Select(p => h.Codec.Encode((ulong)(i * 8 + p), 1, PageClass.Plain, new byte[4096])).ToList();
-            await channel.BasicPublishAsync(PageQueues.Exchange, PageQueues.Bulk(h.Host, h.Vm), mandatory: false,
+            await channel.BasicPublishAsync("", PageQueues.Bulk(h.Host, h.Vm), mandatory: false,
                 new BasicProperties { ReplyTo = "amq.rabbitmq.reply-to", CorrelationId = $"{1000 + i}" }, PageFrame.BuildPages(FrameKind.Store, h.Vm, (ulong)(1000 + i), pages));
         }
 
@@ -119,7 +119,7 @@ public class BadInputTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixtu
     {
         await using var h = await PagingHarness.StartAsync(rabbit, MigrationMode.Semigrate);
         await using var channel = await rabbit.Connection.CreateChannelAsync();
-        await channel.BasicPublishAsync(PageQueues.Exchange, PageQueues.Bulk(h.Host, h.Vm), "junk"u8.ToArray());
+        await channel.BasicPublishAsync("", PageQueues.Bulk(h.Host, h.Vm), "junk"u8.ToArray());
         BasicGetResult? dead = null;
         for (var i = 0; i < 100 && dead is null; i++)
         {

@@ -1,6 +1,5 @@
 using System.Text;
 using SEmigrate.Contracts;
-using SEmigrate.Contracts.Paging;
 using SEmigrate.MemoryServer.Store;
 using SEmigrate.TestSupport;
 
@@ -8,7 +7,7 @@ namespace SEmigrate.MemoryServer.Tests;
 
 /// <summary>A known secret planted in pages that must be sealed never shows up in anything a sub-host
 /// holds or receives in semigrate mode; the same scan finds it in noenc mode, so it can fail.</summary>
-public class LeakTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixture>
+public class LeakTests(TracedRabbitMqFixture rabbit) : IClassFixture<TracedRabbitMqFixture>
 {
     private const string Secret = "TOPSECRET-credit-card-4111111111111111";
 
@@ -34,11 +33,11 @@ public class LeakTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixture>
         (int, int, int) result;
         await using (var h = await PagingHarness.StartAsync(rabbit, mode, new FilePageStore(folder, 10_000), host))
         {
-            // A tap: a second queue bound to the VM's routing keys gets a copy of every request.
+            // A tap on the broker's tracer: a copy of every message published in this virtual host (requests
+            // and replies), as someone who sees the whole broker would.
             await using var channel = await rabbit.Connection.CreateChannelAsync();
             await channel.QueueDeclareAsync(tap, durable: false, exclusive: false, autoDelete: false);
-            await channel.QueueBindAsync(tap, PageQueues.Exchange, PageQueues.Bulk(host, h.Vm));
-            await channel.QueueBindAsync(tap, PageQueues.Exchange, PageQueues.Fetch(host, h.Vm));
+            await channel.QueueBindAsync(tap, TracedRabbitMqFixture.TraceExchange, "publish.#");
 
             await h.TransferAsync(Secret);
             var page = new byte[4096];

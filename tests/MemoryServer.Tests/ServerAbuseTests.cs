@@ -65,7 +65,7 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
         {
             var id = Interlocked.Increment(ref next).ToString(CultureInfo.InvariantCulture);
             var reply = waiting[id] = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-            await channel.BasicPublishAsync(PageQueues.Exchange, queue, mandatory: false, new BasicProperties { ReplyTo = "amq.rabbitmq.reply-to", CorrelationId = id }, frame, Ct);
+            await channel.BasicPublishAsync("", queue, mandatory: false, new BasicProperties { ReplyTo = "amq.rabbitmq.reply-to", CorrelationId = id }, frame, Ct);
             return reply.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
         }
 

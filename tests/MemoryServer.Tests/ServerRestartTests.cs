@@ -80,9 +80,7 @@ public class ServerRestartTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMq
                 var dying = await ConnectAsync();
                 await using (var channel = await dying.CreateChannelAsync(cancellationToken: Ct))
                 {
-                    await channel.ExchangeDeclareAsync(PageQueues.Exchange, ExchangeType.Direct, durable: false, cancellationToken: Ct);
                     await channel.QueueDeclareAsync(PageQueues.Bulk(host, vm), durable: false, exclusive: true, autoDelete: false, cancellationToken: Ct);
-                    await channel.QueueBindAsync(PageQueues.Bulk(host, vm), PageQueues.Exchange, PageQueues.Bulk(host, vm), cancellationToken: Ct);
                 }
                 var batch = new PageBatch(64 << 10);
                 foreach (var page in Pages(8))

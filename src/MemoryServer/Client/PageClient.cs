@@ -136,7 +136,6 @@ public sealed class PageClient : IAsyncDisposable
             outstandingPublisherConfirmationsRateLimiter: null), ct);
         var fetch = await connection.CreateChannelAsync(cancellationToken: ct);
         var client = new PageClient(bulk, fetch);
-        await bulk.ExchangeDeclareAsync(PageQueues.Exchange, ExchangeType.Direct, durable: false, cancellationToken: ct);
         foreach (var channel in new[] { bulk, fetch })
         {
             var consumer = new AsyncEventingBasicConsumer(channel);
@@ -220,7 +219,7 @@ public sealed class PageClient : IAsyncDisposable
         try
         {
             var props = new BasicProperties { ReplyTo = ReplyTo, CorrelationId = id.ToString(CultureInfo.InvariantCulture) };
-            await channel.BasicPublishAsync(PageQueues.Exchange, queue, mandatory: true, props, frame, ct);
+            await channel.BasicPublishAsync("", queue, mandatory: true, props, frame, ct);
             request.PublishedAt = Environment.TickCount64;
             published = true;
         }
