@@ -12,9 +12,13 @@ public sealed record AuditRoute(string Queue, int Partitions)
 
     public string QueueOf(Guid stream) => QueueNumbered((int)(BinaryPrimitives.ReadUInt32LittleEndian(stream.ToByteArray()) % (uint)Partitions));
 
-    /// <summary>The exchange in front of the stream's queue (MassTransit's send address): sending never
-    /// declares the queue, which its auditor declares as a single-active-consumer queue.</summary>
-    public Uri AddressOf(Guid stream) => new($"exchange:{QueueOf(stream)}");
+    /// <summary>The exchange events of the stream are sent to (MassTransit's send address), bound by the
+    /// auditor to the stream's queue: sending never declares the queue, which its auditor declares as a
+    /// single-active-consumer queue. Named apart from the queue: hosts may declare the exchange (MassTransit
+    /// does before it sends), so their broker users must not be able to delete a queue of its name.</summary>
+    public Uri AddressOf(Guid stream) => new($"exchange:{EntryOf(QueueOf(stream))}");
+
+    public static string EntryOf(string queue) => queue + ".in";
 
     private string QueueNumbered(int partition) => $"{Queue}-{partition}";
 }

@@ -5,6 +5,16 @@ namespace SEmigrate.Contracts.Migration;
 public static class StepQueues
 {
     public static string Host(string host) => $"semigrate-host-{host}";
+
+    /// <summary>A host process's MassTransit bus endpoint and its cancel endpoint: named under the host's
+    /// step queue, so the host's broker user owns them (deploy/services.sh host-user); one per process.</summary>
+    public static string BusEndpoint(string host) => $"{Host(host)}.bus-{Guid.NewGuid():N}";
+
+    public static string CancelEndpoint(string host) => $"{Host(host)}.cancel-{Guid.NewGuid():N}";
+
+    /// <summary>An orchestrator process's bus endpoint, where hosts send their answers to its steps. Hosts
+    /// may declare and send to such exchanges, never read them; the queue is exclusive to its process.</summary>
+    public static string OrchestratorBusEndpoint() => $"semigrate-orchestrator.bus-{Guid.NewGuid():N}";
 }
 
 /// <summary>A step that must not be retried (bad input, wrong host, a key that does not open): the

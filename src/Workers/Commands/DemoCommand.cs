@@ -238,8 +238,7 @@ public static class DemoCommand
 
     public static async Task ServicesUpAsync(CancellationToken ct)
     {
-        var script = Path.Combine(AppContext.BaseDirectory, "deploy", "services.sh");
-        var start = new ProcessStartInfo("bash", [script, "up"]) { RedirectStandardOutput = true, UseShellExecute = false };
+        var start = new ProcessStartInfo("bash", [Processes.HostBrokerUsers.Script, "up"]) { RedirectStandardOutput = true, UseShellExecute = false };
         using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start bash");
         var output = await process.StandardOutput.ReadToEndAsync(ct);
         await process.WaitForExitAsync(ct);

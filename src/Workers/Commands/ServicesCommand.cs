@@ -22,7 +22,7 @@ public static class ServicesCommand
         var command = new Command(verb, description);
         command.SetAction(async (_, ct) =>
         {
-            var script = Path.Combine(AppContext.BaseDirectory, "deploy", "services.sh");
+            var script = Processes.HostBrokerUsers.Script;
             if (!File.Exists(script))
             {
                 await Console.Error.WriteLineAsync($"semigrate: {script} is missing; reinstall semigrate");

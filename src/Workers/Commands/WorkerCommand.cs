@@ -34,9 +34,11 @@ public static class WorkerCommand
                 await Console.Error.WriteLineAsync($"semigrate: {problem}");
                 return 2;
             }
-            if (name.Length == 0 || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')))
+            // A host's queues are named after it, with '.' and '_' between their parts: a name holding one
+            // could name another host's queue, and its broker user's permissions would reach that queue.
+            if (name.Length is 0 or > 63 || !char.IsAsciiLetterOrDigit(name[0]) || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-')))
             {
-                await Console.Error.WriteLineAsync($"semigrate: --host {name}: use letters, digits, '-', '_' and '.' only");
+                await Console.Error.WriteLineAsync($"semigrate: --host {name}: use letters, digits and '-' only (up to 63, a letter or digit first)");
                 return 2;
             }
             var builder = SemigrateHost.CreateBuilder();

@@ -11,7 +11,8 @@ namespace SEmigrate.Workers.Processes;
 /// its own (unshare, as root) where its state folder is <see cref="IsolatedState"/> (the same path on
 /// every host, so no path can name another host's files), a source's guests are
 /// <see cref="IsolatedGuests"/>, and the folders of every other host (the fleet's state root and every
-/// guests folder) are empty.</summary>
+/// guests folder) are empty; and each host's worker logs in to the broker as a user of its own
+/// (<see cref="HostBrokerUsers"/>), which may read only its own queues.</summary>
 public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDictionary<string, string>? environment, bool isolated, IReadOnlyList<WorkerFleet.Worker> all)
     : IDisposable
 {
@@ -25,6 +26,7 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
     public sealed record Worker(string Role, string Host, long CapacityPages = 0, string? StoreFolder = null, double MaxMBps = 0, string? GuestsFolder = null);
 
     private readonly Dictionary<string, (Worker Spec, ChildProcess Process)> workers = new(StringComparer.Ordinal);
+    private IReadOnlyDictionary<string, string> brokerUris = new Dictionary<string, string>();
 
     public static async Task<WorkerFleet> StartAsync(IReadOnlyList<Worker> specs, string stateRoot, string? logDir, CancellationToken ct,
         IReadOnlyDictionary<string, string>? environment = null, bool isolated = false)
@@ -37,6 +39,13 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
         var fleet = new WorkerFleet(stateRoot, logDir, environment, isolated, specs);
         try
         {
+            var hosts = specs.Where(s => s.Role != "orchestrator").Select(s => s.Host).ToArray();
+            if (isolated && hosts.Length > 0)
+            {
+                var broker = environment?.GetValueOrDefault(HostBrokerUsers.UriVariable) ?? Environment.GetEnvironmentVariable(HostBrokerUsers.UriVariable)
+                    ?? throw new InvalidOperationException($"{HostBrokerUsers.UriVariable} is not set: whose virtual host would the workers use?");
+                fleet.brokerUris = await HostBrokerUsers.CreateAsync(hosts, new Uri(broker), ct);
+            }
             var started = await Task.WhenAll(specs.Select(async s => (s, await fleet.SpawnAsync(s, ct))));
             foreach (var (spec, process) in started)
             {
@@ -52,6 +61,9 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
     }
 
     public ChildProcess this[string host] => workers[host].Process;
+
+    /// <summary>The broker URI a host's worker logs in with, when it has a user of its own.</summary>
+    public string? BrokerUriOf(string host) => brokerUris.GetValueOrDefault(host);
 
     /// <summary>Where each worker wrote its identity (its state folder, seen from here).</summary>
     public IEnumerable<string> IdentityFiles => all.Select(w => Path.Combine(stateRoot, w.Host, Trust.HostIdentity.FileName));
@@ -98,7 +110,10 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
             args.AddRange(["--guests", isolated ? IsolatedGuests : w.GuestsFolder]);
         }
         var log = logDir is null ? null : Path.Combine(logDir, $"{w.Host}.log");
-        return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, environment, isolated ? Namespace(w, state) : [], ct, [.. args]);
+        var env = brokerUris.TryGetValue(w.Host, out var uri)
+            ? new Dictionary<string, string>(environment ?? new Dictionary<string, string>()) { [HostBrokerUsers.UriVariable] = uri }
+            : environment;
+        return ChildProcess.StartAsync($"worker {w.Host} ({w.Role}) ready", log, env, isolated ? Namespace(w, state) : [], ct, [.. args]);
     }
 
     /// <summary>The launcher of an isolated worker: a mount namespace where its own folders are bound to
@@ -149,6 +164,7 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
         {
             await channel.QueueDeleteAsync(queue);
             await channel.ExchangeDeleteAsync(queue);
+            await channel.ExchangeDeleteAsync(Contracts.Audit.AuditRoute.EntryOf(queue)); // when it is an audit queue
         }
     }
 
@@ -159,5 +175,10 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
             process.Dispose();
         }
         workers.Clear();
+        if (brokerUris.Count > 0)
+        {
+            HostBrokerUsers.Delete([.. brokerUris.Keys]);
+            brokerUris = new Dictionary<string, string>();
+        }
     }
 }

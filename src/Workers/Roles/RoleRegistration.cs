@@ -114,7 +114,7 @@ public static class RoleRegistration
             .. main ? [typeof(MainHostStepsConsumer)] : Array.Empty<Type>(),
             .. source || main ? [typeof(DigestStepsConsumer)] : Array.Empty<Type>(),
         ];
-        return builder.AddMessaging(
+        return builder.AddMessaging(StepQueues.BusEndpoint(host),
             x =>
             {
                 foreach (var consumer in steps)
@@ -129,13 +129,18 @@ public static class RoleRegistration
                 {
                     // Transfers to every destination run at once at the source.
                     e.PrefetchCount = 16;
+                    e.ConfigureConsumeTopology = false; // steps are sent to this queue, never published
                     foreach (var consumer in steps)
                     {
                         e.ConfigureConsumer(bus, consumer);
                     }
                 });
                 // Beside the step queue, not behind the steps waiting in it: a cancel reaches this process at once.
-                cfg.ReceiveEndpoint(new TemporaryEndpointDefinition($"semigrate-cancel-{host}"), e => e.ConfigureConsumer<CancelStepsConsumer>(bus));
+                cfg.ReceiveEndpoint(StepQueues.CancelEndpoint(host), e =>
+                {
+                    (e.Durable, e.AutoDelete, e.Exclusive) = (false, true, true); // this process's own
+                    e.ConfigureConsumer<CancelStepsConsumer>(bus);
+                });
             });
     }
 
@@ -159,7 +164,7 @@ public static class RoleRegistration
         builder.Services.AddSingleton<EmbeddedEngine>();
         builder.Services.AddSingleton<DrainRunner>();
         builder.AddAuditTrail();
-        return builder.AddMessaging(
+        return builder.AddMessaging(StepQueues.OrchestratorBusEndpoint(),
             x =>
             {
                 x.AddConsumer<TransferProgressConsumer>();
@@ -178,6 +183,7 @@ public static class RoleRegistration
                         e.PrefetchCount = 1;
                         e.ConcurrentMessageLimit = 1;
                         e.ConfigureConsumeTopology = false; // events are sent to their stream's queue, not published
+                        e.Bind(AuditRoute.EntryOf(queue));
                         e.UseMessageRetry(r =>
                         {
                             // An event no read model can take (a stream that does not begin with its start) fails
@@ -234,7 +240,9 @@ public static class RoleRegistration
         builder.Services.AddSingleton(sp =>
             sp.GetRequiredService<IOptions<RabbitMqOptions>>().Value.ConnectionFactory(name).CreateConnectionAsync().GetAwaiter().GetResult());
 
-    private static IHostApplicationBuilder AddMessaging(this IHostApplicationBuilder builder,
+    /// <summary>MassTransit on RabbitMQ, its bus endpoint (where answers to this process's requests come)
+    /// named <paramref name="busEndpoint"/> and exclusive to the process, so no other account can take it.</summary>
+    private static IHostApplicationBuilder AddMessaging(this IHostApplicationBuilder builder, string busEndpoint,
         Action<IBusRegistrationConfigurator> consumers, Action<IBusRegistrationContext, IRabbitMqBusFactoryConfigurator> endpoints)
     {
         builder.Services.AddOptions<MassTransitHostOptions>().Configure(o =>
@@ -260,6 +268,8 @@ public static class RoleRegistration
                         h.UseSsl(s => s.ServerName = f.Ssl.ServerName);
                     }
                 });
+                cfg.OverrideDefaultBusEndpointQueueName(busEndpoint);
+                cfg.Exclusive = true;
                 endpoints(bus, cfg);
             });
         });

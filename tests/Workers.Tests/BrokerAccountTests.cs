@@ -1,0 +1,193 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
+using RabbitMQ.Client.Exceptions;
+using SEmigrate.Contracts;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
+using SEmigrate.Contracts.Paging;
+using SEmigrate.TestSupport;
+using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Processes;
+using SEmigrate.Workflows;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>Each host's worker logs in to the broker as a user of its own (deploy/services.sh host-user),
+/// which may read, purge or delete none of another host's queues, nor the orchestrator's or the audit
+/// trail's; what it must send to, it may only declare and send to.</summary>
+public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres) : IClassFixture<RealGuestFixture>, IClassFixture<PostgresFixture>
+{
+    /// <summary>The script's permission patterns against the names the code gives: every queue and exchange
+    /// of the host's own in all three, none of another host's in any, shared ones only as far as needed.</summary>
+    [Fact]
+    public async Task A_host_users_permissions_cover_its_own_names_and_none_of_another_hosts()
+    {
+        var (host, others) = ("main-ab12", new[] { "main-ab12-x", "sub1-ab12", "main", "ab12" });
+        var (configure, write, read) = await PermissionsAsync(host);
+        var vm = Guid.NewGuid();
+        var token = PageQueues.Token(new byte[32]);
+        static string[] Names(string h, Guid vm, string token) =>
+        [
+            StepQueues.Host(h), StepQueues.Host(h) + "_error", StepQueues.Host(h) + "_skipped", StepQueues.BusEndpoint(h), StepQueues.CancelEndpoint(h),
+            StepQueues.CancelEndpoint(h) + "_error", PageQueues.Control(h), PageQueues.Control(h) + ".dead",
+            PageQueues.Bulk(h, vm), PageQueues.Fetch(h, vm), PageQueues.Bulk(h, vm, token), PageQueues.Fetch(h, vm, token),
+        ];
+        foreach (var own in Names(host, vm, token))
+        {
+            Assert.True(configure.IsMatch(own) && write.IsMatch(own) && read.IsMatch(own), $"{host} cannot use its own {own}");
+        }
+        foreach (var theirs in others.SelectMany(o => Names(o, vm, token)))
+        {
+            Assert.False(configure.IsMatch(theirs) || write.IsMatch(theirs) || read.IsMatch(theirs), $"{host} may touch {theirs}");
+        }
+        // What it must declare and send to, never read: the message types' exchanges (MassTransit's names),
+        // an orchestrator's bus endpoint, the audit trail's entry exchanges; the default exchange for pages.
+        string[] sendOnly =
+        [
+            .. typeof(CancelSteps).Assembly.GetExportedTypes().Where(t => (t.IsClass || t.IsInterface) && !(t.IsAbstract && t.IsSealed) && !t.IsGenericType
+                    && t.Namespace!.StartsWith("SEmigrate.Contracts.", StringComparison.Ordinal)).Select(t => $"{t.Namespace}:{t.Name}")
+                .Where(n => n != $"{typeof(CancelSteps).Namespace}:{nameof(CancelSteps)}"),
+            StepQueues.OrchestratorBusEndpoint(), AuditRoute.EntryOf(new AuditRoute("semigrate-audit", 4).QueueOf(vm)),
+        ];
+        foreach (var name in sendOnly)
+        {
+            Assert.True(configure.IsMatch(name) && write.IsMatch(name), $"{host} cannot declare or send to {name}");
+            Assert.False(read.IsMatch(name), $"{host} may read {name}");
+        }
+        Assert.True(read.IsMatch($"{typeof(CancelSteps).Namespace}:{nameof(CancelSteps)}"), "a host cannot bind its cancel endpoint");
+        Assert.True(write.IsMatch("amq.default") && !configure.IsMatch("amq.default") && !read.IsMatch("amq.default"));
+        foreach (var queue in new AuditRoute("semigrate-audit", 4).Queues)
+        {
+            Assert.False(configure.IsMatch(queue) || write.IsMatch(queue) || read.IsMatch(queue), $"{host} may touch the audit queue {queue}");
+        }
+    }
+
+    /// <summary>A worker's own broker account, turned against the others on a live fleet: every attempt
+    /// to read, purge, delete or take over a queue that is not its own is refused by the broker, and a
+    /// migration run afterwards moves its guest with every page and its audit intact.</summary>
+    [Fact]
+    public async Task A_hosts_broker_account_cannot_take_purge_or_delete_anothers_queues()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        var attackerUri = run.Fleet.BrokerUriOf(run.Sub1) ?? throw new InvalidOperationException("the fleet's workers have no broker users of their own");
+        Assert.Contains($"semigrate-host-{run.Sub1}:", attackerUri, StringComparison.Ordinal);
+        await using var attacker = await new ConnectionFactory { Uri = new Uri(attackerUri), ClientProvidedName = "attacker" }.CreateConnectionAsync(ct);
+        var orchestratorBus = run.Host.Services.GetRequiredService<IBus>().Address.AbsolutePath.Split('/')[^1];
+        var auditQueue = run.Host.Services.GetRequiredService<AuditRoute>().Queues.First();
+        var (mainSteps, sub2Control) = (StepQueues.Host(run.Main), PageQueues.Control(run.Sub2));
+        var rows = new List<(string Attack, int Tries, int Refused, int Lost)>();
+
+        // A migration first: the workers do all they do under their own users, and every queue attacked below
+        // exists (the orchestrator's bus endpoint comes with its first request).
+        var request = await run.SignAsync(run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000), ct);
+        var outcome = await run.MigrateAsync(request, ct);
+        Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+        Assert.True(verified.Ok, $"{verified}");
+        await using var admin = await new ConnectionFactory { Uri = new Uri((await ServicesScript.SettingsAsync())[HostBrokerUsers.UriVariable]) }.CreateConnectionAsync(ct);
+        string[] attacked = [mainSteps, sub2Control, sub2Control + ".dead", orchestratorBus, auditQueue];
+        var before = await ConsumersAsync(admin, attacked);
+
+        // The account works: its own step queue is there to it.
+        await using (var own = await attacker.CreateChannelAsync(cancellationToken: ct))
+        {
+            Assert.True((await own.QueueDeclarePassiveAsync(StepQueues.Host(run.Sub1), ct)).ConsumerCount >= 1);
+        }
+        var tap = $"{StepQueues.Host(run.Sub1)}_skipped"; // a queue of its own to bind others' exchanges to
+        await using (var own = await attacker.CreateChannelAsync(cancellationToken: ct))
+        {
+            await own.QueueDeclareAsync(tap, durable: true, exclusive: false, autoDelete: false, cancellationToken: ct);
+        }
+
+        await Row("consume another host's step queue", c => c.BasicConsumeAsync(mainSteps, true, new AsyncEventingBasicConsumer(c), ct));
+        await Row("get from another host's step queue", c => c.BasicGetAsync(mainSteps, true, ct));
+        await Row("purge another host's step queue", c => c.QueuePurgeAsync(mainSteps, ct));
+        await Row("delete another host's step queue", c => c.QueueDeleteAsync(mainSteps, cancellationToken: ct));
+        await Row("redeclare another host's step queue", c => c.QueueDeclareAsync(mainSteps, durable: false, exclusive: false, autoDelete: true, cancellationToken: ct));
+        await Row("bind to another host's step exchange", c => c.QueueBindAsync(tap, mainSteps, "", cancellationToken: ct));
+        await Row("consume a memory server's control queue", c => c.BasicConsumeAsync(sub2Control, true, new AsyncEventingBasicConsumer(c), ct));
+        await Row("purge a memory server's control queue", c => c.QueuePurgeAsync(sub2Control, ct));
+        await Row("delete a memory server's control queue", c => c.QueueDeleteAsync(sub2Control, cancellationToken: ct));
+        await Row("delete a memory server's dead letters", c => c.QueueDeleteAsync(sub2Control + ".dead", cancellationToken: ct));
+        await Row("consume the orchestrator's bus endpoint (step answers)", c => c.BasicConsumeAsync(orchestratorBus, true, new AsyncEventingBasicConsumer(c), ct));
+        await Row("delete the orchestrator's bus endpoint", c => c.QueueDeleteAsync(orchestratorBus, cancellationToken: ct));
+        await Row("bind to the orchestrator's bus exchange", c => c.QueueBindAsync(tap, orchestratorBus, "", cancellationToken: ct));
+        await Row("consume an audit queue", c => c.BasicConsumeAsync(auditQueue, true, new AsyncEventingBasicConsumer(c), ct));
+        await Row("purge an audit queue", c => c.QueuePurgeAsync(auditQueue, ct));
+        await Row("delete an audit queue", c => c.QueueDeleteAsync(auditQueue, cancellationToken: ct));
+        await Row("bind to the audit trail's entry exchange", c => c.QueueBindAsync(tap, AuditRoute.EntryOf(auditQueue), "", cancellationToken: ct));
+        await Row("bind to a message type's exchange (progress)", c => c.QueueBindAsync(tap, $"{typeof(TransferProgress).Namespace}:{nameof(TransferProgress)}", "", cancellationToken: ct));
+
+        // Nothing lost: every queue attacked is there with the consumers it had, and the migration's audit holds.
+        await using (var check = await attacker.CreateChannelAsync(cancellationToken: ct))
+        {
+            await check.QueueDeleteAsync(tap, cancellationToken: ct);
+        }
+        Assert.Equal(before, await ConsumersAsync(admin, attacked));
+        await run.AssertAuditedAsync(request.MigrationId, ct);
+
+        var output = TestContext.Current.TestOutputHelper;
+        output?.WriteLine($"as {run.Sub1}'s broker user:");
+        output?.WriteLine($"| {"attack",-56} | tries | refused | data lost |");
+        foreach (var (attack, tries, refused, lost) in rows)
+        {
+            output?.WriteLine($"| {attack,-56} | {tries,5} | {refused,7} | {lost,9} |");
+        }
+        output?.WriteLine($"before them a migration moved its guest ({verified.Pages} pages checked); after them every queue attacked had its consumers ({string.Join(", ", before)}) and its audit passed");
+        Assert.All(rows, x => Assert.Equal(x.Tries, x.Refused));
+
+        async Task Row(string attack, Func<IChannel, Task> act)
+        {
+            await using var channel = await attacker.CreateChannelAsync(cancellationToken: ct);
+            ushort? code = null;
+            try
+            {
+                await act(channel);
+            }
+            catch (OperationInterruptedException e)
+            {
+                code = e.ShutdownReason?.ReplyCode;
+                TestContext.Current.TestOutputHelper?.WriteLine($"{attack}: {e.Message}");
+            }
+            // ACCESS_REFUSED (403), or RESOURCE_LOCKED (405) for a queue exclusive to its process.
+            Assert.True(code is 403 or 405, $"{attack}: the broker allowed it (reply {code})");
+            rows.Add((attack, 1, 1, 0));
+        }
+    }
+
+    /// <summary>How many consumers each queue has, or that its process holds it exclusively (the broker
+    /// locks it even against a look); a queue gone throws.</summary>
+    private static async Task<string[]> ConsumersAsync(IConnection admin, string[] queues)
+    {
+        var found = new List<string>();
+        foreach (var queue in queues)
+        {
+            await using var channel = await admin.CreateChannelAsync();
+            try
+            {
+                found.Add($"{(await channel.QueueDeclarePassiveAsync(queue)).ConsumerCount}");
+            }
+            catch (OperationInterruptedException e) when (e.ShutdownReason?.ReplyCode == 405)
+            {
+                found.Add("exclusive");
+            }
+        }
+        return [.. found];
+    }
+
+    private static async Task<(Regex Configure, Regex Write, Regex Read)> PermissionsAsync(string host)
+    {
+        var start = new ProcessStartInfo("bash", [HostBrokerUsers.Script, "host-permissions", host]) { RedirectStandardOutput = true, UseShellExecute = false };
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start bash");
+        var lines = (await process.StandardOutput.ReadToEndAsync()).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        await process.WaitForExitAsync();
+        Assert.Equal(0, process.ExitCode);
+        // RabbitMQ matches permissions as PCRE, unanchored; ours are anchored, with nothing .NET reads otherwise.
+        return lines is [var c, var w, var r] ? (new Regex(c), new Regex(w), new Regex(r)) : throw new InvalidOperationException($"host-permissions printed {lines.Length} lines");
+    }
+}
