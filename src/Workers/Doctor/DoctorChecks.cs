@@ -97,7 +97,10 @@ public sealed class DoctorChecks(
         var version = connection.ServerProperties?.TryGetValue("version", out var v) == true && v is byte[] b
             ? System.Text.Encoding.UTF8.GetString(b)
             : "unknown version";
-        return $"{factory.HostName}:{factory.Endpoint.Port}{(factory.Ssl.Enabled ? " (TLS)" : "")}, RabbitMQ {version}";
+        var account = factory.UserName.StartsWith(Processes.HostBrokerUsers.UserPrefix, StringComparison.Ordinal)
+            ? $"as {factory.UserName}, host {factory.UserName[Processes.HostBrokerUsers.UserPrefix.Length..]}'s own user"
+            : $"as {factory.UserName}, not a host's own user: fine for the orchestrator and the operator's commands; a host's worker should log in as its own (deploy/services.sh host-user NAME)";
+        return $"{factory.HostName}:{factory.Endpoint.Port}{(factory.Ssl.Enabled ? " (TLS)" : "")}, RabbitMQ {version}, {account}";
     }
 
     private async Task<string> TemporalAsync(CancellationToken ct)

@@ -8,6 +8,9 @@ public static class HostBrokerUsers
 {
     public const string UriVariable = "SEMIGRATE__RabbitMq__Uri";
 
+    /// <summary>Host NAME's user is this and NAME (deploy/services.sh).</summary>
+    public const string UserPrefix = "semigrate-host-";
+
     public static string Script => Path.Combine(AppContext.BaseDirectory, "deploy", "services.sh");
 
     /// <summary>Each host's broker URI, on the virtual host of <paramref name="baseUri"/> (the fleet's).</summary>
