@@ -50,6 +50,10 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         {
             throw new ApplicationFailureException($"host {host.Host} serves VM {input.Vm} for another migration already: {e.Message}", nonRetryable: true);
         }
+        catch (PageProtocolException e) when (e.Code == PageError.Ended)
+        {
+            throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm, $"migration {input.MigrationId} already ended at {host.Host} (a replay): {e.Message}");
+        }
         catch (PageProtocolException e) when (e.Code == PageError.StoreFull)
         {
             // Room reserved for other VMs' transfers counts too: asking again meets the same answer.

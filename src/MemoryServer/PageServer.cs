@@ -50,7 +50,10 @@ public sealed class PageServer : IAsyncDisposable
     private readonly ILogger logger;
     private readonly ConcurrentDictionary<Guid, Vm> vms = new();
     private readonly SemaphoreSlim startGate = new(1, 1);
-    private readonly HostKeyPair allEncKeys = HostKeyPair.Generate(); // allenc baseline only
+    // allenc baseline only: the channel keys' wrapping key. A host's own (pinned by the operator in every
+    // request, so a source wraps for nothing else), or one of this server's when none is given.
+    private readonly HostKeyPair allEncKeys;
+    private readonly bool ownsAllEncKeys;
     private IChannel control = null!;
 
     // Store acks are coalesced per reply address: one reply for up to AcksPerReply batches, sent when
@@ -68,12 +71,13 @@ public sealed class PageServer : IAsyncDisposable
     private IChannel acks = null!;
     private int disposed;
 
-    private PageServer(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger)
+    private PageServer(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger, HostKeyPair? hostKeys)
     {
         this.connection = connection;
         this.options = options;
         this.store = store;
         this.logger = logger;
+        (allEncKeys, ownsAllEncKeys) = hostKeys is null ? (HostKeyPair.Generate(), true) : (hostKeys, false);
     }
 
     public string Host => options.Host;
@@ -82,13 +86,14 @@ public sealed class PageServer : IAsyncDisposable
 
     public string DeadLetterQueue => PageQueues.Control(options.Host) + ".dead";
 
-    public static async Task<PageServer> StartAsync(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger, CancellationToken ct = default)
+    public static async Task<PageServer> StartAsync(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger, CancellationToken ct = default,
+        HostKeyPair? hostKeys = null)
     {
         if (string.IsNullOrWhiteSpace(options.Host))
         {
             throw new ArgumentException("MemoryServer:Host must name this sub-host", nameof(options));
         }
-        var server = new PageServer(connection, options, store, logger);
+        var server = new PageServer(connection, options, store, logger, hostKeys);
         server.control = await connection.CreateChannelAsync(cancellationToken: ct);
         server.acks = await connection.CreateChannelAsync(cancellationToken: ct);
         server.ackTimer = new Timer(_ => _ = server.FlushStoreAcksAsync());
@@ -139,6 +144,10 @@ public sealed class PageServer : IAsyncDisposable
                     store.Reserve(id, again);
                 }
                 return;
+            }
+            if (owner is not null && store.HasEnded(owner))
+            {
+                throw new PageProtocolException(PageError.Ended, options.Host, $"VM {id} was released here by the holder of this capability: its migration is over");
             }
             if (vms.Count >= options.MaxVms)
             {
@@ -350,6 +359,10 @@ public sealed class PageServer : IAsyncDisposable
                 {
                     throw new PageProtocolException(PageError.Forbidden, options.Host, $"only the holder of VM {vmId}'s capability releases it");
                 }
+                if (vm.Owner is { } ended)
+                {
+                    store.EndOwner(ended); // first: from here on, this capability starts nothing here again
+                }
                 var released = store.Release(vmId);
                 vms.TryRemove(vmId, out _);
                 // Page-ins fail at once from now on (no queue); the bulk queue goes once this is acked.
@@ -469,7 +482,10 @@ public sealed class PageServer : IAsyncDisposable
         }
         await control.CloseAsync();
         await acks.CloseAsync();
-        allEncKeys.Dispose();
+        if (ownsAllEncKeys)
+        {
+            allEncKeys.Dispose();
+        }
         startGate.Dispose();
         acksSending.Dispose();
     }

@@ -49,5 +49,9 @@ internal sealed class TamperingStore(IPageStore inner) : IPageStore
 
     public byte[]? OwnerOf(Guid vm) => inner.OwnerOf(vm);
 
+    public void EndOwner(byte[] capabilityHash) => inner.EndOwner(capabilityHash);
+
+    public bool HasEnded(byte[] capabilityHash) => inner.HasEnded(capabilityHash);
+
     public void Dispose() => inner.Dispose();
 }

@@ -33,4 +33,7 @@ public enum PageError : ushort
 
     /// <summary>The request lacks the VM's capability (see StartVm).</summary>
     Forbidden = 7,
+
+    /// <summary>StartVm with a capability whose VM was released here: its migration is over (a replay).</summary>
+    Ended = 8,
 }

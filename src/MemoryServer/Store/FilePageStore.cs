@@ -148,6 +148,16 @@ public sealed class FilePageStore : IPageStore
 
     public void SetOwner(Guid vm, byte[] capabilityHash) => Durable.ReplaceFile(OwnerPath(vm), Convert.ToHexString(capabilityHash));
 
+    private string EndedPath(byte[] capabilityHash) => Path.Combine(folder, "ended", Convert.ToHexString(capabilityHash));
+
+    public void EndOwner(byte[] capabilityHash)
+    {
+        Directory.CreateDirectory(Path.Combine(folder, "ended"));
+        Durable.ReplaceFile(EndedPath(capabilityHash), "");
+    }
+
+    public bool HasEnded(byte[] capabilityHash) => File.Exists(EndedPath(capabilityHash));
+
     public byte[]? OwnerOf(Guid vm) => File.Exists(OwnerPath(vm)) ? Convert.FromHexString(File.ReadAllText(OwnerPath(vm)).Trim()) : null;
 
     public IReadOnlyDictionary<Guid, long> PagesPerVm()

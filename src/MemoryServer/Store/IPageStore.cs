@@ -34,6 +34,12 @@ public interface IPageStore : IDisposable
 
     /// <summary>The VM's owner as <see cref="SetOwner"/> recorded it; null for a VM that has none.</summary>
     byte[]? OwnerOf(Guid vm);
+
+    /// <summary>Records that the holder of this capability released its VM: the migration it was issued for
+    /// is over here, and starting a VM with it again is a replay. Kept as long as the store (32 bytes a VM).</summary>
+    void EndOwner(byte[] capabilityHash);
+
+    bool HasEnded(byte[] capabilityHash);
 }
 
 public sealed class StoreFullException(long capacity, long used, long wanted)

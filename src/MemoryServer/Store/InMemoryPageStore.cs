@@ -164,6 +164,12 @@ public sealed class InMemoryPageStore(long capacityPages) : IPageStore
 
     public byte[]? OwnerOf(Guid vm) => owners.GetValueOrDefault(vm);
 
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, bool> ended = new(StringComparer.Ordinal);
+
+    public void EndOwner(byte[] capabilityHash) => ended[Convert.ToHexString(capabilityHash)] = true;
+
+    public bool HasEnded(byte[] capabilityHash) => ended.ContainsKey(Convert.ToHexString(capabilityHash));
+
     public IReadOnlyDictionary<Guid, long> PagesPerVm()
     {
         lock (gate)
