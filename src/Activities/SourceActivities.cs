@@ -510,6 +510,13 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             throw await guard.RefuseAsync(step, input.MigrationId, input.Vm,
                 $"pages 0x{a.FirstPfn:x}-0x{a.EndPfn:x} to {a.Host} are not in the placement of the request ({string.Join(", ", plan.Assignments.Select(p => $"{p.Host} 0x{p.FirstPfn:x}-0x{p.EndPfn:x}"))})");
         }
+        // The baseline's channel key is wrapped only for the key the operator pinned for that sub-host (its
+        // memory server's is the host's own), never for a key a reply named.
+        if (input.ChannelKeyFor is { } named && (StepGuard.PinnedKey(request, input.Assignment.Host) is not { } pinned || !named.AsSpan().SequenceEqual(pinned)))
+        {
+            throw await guard.RefuseAsync(step, input.MigrationId, input.Vm,
+                $"the channel key for {input.Assignment.Host} would be wrapped for key {HostKeyPair.Fingerprint(named)}, not the one the request pins for it");
+        }
     }
 
     /// <summary>Addresses the VM at <paramref name="at"/> as the holder of its capability, which that host

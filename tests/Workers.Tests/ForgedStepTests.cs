@@ -47,6 +47,8 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await Row("wrap for the main host named by an altered request", r.Source, new HandOver(id, vm, run.Sub1, sub1Key, r with { Main = r.Main with { Host = run.Sub1 } }));
         await Row("transfer to an unknown host", r.Source, new TransferPages(id, vm, r.Mode, plan.Assignments[0] with { Host = "attacker" }, 0, 1, null, Request: r));
         await Row("transfer of another host's range", r.Source, new TransferPages(id, vm, r.Mode, plan.Assignments[0] with { Host = run.Sub2 }, 0, 1, null, Request: r));
+        await Row("channel key wrapped for a key a reply swapped in", r.Source,
+            new TransferPages(id, vm, r.Mode, plan.Assignments.First(x => x.Host != r.Main.Host), 0, 1, attacker.PublicKey, Request: r));
         await Row("noenc forced on the transfer", r.Source, new TransferPages(id, vm, MigrationMode.NoEnc, plan.Assignments[0], 0, 1, null, Request: r));
         await Row("noenc forced in the request (signature kept)", r.Source, new TransferPages(id, vm, MigrationMode.NoEnc, plan.Assignments[0], 0, 1, null, Request: altered));
         await Row("paging started in noenc", r.Main.Host, new StartPaging(id, vm, r.Main.Host, MigrationMode.NoEnc, 10, 10, Request: r));
@@ -74,6 +76,7 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await AllowedAsync<ReleaseSource, SourceReleased>(r.Source, new ReleaseSource(id, vm, VmLeft: false, r));
         await Row("replay of a signed request after it ended", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, r));
         await Row("replay of its hand-over after it ended", r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r, started.ForSource));
+        await Row("replay of paging started after it ended", r.Main.Host, new StartPaging(id, vm, r.Main.Host, r.Mode, 30_000, 30_000, Request: r));
 
         // Every refusal is in the audit trail as a security event.
         await using var query = run.Host.Services.GetRequiredService<IDocumentStore>().QuerySession();

@@ -10,7 +10,8 @@ namespace SEmigrate.Workers.Roles;
 
 /// <summary>The sub-host role: runs this host's memory server until the host stops.</summary>
 public sealed class MemoryServerWorker(
-    IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, IPageStore store, ILogger<MemoryServerWorker> logger) : BackgroundService
+    IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, IPageStore store, Sealing.HostKeyPair keys, ILogger<MemoryServerWorker> logger)
+    : BackgroundService
 {
     private readonly TaskCompletionSource ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -31,7 +32,7 @@ public sealed class MemoryServerWorker(
         try
         {
             connection = await factory.CreateConnectionAsync(stoppingToken);
-            server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken);
+            server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken, keys); // the allenc baseline's channel keys come wrapped for the host's pinned key
         }
         catch (Exception e)
         {
