@@ -306,15 +306,16 @@ rmq_down() {
 
 # What a host's worker may touch: its own queues and exchanges (its step queue, its bus and cancel
 # endpoints, its memory server's queues) to declare, delete and read; besides those, only what it
-# must declare or send to (message-type exchanges, the audit trail's entry exchanges, the
-# orchestrators' reply exchanges, the default exchange for pages). It can read (consume, purge, bind
-# from) nothing of another host's. Kept in step with the names the code gives (StepQueues,
-# PageQueues, RoleRegistration, AuditRoute); BrokerPermissionTests checks both against each other.
+# must declare or send to (message-type exchanges, the audit trail's entry exchanges; the default
+# exchange for pages and for answers to steps, which go by direct reply-to). It can read (consume,
+# purge, bind from) nothing of another host's or the orchestrator's. Kept in step with the names the
+# code gives (StepQueues, PageQueues, RoleRegistration, AuditRoute); BrokerAccountTests checks both
+# against each other.
 # Prints configure, write and read, a line each.
 host_permissions() {
   local h=$1 own shared
   own="semigrate-host-$h(\\.(bus|cancel)-[0-9a-f]{32})?(_error|_skipped)?|semigrate\\.pages\\.$h(\\.dead|\\.[0-9a-f]{32}(\\.[0-9a-f]{32})?\\.(bulk|fetch))?"
-  shared='SEmigrate\.Contracts\.[A-Za-z.]+:[A-Za-z]+|MassTransit:[A-Za-z.:-]+|[A-Za-z0-9-]+-[0-9]+\.in|semigrate-orchestrator\.bus-[0-9a-f]{32}'
+  shared='SEmigrate\.Contracts\.[A-Za-z.]+:[A-Za-z]+|MassTransit:[A-Za-z.:-]+|[A-Za-z0-9-]+-[0-9]+\.in'
   echo "^($own|$shared)\$"
   echo "^($own|$shared|amq\\.default)\$"
   echo "^($own|SEmigrate\\.Contracts\\.Migration:CancelSteps)\$"

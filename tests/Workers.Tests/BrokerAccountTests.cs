@@ -44,14 +44,14 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
         {
             Assert.False(configure.IsMatch(theirs) || write.IsMatch(theirs) || read.IsMatch(theirs), $"{host} may touch {theirs}");
         }
-        // What it must declare and send to, never read: the message types' exchanges (MassTransit's names),
-        // an orchestrator's bus endpoint, the audit trail's entry exchanges; the default exchange for pages.
+        // What it must declare and send to, never read: the message types' exchanges (MassTransit's names), the
+        // audit trail's entry exchanges; the default exchange for pages and steps' answers (direct reply-to).
         string[] sendOnly =
         [
             .. typeof(CancelSteps).Assembly.GetExportedTypes().Where(t => (t.IsClass || t.IsInterface) && !(t.IsAbstract && t.IsSealed) && !t.IsGenericType
                     && t.Namespace!.StartsWith("SEmigrate.Contracts.", StringComparison.Ordinal)).Select(t => $"{t.Namespace}:{t.Name}")
                 .Where(n => n != $"{typeof(CancelSteps).Namespace}:{nameof(CancelSteps)}"),
-            StepQueues.OrchestratorBusEndpoint(), AuditRoute.EntryOf(new AuditRoute("semigrate-audit", 4).QueueOf(vm)),
+            AuditRoute.EntryOf(new AuditRoute("semigrate-audit", 4).QueueOf(vm)),
         ];
         foreach (var name in sendOnly)
         {
@@ -60,9 +60,9 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
         }
         Assert.True(read.IsMatch($"{typeof(CancelSteps).Namespace}:{nameof(CancelSteps)}"), "a host cannot bind its cancel endpoint");
         Assert.True(write.IsMatch("amq.default") && !configure.IsMatch("amq.default") && !read.IsMatch("amq.default"));
-        foreach (var queue in new AuditRoute("semigrate-audit", 4).Queues)
+        foreach (var queue in new AuditRoute("semigrate-audit", 4).Queues.Append(StepQueues.OrchestratorBusEndpoint()))
         {
-            Assert.False(configure.IsMatch(queue) || write.IsMatch(queue) || read.IsMatch(queue), $"{host} may touch the audit queue {queue}");
+            Assert.False(configure.IsMatch(queue) || write.IsMatch(queue) || read.IsMatch(queue), $"{host} may touch the orchestrator's {queue}");
         }
     }
 
@@ -82,15 +82,14 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
         var (mainSteps, sub2Control) = (StepQueues.Host(run.Main), PageQueues.Control(run.Sub2));
         var rows = new List<(string Attack, int Tries, int Refused, int Lost)>();
 
-        // A migration first: the workers do all they do under their own users, and every queue attacked below
-        // exists (the orchestrator's bus endpoint comes with its first request).
+        // A migration first: the workers do all they do under their own users, and the queues attacked below exist.
         var request = await run.SignAsync(run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000), ct);
         var outcome = await run.MigrateAsync(request, ct);
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
         var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
         Assert.True(verified.Ok, $"{verified}");
         await using var admin = await new ConnectionFactory { Uri = new Uri((await ServicesScript.SettingsAsync())[HostBrokerUsers.UriVariable]) }.CreateConnectionAsync(ct);
-        string[] attacked = [mainSteps, sub2Control, sub2Control + ".dead", orchestratorBus, auditQueue];
+        string[] attacked = [mainSteps, sub2Control, sub2Control + ".dead", auditQueue];
         var before = await ConsumersAsync(admin, attacked);
 
         // The account works: its own step queue is there to it.
@@ -114,8 +113,9 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
         await Row("purge a memory server's control queue", c => c.QueuePurgeAsync(sub2Control, ct));
         await Row("delete a memory server's control queue", c => c.QueueDeleteAsync(sub2Control, cancellationToken: ct));
         await Row("delete a memory server's dead letters", c => c.QueueDeleteAsync(sub2Control + ".dead", cancellationToken: ct));
-        await Row("consume the orchestrator's bus endpoint (step answers)", c => c.BasicConsumeAsync(orchestratorBus, true, new AsyncEventingBasicConsumer(c), ct));
-        await Row("delete the orchestrator's bus endpoint", c => c.QueueDeleteAsync(orchestratorBus, cancellationToken: ct));
+        // Steps' answers travel by direct reply-to, which only the asking channel can read; the orchestrator's
+        // bus endpoint is refused on permission alone (it exists only once something uses it).
+        await Row("consume the orchestrator's bus endpoint", c => c.BasicConsumeAsync(orchestratorBus, true, new AsyncEventingBasicConsumer(c), ct));
         await Row("bind to the orchestrator's bus exchange", c => c.QueueBindAsync(tap, orchestratorBus, "", cancellationToken: ct));
         await Row("consume an audit queue", c => c.BasicConsumeAsync(auditQueue, true, new AsyncEventingBasicConsumer(c), ct));
         await Row("purge an audit queue", c => c.QueuePurgeAsync(auditQueue, ct));

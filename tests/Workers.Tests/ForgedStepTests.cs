@@ -23,7 +23,7 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
     {
         var ct = TestContext.Current.CancellationToken;
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
-        var bus = run.Host.Services.GetRequiredService<IBus>();
+        var steps = run.Host.Services.GetRequiredService<IClientFactory>(); // answers by direct reply-to, as the engine's
         var r = await run.SignAsync(run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000), ct);
         var (id, vm) = (r.MigrationId, r.Vm);
         var rows = new List<(string Attack, int Tries, int Refused, int Lost)>();
@@ -122,7 +122,7 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
 
         async Task<TOut> AllowedAsync<T, TOut>(string host, T step) where T : class where TOut : class
         {
-            var response = await bus.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
+            var response = await steps.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
             return response.Is(out Response<TOut>? done) ? done.Message
                 : response.Is(out Response<StepRefused>? refused) ? throw new InvalidOperationException($"{typeof(T).Name} refused: {refused.Message.Reason}")
                 : throw new InvalidOperationException("no answer");
@@ -131,7 +131,7 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         // The refusal's reason; null when the step was taken.
         async Task<string?> RefusalAsync<T, TOut>(string host, T step) where T : class where TOut : class
         {
-            var response = await bus.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
+            var response = await steps.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
             return response.Is(out Response<StepRefused>? refused) ? refused.Message.Reason : null;
         }
 
@@ -179,11 +179,11 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         TestContext.Current.TestOutputHelper?.WriteLine($"another client's release at {sub}: {refused.Message}");
 
         // A stop the operator did not sign (or signed by another operator) is refused: the VM runs on.
-        var bus = run.Host.Services.GetRequiredService<IBus>();
+        var steps = run.Host.Services.GetRequiredService<IClientFactory>(); // answers by direct reply-to, as the engine's
         using var otherOperator = OperatorKey.Generate();
         foreach (var forged in new[] { new StopVm(request.MigrationId, request.Vm, run.Main), OperatorSignatures.Sign(new StopVm(request.MigrationId, request.Vm, run.Main), otherOperator, TimeSpan.FromHours(1)) })
         {
-            var answer = await bus.CreateRequestClient<StopVm>(new Uri($"queue:{StepQueues.Host(run.Main)}"), RequestTimeout.After(s: 60))
+            var answer = await steps.CreateRequestClient<StopVm>(new Uri($"queue:{StepQueues.Host(run.Main)}"), RequestTimeout.After(s: 60))
                 .GetResponse<VmStopped, StepRefused>(forged, ct);
             Assert.True(answer.Is(out Response<StepRefused>? no), "a forged stop was taken");
             Assert.Contains("StopVm refused", no!.Message.Reason, StringComparison.Ordinal);

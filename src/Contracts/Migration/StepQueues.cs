@@ -12,8 +12,8 @@ public static class StepQueues
 
     public static string CancelEndpoint(string host) => $"{Host(host)}.cancel-{Guid.NewGuid():N}";
 
-    /// <summary>An orchestrator process's bus endpoint, where hosts send their answers to its steps. Hosts
-    /// may declare and send to such exchanges, never read them; the queue is exclusive to its process.</summary>
+    /// <summary>An orchestrator process's bus endpoint, exclusive to its process. Hosts have no right to it at
+    /// all: their answers to its steps come by RabbitMQ's direct reply-to.</summary>
     public static string OrchestratorBusEndpoint() => $"semigrate-orchestrator.bus-{Guid.NewGuid():N}";
 }
 

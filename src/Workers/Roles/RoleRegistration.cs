@@ -167,6 +167,9 @@ public static class RoleRegistration
         return builder.AddMessaging(StepQueues.OrchestratorBusEndpoint(),
             x =>
             {
+                // Steps' answers come back by RabbitMQ's direct reply-to (through the default exchange): hosts
+                // need no right to declare or send to anything of the orchestrator's.
+                x.SetRabbitMqReplyToRequestClientFactory();
                 x.AddConsumer<TransferProgressConsumer>();
                 x.AddConsumer<MigrationAuditConsumer>();
             },
