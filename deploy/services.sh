@@ -304,21 +304,20 @@ rmq_down() {
 
 # --- a broker user per host -------------------------------------------------------------------
 
-# What a host's worker may touch: its own queues and exchanges (its step queue, its bus and cancel
-# endpoints, its memory server's queues) to declare, delete and read; besides those, only what it
-# must declare or send to (message-type exchanges, the audit trail's entry exchanges; the default
-# exchange for pages and for answers to steps, which go by direct reply-to). It can read (consume,
-# purge, bind from) nothing of another host's or the orchestrator's. Kept in step with the names the
-# code gives (StepQueues, PageQueues, RoleRegistration, AuditRoute); BrokerAccountTests checks both
-# against each other.
-# Prints configure, write and read, a line each.
+# What a host's worker may touch: the queues and exchanges of its own, named under its step queue
+# (semigrate-host-NAME: its endpoints, and the exits and entries orchestrators bind to and from) and
+# its memory server's (semigrate.pages.NAME), to declare, delete, send to and read; besides those,
+# only the default exchange, to send to (pages; answers to steps, by direct reply-to). It can declare,
+# delete, read or bind nothing shared, nothing of another host's, nothing of an orchestrator's. Host
+# names have no '.' or '_', so no name of one host's is another's. Kept in step with the names the
+# code gives (StepQueues, PageQueues); BrokerAccountTests checks both against each other. Prints
+# configure, write and read, a line each.
 host_permissions() {
-  local h=$1 own shared
-  own="semigrate-host-$h(\\.(bus|cancel)-[0-9a-f]{32})?(_error|_skipped)?|semigrate\\.pages\\.$h(\\.dead|\\.[0-9a-f]{32}(\\.[0-9a-f]{32})?\\.(bulk|fetch))?"
-  shared='SEmigrate\.Contracts\.[A-Za-z.]+:[A-Za-z]+|MassTransit:[A-Za-z.:-]+|[A-Za-z0-9-]+-[0-9]+\.in'
-  echo "^($own|$shared)\$"
-  echo "^($own|$shared|amq\\.default)\$"
-  echo "^($own|SEmigrate\\.Contracts\\.Migration:CancelSteps)\$"
+  local h=$1 own
+  own="semigrate-host-$h([._][A-Za-z0-9._-]+)?|semigrate\\.pages\\.$h(\\.[A-Za-z0-9.]+)?"
+  echo "^($own)\$"
+  echo "^($own|amq\\.default)\$"
+  echo "^($own)\$"
 }
 
 valid_host() { [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9-]{0,62}$ ]] || die "host name '$1': letters, digits and '-' only (up to 63), as \`semigrate worker --host\` takes"; }

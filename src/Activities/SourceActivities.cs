@@ -301,7 +301,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     ActivityExecutionContext.Current.Heartbeat(beat);
                 }
                 signals.Offer(beat, last: force);
-                await publish.Publish(beat, ct);
+                // Through the host's own progress exit, which orchestrators bind to where they listen (HostRoutes).
+                await (await publish.GetSendEndpoint(new Uri($"exchange:{StepQueues.ProgressExit(host.Host)}"))).Send(beat, ct);
                 return checkpoint;
             }
         }

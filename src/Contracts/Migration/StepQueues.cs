@@ -12,9 +12,22 @@ public static class StepQueues
 
     public static string CancelEndpoint(string host) => $"{Host(host)}.cancel-{Guid.NewGuid():N}";
 
+    /// <summary>The host's own exchanges that others' messages reach it by (bound by an orchestrator, from
+    /// CancelSteps' exchange) and its own messages leave by (bound by an orchestrator to where it
+    /// listens): a host's broker user declares, sends to and reads only names of its own.</summary>
+    public static string CancelEntry(string host) => $"{Host(host)}.cancel-in";
+
+    public static string ProgressExit(string host) => $"{Host(host)}.progress";
+
+    /// <summary>Where a host sends the events of an audit queue (<see cref="Audit.AuditRoute"/>).</summary>
+    public static string AuditExit(string host, string auditQueue) => $"{Host(host)}.audit.{auditQueue}";
+
     /// <summary>An orchestrator process's bus endpoint, exclusive to its process. Hosts have no right to it at
     /// all: their answers to its steps come by RabbitMQ's direct reply-to.</summary>
     public static string OrchestratorBusEndpoint() => $"semigrate-orchestrator.bus-{Guid.NewGuid():N}";
+
+    /// <summary>An orchestrator process's endpoint for transfer progress, bound from each host's progress exchange.</summary>
+    public static string OrchestratorProgressEndpoint() => $"semigrate-orchestrator.progress-{Guid.NewGuid():N}";
 }
 
 /// <summary>A step that must not be retried (bad input, wrong host, a key that does not open): the

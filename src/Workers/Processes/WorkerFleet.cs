@@ -159,12 +159,15 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
                 await channel.QueueDeleteAsync(queue);
             }
             await channel.ExchangeDeleteAsync(StepQueues.Host(host));
+            foreach (var exchange in extraQueues.Select(q => StepQueues.AuditExit(host, q)).Append(StepQueues.ProgressExit(host)).Append(StepQueues.CancelEntry(host)))
+            {
+                await channel.ExchangeDeleteAsync(exchange);
+            }
         }
         foreach (var queue in extraQueues)
         {
             await channel.QueueDeleteAsync(queue);
             await channel.ExchangeDeleteAsync(queue);
-            await channel.ExchangeDeleteAsync(Contracts.Audit.AuditRoute.EntryOf(queue)); // when it is an audit queue
         }
     }
 

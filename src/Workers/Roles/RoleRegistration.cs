@@ -139,6 +139,10 @@ public static class RoleRegistration
                 cfg.ReceiveEndpoint(StepQueues.CancelEndpoint(host), e =>
                 {
                     (e.Durable, e.AutoDelete, e.Exclusive) = (false, true, true); // this process's own
+                    // Cancels come through the host's own entry, which orchestrators bind from CancelSteps'
+                    // exchange (HostRoutes): the host binds nothing shared.
+                    e.ConfigureConsumeTopology = false;
+                    e.Bind(StepQueues.CancelEntry(host));
                     e.ConfigureConsumer<CancelStepsConsumer>(bus);
                 });
             });
@@ -164,6 +168,10 @@ public static class RoleRegistration
         builder.Services.AddSingleton<EmbeddedEngine>();
         builder.Services.AddSingleton<DrainRunner>();
         builder.AddAuditTrail();
+        var progressEndpoint = StepQueues.OrchestratorProgressEndpoint();
+        builder.Services.AddSingleton(sp => new HostRoutes(sp.GetRequiredService<IConnection>(), sp.GetRequiredService<IDocumentStore>(),
+            sp.GetRequiredService<AuditRoute>(), progressEndpoint, sp.GetRequiredService<Microsoft.Extensions.Logging.ILogger<HostRoutes>>()));
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<HostRoutes>());
         return builder.AddMessaging(StepQueues.OrchestratorBusEndpoint(),
             x =>
             {
@@ -175,7 +183,12 @@ public static class RoleRegistration
             },
             (bus, cfg) =>
             {
-                cfg.ReceiveEndpoint(new TemporaryEndpointDefinition("semigrate-progress"), e => e.ConfigureConsumer<TransferProgressConsumer>(bus));
+                cfg.ReceiveEndpoint(progressEndpoint, e =>
+                {
+                    (e.Durable, e.AutoDelete, e.Exclusive) = (false, true, true); // this process's own
+                    e.ConfigureConsumeTopology = false; // bound from each host's progress exit (HostRoutes)
+                    e.ConfigureConsumer<TransferProgressConsumer>(bus);
+                });
                 foreach (var queue in bus.GetRequiredService<AuditRoute>().Queues)
                 {
                     cfg.ReceiveEndpoint(queue, e =>
@@ -186,7 +199,6 @@ public static class RoleRegistration
                         e.PrefetchCount = 1;
                         e.ConcurrentMessageLimit = 1;
                         e.ConfigureConsumeTopology = false; // events are sent to their stream's queue, not published
-                        e.Bind(AuditRoute.EntryOf(queue));
                         e.UseMessageRetry(r =>
                         {
                             // An event no read model can take (a stream that does not begin with its start) fails

@@ -23,13 +23,14 @@ public static partial class SettingsRegistration
                 "RabbitMq:Uri is missing or is not an amqp:// or amqps:// URI")
             .ValidateOnStart();
         builder.Services.AddOptions<AuditOptions>().BindConfiguration(AuditOptions.Section)
-            .Validate(o => !string.IsNullOrWhiteSpace(o.Queue), "Audit:Queue must name a queue")
+            .Validate(o => !string.IsNullOrWhiteSpace(o.Queue) && o.Queue.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'),
+                "Audit:Queue must name a queue: letters, digits, '-', '_' and '.' (it is part of the hosts' exchange names)")
             .Validate(o => o.Partitions is >= 1 and <= 64, "Audit:Partitions must be 1 to 64")
             .ValidateOnStart();
         builder.Services.AddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<AuditOptions>>().Value;
-            return new AuditRoute(o.Queue, o.Partitions);
+            return new AuditRoute(o.Queue, o.Partitions, sp.GetService<Activities.HostContext>()?.Host); // a host sends through exits of its own
         });
         builder.Services.AddOptions<FleetOptions>().BindConfiguration(FleetOptions.Section)
             .Validate(o => o.ReportSeconds is >= 1 and <= 3600, "Fleet:ReportSeconds must be 1 to 3600")

@@ -28,5 +28,6 @@ public static class LocalOperator
         {
             await OperatorAuthority.EnrolAsync(store, key, HostIdentity.Read(file), ct);
         }
+        await services.GetRequiredService<Roles.HostRoutes>().BindAsync(ct); // their events reach the audit trail from now on
     }
 }
