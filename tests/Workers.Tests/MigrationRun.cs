@@ -169,7 +169,7 @@ internal sealed class MigrationRun : IAsyncDisposable
         Host.Dispose();
         Fleet.Dispose();
         await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [Source, Main, Sub1, Sub2], vms,
-            auditQueues);
+            auditQueues: auditQueues, extraQueues: auditQueues);
         try
         {
             state.Delete(recursive: true);

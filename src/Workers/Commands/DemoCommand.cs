@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Options;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Memory;
@@ -11,7 +10,6 @@ using SEmigrate.Guest.Qemu;
 using SEmigrate.Workers.Trust;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
-using SEmigrate.Workers.Settings;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Commands;
@@ -198,7 +196,7 @@ public static class DemoCommand
         {
             await host.StopAsync(CancellationToken.None);
             fleet.Dispose();
-            await WorkerFleet.DeleteQueuesAsync(host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, [source, main, sub1, sub2], [vm]);
+            await LocalOperator.ForgetAsync(host.Services, [source, main, sub1, sub2], [vm]);
             if (keepDir is null)
             {
                 Directory.Delete(root, recursive: true);

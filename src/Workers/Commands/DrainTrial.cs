@@ -1,6 +1,5 @@
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Options;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Guest.Qemu;
@@ -8,7 +7,6 @@ using SEmigrate.Workers.Trust;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
-using SEmigrate.Workers.Settings;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Commands;
@@ -93,8 +91,7 @@ public static class DrainTrial
             {
                 RunningGuestTrial.StopSourceGuest(Path.Combine(guests, name));
             }
-            await WorkerFleet.DeleteQueuesAsync(host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, hosts: [source, main, sub1, sub2],
-                vms: report?.Moved.Select(m => m.VmId) ?? []);
+            await LocalOperator.ForgetAsync(host.Services, [source, main, sub1, sub2], report?.Moved.Select(m => m.VmId) ?? []);
             if (keepDir is null)
             {
                 Directory.Delete(root, recursive: true);

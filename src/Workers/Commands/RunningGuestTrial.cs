@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Options;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
@@ -11,7 +10,6 @@ using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workers.Roles;
-using SEmigrate.Workers.Settings;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Commands;
@@ -138,7 +136,7 @@ public static class RunningGuestTrial
             await host.StopAsync(CancellationToken.None);
             fleet.Dispose();
             StopSourceGuest(Path.Combine(guests, Name));
-            await WorkerFleet.DeleteQueuesAsync(host.Services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, [source, main, sub1, sub2], [vm]);
+            await LocalOperator.ForgetAsync(host.Services, [source, main, sub1, sub2], [vm]);
             if (keepDir is null)
             {
                 Directory.Delete(root, recursive: true);

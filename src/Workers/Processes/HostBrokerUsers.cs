@@ -3,7 +3,8 @@ using System.Diagnostics;
 namespace SEmigrate.Workers.Processes;
 
 /// <summary>A broker user per host, made by deploy/services.sh host-user (the broker's administration
-/// stays in that script): an isolated worker logs in as its own, which may read only its own queues.</summary>
+/// stays in that script): an isolated worker logs in as its own, which may declare, read and send to
+/// names of its own only (and send to the default exchange).</summary>
 public static class HostBrokerUsers
 {
     public const string UriVariable = "SEMIGRATE__RabbitMq__Uri";

@@ -12,7 +12,7 @@ namespace SEmigrate.Workers.Processes;
 /// every host, so no path can name another host's files), a source's guests are
 /// <see cref="IsolatedGuests"/>, and the folders of every other host (the fleet's state root and every
 /// guests folder) are empty; and each host's worker logs in to the broker as a user of its own
-/// (<see cref="HostBrokerUsers"/>), which may read only its own queues.</summary>
+/// (<see cref="HostBrokerUsers"/>), which reaches names of its own only.</summary>
 public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDictionary<string, string>? environment, bool isolated, IReadOnlyList<WorkerFleet.Worker> all)
     : IDisposable
 {
@@ -137,14 +137,17 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
 
     /// <summary>For hosts that are gone for good (the demo's, the tests', the benchmark's): their queues
     /// on the broker go too (step queues, memory server queues, the queues of <paramref name="vms"/>
-    /// they served), with any <paramref name="extraQueues"/>.</summary>
-    public static async Task DeleteQueuesAsync(Uri rabbit, IEnumerable<string> hosts, IEnumerable<Guid> vms, params string[] extraQueues)
+    /// they served, their exits to <paramref name="auditQueues"/> and their other exits and entries), with any
+    /// <paramref name="extraQueues"/>.</summary>
+    public static async Task DeleteQueuesAsync(Uri rabbit, IEnumerable<string> hosts, IEnumerable<Guid> vms, IEnumerable<string>? auditQueues = null,
+        params string[] extraQueues)
     {
         await using var connection = await new ConnectionFactory { Uri = rabbit, ClientProvidedName = "semigrate cleanup" }.CreateConnectionAsync();
-        await DeleteQueuesAsync(connection, hosts, vms, extraQueues);
+        await DeleteQueuesAsync(connection, hosts, vms, auditQueues, extraQueues);
     }
 
-    public static async Task DeleteQueuesAsync(IConnection connection, IEnumerable<string> hosts, IEnumerable<Guid> vms, params string[] extraQueues)
+    public static async Task DeleteQueuesAsync(IConnection connection, IEnumerable<string> hosts, IEnumerable<Guid> vms, IEnumerable<string>? auditQueues = null,
+        params string[] extraQueues)
     {
         await using var channel = await connection.CreateChannelAsync();
         foreach (var host in hosts)
@@ -159,7 +162,7 @@ public sealed class WorkerFleet(string stateRoot, string? logDir, IReadOnlyDicti
                 await channel.QueueDeleteAsync(queue);
             }
             await channel.ExchangeDeleteAsync(StepQueues.Host(host));
-            foreach (var exchange in extraQueues.Select(q => StepQueues.AuditExit(host, q)).Append(StepQueues.ProgressExit(host)).Append(StepQueues.CancelEntry(host)))
+            foreach (var exchange in (auditQueues ?? []).Select(q => StepQueues.AuditExit(host, q)).Append(StepQueues.ProgressExit(host)).Append(StepQueues.CancelEntry(host)))
             {
                 await channel.ExchangeDeleteAsync(exchange);
             }

@@ -255,8 +255,8 @@ public static class RoleRegistration
         builder.Services.AddSingleton(sp =>
             sp.GetRequiredService<IOptions<RabbitMqOptions>>().Value.ConnectionFactory(name).CreateConnectionAsync().GetAwaiter().GetResult());
 
-    /// <summary>MassTransit on RabbitMQ, its bus endpoint (where answers to this process's requests come)
-    /// named <paramref name="busEndpoint"/> and exclusive to the process, so no other account can take it.</summary>
+    /// <summary>MassTransit on RabbitMQ, its bus endpoint named <paramref name="busEndpoint"/> and exclusive to
+    /// the process, so no other account can take it.</summary>
     private static IHostApplicationBuilder AddMessaging(this IHostApplicationBuilder builder, string busEndpoint,
         Action<IBusRegistrationConfigurator> consumers, Action<IBusRegistrationContext, IRabbitMqBusFactoryConfigurator> endpoints)
     {

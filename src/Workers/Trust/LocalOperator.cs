@@ -30,4 +30,19 @@ public static class LocalOperator
         }
         await services.GetRequiredService<Roles.HostRoutes>().BindAsync(ct); // their events reach the audit trail from now on
     }
+
+    /// <summary>For the hosts of a run that are gone for good: their queues and exchanges leave the broker
+    /// (with the queues of <paramref name="vms"/> they served), and their enrolments go, so that no
+    /// orchestrator routes them again.</summary>
+    public static async Task ForgetAsync(IServiceProvider services, IReadOnlyList<string> hosts, IEnumerable<Guid> vms)
+    {
+        await WorkerFleet.DeleteQueuesAsync(services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, hosts, vms,
+            auditQueues: services.GetRequiredService<Contracts.Audit.AuditRoute>().Queues);
+        await using var session = services.GetRequiredService<Marten.IDocumentStore>().LightweightSession();
+        foreach (var host in hosts)
+        {
+            session.Delete<HostEnrolment>(host);
+        }
+        await session.SaveChangesAsync();
+    }
 }
