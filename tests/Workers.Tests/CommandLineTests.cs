@@ -135,6 +135,14 @@ public class CommandLineTests
         var host = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "sub", "--host", "two words");
         Assert.Equal(2, host.ExitCode);
         Assert.Contains("letters, digits", host.Stderr, StringComparison.Ordinal);
+        // '.' and '_' separate the parts of a host's queue names: a name with one could name another host's queue.
+        var dotted = await SemigrateProcess.RunAsync(NoEnvironment, "worker", "--role", "sub", "--host", "h1.dead");
+        Assert.Equal(2, dotted.ExitCode);
+        Assert.Contains("letters, digits and '-' only", dotted.Stderr, StringComparison.Ordinal);
+        var anothers = await SemigrateProcess.RunAsync(new Dictionary<string, string> { ["SEMIGRATE__RabbitMq__Uri"] = "amqps://semigrate-host-h2:pw@127.0.0.1:1/" },
+            "worker", "--role", "sub", "--host", "h1");
+        Assert.Equal(2, anothers.ExitCode);
+        Assert.Contains("logs in as semigrate-host-h2, another host's broker user", anothers.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]

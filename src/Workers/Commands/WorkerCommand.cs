@@ -52,6 +52,14 @@ public static class WorkerCommand
                 overrides[$"{MemoryServerOptions.Section}:CapacityPages"] = pages.ToString(System.Globalization.CultureInfo.InvariantCulture);
             }
             builder.Configuration.AddInMemoryCollection(overrides);
+            // A host's own broker user reaches that host's names only: another host's would fail on every queue.
+            if (Uri.TryCreate(builder.Configuration["RabbitMq:Uri"], UriKind.Absolute, out var broker)
+                && Uri.UnescapeDataString(broker.UserInfo.Split(':')[0]) is var user
+                && user.StartsWith(Processes.HostBrokerUsers.UserPrefix, StringComparison.Ordinal) && user != Processes.HostBrokerUsers.UserPrefix + name)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: RabbitMq:Uri logs in as {user}, another host's broker user; host {name} logs in as {Processes.HostBrokerUsers.UserPrefix}{name} (deploy/services.sh host-user {name})");
+                return 2;
+            }
             builder.Services.AddOptions<MemoryServerOptions>().BindConfiguration(MemoryServerOptions.Section)
                 .Validate(o => o.CapacityPages > 0, "MemoryServer:CapacityPages must be positive")
                 .Validate(o => o.MaxVms is >= 1 and <= 1000, "MemoryServer:MaxVms must be 1 to 1000")
