@@ -52,8 +52,16 @@ public sealed class HostRoutes(IConnection connection, IDocumentStore store, Aud
             var hosts = (await query.Query<HostEnrolment>().Select(e => e.Id).ToListAsync(ct)).Where(h => !bound.Contains(h)).ToList();
             foreach (var host in hosts)
             {
-                await BindHostAsync(host, ct);
-                bound.Add(host);
+                try
+                {
+                    await BindHostAsync(host, ct);
+                    bound.Add(host);
+                }
+                catch (RabbitMQ.Client.Exceptions.OperationInterruptedException e)
+                {
+                    // One host's exchange declared otherwise (by hand, or an older version) stops only its routes.
+                    logger.LogWarning("cannot route host {Host}'s events, progress and cancels (trying again in {Seconds} s): {Reason}", host, Every.TotalSeconds, e.Message);
+                }
             }
         }
         finally
