@@ -121,6 +121,40 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
         {
             await check.QueueDeleteAsync(tap, cancellationToken: ct);
         }
+
+        // Events forged straight into the audit queue through the default exchange (which a host may send
+        // to): the auditor records a host's events only from that host's own broker user.
+        var (mainHost, route, sub1User) = (run.Main, run.Host.Services.GetRequiredService<AuditRoute>(), $"semigrate-host-{run.Sub1}");
+        StepDenied Denied() => new(Guid.NewGuid(), Guid.NewGuid(), mainHost, "Forged", "forged by another host", DateTimeOffset.UtcNow);
+        var forged = new List<(int Row, Guid Stream, Func<object, bool> Is)>();
+        foreach (var (attack, e, userId) in new (string, object, string?)[]
+        {
+            ("event for another host, no user id", Denied(), null),
+            ("event for another host, own user id", Denied(), sub1User),
+            ("host report for another host, own user id", new HostSeen(mainHost, ["main"], 424_242, 0, [], [], DateTimeOffset.UtcNow), sub1User),
+            ("control plane's event (switch-over), own user id", new MigrationSwitchedOver(Guid.NewGuid(), mainHost, 1, 1, DateTimeOffset.UtcNow), sub1User),
+        })
+        {
+            var stream = e is HostSeen seen ? HostStreams.Of(seen.Host) : ((IMigrationEvent)e).MigrationId;
+            // A forged migration event has a stream of its own; the forged report, a capacity nobody has.
+            forged.Add((rows.Count, stream, recorded => e is not HostSeen || recorded is HostSeen { CapacityPages: 424_242 }));
+            await ForgedAsync(attack, route.QueueOf(stream), e, userId);
+        }
+        await Row("event with another user's id (the broker checks it)", async c =>
+        {
+            var (properties, body) = Envelope(Denied(), $"semigrate-host-{mainHost}");
+            await c.BasicPublishAsync("", route.QueueOf(Guid.NewGuid()), false, properties, body, ct);
+            await c.QueueDeclarePassiveAsync(StepQueues.Host(run.Sub1), ct); // the channel's next step meets the broker's refusal
+        });
+        await DrainedAsync(admin, [.. route.Queues], ct);
+        await using (var query = run.Host.Services.GetRequiredService<Marten.IDocumentStore>().QuerySession())
+        {
+            foreach (var (row, stream, isForged) in forged)
+            {
+                var recorded = (await query.Events.FetchStreamAsync(stream, token: ct)).Any(x => isForged(x.Data));
+                rows[row] = rows[row] with { Refused = recorded ? 0 : 1 };
+            }
+        }
         Assert.Equal(before, await ConsumersAsync(admin, attacked));
         await run.AssertAuditedAsync(request.MigrationId, ct);
 
@@ -133,6 +167,15 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
         }
         output?.WriteLine($"before them a migration moved its guest ({verified.Pages} pages checked); after them every queue attacked had its consumers ({string.Join(", ", before)}) and its audit passed");
         Assert.All(rows, x => Assert.Equal(x.Tries, x.Refused));
+
+        async Task ForgedAsync(string attack, string queue, object e, string? userId)
+        {
+            await using var channel = await attacker.CreateChannelAsync(cancellationToken: ct);
+            var (properties, body) = Envelope(e, userId);
+            await channel.BasicPublishAsync("", queue, false, properties, body, ct);
+            await channel.QueueDeclarePassiveAsync(StepQueues.Host(run.Sub1), ct); // taken by the broker
+            rows.Add((attack, 1, 0, 0)); // refused once the auditor has seen it and recorded nothing
+        }
 
         async Task Row(string attack, Func<IChannel, Task> act)
         {
@@ -147,10 +190,48 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
                 code = e.ShutdownReason?.ReplyCode;
                 TestContext.Current.TestOutputHelper?.WriteLine($"{attack}: {e.Message}");
             }
-            // ACCESS_REFUSED (403), or RESOURCE_LOCKED (405) for a queue exclusive to its process.
-            Assert.True(code is 403 or 405, $"{attack}: the broker allowed it (reply {code})");
+            // ACCESS_REFUSED (403); RESOURCE_LOCKED (405) for a queue exclusive to its process; PRECONDITION_FAILED
+            // (406) for a message whose user id is not the sender's.
+            Assert.True(code is 403 or 405 or 406, $"{attack}: the broker allowed it (reply {code})");
             rows.Add((attack, 1, 1, 0));
         }
+    }
+
+    /// <summary>A message as MassTransit sends it (its JSON envelope), with <paramref name="userId"/> as its
+    /// broker user id when given.</summary>
+    private static (BasicProperties Properties, byte[] Body) Envelope(object message, string? userId)
+    {
+        var id = Guid.NewGuid();
+        var web = new System.Text.Json.JsonSerializerOptions(System.Text.Json.JsonSerializerDefaults.Web);
+        var envelope = new Dictionary<string, object>
+        {
+            ["messageId"] = id, ["conversationId"] = Guid.NewGuid(), ["sentTime"] = DateTimeOffset.UtcNow,
+            ["messageType"] = new[] { $"urn:message:{message.GetType().Namespace}:{message.GetType().Name}" },
+            ["message"] = System.Text.Json.JsonSerializer.SerializeToElement(message, message.GetType(), web), ["headers"] = new Dictionary<string, object>(),
+        };
+        return (new BasicProperties { ContentType = "application/vnd.masstransit+json", MessageId = id.ToString(), UserId = userId },
+            System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(envelope, web));
+    }
+
+    /// <summary>Waits until every queue is empty and a moment more (its auditor took the last message in hand).</summary>
+    private static async Task DrainedAsync(IConnection admin, string[] queues, CancellationToken ct)
+    {
+        for (var i = 0; i < 200; i++)
+        {
+            var waiting = 0u;
+            foreach (var queue in queues)
+            {
+                await using var channel = await admin.CreateChannelAsync(cancellationToken: ct);
+                waiting += (await channel.QueueDeclarePassiveAsync(queue, ct)).MessageCount;
+            }
+            if (waiting == 0)
+            {
+                await Task.Delay(1000, ct);
+                return;
+            }
+            await Task.Delay(100, ct);
+        }
+        throw new TimeoutException("the audit queues did not drain in 20 s");
     }
 
     /// <summary>How many consumers each queue has, or that its process holds it exclusively (the broker

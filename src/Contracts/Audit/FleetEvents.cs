@@ -9,7 +9,10 @@ namespace SEmigrate.Contracts.Audit;
 /// migrations' streams. <paramref name="RefusedRequests"/>: the requests its memory server refused since it
 /// started, by error (security: a count, so that a flood of bad requests cannot flood the trail).</summary>
 public sealed record HostSeen(string Host, IReadOnlyList<string> Roles, long CapacityPages, long UsedPages, IReadOnlyList<GuestSeen> Guests, IReadOnlyList<VmSeen> Vms,
-    DateTimeOffset At, IReadOnlyDictionary<string, long>? RefusedRequests = null);
+    DateTimeOffset At, IReadOnlyDictionary<string, long>? RefusedRequests = null) : IHostEvent
+{
+    string IHostEvent.RaisedBy => Host;
+}
 
 /// <summary>A guest in a source's guests folder, <paramref name="Pages"/> 4 KiB pages of memory: running (its
 /// RAM a file the source reads) or a memory dump. <paramref name="HandOverPages"/>: what its hand-over stores

@@ -66,23 +66,43 @@ public sealed record MigrationRefused(Guid MigrationId, string Reason, DateTimeO
 /// <summary>A security event: a page that <paramref name="Host"/> returned to the main host failed its
 /// check (altered, swapped, replayed, relabelled, or missing), so it was not used. Names the page, never
 /// its content.</summary>
-public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, string Problem, DateTimeOffset At) : ISecurityEvent;
+public sealed record PageCheckFailed(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, string Problem, DateTimeOffset At) : ISecurityEvent, IHostEvent
+{
+    string IHostEvent.RaisedBy => Main;
+}
 
 /// <summary>A security event: <paramref name="Host"/> refused a step (<paramref name="Step"/>) that the
 /// migration's signed request does not allow: forged, altered, replayed or expired. Nothing changed there.</summary>
-public sealed record StepDenied(Guid MigrationId, Guid Vm, string Host, string Step, string Problem, DateTimeOffset At) : ISecurityEvent;
+public sealed record StepDenied(Guid MigrationId, Guid Vm, string Host, string Step, string Problem, DateTimeOffset At) : ISecurityEvent, IHostEvent
+{
+    string IHostEvent.RaisedBy => Host;
+}
 
 /// <summary>An event that says somebody tried what they may not (the audit and status count them).</summary>
 public interface ISecurityEvent : IMigrationEvent;
 
+/// <summary>An event a host raises itself (<see cref="RaisedBy"/>): the auditor takes it only from that
+/// host's broker user, or the control plane's (AuditSenders). Not part of the wire form.</summary>
+public interface IHostEvent
+{
+    string RaisedBy { get; }
+}
+
 /// <summary>An availability event: <paramref name="Host"/> did not serve pages the main host needed (from
 /// <paramref name="Pfn"/>, <paramref name="Pages"/> of them) for a VM that runs there, so the guest's read
 /// failed (QEMU stops a guest whose RAM cannot be read). At most one per host every 10 s.</summary>
-public sealed record PagesUnavailable(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, int Pages, string Problem, DateTimeOffset At) : IMigrationEvent;
+public sealed record PagesUnavailable(Guid MigrationId, Guid Vm, string Main, string Host, long Pfn, int Pages, string Problem, DateTimeOffset At) : IMigrationEvent, IHostEvent
+{
+    string IHostEvent.RaisedBy => Main;
+}
 
 /// <summary>The VM a migration brought to <paramref name="Main"/> was stopped there and its pages released
 /// at every host (<paramref name="ReleasedPages"/> in all).</summary>
-public sealed record MigratedVmStopped(Guid MigrationId, Guid Vm, string Main, IReadOnlyList<string> ReleasedHosts, long ReleasedPages, DateTimeOffset At) : IMigrationEvent;
+public sealed record MigratedVmStopped(Guid MigrationId, Guid Vm, string Main, IReadOnlyList<string> ReleasedHosts, long ReleasedPages, DateTimeOffset At)
+    : IMigrationEvent, IHostEvent
+{
+    string IHostEvent.RaisedBy => Main;
+}
 
 /// <summary>An event as a workflow activity's input: the property's declared interface type makes the
 /// JSON carry the event's type name, so the activity gets the same event back. <paramref name="Sequence"/>:
@@ -117,7 +137,10 @@ public sealed record RecordEvent(IMigrationEvent Event, long Sequence = 0)
 /// Appended to the VM's own stream (stream id = <paramref name="Vm"/>); never page content or keys.</summary>
 public sealed record VmPaged(
     Guid MigrationId, Guid Vm, string Main, IReadOnlyList<HostPaging> Hosts, double PageInP50Ms, double PageInP99Ms,
-    long ResidentPages, long PeakResidentPages, long BudgetPages, long FaultedBytes, long WrittenBackBytes, DateTimeOffset From, DateTimeOffset At);
+    long ResidentPages, long PeakResidentPages, long BudgetPages, long FaultedBytes, long WrittenBackBytes, DateTimeOffset From, DateTimeOffset At) : IHostEvent
+{
+    string IHostEvent.RaisedBy => Main;
+}
 
 /// <summary>One host's paging in a <see cref="VmPaged"/> interval.</summary>
 public sealed record HostPaging(string Host, long PagesIn, long BytesIn, long PagesOut, long BytesOut);

@@ -1,5 +1,6 @@
 using Marten;
 using MassTransit;
+using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts.Audit;
 
 namespace SEmigrate.Workers.Audit;
@@ -8,7 +9,7 @@ namespace SEmigrate.Workers.Audit;
 /// consumed one message at a time, so a stream keeps the order the orchestrator published in. A message
 /// delivered twice (the broker redelivers what was not acknowledged before a crash) is appended once:
 /// its message id is stored in the same transaction as the event.</summary>
-public sealed class MigrationAuditConsumer(IDocumentSession session) :
+public sealed class MigrationAuditConsumer(IDocumentSession session, ILogger<MigrationAuditConsumer> logger) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<DestinationLost>, IConsumer<MigrationSwitchedOver>,
     IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<StepDenied>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>, IConsumer<HostSeen>
@@ -52,6 +53,13 @@ public sealed class MigrationAuditConsumer(IDocumentSession session) :
     private async Task AppendAsync(ConsumeContext context, Guid stream, object e)
     {
         var id = context.MessageId ?? throw new InvalidOperationException($"a {e.GetType().Name} without a message id cannot be recorded once");
+        var user = context.ReceiveContext.TryGetPayload<RabbitMqBasicConsumeContext>(out var rabbit) ? rabbit.Properties.UserId : null;
+        if (AuditSenders.Refusal(user, e) is { } refused)
+        {
+            // Forged for another host, or by nobody the broker knows: not recorded (nothing to redeliver).
+            logger.LogWarning("audit: not recorded: {Refusal}", refused);
+            return;
+        }
         if (await session.LoadAsync<AuditedMessage>(id, context.CancellationToken) is not null)
         {
             return; // recorded before the broker's redelivery

@@ -285,6 +285,15 @@ public static class RoleRegistration
                 });
                 cfg.OverrideDefaultBusEndpointQueueName(busEndpoint);
                 cfg.Exclusive = true;
+                // Every message says which broker user sent it (RabbitMQ checks it is the connection's): the
+                // auditor records a host's events only from that host's user (AuditSenders).
+                cfg.ConfigureSend(s => s.UseExecute(c =>
+                {
+                    if (c.TryGetPayload<RabbitMqSendContext>(out var rabbit))
+                    {
+                        rabbit.BasicProperties.UserId = f.UserName;
+                    }
+                }));
                 endpoints(bus, cfg);
             });
         });
