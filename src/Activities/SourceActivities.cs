@@ -33,6 +33,9 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     private readonly ConcurrentDictionary<(Guid, string), SemaphoreSlim> transfers = new();
     private readonly Throttle throttle = new();
 
+    // Transfer progress leaves through this host's own exit, which orchestrators bind to where they listen (HostRoutes).
+    private readonly Uri progressExit = new($"exchange:{StepQueues.ProgressExit(host.Host)}");
+
     [Activity("MeasureGuest")]
     public async Task<GuestLayout> MeasureAsync(MeasureGuest input)
     {
@@ -301,8 +304,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                     ActivityExecutionContext.Current.Heartbeat(beat);
                 }
                 signals.Offer(beat, last: force);
-                // Through the host's own progress exit, which orchestrators bind to where they listen (HostRoutes).
-                await (await publish.GetSendEndpoint(new Uri($"exchange:{StepQueues.ProgressExit(host.Host)}"))).Send(beat, ct);
+                await (await publish.GetSendEndpoint(progressExit)).Send(beat, ct);
                 return checkpoint;
             }
         }
