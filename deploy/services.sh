@@ -335,7 +335,7 @@ host_users() {
     return 0
   fi
   [ $# -gt 0 ] || die "host-user: name one host or more"
-  local defs users="" perms="" h pw salt hash p vhost
+  local defs users="" perms="" h pw hash p vhost
   defs=$(mktemp); trap 'rm -f "$defs" "$defs.salt"' RETURN
   for h in "$@"; do
     valid_host "$h"

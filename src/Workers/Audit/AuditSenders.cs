@@ -10,10 +10,19 @@ namespace SEmigrate.Workers.Audit;
 public static class AuditSenders
 {
     /// <summary>Why <paramref name="user"/> may not have <paramref name="e"/> recorded; null when it may.</summary>
-    public static string? Refusal(string? user, object e) =>
-        string.IsNullOrEmpty(user) ? $"a {e.GetType().Name} without a broker user id (who sent it cannot be told)"
-        : !user.StartsWith(HostBrokerUsers.UserPrefix, StringComparison.Ordinal) ? null
-        : e is not IHostEvent raised ? $"host {user[HostBrokerUsers.UserPrefix.Length..]}'s broker user sent a {e.GetType().Name}, which only the control plane records"
-        : raised.RaisedBy != user[HostBrokerUsers.UserPrefix.Length..] ? $"host {user[HostBrokerUsers.UserPrefix.Length..]}'s broker user sent a {e.GetType().Name} raised by {raised.RaisedBy}"
-        : null;
+    public static string? Refusal(string? user, object e)
+    {
+        if (string.IsNullOrEmpty(user))
+        {
+            return $"a {e.GetType().Name} without a broker user id (who sent it cannot be told)";
+        }
+        if (!user.StartsWith(HostBrokerUsers.UserPrefix, StringComparison.Ordinal))
+        {
+            return null; // the control plane's
+        }
+        var host = user[HostBrokerUsers.UserPrefix.Length..];
+        return e is not IHostEvent raised ? $"host {host}'s broker user sent a {e.GetType().Name}, which only the control plane records"
+            : raised.RaisedBy != host ? $"host {host}'s broker user sent a {e.GetType().Name} raised by {raised.RaisedBy}"
+            : null;
+    }
 }
