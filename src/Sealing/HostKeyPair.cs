@@ -3,7 +3,7 @@ using System.Security.Cryptography;
 namespace SEmigrate.Sealing;
 
 /// <summary>A host's own key pair (ECDH P-256), its identity: the operator enrols and pins its public key,
-/// and data keys and memory servers' capabilities are wrapped for it. The private key stays on the host (a
+/// and data keys, memory servers' capabilities and allenc channel keys are wrapped for it. The private key stays on the host (a
 /// file of mode 0600); only the public key is published.</summary>
 public sealed class HostKeyPair : IDisposable
 {
