@@ -17,7 +17,9 @@ public interface IDrainSteps
 /// on the other hosts from the inventory (the main host with the most room takes what it can, the
 /// hosts that hold pages the rest), room reserved as it is planned so that guests migrating at once
 /// never count the same room twice, then migrated, at most MaxConcurrent at a time. A guest there is
-/// no room for, and one whose migration did not switch over, is reported with the reason.</summary>
+/// no room for, and one whose migration did not switch over, is reported with the reason; one whose
+/// migration was refused or undone because a host it was placed on had no worker is placed again
+/// without that host (up to <see cref="MaxPlacements"/> places).</summary>
 public sealed class DrainProcedure(IDrainSteps steps)
 {
     public async Task<DrainReport> RunAsync(DrainHost drain, CancellationToken ct)
@@ -27,7 +29,7 @@ public sealed class DrainProcedure(IDrainSteps steps)
         var allowed = drain.Order?.Hosts.Select(h => h.Host).ToHashSet(StringComparer.Ordinal);
         var room = inventory.Hosts.Where(h => h.Host != drain.Host && (allowed is null || allowed.Contains(h.Host)))
             .ToDictionary(h => h.Host, h => h.FreePages, StringComparer.Ordinal);
-        var planned = new List<(DrainGuest Guest, MigrationRequest Request)>();
+        var planned = new List<Planned>();
         var notMoved = new List<DrainNotMoved>();
         foreach (var guest in inventory.Guests.OrderByDescending(g => g.Pages).ThenBy(g => g.Name, StringComparer.Ordinal))
         {
@@ -35,47 +37,86 @@ public sealed class DrainProcedure(IDrainSteps steps)
             {
                 notMoved.Add(new DrainNotMoved(guest.Name, why));
             }
-            else if (Plan(drain, guest, inventory.Hosts, room) is { } request)
+            else if (Plan(drain, guest, 1, inventory.Hosts, room) is { } p)
             {
-                planned.Add((guest, request));
+                planned.Add(p);
             }
             else
             {
-                notMoved.Add(new DrainNotMoved(guest.Name,
-                    $"no room: it has {guest.Pages} pages, the other hosts have {room.Values.Sum()} free{(inventory.Hosts.Any(h => h.CanBeMain && h.Host != drain.Host) ? "" : ", and none can be its main host")}"));
+                notMoved.Add(new DrainNotMoved(guest.Name, NoRoom(drain, guest, inventory.Hosts, room)));
             }
         }
         var moved = new List<DrainMoved>();
-        foreach (var batch in planned.Chunk(Math.Max(1, drain.MaxConcurrent)))
+        while (planned.Count > 0)
         {
-            var outcomes = await steps.WhenAllAsync(batch.Select(async p =>
+            var again = new List<Planned>();
+            foreach (var batch in planned.Chunk(Math.Max(1, drain.MaxConcurrent)))
             {
-                try
+                var outcomes = await steps.WhenAllAsync(batch.Select(async p =>
                 {
-                    return (p, Outcome: await steps.MigrateAsync(p.Request, ct), Why: (string?)null);
-                }
-                catch (Exception e) when (e is not OperationCanceledException)
+                    try
+                    {
+                        return (p, Outcome: await steps.MigrateAsync(p.Request, ct), Why: (string?)null);
+                    }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        return (p, Outcome: (MigrationOutcome?)null, Why: e.Message);
+                    }
+                }));
+                foreach (var (p, outcome, why) in outcomes)
                 {
-                    return (p, Outcome: (MigrationOutcome?)null, Why: e.Message);
-                }
-            }));
-            foreach (var (p, outcome, why) in outcomes)
-            {
-                if (outcome is { State: MigrationState.SwitchedOver })
-                {
-                    moved.Add(new DrainMoved(p.Guest.Name, p.Request.Vm, p.Request.MigrationId, p.Request.Main.Host, outcome.State));
-                }
-                else
-                {
-                    notMoved.Add(new DrainNotMoved(p.Guest.Name, why ?? $"{outcome!.State}: {outcome.Reason}"));
+                    if (outcome is { State: MigrationState.SwitchedOver })
+                    {
+                        moved.Add(new DrainMoved(p.Guest.Name, p.Request.Vm, p.Request.MigrationId, p.Request.Main.Host, outcome.State));
+                    }
+                    else if (outcome is { State: MigrationState.Refused or MigrationState.Compensated, Unreachable: { } dead } && p.Attempt < MaxPlacements)
+                    {
+                        // The guest stayed at its source: it goes elsewhere, with the room it held given back
+                        // and the host that had no worker taking no guest of this drain any more.
+                        Give(room, p.Held);
+                        room.Remove(dead);
+                        if (Plan(drain, p.Guest, p.Attempt + 1, inventory.Hosts, room) is { } next)
+                        {
+                            again.Add(next);
+                        }
+                        else
+                        {
+                            notMoved.Add(new DrainNotMoved(p.Guest.Name, $"{outcome.State}: {outcome.Reason}; and {NoRoom(drain, p.Guest, inventory.Hosts, room)} without {dead}"));
+                        }
+                    }
+                    else
+                    {
+                        notMoved.Add(new DrainNotMoved(p.Guest.Name, why ?? $"{outcome!.State}: {outcome.Reason}"));
+                    }
                 }
             }
+            planned = again;
         }
         return new DrainReport(drain.Host, moved, notMoved);
     }
 
+    /// <summary>How many places a guest is tried at, one after another, when a place it was sent to had no worker.</summary>
+    public const int MaxPlacements = 3;
+
+    /// <summary>A guest's planned migration (its <paramref name="Attempt"/>th placement) and the room it holds on each host.</summary>
+    private sealed record Planned(DrainGuest Guest, int Attempt, MigrationRequest Request, IReadOnlyDictionary<string, long> Held);
+
+    private static string NoRoom(DrainHost drain, DrainGuest guest, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room) =>
+        $"no room: it has {guest.Pages} pages, the other hosts have {room.Values.Sum()} free{(hosts.Any(h => h.CanBeMain && h.Host != drain.Host && room.ContainsKey(h.Host)) ? "" : ", and none can be its main host")}";
+
+    private static void Give(Dictionary<string, long> room, IReadOnlyDictionary<string, long> held)
+    {
+        foreach (var (host, pages) in held)
+        {
+            if (room.ContainsKey(host))
+            {
+                room[host] += pages;
+            }
+        }
+    }
+
     /// <summary>The guest's request, its room taken from <paramref name="room"/>; null if it does not fit.</summary>
-    private static MigrationRequest? Plan(DrainHost drain, DrainGuest guest, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room)
+    private static Planned? Plan(DrainHost drain, DrainGuest guest, int attempt, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room)
     {
         // What its hand-over brings, as its source reported it (histories from before: the fixed allowance).
         var handOver = guest.HandOverPages > 0 ? guest.HandOverPages : HandOverPages;
@@ -103,15 +144,18 @@ public sealed class DrainProcedure(IDrainSteps steps)
         {
             return null;
         }
-        room[main.Host] -= atMain + handOver;
+        var held = new Dictionary<string, long>(StringComparer.Ordinal) { [main.Host] = atMain + handOver };
         foreach (var s in subs)
         {
-            room[s.Host] -= s.CapacityPages;
+            held[s.Host] = s.CapacityPages;
         }
+        Give(room, held.ToDictionary(h => h.Key, h => -h.Value, StringComparer.Ordinal));
         // Whole chunks are placed: the main host takes no more than its share, and the sub-hosts, which
         // take what is left, are offered a little of their room beyond theirs for the last chunk.
-        return new MigrationRequest(IdOf(drain, guest, "migration"), IdOf(drain, guest, "vm"), guest.Name, drain.Host, new Destination(main.Host, atMain),
-            [.. subs.Select(s => s with { CapacityPages = s.CapacityPages + Slack(room, s.Host) })], drain.Mode, drain.PlainProcesses, Order: drain.Order);
+        // A later placement is another migration of the same VM.
+        var migration = attempt == 1 ? "migration" : $"migration-{attempt}";
+        return new Planned(guest, attempt, new MigrationRequest(IdOf(drain, guest, migration), IdOf(drain, guest, "vm"), guest.Name, drain.Host, new Destination(main.Host, atMain),
+            [.. subs.Select(s => s with { CapacityPages = s.CapacityPages + Slack(room, s.Host) })], drain.Mode, drain.PlainProcesses, Order: drain.Order), held);
     }
 
     /// <summary>Room the main host keeps for what the hand-over brings beside the guest's pages (the

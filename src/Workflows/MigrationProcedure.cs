@@ -68,7 +68,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         catch (Exception e) when (e is not OperationCanceledException || ct.IsCancellationRequested)
         {
-            return await RefuseAsync(request, Reason(e));
+            return await RefuseAsync(request, Reason(e), UnreachableDestination(request, e));
         }
 
         var destinations = plan.Assignments.Select(a => a.Host).Distinct(StringComparer.Ordinal).ToList();
@@ -164,7 +164,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         catch (Exception e) when (state != MigrationState.SwitchedOver)
         {
-            return await CompensateAsync(request, destinations, guest?.Pages, plan, ct.IsCancellationRequested ? $"cancelled: {CancelReason ?? Reason(e)}" : Reason(e));
+            return await CompensateAsync(request, destinations, guest?.Pages, plan, ct.IsCancellationRequested ? $"cancelled: {CancelReason ?? Reason(e)}" : Reason(e),
+                ct.IsCancellationRequested ? null : UnreachableDestination(request, e));
         }
     }
 
@@ -262,11 +263,11 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
     }
 
-    private async Task<MigrationOutcome> RefuseAsync(MigrationRequest request, string why)
+    private async Task<MigrationOutcome> RefuseAsync(MigrationRequest request, string why, string? unreachable)
     {
         (state, reason) = (MigrationState.Refused, why);
         await steps.RecordAsync(new MigrationRefused(request.MigrationId, why, steps.UtcNow));
-        return new MigrationOutcome(request.MigrationId, state, why, null, [], null, null);
+        return new MigrationOutcome(request.MigrationId, state, why, null, [], null, null, Unreachable: unreachable);
     }
 
     private IReadOnlyList<TransferResult> Transfers()
@@ -279,7 +280,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
 
     /// <summary>Undo at every destination, whether or not it got as far as starting: release is
     /// idempotent, and a host that cannot be reached is named in the reason.</summary>
-    private async Task<MigrationOutcome> CompensateAsync(MigrationRequest request, IReadOnlyList<string> destinations, PageCounts? pages, PlacementPlan plan, string why)
+    private async Task<MigrationOutcome> CompensateAsync(MigrationRequest request, IReadOnlyList<string> destinations, PageCounts? pages, PlacementPlan plan, string why,
+        string? unreachable)
     {
         var released = new List<string>();
         var unreleased = new List<string>();
@@ -313,7 +315,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         }
         (state, reason) = (MigrationState.Compensated, why);
         await steps.RecordAsync(new MigrationCompensated(request.MigrationId, why, released, steps.UtcNow));
-        return new MigrationOutcome(request.MigrationId, state, why, pages, Transfers(), plan, null);
+        return new MigrationOutcome(request.MigrationId, state, why, pages, Transfers(), plan, null, Unreachable: unreachable);
     }
 
     /// <summary>Whether a step ended because it was cancelled, on either engine.</summary>
@@ -340,6 +342,20 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             }
         }
         return false;
+    }
+
+    /// <summary>The destination whose worker could not be reached when that is why the migration failed
+    /// (never the source: without it the guest goes nowhere).</summary>
+    private static string? UnreachableDestination(MigrationRequest request, Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+        {
+            if (x is StepFailedException { Kind: StepErrors.Unreachable, Host: { } host } && host != request.Source)
+            {
+                return host;
+            }
+        }
+        return null;
     }
 
     /// <summary>The innermost message: engines wrap a step's failure (Temporal: activity failure,

@@ -2,8 +2,11 @@ namespace SEmigrate.Workflows;
 
 /// <summary>The embedded engine's failed step: refused, or out of attempts; its message is the reason
 /// recorded, <see cref="Kind"/> the failure's type where the procedure acts on it (Contracts' StepErrors;
-/// on Temporal, the ApplicationFailure's error type).</summary>
-public sealed class StepFailedException(string message, string? kind = null) : Exception(message)
+/// on Temporal, the ApplicationFailure's error type), <see cref="Host"/> the host it was for where the
+/// procedure acts on that (a host that is unreachable: StepErrors.Unreachable).</summary>
+public sealed class StepFailedException(string message, string? kind = null, string? host = null, Exception? inner = null) : Exception(message, inner)
 {
     public string? Kind => kind;
+
+    public string? Host => host;
 }

@@ -3,7 +3,9 @@ using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
+using Temporalio.Api.Enums.V1;
 using Temporalio.Common;
+using Temporalio.Exceptions;
 using Temporalio.Workflows;
 
 namespace SEmigrate.Workflows;
@@ -34,32 +36,32 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     private bool stopFirst;
 
     public Task<GuestLayout> MeasureAsync(string host, MeasureGuest input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.MeasureAsync(input), Options(host, policies.Quick, ct, $"measure guest {input.Guest} at {host}"));
+        OnHost(host, Workflow.ExecuteActivityAsync((SourceActivities a) => a.MeasureAsync(input), Options(host, policies.Quick, ct, $"measure guest {input.Guest} at {host}")));
 
     public Task<IntrospectionResult> IntrospectAsync(string host, IntrospectGuest input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.IntrospectAsync(input), Options(host, policies.Introspect, ct,
-            $"introspect and classify guest {input.Guest} at {host} (a running guest is paused from here)"));
+        OnHost(host, Workflow.ExecuteActivityAsync((SourceActivities a) => a.IntrospectAsync(input), Options(host, policies.Introspect, ct,
+            $"introspect and classify guest {input.Guest} at {host} (a running guest is paused from here)")));
 
     public Task<PagingStarted> StartPagingAsync(string host, StartPaging input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((PagingActivities a) => a.StartPagingAsync(input), Options(host, policies.Quick, ct,
-            $"start paging VM {input.Vm} at {host}: room for {input.ExpectedPages} pages{(input.Round > 1 ? $", round {input.Round}" : "")}"));
+        OnHost(host, Workflow.ExecuteActivityAsync((PagingActivities a) => a.StartPagingAsync(input), Options(host, policies.Quick, ct,
+            $"start paging VM {input.Vm} at {host}: room for {input.ExpectedPages} pages{(input.Round > 1 ? $", round {input.Round}" : "")}")));
 
     public Task<TransferResult> TransferAsync(string host, TransferPages input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.TransferAsync(input), Options(host, policies.Transfer, ct,
-            $"send {input.Assignment.Pages} pages [{input.Assignment.FirstPfn:x}, {input.Assignment.EndPfn:x}) to {input.Assignment.Host} ({input.Mode.ToWireName()}){(input.Round > 1 ? $", round {input.Round}" : "")}"));
+        OnHost(host, Workflow.ExecuteActivityAsync((SourceActivities a) => a.TransferAsync(input), Options(host, policies.Transfer, ct,
+            $"send {input.Assignment.Pages} pages [{input.Assignment.FirstPfn:x}, {input.Assignment.EndPfn:x}) to {input.Assignment.Host} ({input.Mode.ToWireName()}){(input.Round > 1 ? $", round {input.Round}" : "")}")));
 
     public Task<HandedOver> HandOverAsync(string host, HandOver input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.HandOverAsync(input), Options(host, policies.Quick, ct, $"hand the manifest and the wrapped key to {input.Main}"));
+        OnHost(host, Workflow.ExecuteActivityAsync((SourceActivities a) => a.HandOverAsync(input), Options(host, policies.Quick, ct, $"hand the manifest and the wrapped key to {input.Main}")));
 
     public Task<SwitchedOverResult> SwitchOverAsync(string host, SwitchOver input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((MainHostActivities a) => a.SwitchOverAsync(input), Options(host, policies.SwitchOver, ct, $"switch VM {input.Vm} over to {host}"));
+        OnHost(host, Workflow.ExecuteActivityAsync((MainHostActivities a) => a.SwitchOverAsync(input), Options(host, policies.SwitchOver, ct, $"switch VM {input.Vm} over to {host}")));
 
     public Task<PagingReleased> ReleasePagingAsync(string host, ReleasePaging input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((PagingActivities a) => a.ReleasePagingAsync(input), Options(host, policies.Quick, ct, $"release VM {input.Vm}'s pages at {host}"));
+        OnHost(host, Workflow.ExecuteActivityAsync((PagingActivities a) => a.ReleasePagingAsync(input), Options(host, policies.Quick, ct, $"release VM {input.Vm}'s pages at {host}")));
 
     public Task<SourceReleased> ReleaseSourceAsync(string host, ReleaseSource input, CancellationToken ct) =>
-        Workflow.ExecuteActivityAsync((SourceActivities a) => a.ReleaseSourceAsync(input), Options(host, policies.Quick, ct,
-            input.VmLeft ? "the source drops the migration's key: the VM left" : "the source drops the migration's key: the VM stays"));
+        OnHost(host, Workflow.ExecuteActivityAsync((SourceActivities a) => a.ReleaseSourceAsync(input), Options(host, policies.Quick, ct,
+            input.VmLeft ? "the source drops the migration's key: the VM left" : "the source drops the migration's key: the VM stays")));
 
     /// <summary>Publishes the event (an activity on the orchestrator's queue), then shows the new state
     /// in the search attributes.</summary>
@@ -88,11 +90,26 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     /// <summary>The state the search attribute shows, as the audit trail's read model reads it.</summary>
     private MigrationState state = MigrationState.Requested;
 
+    /// <summary>A step no worker of its host took within <see cref="StepPolicy.StartWithin"/> fails as
+    /// unreachable, naming the host (as the embedded engine's does), so that a drain can go elsewhere.</summary>
+    private static async Task<T> OnHost<T>(string host, Task<T> step)
+    {
+        try
+        {
+            return await step;
+        }
+        catch (ActivityFailureException e) when (e.InnerException is TimeoutFailureException { TimeoutType: TimeoutType.ScheduleToStart })
+        {
+            throw new StepFailedException($"no worker of host {host} took the step (nothing polls {StepQueues.Host(host)})", StepErrors.Unreachable, host, e);
+        }
+    }
+
     /// <summary>The step's options; <paramref name="summary"/> is what the Web UI shows for it.</summary>
     private ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct, string summary) => new()
     {
         Summary = summary,
         TaskQueue = StepQueues.Host(host),
+        ScheduleToStartTimeout = policy.StartWithin,
         StartToCloseTimeout = policy.Timeout,
         HeartbeatTimeout = policy.Heartbeat,
         RetryPolicy = new RetryPolicy { InitialInterval = policy.Backoff, MaximumAttempts = policy.MaxAttempts },

@@ -1,9 +1,13 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Marten;
 using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.Sealing;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Embedded;
+using SEmigrate.Workers.Trust;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -33,6 +37,9 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
             await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
             await run.FleetOnceAsync(f => run.AllReported(f)
                 && f.Hosts.Single(h => h.Host == run.Source).Guests.Count == 2, "every host reported, the source with its two guests", ct);
+            // A host the operator enrolled, seen a moment ago with more room than any other, whose worker
+            // has stopped since (as a host of the test before this one is): no guest may go there.
+            var dead = await EnrolDeadHostAsync(run, ct);
 
             var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema),
                 "maintenance", "drain", run.Source, "--plain-process", "vaultdb", "--json");
@@ -45,6 +52,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
             Assert.Equal(["db", "web"], moved.Select(m => m.GetProperty("vm").GetString()).Order());
             Assert.All(moved, m => Assert.Equal("switchedOver", m.GetProperty("state").GetString()));
             Assert.All(moved, m => Assert.NotEqual(run.Source, m.GetProperty("to").GetString()));
+            Assert.All(moved, m => Assert.NotEqual(dead, m.GetProperty("to").GetString()));
             var vms = moved.Select(m => m.GetProperty("vmId").GetGuid()).ToList();
             foreach (var m in moved)
             {
@@ -121,6 +129,23 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
         {
             guests.Delete(recursive: true);
         }
+    }
+
+    /// <summary>Enrols a host that reports (just now: main and sub, with room for 4 GiB) but runs no worker.</summary>
+    private static async Task<string> EnrolDeadHostAsync(MigrationRun run, CancellationToken ct)
+    {
+        var dead = $"dead-{Guid.NewGuid().ToString("N")[..8]}";
+        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
+        using (var key = OperatorKey.Load(TestOperator.KeyFile))
+        using (var identity = HostKeyPair.Generate())
+        {
+            await OperatorAuthority.EnrolAsync(store, key, new HostIdentity(dead, identity.PublicKey), ct);
+        }
+        await using var session = store.LightweightSession();
+        session.Events.Append(HostStreams.Of(dead), new HostSeen(dead, ["main", "sub"], 1L << 20, 0, [], [], DateTimeOffset.UtcNow));
+        await session.SaveChangesAsync(ct);
+        await run.FleetOnceAsync(f => f.Hosts.Any(h => h.Host == dead), "the dead host in the fleet", ct);
+        return dead;
     }
 
     private static async Task<JsonElement> SchedulesAsync(Func<string[], Task<SemigrateProcess.Result>> semigrate)

@@ -6,7 +6,7 @@ namespace SEmigrate.Workflows.Tests;
 /// <summary>The drain's plan and its report, with steps that stand in for the inventory and the migrations.</summary>
 public class DrainProcedureTests
 {
-    private sealed class Steps(DrainInventory inventory, Func<MigrationRequest, MigrationState> ends) : IDrainSteps
+    private sealed class Steps(DrainInventory inventory, Func<MigrationRequest, MigrationState> ends, Func<MigrationRequest, string?>? unreachable = null) : IDrainSteps
     {
         private int running;
 
@@ -29,6 +29,11 @@ public class DrainProcedureTests
             lock (Migrated)
             {
                 running--;
+            }
+            if (unreachable?.Invoke(request) is { } dead)
+            {
+                return new MigrationOutcome(request.MigrationId, MigrationState.Compensated, $"start paging: no worker for host {dead} is running", null, [], null, null,
+                    Unreachable: dead);
             }
             var state = ends(request);
             return new MigrationOutcome(request.MigrationId, state, state == MigrationState.SwitchedOver ? null : "a sub-host refused pages", null, [], null, null);
@@ -104,5 +109,46 @@ public class DrainProcedureTests
         var none = await new DrainProcedure(noMain).RunAsync(Drain(), TestContext.Current.CancellationToken);
         Assert.Empty(none.Moved);
         Assert.EndsWith("and none can be its main host", Assert.Single(none.NotMoved).Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_guest_placed_on_a_host_with_no_worker_is_placed_again_without_it_and_its_room_given_back()
+    {
+        // sub-x stopped after the inventory was read: a migration with a step there comes back undone.
+        DrainTarget[] hosts = [new("sub-x", false, true, 80_000), .. Others];
+        var steps = new Steps(new DrainInventory([new("a", 150_000, true)], hosts), _ => MigrationState.SwitchedOver,
+            r => r.SubHosts.Any(s => s.Host == "sub-x") ? "sub-x" : null);
+
+        var report = await new DrainProcedure(steps).RunAsync(Drain(), TestContext.Current.CancellationToken);
+
+        Assert.Empty(report.NotMoved);
+        Assert.Equal(("a", "main-1"), (Assert.Single(report.Moved).Vm, report.Moved[0].To));
+        // Tried with sub-x first, then again as another migration of the same VM, without it.
+        var (first, second) = (steps.Migrated[0], steps.Migrated[1]);
+        Assert.Equal(2, steps.Migrated.Count);
+        Assert.Contains(first.SubHosts, s => s.Host == "sub-x");
+        Assert.DoesNotContain(second.SubHosts, s => s.Host == "sub-x");
+        Assert.Equal(first.Vm, second.Vm);
+        Assert.NotEqual(first.MigrationId, second.MigrationId);
+        Assert.Equal(report.Moved[0].MigrationId, second.MigrationId);
+        // The room the first try held at main-1 was given back: the second gets the same share there.
+        Assert.Equal(new Destination("main-1", 100_000 - DrainProcedure.HandOverPages), second.Main);
+        Assert.Equal(first.Main, second.Main);
+        Assert.True(second.Main.CapacityPages + second.SubHosts.Sum(s => s.CapacityPages) >= 150_000, string.Join(", ", second.SubHosts));
+    }
+
+    [Fact]
+    public async Task A_guest_is_tried_at_no_more_places_than_allowed_and_a_failure_for_another_reason_is_not_tried_again()
+    {
+        var hosts = Enumerable.Range(1, 5).Select(i => new DrainTarget($"m{i}", true, true, 100_000 + i)).ToArray();
+        var dead = new Steps(new DrainInventory([new("a", 1_000, true)], hosts), _ => MigrationState.SwitchedOver, r => r.Main.Host);
+        var report = await new DrainProcedure(dead).RunAsync(Drain(), TestContext.Current.CancellationToken);
+        Assert.Equal(DrainProcedure.MaxPlacements, dead.Migrated.Count);
+        Assert.StartsWith("Compensated: start paging: no worker for host m3", Assert.Single(report.NotMoved).Reason, StringComparison.Ordinal);
+
+        var refused = new Steps(new DrainInventory([new("a", 1_000, true)], hosts), _ => MigrationState.Compensated);
+        report = await new DrainProcedure(refused).RunAsync(Drain(), TestContext.Current.CancellationToken);
+        Assert.Single(refused.Migrated);
+        Assert.Equal("Compensated: a sub-host refused pages", Assert.Single(report.NotMoved).Reason);
     }
 }

@@ -16,10 +16,13 @@ public enum MigrationState
 /// <summary>How a migration ended: switched over, or compensated / refused with the reason
 /// (the VM then keeps running at the source). <paramref name="ManifestBytes"/>: what the hand-over put
 /// on the page path besides the transfers. <paramref name="PausedAt"/>: when a running guest was paused
-/// at the source; with the switch-over's ContinuedAt, its downtime (hosts' clocks in step assumed).</summary>
+/// at the source; with the switch-over's ContinuedAt, its downtime (hosts' clocks in step assumed).
+/// <paramref name="Unreachable"/>: a refused or undone migration's destination that had no worker to take
+/// its step, so that a drain can place the VM elsewhere.</summary>
 public sealed record MigrationOutcome(
     Guid MigrationId, MigrationState State, string? Reason, PageCounts? Pages,
-    IReadOnlyList<TransferResult> Transfers, PlacementPlan? Placement, SwitchedOverResult? SwitchOver, long ManifestBytes = 0, DateTimeOffset? PausedAt = null)
+    IReadOnlyList<TransferResult> Transfers, PlacementPlan? Placement, SwitchedOverResult? SwitchOver, long ManifestBytes = 0, DateTimeOffset? PausedAt = null,
+    string? Unreachable = null)
 {
     /// <summary>How long a running guest ran nowhere, when both ends are known.</summary>
     public TimeSpan? Downtime => SwitchOver?.ContinuedAt - PausedAt;

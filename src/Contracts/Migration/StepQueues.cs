@@ -48,6 +48,10 @@ public static class StepErrors
     /// <summary>A host refused the step: the migration's signed request does not allow it (forged, altered,
     /// replayed or expired); recorded as a security event (StepDenied).</summary>
     public const string Denied = "StepDenied";
+
+    /// <summary>No worker of the host took the step (none consumes its queue, or it stopped answering):
+    /// where the step's failure undid the migration, another host may be tried in its place.</summary>
+    public const string Unreachable = "Unreachable";
 }
 
 /// <summary>The embedded engine cancels a migration: every worker stops the migration's forward steps it

@@ -125,13 +125,14 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentSto
     {
         var client = clients.CreateRequestClient<TIn>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(ms: (int)policy.Timeout.TotalMilliseconds));
         string? last = null;
+        var unreachable = false; // the last attempt found no worker answering, rather than a failing step
         for (var attempt = 1; attempt <= policy.MaxAttempts; attempt++)
         {
             ct.ThrowIfCancellationRequested();
             if (!await workers.AwaitAsync(host, ct))
             {
                 // Sending would only wait out the step's timeout: say so now, and do not retry.
-                throw new StepFailedException($"{step}: no worker for host {host} is running (nothing consumes {StepQueues.Host(host)})");
+                throw new StepFailedException($"{step}: no worker for host {host} is running (nothing consumes {StepQueues.Host(host)})", StepErrors.Unreachable, host);
             }
             using var attemptCts = new CancellationTokenSource(); // not the migration's: a cancelled step is waited for
             var started = DateTime.UtcNow;
@@ -205,6 +206,7 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentSto
                     RequestFaultException f => string.Join("; ", f.Fault?.Exceptions.Select(x => x.Message) ?? [f.Message]),
                     _ => e.Message,
                 };
+                unreachable = e is RequestTimeoutException || (e is TimeoutException && !await workers.IsRunningAsync(host, CancellationToken.None));
                 logger.LogWarning("{Step} at {Host}, attempt {Attempt} of {Max}: {Problem}", step, host, attempt, policy.MaxAttempts, last);
                 if (attempt < policy.MaxAttempts)
                 {
@@ -212,6 +214,6 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentSto
                 }
             }
         }
-        throw new StepFailedException($"{step} at {host} failed after {policy.MaxAttempts} attempts: {last}");
+        throw new StepFailedException($"{step} at {host} failed after {policy.MaxAttempts} attempts: {last}", unreachable ? StepErrors.Unreachable : null, host);
     }
 }

@@ -20,7 +20,7 @@ public sealed class MigrationJournal
     private readonly SemaphoreSlim appending = new(1, 1);
     private readonly Dictionary<string, string> completed = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (string Reason, string? Kind)> failed = new(StringComparer.Ordinal);
-    private readonly HashSet<string> scheduled = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> scheduled = new(StringComparer.Ordinal); // step -> its host
     private readonly Dictionary<string, int> recorded = new(StringComparer.Ordinal);
     private readonly Dictionary<string, int> recording = new(StringComparer.Ordinal);
     private bool ended;
@@ -36,7 +36,7 @@ public sealed class MigrationJournal
                     Request = a.Request;
                     break;
                 case StepScheduled s:
-                    scheduled.Add(s.Step);
+                    scheduled[s.Step] = s.Host;
                     break;
                 case StepCompleted c:
                     completed[c.Step] = c.Result;
@@ -84,7 +84,7 @@ public sealed class MigrationJournal
         {
             if (failed.TryGetValue(step, out var failure))
             {
-                throw new StepFailedException(failure.Reason, failure.Kind);
+                throw new StepFailedException(failure.Reason, failure.Kind, scheduled.GetValueOrDefault(step));
             }
             if (completed.TryGetValue(step, out var json))
             {
@@ -124,7 +124,7 @@ public sealed class MigrationJournal
     {
         lock (completed)
         {
-            if (!scheduled.Add(step))
+            if (!scheduled.TryAdd(step, host))
             {
                 return Task.CompletedTask;
             }
