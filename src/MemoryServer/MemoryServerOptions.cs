@@ -19,6 +19,11 @@ public sealed record MemoryServerOptions
     /// requests must not open channels without end (RabbitMQ allows 2047 per connection).</summary>
     public int MaxVms { get; init; } = 256;
 
+    /// <summary>Whether a VM may be started without a capability (its queues then have plain names anyone
+    /// can reach): for tests of the page path alone, never on a host, where every VM belongs to the
+    /// holder of its migration's capability and a capability-less StartVm would only reserve room.</summary>
+    public bool AllowVmsWithoutCapability { get; init; }
+
     /// <summary>Unacknowledged deliveries per queue.</summary>
     public ushort Prefetch { get; init; } = 64;
 }

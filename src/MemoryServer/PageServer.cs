@@ -11,9 +11,10 @@ using SEmigrate.Sealing;
 
 namespace SEmigrate.MemoryServer;
 
-/// <summary>The memory server of one sub-host on RabbitMQ: a control queue (start a VM, usage), and
-/// per started VM a bulk queue (store, page-out, release) and a fetch queue (page-in), each consumed
-/// on its own channel. Every request gets a reply, an error reply when it is bad (malformed, unknown
+/// <summary>The memory server of one sub-host on RabbitMQ: a control queue (start a VM, usage: nothing
+/// else, since it names no VM's capability), and per started VM a bulk queue (store, page-out, release,
+/// channel key) and a fetch queue (page-in), each consumed on its own channel and named by the VM's
+/// capability. Every request gets a reply, an error reply when it is bad (malformed, unknown
 /// VM or page, store full); a bad request without a reply address goes to the dead-letter queue with
 /// its reason. A delivery is acknowledged only after it has been handled, so nothing stored is lost
 /// and a bad message never stops the others.</summary>
@@ -263,11 +264,24 @@ public sealed class PageServer : IAsyncDisposable
         {
             throw new InvalidDataException($"a request for VM {vmId} arrived on VM {queueVm.Id}'s queue");
         }
+        // Whoever can name a queue may send to it: only the VM's own queues, named by its capability,
+        // reach its pages; the control queue, which every broker user can name, only starts VMs and counts.
+        var onControl = queueVm is null;
+        if (onControl != (kind is FrameKind.StartVm or FrameKind.Usage))
+        {
+            throw new PageProtocolException(PageError.Forbidden, options.Host, onControl
+                ? $"the control queue takes StartVm and Usage only, not {kind}: a VM's requests go to its own queues"
+                : $"{kind} goes to the control queue, not to VM {vmId}'s");
+        }
         switch (kind)
         {
             case FrameKind.StartVm:
             {
                 var (mode, expected, capability) = StartVmPayload(body.Span);
+                if (capability is null && !options.AllowVmsWithoutCapability)
+                {
+                    throw new PageProtocolException(PageError.Forbidden, options.Host, $"StartVm of VM {vmId} shows no capability: this server starts no VM without one");
+                }
                 await StartVmAsync(vmId, mode, expected, capability is null ? null : SHA256.HashData(capability), CancellationToken.None);
                 return (PageFrame.Build(FrameKind.VmStarted, vmId, requestId, 0, allEncKeys.PublicKey), null);
             }

@@ -34,7 +34,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     {
         bus = await TestBus.StartAsync(rabbit);
         client = await PageClient.CreateAsync(rabbit.Connection);
-        sub = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = rabbit.Name("sub"), CapacityPages = 1000 },
+        sub = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = rabbit.Name("sub"), CapacityPages = 1000, AllowVmsWithoutCapability = true },
             new InMemoryPageStore(1000), NullLogger.Instance);
         await client.StartVmAsync(sub.Host, vm, MigrationMode.Semigrate);
         // What the source's hand-over leaves in the main host's store: the manifest of 8 sealed pages.

@@ -109,7 +109,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         var intro = Introspect(migration, host);
         var found = await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
         var store = new InMemoryPageStore(200_000);
-        var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = 200_000 }, store, NullLogger.Instance, ct);
+        var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = 200_000, AllowVmsWithoutCapability = true }, store, NullLogger.Instance, ct);
         await client.StartVmAsync(host, intro.Vm, MigrationMode.Semigrate, found.Pages.Total, ct);
         return new ServedVm(migration, intro, found, host, store, server);
     }
@@ -222,7 +222,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         intro = intro with { Request = Request(migration, intro.Vm, intro.Guest, mainHost, [], main.PublicKey) };
         await new ActivityEnvironment().RunAsync(() => source.IntrospectAsync(intro));
         using var store = new InMemoryPageStore(10_000);
-        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = mainHost, CapacityPages = 10_000 }, store, NullLogger.Instance, ct);
+        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = mainHost, CapacityPages = 10_000, AllowVmsWithoutCapability = true }, store, NullLogger.Instance, ct);
         await client.StartVmAsync(mainHost, intro.Vm, MigrationMode.Semigrate, 0, ct);
 
         var handedOver = await new ActivityEnvironment().RunAsync(() => source.HandOverAsync(new HandOver(migration, intro.Vm, mainHost, main.PublicKey, intro.Request)));
@@ -257,8 +257,8 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         var found = await new ActivityEnvironment().RunAsync(() => throttled.IntrospectAsync(intro));
         using var storeA = new InMemoryPageStore(200_000);
         using var storeB = new InMemoryPageStore(200_000);
-        await using var serverA = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = a, CapacityPages = 200_000 }, storeA, NullLogger.Instance, ct);
-        await using var serverB = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = b, CapacityPages = 200_000 }, storeB, NullLogger.Instance, ct);
+        await using var serverA = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = a, CapacityPages = 200_000, AllowVmsWithoutCapability = true }, storeA, NullLogger.Instance, ct);
+        await using var serverB = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = b, CapacityPages = 200_000, AllowVmsWithoutCapability = true }, storeB, NullLogger.Instance, ct);
         await client.StartVmAsync(a, intro.Vm, MigrationMode.Semigrate, 0, ct);
         await client.StartVmAsync(b, intro.Vm, MigrationMode.Semigrate, 0, ct);
         // Two transfers at once from one source, each of its share.

@@ -57,8 +57,13 @@ public class BadInputTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFixtu
         var wrongVm = PageFrame.BuildFetch(Guid.NewGuid(), 11, [1UL]);
         Assert.Contains("arrived on VM", Error(await RawRequestAsync(bulk, wrongVm)).Message, StringComparison.Ordinal);
 
-        var unknownVm = Error(await RawRequestAsync(PageQueues.Control(h.Host), PageFrame.BuildFetch(Guid.NewGuid(), 12, [1UL])));
-        Assert.Equal(PageError.UnknownVm, unknownVm.Code);
+        // A VM's request on the control queue (which names no capability) reaches no VM, known or not.
+        foreach (var vm in new[] { Guid.NewGuid(), h.Vm })
+        {
+            var misdirected = Error(await RawRequestAsync(PageQueues.Control(h.Host), PageFrame.BuildFetch(vm, 12, [1UL])));
+            Assert.Equal(PageError.Forbidden, misdirected.Code);
+            Assert.EndsWith("the control queue takes StartVm and Usage only, not Fetch: a VM's requests go to its own queues", misdirected.Message, StringComparison.Ordinal);
+        }
 
         var badVersion = PageFrame.BuildFetch(h.Vm, 13, [1UL]);
         badVersion[4] = 9;

@@ -55,7 +55,7 @@ internal sealed class PagingHarness : IAsyncDisposable
     public static async Task<PagingHarness> StartAsync(RabbitMqFixture rabbit, MigrationMode mode, IPageStore? store = null, string? host = null)
     {
         var name = host ?? rabbit.Name("sub");
-        var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = name, CapacityPages = 10_000 },
+        var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = name, CapacityPages = 10_000, AllowVmsWithoutCapability = true },
             store ?? new InMemoryPageStore(10_000), NullLogger.Instance);
         var client = await PageClient.CreateAsync(rabbit.Connection);
         // allenc: the channel key is the key the pages are sealed with, and the sub-host gets it (wrapped).

@@ -92,7 +92,7 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
         var host = rabbit.Name("sub-abuse");
         const long capacity = 20_000;
         var store = new InMemoryPageStore(capacity);
-        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = capacity, MaxVms = 16 }, store,
+        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = capacity, MaxVms = 16, AllowVmsWithoutCapability = true }, store,
             NullLogger.Instance, Ct);
         await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
         await using var raw = await RawSender.StartAsync(rabbit.Connection);
@@ -335,6 +335,63 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
     }
 
     [Fact]
+    public async Task The_control_queue_reaches_no_vm_and_a_vm_started_without_a_capability_reserves_nothing()
+    {
+        var host = rabbit.Name("sub-control");
+        const long capacity = 5_000;
+        var store = new InMemoryPageStore(capacity);
+        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = capacity }, store, NullLogger.Instance, Ct);
+        await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
+        await using var raw = await RawSender.StartAsync(rabbit.Connection);
+        var (victim, capability) = (Guid.NewGuid(), RandomNumberGenerator.GetBytes(32));
+        var victimPages = Pages(100);
+        await client.StartVmAsync(host, victim, MigrationMode.Semigrate, 100, capability, Ct);
+        await client.StoreAsync(host, victim, victimPages, Ct);
+        var control = PageQueues.Control(host);
+        var rows = new List<Row>();
+
+        // Every request of a VM's, sent to the queue every broker user can name: refused, whatever it shows.
+        using var key = Sealing.DataKey.Generate();
+        using var someHost = Sealing.HostKeyPair.Generate();
+        var frames = new (string Attack, Func<ulong, byte[]> Frame)[]
+        {
+            ("fetch sent to the control queue", id => PageFrame.BuildFetch(victim, id, [1UL, 2UL])),
+            ("store sent to the control queue", id => PageFrame.BuildPages(FrameKind.Store, victim, id, Pages(2, 7))),
+            ("page-out sent to the control queue", id => PageFrame.BuildPages(FrameKind.PageOut, victim, id, Pages(2, 9))),
+            ("channel key sent to the control queue", id => PageFrame.Build(FrameKind.ChannelKey, victim, id, 0, Sealing.KeyWrap.Wrap(key, someHost.PublicKey, "x"))),
+            ("release, with the capability, sent to the control queue", id => PageFrame.Build(FrameKind.Release, victim, id, 0, capability)),
+        };
+        foreach (var (attack, frame) in frames)
+        {
+            var refused = 0;
+            for (var i = 0; i < 10; i++)
+            {
+                refused += IsError(await raw.RequestAsync(control, frame((ulong)i)), PageError.Forbidden) ? 1 : 0;
+            }
+            rows.Add(new(attack, 10, refused, await LostAsync(client, host, victim, victimPages)));
+        }
+
+        // StartVm without a capability, asking for all the room there is: refused, nothing reserved, and
+        // a real StartPaging after them gets all of it.
+        var flood = 0;
+        for (var i = 0; i < 20; i++)
+        {
+            var payload = new byte[9];
+            payload[0] = (byte)MigrationMode.Semigrate;
+            BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(1), capacity);
+            flood += IsError(await raw.RequestAsync(control, PageFrame.Build(FrameKind.StartVm, Guid.NewGuid(), (ulong)i, 0, payload)), PageError.Forbidden) ? 1 : 0;
+        }
+        var (fresh, freshCapability) = (Guid.NewGuid(), RandomNumberGenerator.GetBytes(32));
+        await client.StartVmAsync(host, fresh, MigrationMode.Semigrate, capacity - 100, freshCapability, Ct);
+        rows.Add(new("StartVm without a capability, before a real one", 20, flood, await LostAsync(client, host, victim, victimPages)));
+
+        Print(rows);
+        Assert.All(rows, r => Assert.Equal(r.Tries, r.Refused));
+        Assert.All(rows, r => Assert.Equal(0, r.DataLost));
+        Assert.Equal(100, await client.ReleaseAsync(host, victim, capability, Ct)); // its holder, on its own queue, still can
+    }
+
+    [Fact]
     public async Task A_file_backed_server_that_dies_right_after_an_ack_has_every_acked_page()
     {
         var host = rabbit.Name("sub-crash");
@@ -343,7 +400,7 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
         var pages = Pages(512);
         await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
         var connection = await new ConnectionFactory { Uri = rabbit.Uri }.CreateConnectionAsync(Ct);
-        var server = await PageServer.StartAsync(connection, new MemoryServerOptions { Host = host, CapacityPages = 10_000 }, new FilePageStore(folder, 10_000),
+        var server = await PageServer.StartAsync(connection, new MemoryServerOptions { Host = host, CapacityPages = 10_000, AllowVmsWithoutCapability = true }, new FilePageStore(folder, 10_000),
             NullLogger.Instance, Ct);
         await client.StartVmAsync(host, vm, MigrationMode.Semigrate, 512, Ct);
         foreach (var batch in pages.Chunk(64))

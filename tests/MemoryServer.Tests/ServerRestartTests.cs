@@ -29,13 +29,13 @@ public class ServerRestartTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMq
         var vm = Guid.NewGuid();
         await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
         var first = await ConnectAsync();
-        var server = await PageServer.StartAsync(first, new MemoryServerOptions { Host = host, CapacityPages = 1000 }, new InMemoryPageStore(1000), NullLogger.Instance, Ct);
+        var server = await PageServer.StartAsync(first, new MemoryServerOptions { Host = host, CapacityPages = 1000, AllowVmsWithoutCapability = true }, new InMemoryPageStore(1000), NullLogger.Instance, Ct);
         await client.StartVmAsync(host, vm, MigrationMode.Semigrate, ct: Ct);
         await client.StoreAsync(host, vm, Pages(8), Ct);
 
         await first.AbortAsync(Ct); // the process dies: the broker drops its connection
         await using var second = await ConnectAsync();
-        await using var restarted = await PageServer.StartAsync(second, new MemoryServerOptions { Host = host, CapacityPages = 1000 }, new InMemoryPageStore(1000),
+        await using var restarted = await PageServer.StartAsync(second, new MemoryServerOptions { Host = host, CapacityPages = 1000, AllowVmsWithoutCapability = true }, new InMemoryPageStore(1000),
             NullLogger.Instance, Ct);
 
         // Not a timeout (60 s): the broker has no queue for the VM any more, and says so at once.
@@ -93,7 +93,7 @@ public class ServerRestartTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMq
                 // Back with its file store: it serves the VM again at once, without the store that was lost.
                 var connection = await ConnectAsync();
                 var store = new FilePageStore(folder.FullName, 1000);
-                var restarted = await PageServer.StartAsync(connection, new MemoryServerOptions { Host = host, CapacityPages = 1000 }, store, NullLogger.Instance, Ct);
+                var restarted = await PageServer.StartAsync(connection, new MemoryServerOptions { Host = host, CapacityPages = 1000, AllowVmsWithoutCapability = true }, store, NullLogger.Instance, Ct);
                 client.ProbeAfter = TimeSpan.FromMilliseconds(300);
                 var lost = await Assert.ThrowsAsync<PageProtocolException>(() => stored);
                 Assert.Equal(PageError.Internal, lost.Code);

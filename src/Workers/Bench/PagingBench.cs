@@ -55,7 +55,9 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         using var key = DataKey.Generate();
         using var sealer = key.CreateSealer(vm, 1);
         using var opener = new PageOpener(key, vm);
-        var serverKey = await client.StartVmAsync(host, vm, mode, settings.Pages, ct);
+        // VMs are started as a migration starts them, with a capability (a host's server takes no VM without one).
+        var capability = RandomNumberGenerator.GetBytes(32);
+        var serverKey = await client.StartVmAsync(host, vm, mode, settings.Pages, capability, ct);
         if (mode == MigrationMode.AllEnc)
         {
             await client.SendChannelKeyAsync(host, vm, KeyWrap.Wrap(key, serverKey, $"allenc-channel|{vm:N}|{host}"), ct);
@@ -75,7 +77,8 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         // to ~950 MB/s over its first 3 GiB on this machine). Ours stores one warm-up VM's pages again
         // and again (a store replaces), so the warm-up needs no more room at the server.
         var warmVm = Guid.NewGuid();
-        await client.StartVmAsync(host, warmVm, mode, 0, ct);
+        var warmCapability = RandomNumberGenerator.GetBytes(32);
+        await client.StartVmAsync(host, warmVm, mode, 0, warmCapability, ct);
         if (mode == MigrationMode.AllEnc)
         {
             await client.SendChannelKeyAsync(host, warmVm, KeyWrap.Wrap(key, serverKey, $"allenc-channel|{warmVm:N}|{host}"), ct);
@@ -92,7 +95,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
                 warmBytes += w;
             }
         }
-        await client.ReleaseAsync(host, warmVm, ct);
+        await client.ReleaseAsync(host, warmVm, warmCapability, ct);
         progress($"{mode.ToWireName()}: warmed up with {settings.WarmUpBytes >> 20} MiB each side");
 
         // Ours and raw take turns, so that drift on this shared machine hits both alike; each side's
@@ -160,7 +163,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
             progress($"{mode.ToWireName()}: page-in x{n}: p50 {Percentile(ours, 50):0} us (raw {Percentile(raw, 50):0}), {oursRate:0} pages/s (raw {rawRate:0})");
         }
 
-        await client.ReleaseAsync(host, vm, ct);
+        await client.ReleaseAsync(host, vm, capability, ct);
         server.Dispose();
         await WorkerFleet.DeleteQueuesAsync(connection, [host], [vm, warmVm]);
         return new ModeFigures(mode.ToWireName(), seal, rawSeal, open, rawOpen,
