@@ -2,6 +2,8 @@ using System.CommandLine;
 using Microsoft.Extensions.Options;
 using SEmigrate.Workers.Commands;
 
+SEmigrate.Guest.PrivateByDefault.Apply(); // guest RAM and everything else made here: root's alone
+
 var root = new RootCommand("SEmigrate: split migration of large-memory VMs without exposing their memory")
     .AddServicesCommand()
     .AddDoctorCommand()

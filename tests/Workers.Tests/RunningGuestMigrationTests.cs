@@ -37,6 +37,8 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
     {
         var ct = TestContext.Current.CancellationToken;
         var folder = Path.Combine(guests.FullName, "g1");
+        // An operator's guests folder, as a host has it (any user may look in; a temporary folder is 0700).
+        File.SetUnixFileMode(guests.FullName, (UnixFileMode)0b111_101_101);
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
         await StartGuestOnSourceAsync(run, "--process", "vaultdb:16:VAULTDBMARK", "--freed", "scratch:24:STALEMARK");
         var listed = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), "guest", "list", "--guests", guests.FullName);
@@ -44,10 +46,21 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         // The main host's share (62 MiB) is less than the workload's 96 MiB: the guest runs on paging,
         // its pages going out to the sub-hosts and coming back.
         var request = run.Request(folder, mode, mainCapacity: 16000, subCapacity: 30000);
+        // The guest's RAM in the clear, at the source before it leaves and at the main host where it runs
+        // on: no local user but root reads or writes it.
+        var attacks = new List<(string Attack, int Tries, int Refused)>(
+            await LocalUser.TryAsync("the source", run.Fleet[run.Source].Pid, LiveGuest.RamIn(Path.Combine(Processes.WorkerFleet.IsolatedGuests, "g1")), 5));
 
         var outcome = await run.MigrateAsync(request, ct);
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
+        attacks.AddRange(await LocalUser.TryAsync("the main host", run.Fleet[run.Main].Pid,
+            Path.Combine(Processes.WorkerFleet.IsolatedState, "migrations", request.MigrationId.ToString("N"), "vm", "ram", "ram"), 5));
+        foreach (var (attack, tries, refused) in attacks)
+        {
+            TestContext.Current.TestOutputHelper?.WriteLine($"{attack,-44} {tries,6} {refused,8}");
+        }
+        Assert.All(attacks, a => Assert.Equal(a.Tries, a.Refused));
         await run.AssertAuditedAsync(request.MigrationId, ct);
         Assert.True(outcome.SwitchOver!.Running);
         var atSource = LiveGuest.PassesIn(File.ReadAllText(Path.Combine(folder, "serial.log")));

@@ -62,7 +62,10 @@ public sealed class FuseRamFile : IAsyncDisposable
         {
             throw new IOException(Libc.Error("cannot open /dev/fuse (FUSE needs root here)"));
         }
-        var options = $"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other";
+        // No allow_other: only root (the mounting user, as QEMU runs) reaches the file at all, whatever a
+        // mode says (with allow_other the kernel checked nothing and any local user read guest RAM);
+        // default_permissions: the kernel checks the file's 0600 too.
+        var options = $"fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions";
         if (Libc.Mount("semigrate", mountpoint, "fuse.semigrate", Libc.NoSetUid | Libc.NoDevices, options) != 0)
         {
             var why = Libc.Error($"cannot mount a FUSE file system on {mountpoint}");

@@ -4,7 +4,7 @@ namespace SEmigrate.Guest.Fuse;
 
 /// <summary>The few system calls .NET does not offer: a FUSE server's (/dev/fuse is read and written a
 /// whole request or reply per call, and the file system is mounted with mount(2)), and prctl(2) for
-/// the seccomp filter QEMU starts under (<see cref="Qemu.HugePageAdvice"/>).</summary>
+/// the seccomp filter QEMU starts under (<see cref="Qemu.HugePageAdvice"/>), umask(2) (<see cref="PrivateByDefault"/>).</summary>
 internal static unsafe partial class Libc
 {
     public const int ReadWrite = 2;
@@ -15,6 +15,9 @@ internal static unsafe partial class Libc
     public const int Interrupted = 4; // EINTR
     public const int NoEntry = 2; // ENOENT
     public const int NoDevice = 19; // ENODEV: unmounted
+
+    [LibraryImport("libc", EntryPoint = "umask")]
+    public static partial uint Umask(uint mask);
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Open(string path, int flags);

@@ -70,6 +70,11 @@ public sealed partial class LiveGuest : IAsyncDisposable
             throw new ArgumentException($"{folder} is too long a path for QEMU's control socket (unix sockets take 108 bytes)");
         }
         File.Delete(Path.Combine(folder, "serial.log"));
+        PrivateByDefault.Folder(folder); // its RAM in the clear: root's alone, also in a folder made before
+        if (File.Exists(RamIn(folder)))
+        {
+            File.SetUnixFileMode(RamIn(folder), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        }
         await File.WriteAllTextAsync(Path.Combine(folder, "live.json"), System.Text.Json.JsonSerializer.Serialize(new { memoryMiB }), ct);
         var start = Arguments(folder, memoryMiB, RamIn(folder), Path.Combine(folder, "serial.log"), SocketIn(folder), incoming: false);
         start.ArgumentList.Add("-daemonize");

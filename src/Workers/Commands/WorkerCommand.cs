@@ -65,7 +65,7 @@ public static class WorkerCommand
                 .Validate(o => o.MaxVms is >= 1 and <= 1000, "MemoryServer:MaxVms must be 1 to 1000")
                 .ValidateOnStart();
             var stateDirectory = parse.GetValue(state)?.FullName ?? Path.Combine("/opt/semigrate/hosts", name);
-            Directory.CreateDirectory(stateDirectory);
+            Guest.PrivateByDefault.Folder(stateDirectory); // keys, stores, migrated guests' RAM and logs: root's alone
             if (parse.GetValue(maxMbps) < 0)
             {
                 await Console.Error.WriteLineAsync("semigrate: --max-mbps must not be negative");
