@@ -27,7 +27,7 @@ public sealed record GuestIntrospection(
         AddressSpace space;
         try
         {
-            (symbols, space) = KernelSymbols.Resolve(memory, layout);
+            (symbols, space) = KernelSymbols.Resolve(memory, layout, budget);
         }
         catch (GuestDataException e)
         {

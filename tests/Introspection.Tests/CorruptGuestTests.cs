@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using SEmigrate.Contracts;
 using SEmigrate.Guest.Memory;
@@ -336,6 +337,43 @@ public sealed class CorruptGuestTests(RealGuestFixture fixture)
         using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
         Assert.Equal(vaultPages, guest.Process("webapp").Pfns);
         Assert.Equal(0UL, guest.Classify("vaultdb").Plain); // its pages are mapped by webapp's thread too
+    }
+
+    [Theory]
+    [InlineData("token bomb")]
+    [InlineData("name bomb")]
+    public async Task A_kallsyms_bomb_is_refused_at_the_kernels_own_name_limit_at_once_and_nothing_is_plain(string bomb)
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        using (var memory = GuestMemory.OpenElfDump(fixture.Guest.DumpPath))
+        {
+            var (_, space) = KernelSymbols.Resolve(memory, Layout);
+            var info = VmcoreInfo.Find(memory, Layout.BuildId);
+            ulong At(string symbol) => space.TryTranslate(info.Symbol(symbol), out var pa) ? pa : throw new InvalidOperationException($"{symbol} is not mapped");
+            // The first name claims the most tokens a length can say (two-byte length 32,767), all token 0.
+            var name = new byte[2 + 32_767];
+            (name[0], name[1]) = (0xff, 0xff);
+            if (bomb == "token bomb")
+            {
+                // ... and token 0 runs ~64 KiB: token_index says the table is that long, and no NUL ends it.
+                var index = new byte[512];
+                BinaryPrimitives.WriteUInt16LittleEndian(index.AsSpan(255 * 2), 0xfe00);
+                copy.Write(At("kallsyms_token_index"), index);
+                copy.Write(At("kallsyms_token_table"), Enumerable.Repeat((byte)'A', 0xfe00).ToArray());
+            }
+            else
+            {
+                name.AsSpan(2).Fill((byte)'a'); // the kernel's own token 'a' stands for: at least a letter, 32,767 times
+            }
+            copy.Write(At("kallsyms_names"), name);
+        }
+
+        var clock = Stopwatch.StartNew();
+        using var guest = await Introspected.WithinAsync(Bound, copy.Path, Layout);
+        TestContext.Current.TestOutputHelper?.WriteLine($"kallsyms {bomb}: refused in {clock.Elapsed.TotalMilliseconds:0} ms: {guest.Result.Diagnostics.FirstOrDefault()}");
+        Assert.Null(guest.Result.Symbols);
+        Assert.Contains(guest.Result.Diagnostics, d => d.Contains($"longer than a symbol name may be ({Kallsyms.KsymNameLen} bytes)", StringComparison.Ordinal));
+        Assert.Equal(0UL, guest.Classify("vaultdb", "webapp").Plain);
     }
 
     [Fact]

@@ -28,13 +28,19 @@ internal sealed class DumpCopy : IDisposable
 
     public void WriteUInt64(ulong physicalAddress, ulong value)
     {
+        Span<byte> b = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, value);
+        Write(physicalAddress, b);
+    }
+
+    /// <summary>Writes <paramref name="bytes"/> from <paramref name="physicalAddress"/> on, within one range of the dump.</summary>
+    public void Write(ulong physicalAddress, ReadOnlySpan<byte> bytes)
+    {
         var pfn = physicalAddress >> GuestMemory.PageShift;
         var range = ranges.Single(r => pfn >= r.FirstPfn && pfn < r.EndPfn);
         using var f = new FileStream(Path, FileMode.Open, FileAccess.Write);
         f.Position = (long)(range.FileOffset + physicalAddress - (range.FirstPfn << GuestMemory.PageShift));
-        Span<byte> b = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(b, value);
-        f.Write(b);
+        f.Write(bytes);
     }
 
     public void Dispose() => Directory.Delete(System.IO.Path.GetDirectoryName(Path)!, recursive: true);

@@ -5,13 +5,18 @@ namespace SEmigrate.Introspection.Kernel;
 
 /// <summary>Decodes the kernel's compressed symbol table (kallsyms) out of guest memory, with the
 /// table addresses VMCOREINFO gives: names are token-compressed (token_table / token_index), addresses
-/// are offsets from kallsyms_relative_base (CONFIG_KALLSYMS_BASE_RELATIVE, ABSOLUTE_PERCPU).</summary>
+/// are offsets from kallsyms_relative_base (CONFIG_KALLSYMS_BASE_RELATIVE, ABSOLUTE_PERCPU). The table is
+/// the guest's, so untrusted: no token nor name may be longer than the kernel's own KSYM_NAME_LEN, and
+/// every symbol is a step of the introspection's budget (a name may claim 32,767 tokens of 64 KiB each).</summary>
 public static class Kallsyms
 {
     private const int MaxSymbols = 1 << 21;
 
+    /// <summary>The kernel's longest symbol name (include/linux/kallsyms.h, 512 since 6.1).</summary>
+    public const int KsymNameLen = 512;
+
     /// <summary>The addresses of <paramref name="wanted"/>, and how many symbols the table holds.</summary>
-    public static (IReadOnlyDictionary<string, ulong> Found, int Count) Lookup(AddressSpace space, VmcoreInfo info, IReadOnlySet<string> wanted)
+    public static (IReadOnlyDictionary<string, ulong> Found, int Count) Lookup(AddressSpace space, VmcoreInfo info, IReadOnlySet<string> wanted, Walks.WalkBudget budget)
     {
         var numSyms = Read(space, info.Symbol("kallsyms_num_syms"), 4, "kallsyms_num_syms");
         var count = BinaryPrimitives.ReadInt32LittleEndian(numSyms);
@@ -31,7 +36,11 @@ public static class Kallsyms
         {
             var t = tokenTable.AsSpan(BinaryPrimitives.ReadUInt16LittleEndian(tokenIndex.AsSpan(i * 2)));
             var end = t.IndexOf((byte)0);
-            tokens[i] = Encoding.ASCII.GetString(end < 0 ? t : t[..end]);
+            if (end is < 0 or > KsymNameLen)
+            {
+                throw new GuestDataException($"kallsyms token {i} is longer than a symbol name may be ({KsymNameLen} bytes)");
+            }
+            tokens[i] = Encoding.ASCII.GetString(t[..end]);
         }
         var offsets = Read(space, info.Symbol("kallsyms_offsets"), count * 4, "kallsyms_offsets");
         var relativeBase = BinaryPrimitives.ReadUInt64LittleEndian(
@@ -45,6 +54,10 @@ public static class Kallsyms
         var name = new StringBuilder(64);
         for (var i = 0; i < count; i++)
         {
+            if (!budget.Take())
+            {
+                throw new GuestDataException($"kallsyms: {budget.Spent}");
+            }
             if (at >= names.Length)
             {
                 throw new GuestDataException($"kallsyms_names ends at symbol {i} of {count}");
@@ -67,6 +80,10 @@ public static class Kallsyms
             for (var j = 0; j < length; j++)
             {
                 name.Append(tokens[names[at + j]]);
+                if (name.Length > KsymNameLen)
+                {
+                    throw new GuestDataException($"kallsyms name {i} is longer than a symbol name may be ({KsymNameLen} bytes)");
+                }
             }
             at += length;
             if (name.Length > 1 && wanted.Contains(name.ToString(1, name.Length - 1)))

@@ -22,10 +22,12 @@ public sealed record KernelSymbols(
 {
     private static readonly HashSet<string> Wanted = ["init_task", "page_offset_base", "vmemmap_base", "init_top_pgt"];
 
-    /// <summary>Finds the symbols and builds the kernel address space; throws GuestDataException when
-    /// the guest's data is inconsistent or the layout belongs to another kernel.</summary>
-    public static (KernelSymbols Symbols, AddressSpace Space) Resolve(GuestMemory memory, KernelLayout layout)
+    /// <summary>Finds the symbols and builds the kernel address space, within <paramref name="budget"/> (default:
+    /// <see cref="Walks.WalkBudget.For"/> the guest's size); throws GuestDataException when the guest's data is
+    /// inconsistent or the layout belongs to another kernel.</summary>
+    public static (KernelSymbols Symbols, AddressSpace Space) Resolve(GuestMemory memory, KernelLayout layout, Walks.WalkBudget? budget = null)
     {
+        budget ??= Walks.WalkBudget.For(memory.GuestPages);
         VmcoreInfo info;
         try
         {
@@ -55,7 +57,7 @@ public sealed record KernelSymbols(
                 throw new GuestDataException($"init_top_pgt at 0x{rootVa:x} is not in the kernel image");
             }
             var space = new AddressSpace(memory, physBase, imageSize, rootVa - AddressSpace.StartKernelMap + physBase, fiveLevel);
-            var (found, count) = Kallsyms.Lookup(space, info, Wanted);
+            var (found, count) = Kallsyms.Lookup(space, info, Wanted, budget);
             foreach (var name in Wanted.Where(n => !found.ContainsKey(n)))
             {
                 throw new GuestDataException($"kallsyms has no {name}");
