@@ -122,7 +122,8 @@ public sealed class MainHostActivities(
             : (null, null, null);
         var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest,
             Convert.ToHexString(key.Receipt(input.MigrationId, input.Vm, host.Host)));
-        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null, capabilities));
+        vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null, capabilities,
+            key.DigestKey(input.Vm)));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
         return result;
@@ -154,7 +155,14 @@ public sealed class MainHostActivities(
         {
             guest = await LiveGuest.StartAsync(folder, (int)(size >> 20), ram.FilePath, Path.Combine(folder, "serial.log"), incoming: true, StepToken.Current);
             var started = clock.Elapsed;
-            await guest.LoadDeviceStateAsync(deviceState, StepToken.Current);
+            try
+            {
+                await guest.LoadDeviceStateAsync(deviceState, StepToken.Current);
+            }
+            finally
+            {
+                File.Delete(deviceState); // the vCPUs' registers in the clear: QEMU has them now, or never will
+            }
             var loaded = clock.Elapsed;
             // The point of no return: once the guest runs here, a cancel no longer stops the switch-over.
             StepToken.Current.ThrowIfCancellationRequested();
@@ -167,6 +175,7 @@ public sealed class MainHostActivities(
         }
         catch
         {
+            File.Delete(deviceState);
             if (guest is not null)
             {
                 await guest.DisposeAsync();
@@ -216,8 +225,19 @@ public sealed class MainHostActivities(
         {
             throw new ApplicationFailureException($"a step for host {input.Host} reached host {host.Host}", nonRetryable: true);
         }
-        var vm = vms.Find(input.Vm) ?? throw new ApplicationFailureException($"VM {input.Vm} does not run on {host.Host}", nonRetryable: true);
-        using var digest = new PageDigests(input);
+        var request = await guard.AllowAsync(nameof(DigestMemory), input.MigrationId, input.Vm, input.Request);
+        if (request.Main.Host != host.Host)
+        {
+            throw await guard.RefuseAsync(nameof(DigestMemory), input.MigrationId, input.Vm, $"the request's main host is {request.Main.Host}, not {host.Host}");
+        }
+        var vm = vms.Find(input.Vm) is { } found && found.MigrationId == input.MigrationId ? found
+            : throw new ApplicationFailureException($"VM {input.Vm} does not run on {host.Host} by migration {input.MigrationId}", nonRetryable: true);
+        if (PageDigests.Problem(input, vm.Manifest.PfnLimit) is { } problem)
+        {
+            throw await guard.RefuseAsync(nameof(DigestMemory), input.MigrationId, input.Vm, problem);
+        }
+        using var digest = new PageDigests(input, vm.Manifest.PfnLimit,
+            vm.DigestKey?.ToArray() ?? throw new ApplicationFailureException($"VM {input.Vm} has no digest key here", nonRetryable: true));
         var before = vm.Pager.FetchedPages;
         var pages = new byte[ReadBatch * PageRecord.PageSize];
         var pfns = new List<ulong>(ReadBatch);

@@ -4,23 +4,37 @@ using SEmigrate.Contracts.Migration;
 namespace SEmigrate.Activities;
 
 /// <summary>The digests of <see cref="DigestMemory"/>, the same at the source and at the main host: each
-/// page's SHA-256, a digest of those per chunk, and one over all of them.</summary>
+/// page's SHA-256, an HMAC of those per chunk and one over all of them, under the VM's digest key (so a
+/// chunk of one page tells whoever reads the digests nothing of the page).</summary>
 internal sealed class PageDigests : IDisposable
 {
     private readonly DigestMemory range;
-    private readonly IncrementalHash all = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+    private readonly IncrementalHash all;
     private readonly IncrementalHash[] chunks;
     private long pages;
 
-    public PageDigests(DigestMemory range)
+    /// <summary>What is wrong with a range outside the VM's <paramref name="pfnLimit"/> pages or of more than
+    /// 65536 chunks (a request could name 2^47 pages): checked before anything is read.</summary>
+    public static string? Problem(DigestMemory range, ulong pfnLimit) =>
+        range.ChunkPages <= 0 || range.FirstPfn < 0 || range.EndPfn < range.FirstPfn || (ulong)range.EndPfn > pfnLimit
+            || (range.EndPfn - range.FirstPfn) / range.ChunkPages > 1 << 16
+            ? $"a digest of pages [{range.FirstPfn}, {range.EndPfn}) in chunks of {range.ChunkPages}: the VM's pages are [0, {pfnLimit}), in at most 65536 chunks"
+            : null;
+
+    /// <summary>The digests of <paramref name="range"/> (see <see cref="Problem"/>), under <paramref name="key"/>,
+    /// which is wiped here (the hashes keep their own copies).</summary>
+    public PageDigests(DigestMemory range, ulong pfnLimit, byte[] key)
     {
-        if (range.ChunkPages <= 0 || range.EndPfn < range.FirstPfn || (range.EndPfn - range.FirstPfn) / range.ChunkPages > 1 << 16)
+        if (Problem(range, pfnLimit) is { } problem)
         {
-            throw new ArgumentException($"digest of pages [{range.FirstPfn}, {range.EndPfn}) in chunks of {range.ChunkPages}: at most 65536 chunks");
+            CryptographicOperations.ZeroMemory(key);
+            throw new ArgumentException(problem, nameof(range));
         }
         this.range = range;
+        all = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, key);
         chunks = [.. Enumerable.Range(0, (int)((range.EndPfn - range.FirstPfn + range.ChunkPages - 1) / range.ChunkPages))
-            .Select(_ => IncrementalHash.CreateHash(HashAlgorithmName.SHA256))];
+            .Select(_ => IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, key))];
+        CryptographicOperations.ZeroMemory(key);
     }
 
     public void Add(ulong pfn, ReadOnlySpan<byte> page)

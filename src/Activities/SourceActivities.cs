@@ -388,14 +388,20 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             // the kernel and initramfs its QEMU runs, sealed like everything else, to the main host only.
             var here = FindGuest(guest.Name);
             var deviceState = Path.Combine(host.MigrationDirectory(input.MigrationId), "device.state");
-            await using (var running = await here.AttachAsync(StepToken.Current))
+            try
             {
-                await running.SaveDeviceStateAsync(deviceState, StepToken.Current);
+                await using (var running = await here.AttachAsync(StepToken.Current))
+                {
+                    await running.SaveDeviceStateAsync(deviceState, StepToken.Current);
+                }
+                records.AddRange(SealedBlob.Seal(BlobKind.DeviceState, await File.ReadAllBytesAsync(deviceState), sealer));
             }
-            records.AddRange(SealedBlob.Seal(BlobKind.DeviceState, await File.ReadAllBytesAsync(deviceState), sealer));
+            finally
+            {
+                File.Delete(deviceState); // the vCPUs' registers in the clear: never left behind, whatever failed
+            }
             records.AddRange(SealedBlob.Seal(BlobKind.Kernel, await File.ReadAllBytesAsync(here.KernelPath), sealer));
             records.AddRange(SealedBlob.Seal(BlobKind.Initrd, await File.ReadAllBytesAsync(here.InitrdPath), sealer));
-            File.Delete(deviceState);
         }
         // All at once (a running guest's kernel is a dozen batches): the guest is paused meanwhile.
         try
@@ -415,16 +421,31 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     /// <summary>What the source sent, page by page: the bytes of every guest page, zeros for a page that
     /// travelled as free (the main host must see zeros there, whatever stale bytes remain here).</summary>
     [Activity("DigestMemory")]
-    public Task<MemoryDigest> DigestAsync(DigestMemory input) => Task.Run(() =>
+    public async Task<MemoryDigest> DigestAsync(DigestMemory input)
     {
         CheckHost(input.Host);
+        var request = await guard.AllowAsync(nameof(DigestMemory), input.MigrationId, input.Vm, input.Request);
+        if (request.Source != host.Host)
+        {
+            throw await guard.RefuseAsync(nameof(DigestMemory), input.MigrationId, input.Vm, $"the request's source is {request.Source}, not {host.Host}");
+        }
         var state = State(input.MigrationId);
+        var map = File.Exists(state.MapPath) ? ClassificationMap.Load(state.MapPath)
+            : throw new ApplicationFailureException($"migration {input.MigrationId} classified no guest at {host.Host}: nothing to digest", nonRetryable: true);
+        if (PageDigests.Problem(input, map.PfnLimit) is { } problem)
+        {
+            throw await guard.RefuseAsync(nameof(DigestMemory), input.MigrationId, input.Vm, problem);
+        }
+        using var digest = new PageDigests(input, map.PfnLimit, state.DigestKey(input.Vm));
+        return await Task.Run(() => Digest(input, state, map, digest));
+    }
+
+    private MemoryDigest Digest(DigestMemory input, SourceState state, ClassificationMap map, PageDigests digest)
+    {
         var guest = state.Guest;
         var codec = new PageCodec(guest.Mode, input.Vm, null, null);
-        var map = ClassificationMap.Load(state.MapPath);
         using var memory = FindGuest(guest.Name).OpenMemory();
         var zeros = new byte[PageRecord.PageSize];
-        using var digest = new PageDigests(input);
         for (var pfn = (ulong)input.FirstPfn; pfn < (ulong)input.EndPfn; pfn++)
         {
             if (map.IsGuestPage(pfn))
@@ -433,7 +454,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             }
         }
         return digest.Result(fetchedPages: 0);
-    });
+    }
 
     private void CheckHost(string wanted)
     {
@@ -474,7 +495,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 await (input.VmLeft ? running.QuitAsync() : running.ContinueAsync(StepToken.Current));
             }
         }
-        state.Release();
+        state.Release(input.Vm);
         client.ForgetVm(input.Vm); // its capabilities at the destinations: nothing here sends to them any more
         logger.LogInformation(input.VmLeft ? "VM {Vm} left this host: its migration key is gone" : "VM {Vm} stays on this host: migration {Migration} undone",
             input.Vm, input.MigrationId);

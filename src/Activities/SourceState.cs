@@ -33,6 +33,21 @@ public sealed class SourceState(string directory)
     public DataKey LoadKey() => File.Exists(KeyPath) ? DataKey.Load(KeyPath)
         : throw new InvalidOperationException($"no data key in {directory}: the guest was not introspected here, or the migration was released");
 
+    /// <summary>The key the VM's memory digests are MACs under: from the data key, or once that is gone
+    /// (released), as the release kept it (it opens no page).</summary>
+    public byte[] DigestKey(Guid vm)
+    {
+        if (File.Exists(KeyPath))
+        {
+            using var key = LoadKey();
+            return key.DigestKey(vm);
+        }
+        return File.Exists(DigestKeyPath) ? File.ReadAllBytes(DigestKeyPath)
+            : throw new InvalidOperationException($"no key in {directory}: the guest was not introspected here");
+    }
+
+    private string DigestKeyPath => Path.Combine(directory, "digest.key");
+
     /// <summary>How far the transfer to <paramref name="host"/> is, over all its attempts.</summary>
     public TransferCheckpoint Checkpoint(string host)
     {
@@ -49,12 +64,13 @@ public sealed class SourceState(string directory)
     private string ReleasedPath => Path.Combine(directory, "released");
 
     /// <summary>Drops the key (overwritten first) and the checkpoints, and marks the migration over; the map
-    /// stays for inspection.</summary>
-    public void Release()
+    /// stays for inspection, and the digest key (which opens nothing) for a check of what was sent.</summary>
+    public void Release(Guid vm)
     {
         File.WriteAllText(ReleasedPath, ""); // first: from here on, no step of this migration runs here
         if (File.Exists(KeyPath))
         {
+            PrivateFile.Write(DigestKeyPath, DigestKey(vm), overwrite: true);
             File.WriteAllBytes(KeyPath, new byte[DataKey.Size]);
             File.Delete(KeyPath);
         }

@@ -52,6 +52,10 @@ public sealed class DataKey : IDisposable
         return new PageSealer(Subkey(vm, epoch), vm, epoch);
     }
 
+    /// <summary>The key a VM's memory digests are MACs under (DigestMemory): derived one way, so its holder
+    /// can compare memory but open no page.</summary>
+    public byte[] DigestKey(Guid vm) => HKDF.DeriveKey(HashAlgorithmName.SHA256, key, Size, vm.ToByteArray(), Encoding.ASCII.GetBytes("SEmigrate memory digest v1"));
+
     /// <summary>The allenc baseline's channel key for one sub-host: derived from this key, the VM and the
     /// host, so a sub-host that decrypts (as that baseline's do) holds its own key only, never the
     /// migration's data key, and opens no other host's pages.</summary>

@@ -76,7 +76,7 @@ public class BrokerAccountTests(RealGuestFixture guest, PostgresFixture postgres
         var request = await run.SignAsync(run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000), ct);
         var outcome = await run.MigrateAsync(request, ct);
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request.MigrationId, outcome.Placement!, ct);
         Assert.True(verified.Ok, $"{verified}");
         await using var admin = await new ConnectionFactory { Uri = new Uri((await ServicesScript.SettingsAsync())[HostBrokerUsers.UriVariable]) }.CreateConnectionAsync(ct);
         string[] attacked = [mainSteps, sub2Control, sub2Control + ".dead", auditQueue];

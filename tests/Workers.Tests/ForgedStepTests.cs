@@ -66,6 +66,20 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await Row("foreign release of paging (another operator)", r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, signedByAnother));
         var expired = Expired(r);
         await Row("replay of an expired signed request", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, expired));
+        // Digests of the guest's memory: only for the signed request, only within the VM, only as MACs.
+        var pages = (long)found.PfnLimit;
+        await Row("memory digest without a request", r.Source, new DigestMemory(id, vm, r.Source, 0, pages, 256), tries: 5);
+        await Row("memory digest, one page per chunk, without a request", r.Source, new DigestMemory(id, vm, r.Source, 0, Math.Min(pages, 4096), 1), tries: 5);
+        await Row("memory digest of 2^47 pages", r.Source, new DigestMemory(id, vm, r.Source, 0, 1L << 47, int.MaxValue, r), tries: 5); // 65536 chunks
+        await Row("memory digest signed by another operator", r.Source, new DigestMemory(id, vm, r.Source, 0, pages, 256, signedByAnother), tries: 5);
+        // With the request, one page per chunk: free pages (zeros here) digest alike, but not as a plain
+        // hash anyone could compute (SHA-256 of the page's SHA-256, as the digests were before).
+        var perPage = await AllowedAsync<DigestMemory, MemoryDigest>(r.Source, new DigestMemory(id, vm, r.Source, 0, Math.Min(pages, 1 << 16), 1, r));
+        var (commonest, times) = perPage.Chunks.GroupBy(c => c).Select(g => (g.Key, g.Count())).MaxBy(g => g.Item2);
+        var plainZero = Convert.ToHexStringLower(SHA256.HashData(SHA256.HashData(new byte[4096])).AsSpan(0, 16));
+        Assert.True(times > 100, $"the commonest page digest came {times} times: no free pages to compare");
+        Assert.NotEqual(plainZero, commonest);
+        Assert.DoesNotContain(plainZero, perPage.Chunks);
 
         // Nothing changed: the source still has its key, and the steps as the request allows them still work.
         var lostKey = File.Exists(keyFile) ? 0 : 1;
@@ -102,10 +116,20 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         Assert.Equal(0, lostKey);
         Assert.Equal(refusals, denied);
 
-        async Task Row(string attack, string host, object step)
+        async Task Row(string attack, string host, object step, int tries = 1)
+        {
+            for (var i = 0; i < tries; i++)
+            {
+                await RefusedAsync(attack, host, step);
+            }
+            rows.Add((attack, tries, tries, 0)); // each try was asserted refused
+        }
+
+        async Task RefusedAsync(string attack, string host, object step)
         {
             var reason = step switch
             {
+                DigestMemory x => await RefusalAsync<DigestMemory, MemoryDigest>(host, x),
                 IntrospectGuest x => await RefusalAsync<IntrospectGuest, IntrospectionResult>(host, x),
                 StartPaging x => await RefusalAsync<StartPaging, PagingStarted>(host, x),
                 TransferPages x => await RefusalAsync<TransferPages, TransferResult>(host, x),
@@ -117,7 +141,6 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
             };
             Assert.True(reason is not null, $"{attack}: the step was taken");
             Assert.Contains("refused", reason, StringComparison.Ordinal);
-            rows.Add((attack, 1, 1, 0));
         }
 
         async Task<TOut> AllowedAsync<T, TOut>(string host, T step) where T : class where TOut : class

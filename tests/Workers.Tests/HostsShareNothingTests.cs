@@ -29,7 +29,7 @@ public class HostsShareNothingTests(RealGuestFixture guest, PostgresFixture post
         var outcome = await run.MigrateAsync(request, ct);
 
         Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request.MigrationId, outcome.Placement!, ct);
         Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
         // What each host sees, through its own root (/proc/PID/root): its own state at the common path,
@@ -69,7 +69,7 @@ public class HostsShareNothingTests(RealGuestFixture guest, PostgresFixture post
         await run.AssertAuditedAsync(request.MigrationId, ct);
         // The memory check asks both hosts for a digest: the source's worker digests what it sent, the
         // main host's what it serves (each also runs the other role).
-        var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+        var verified = await MemoryCheck.CompareAsync(run.Steps, request.MigrationId, outcome.Placement!, ct);
         Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(outcome.Pages!.Total, verified.Pages);
     }

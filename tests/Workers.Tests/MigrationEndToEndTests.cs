@@ -31,7 +31,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             var outcome = await run.MigrateAsync(request, ct);
 
             Assert.True(outcome.State == MigrationState.SwitchedOver, $"{outcome.State}: {outcome.Reason}");
-            var verified = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+            var verified = await MemoryCheck.CompareAsync(run.Steps, request.MigrationId, outcome.Placement!, ct);
             Assert.True(verified.Ok, $"{verified}");
             Assert.Equal(outcome.Pages!.Total, verified.Pages);
             Assert.True(verified.FetchedPages > 0, "some pages came back from sub-hosts");
@@ -79,7 +79,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
                 dump.Position--;
                 dump.WriteByte((byte)~b);
             }
-            var differs = await MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct);
+            var differs = await MemoryCheck.CompareAsync(run.Steps, request.MigrationId, outcome.Placement!, ct);
             Assert.False(differs.Ok);
             Assert.Equal(1, differs.MismatchedChunks);
             Assert.Equal([changed], differs.FirstMismatches);
@@ -88,7 +88,7 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             // naming host and page, and the audit trail records a security event.
             var liar = new[] { run.Sub2, run.Sub1 }.First(h => Directory.GetFiles(run.StoreOf(h), "*.pages").Length > 0);
             var (tampered, pfn) = TamperFirstRecord(run.StoreOf(liar));
-            var refused = await Assert.ThrowsAsync<StepFailedException>(() => MemoryCheck.CompareAsync(run.Steps, request, outcome.Placement!, ct));
+            var refused = await Assert.ThrowsAsync<StepFailedException>(() => MemoryCheck.CompareAsync(run.Steps, request.MigrationId, outcome.Placement!, ct));
             Assert.Contains($"page 0x{pfn:x}", refused.Message, StringComparison.Ordinal);
             Assert.Contains(liar, refused.Message, StringComparison.Ordinal);
 

@@ -117,7 +117,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
         var killed = events.OfType<DestinationTransferred>().Single(t => t.Host == atKill.Host);
         Assert.True(killed.ResentBytes < killed.Bytes / 2, $"{killed}");
 
-        var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, new PlacementPlan(events.OfType<PagesPlaced>().Single().Assignments), ct);
+        var verified = await MemoryCheck.CompareAsync(run.Steps, id, new PlacementPlan(events.OfType<PagesPlaced>().Single().Assignments), ct);
         Assert.True(verified.Ok, $"{verified}");
         Assert.Equal(events.OfType<PagesClassified>().Single() is var c ? c.Zero + c.Plain + c.Sealed : 0, verified.Pages);
 
@@ -204,7 +204,7 @@ public class OrchestratorRestartTests(RealGuestFixture guest, PostgresFixture po
             if (summary.State == MigrationState.SwitchedOver)
             {
                 var placement = new PlacementPlan((await query.Events.FetchStreamAsync(id, token: ct)).Select(e => e.Data).OfType<PagesPlaced>().Single().Assignments);
-                var verified = await MemoryCheck.CompareAsync(run.Steps, request with { MigrationId = id }, placement, ct);
+                var verified = await MemoryCheck.CompareAsync(run.Steps, id, placement, ct);
                 Assert.True(verified.Ok, $"trial {trial}: {verified}");
                 await run.Steps.StopVmAsync(TestOperator.Sign(new StopVm(id, request.Vm, run.Main)), ct); // room for the next trial
             }

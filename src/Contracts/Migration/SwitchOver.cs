@@ -35,10 +35,13 @@ public sealed record SwitchedOverResult(string Main, long LocalPages, long Remot
 /// [<paramref name="FirstPfn"/>, <paramref name="EndPfn"/>), one per chunk of <paramref name="ChunkPages"/>
 /// pages, as that host sees the VM's memory (the source: what it sent, a free page as zeros in
 /// semigrate mode; the main host: every page read through its pager, fetched, checked and opened).
-/// Equal digests on both hosts mean the same memory without either sending it to the other.</summary>
-public sealed record DigestMemory(Guid MigrationId, Guid Vm, string Host, long FirstPfn, long EndPfn, int ChunkPages);
+/// Equal digests on both hosts mean the same memory without either sending it to the other. The digests
+/// are MACs under a key derived from the migration's data key, so they tell their reader (the
+/// orchestrator) nothing of the pages; a host digests only for the migration's signed
+/// <paramref name="Request"/>, within the VM's pages.</summary>
+public sealed record DigestMemory(Guid MigrationId, Guid Vm, string Host, long FirstPfn, long EndPfn, int ChunkPages, MigrationRequest? Request = null);
 
-/// <summary>Guest pages digested, how many came from sub-hosts, a digest per chunk (16 bytes, hex) and
+/// <summary>Guest pages digested, how many came from sub-hosts, a MAC per chunk (16 bytes, hex) and
 /// one over every page.</summary>
 public sealed record MemoryDigest(long Pages, long FetchedPages, IReadOnlyList<string> Chunks, string Digest);
 

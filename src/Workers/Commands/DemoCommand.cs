@@ -174,7 +174,7 @@ public static class DemoCommand
             if (outcome.State == MigrationState.SwitchedOver)
             {
                 say($"{name}: switched over in {wall:0.0} s; checking every page {main} serves against what {source} sent (digests only)");
-                verified = await MemoryCheck.CompareAsync(host.Services.GetRequiredService<EmbeddedSteps>(), request, outcome.Placement!, ct);
+                verified = await MemoryCheck.CompareAsync(host.Services.GetRequiredService<EmbeddedSteps>(), request.MigrationId, outcome.Placement!, ct);
             }
             else
             {

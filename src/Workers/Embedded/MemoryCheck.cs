@@ -18,12 +18,16 @@ public static class MemoryCheck
         public bool Ok => MismatchedChunks == 0 && Pages == SourcePages;
     }
 
-    public static async Task<Result> CompareAsync(EmbeddedSteps steps, MigrationRequest request, PlacementPlan placement, CancellationToken ct)
+    /// <summary>Compares the migration <paramref name="migrationId"/>'s memory at its source and main host,
+    /// under the request it was accepted with (the hosts digest only for the operator's signed request).</summary>
+    public static async Task<Result> CompareAsync(EmbeddedSteps steps, Guid migrationId, PlacementPlan placement, CancellationToken ct)
     {
+        var request = (await steps.JournalAsync(migrationId)).Request
+            ?? throw new InvalidOperationException($"migration {migrationId} has no accepted request in its journal");
         var end = placement.Assignments.Max(a => a.EndPfn);
         var chunk = (int)Math.Max(1, (end + MaxChunks - 1) / MaxChunks);
         Task<MemoryDigest> On(string host, long first, long until, int pages) =>
-            steps.DigestAsync(new DigestMemory(request.MigrationId, request.Vm, host, first, until, pages), ct);
+            steps.DigestAsync(new DigestMemory(request.MigrationId, request.Vm, host, first, until, pages, request), ct);
 
         var (source, main) = (On(request.Source, 0, end, chunk), On(request.Main.Host, 0, end, chunk));
         var (s, m) = (await source, await main);
