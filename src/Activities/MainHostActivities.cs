@@ -54,14 +54,20 @@ public sealed class MainHostActivities(
         using var heartbeats = StepToken.Heartbeats(TimeSpan.FromSeconds(2));
         var ct = StepToken.Current;
         ct.ThrowIfCancellationRequested();
+        // The key is taken only as the source's (its pinned key), for this hand-over: anyone can wrap a key
+        // for this host, and one of an attacker's own would open blobs (a migration stream for QEMU) of its own.
+        var sourceKey = StepGuard.PinnedKey(request, request.Source)
+            ?? throw await guard.RefuseAsync(nameof(SwitchOver), input.MigrationId, input.Vm, $"the request pins no key for its source {request.Source}");
         DataKey key;
         try
         {
-            key = KeyWrap.Unwrap(input.WrappedKey, keys, SourceActivities.KeyContext(input.MigrationId, host.Host));
+            key = KeyWrap.UnwrapFrom(input.WrappedKey, keys, sourceKey,
+                SourceActivities.KeyContext(input.MigrationId, input.Vm, host.Host, input.Epoch, input.ManifestDigest ?? ""));
         }
         catch (CryptographicException e)
         {
-            throw new ApplicationFailureException($"the wrapped data key does not open with this host's key: {e.Message}", nonRetryable: true);
+            throw await guard.RefuseAsync(nameof(SwitchOver), input.MigrationId, input.Vm,
+                $"the data key is not the source {request.Source}'s wrap for this host and this hand-over (epoch {input.Epoch}): {e.Message}");
         }
         var capabilities = new Dictionary<string, byte[]>(StringComparer.Ordinal);
         foreach (var c in input.Capabilities ?? [])
@@ -84,9 +90,14 @@ public sealed class MainHostActivities(
         string manifestDigest;
         try
         {
-            var content = SealedBlob.Open(BlobKind.Manifest, input.Vm, blobs, opener, host.Host, maxContent: SealedBlob.MaxBytes * 4);
-            manifest = ClassificationMap.FromBytes(content, "the manifest");
+            var content = SealedBlob.Open(BlobKind.Manifest, input.Vm, blobs, opener, host.Host, maxContent: SealedBlob.MaxBytes * 4, epoch: input.Epoch);
             manifestDigest = Convert.ToHexString(SHA256.HashData(content));
+            if (!string.Equals(manifestDigest, input.ManifestDigest, StringComparison.OrdinalIgnoreCase))
+            {
+                throw new PageIntegrityException(input.Vm, SealedBlob.FirstPfn(BlobKind.Manifest), host.Host,
+                    $"the manifest stored here is not the one the source handed over (SHA-256 {manifestDigest}, not {input.ManifestDigest})");
+            }
+            manifest = ClassificationMap.FromBytes(content, "the manifest");
         }
         catch (PageIntegrityException e)
         {
@@ -138,7 +149,7 @@ public sealed class MainHostActivities(
     {
         var clock = Stopwatch.StartNew();
         Directory.CreateDirectory(folder);
-        byte[] Blob(BlobKind kind) => SealedBlob.Open(kind, input.Vm, blobs, opener, host.Host, SealedBlob.MaxBytes * 4);
+        byte[] Blob(BlobKind kind) => SealedBlob.Open(kind, input.Vm, blobs, opener, host.Host, SealedBlob.MaxBytes * 4, input.Epoch);
         await File.WriteAllBytesAsync(BootedGuest.KernelIn(folder), Blob(BlobKind.Kernel));
         await File.WriteAllBytesAsync(Path.Combine(folder, "initrd.gz"), Blob(BlobKind.Initrd));
         var deviceState = Path.Combine(folder, "device.state");

@@ -415,7 +415,8 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         }
         var bytes = records.Sum(r => (long)r.WireSize);
         logger.LogInformation("VM {Vm}: manifest of {Pages} pages sent to {Main} in {Bytes} bytes", input.Vm, map.PfnLimit, input.Main, bytes);
-        return new HandedOver(KeyWrap.Wrap(key, input.MainPublicKey, KeyContext(input.MigrationId, input.Main)), bytes, Convert.ToHexString(SHA256.HashData(manifest)), epoch);
+        var digest = Convert.ToHexString(SHA256.HashData(manifest));
+        return new HandedOver(KeyWrap.WrapFrom(key, keys, input.MainPublicKey, KeyContext(input.MigrationId, input.Vm, input.Main, epoch, digest)), bytes, digest, epoch);
     }
 
     /// <summary>What the source sent, page by page: the bytes of every guest page, zeros for a page that
@@ -577,7 +578,10 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     }
 
     /// <summary>What the wrapped data key is bound to: a wrap for another migration or host does not open.</summary>
-    public static string KeyContext(Guid migrationId, string main) => $"semigrate-data-key|{migrationId:N}|{main}";
+    /// <summary>What the data key's wrap is bound to: the migration, its VM, its main host, and the hand-over
+    /// (its epoch and the manifest's digest), so the key of one hand-over opens no other's blobs.</summary>
+    public static string KeyContext(Guid migrationId, Guid vm, string main, uint epoch, string manifestDigest) =>
+        $"semigrate-data-key v2|{migrationId:N}|{vm:N}|{main}|{epoch}|{manifestDigest.ToUpperInvariant()}";
 
     private SourceState State(Guid migrationId) => new(host.MigrationDirectory(migrationId));
 

@@ -68,9 +68,11 @@ public static class SealedBlob
     public static bool IsThere(BlobKind kind, Func<ulong, PageRecord?> get) => get(FirstPfn(kind)) is not null;
 
     /// <summary>Reads a blob's records back through <paramref name="get"/> (null: not there), checks and
-    /// opens each, and returns the content (at most <paramref name="maxContent"/> bytes).
+    /// opens each, and returns the content (at most <paramref name="maxContent"/> bytes). Every record must
+    /// be of the hand-over's key <paramref name="epoch"/> (null: of its first record's): records of two
+    /// hand-overs are not spliced into one blob.
     /// Throws <see cref="PageIntegrityException"/> naming the record and <paramref name="host"/>.</summary>
-    public static byte[] Open(BlobKind kind, Guid vm, Func<ulong, PageRecord?> get, PageOpener opener, string host, int maxContent)
+    public static byte[] Open(BlobKind kind, Guid vm, Func<ulong, PageRecord?> get, PageOpener opener, string host, int maxContent, uint? epoch = null)
     {
         var first = FirstPfn(kind);
         var what = kind.ToString().ToLowerInvariant();
@@ -78,6 +80,11 @@ public static class SealedBlob
         void Read(ulong pfn)
         {
             var record = get(pfn) ?? throw new PageIntegrityException(vm, pfn, host, $"{what} record missing: the source's hand-over did not arrive");
+            epoch ??= record.KeyEpoch;
+            if (record.KeyEpoch != epoch)
+            {
+                throw new PageIntegrityException(vm, pfn, host, $"{what} record is of key epoch {record.KeyEpoch}, the hand-over's is {epoch}: spliced from another hand-over");
+            }
             if (record.Pfn != pfn || record.Class != PageClass.Sealed || record.Version != 1 || !opener.TryOpen(record, page))
             {
                 throw new PageIntegrityException(vm, pfn, host, $"{what} record does not open (altered, moved or from another migration)");

@@ -151,7 +151,7 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             // else finishes: past that point a cancel undoes nothing.
             var switched = await steps.SwitchOverAsync(request.Main.Host,
                 new SwitchOver(id, request.Vm, request.Main.Host, request.Mode, handedOver.WrappedKey, plan, request.Guest, request,
-                    [.. keys.Values.Where(k => k.Capability is not null).Select(k => new HostCapability(k.Host, k.Capability!))]), ct);
+                    [.. keys.Values.Where(k => k.Capability is not null).Select(k => new HostCapability(k.Host, k.Capability!))], handedOver.Epoch ?? 0, handedOver.ManifestDigest), ct);
             state = MigrationState.SwitchedOver;
             await steps.RecordAsync(new MigrationSwitchedOver(id, request.Main.Host, switched.LocalPages, switched.RemotePages, steps.UtcNow,
                 handedOver.ManifestDigest, switched.ManifestDigest, handedOver.Epoch));

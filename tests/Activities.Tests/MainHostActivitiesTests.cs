@@ -23,7 +23,10 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     private readonly DirectoryInfo state = Directory.CreateTempSubdirectory("semigrate-main-");
     private readonly DataKey key = DataKey.Generate();
     private readonly HostKeyPair keys = HostKeyPair.Generate();
+    private readonly HostKeyPair sourceKeys = HostKeyPair.Generate(); // the source's identity, pinned in the request
     private readonly InMemoryPageStore store = new(1000);
+    private static readonly byte[] ManifestBytes = new ClassificationMap([2, 2, 2, 2, 2, 2, 2, 2]).ToBytes();
+    private const uint HandOverEpoch = 7;
     private readonly Guid vm = Guid.NewGuid();
     private readonly Guid migration = Guid.NewGuid();
     private IBusControl bus = null!;
@@ -38,8 +41,8 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
             new InMemoryPageStore(1000), NullLogger.Instance);
         await client.StartVmAsync(sub.Host, vm, MigrationMode.Semigrate);
         // What the source's hand-over leaves in the main host's store: the manifest of 8 sealed pages.
-        using var sealer = key.CreateSealer(vm, 7);
-        store.Put(vm, SealedBlob.Seal(BlobKind.Manifest, new ClassificationMap([2, 2, 2, 2, 2, 2, 2, 2]).ToBytes(), sealer));
+        using var sealer = key.CreateSealer(vm, HandOverEpoch);
+        store.Put(vm, SealedBlob.Seal(BlobKind.Manifest, ManifestBytes, sealer));
     }
 
     public async ValueTask DisposeAsync()
@@ -51,6 +54,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
         state.Delete(recursive: true);
         key.Dispose();
         keys.Dispose();
+        sourceKeys.Dispose();
     }
 
     /// <summary>A main host worker, as started afresh on the same state folder.</summary>
@@ -62,13 +66,18 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
             new AuditRoute("semigrate-audit-activity-tests", 1), TestBus.Guard(host, bus), new VmCapabilities(host), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
     }
 
-    private SwitchOver Input(byte[]? wrapped = null) => new(migration, vm, Main, MigrationMode.Semigrate,
-        wrapped ?? KeyWrap.Wrap(key, keys.PublicKey, SourceActivities.KeyContext(migration, Main)),
-        new PlacementPlan([new Assignment(Main, 0, 4, 4), new Assignment(sub.Host, 4, 8, 4)]), Request: Request);
+    private static string Digest => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(ManifestBytes));
+
+    /// <summary>The data key as the source wraps it for this hand-over.</summary>
+    private byte[] Wrapped(HostKeyPair? by = null, string main = Main, uint epoch = HandOverEpoch) =>
+        KeyWrap.WrapFrom(key, by ?? sourceKeys, keys.PublicKey, SourceActivities.KeyContext(migration, vm, main, epoch, Digest));
+
+    private SwitchOver Input(byte[]? wrapped = null, uint epoch = HandOverEpoch) => new(migration, vm, Main, MigrationMode.Semigrate,
+        wrapped ?? Wrapped(), new PlacementPlan([new Assignment(Main, 0, 4, 4), new Assignment(sub.Host, 4, 8, 4)]), Request: Request, Epoch: epoch, ManifestDigest: Digest);
 
     /// <summary>The operator's request the switch-over belongs to.</summary>
     private MigrationRequest Request => TestOperator.Sign(new MigrationRequest(migration, vm, "guest", "src", new Destination(Main, 4), [new Destination(sub.Host, 4)],
-        MigrationMode.Semigrate, []), [new PinnedHost(Main, keys.PublicKey)]);
+        MigrationMode.Semigrate, []), [new PinnedHost(Main, keys.PublicKey), new PinnedHost("src", sourceKeys.PublicKey)]);
 
     [Fact]
     public async Task A_vm_taken_over_again_by_a_restarted_worker_never_pages_out_under_the_same_epoch()
@@ -103,13 +112,24 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     }
 
     [Fact]
-    public async Task A_key_wrapped_for_another_host_or_an_altered_manifest_is_refused_without_retries()
+    public async Task A_key_not_the_sources_wrap_for_this_host_and_hand_over_or_an_altered_manifest_is_refused_without_retries()
     {
         var (main, _) = Worker();
-        var other = KeyWrap.Wrap(key, keys.PublicKey, SourceActivities.KeyContext(migration, "main-2"));
-        var wrongKey = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input(other))));
-        Assert.True(wrongKey.NonRetryable);
-        Assert.Contains("does not open with this host's key", wrongKey.Message, StringComparison.Ordinal);
+        using var attacker = HostKeyPair.Generate();
+        var refusals = new (string Why, SwitchOver Input)[]
+        {
+            ("wrapped for another host", Input(Wrapped(main: "main-2"))),
+            ("wrapped by somebody else for this host and hand-over", Input(Wrapped(by: attacker))),
+            ("wrapped without proof of its sender", Input(KeyWrap.Wrap(key, keys.PublicKey, SourceActivities.KeyContext(migration, vm, Main, HandOverEpoch, Digest)))),
+            ("another hand-over's epoch claimed", Input(epoch: HandOverEpoch + 1)),
+        };
+        foreach (var (why, input) in refusals)
+        {
+            var refused = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(input)));
+            Assert.True(refused.NonRetryable, why);
+            Assert.Equal(StepErrors.Denied, refused.ErrorType);
+            Assert.Contains("the data key is not the source src's wrap for this host and this hand-over", refused.Message, StringComparison.Ordinal);
+        }
 
         var record = store.Get(vm, SealedBlob.FirstPfn(BlobKind.Manifest))!;
         record[PageRecord.HeaderSize + 20] ^= 1;

@@ -227,9 +227,14 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
 
         var handedOver = await new ActivityEnvironment().RunAsync(() => source.HandOverAsync(new HandOver(migration, intro.Vm, mainHost, main.PublicKey, intro.Request)));
 
-        using var key = KeyWrap.Unwrap(handedOver.WrappedKey, main, SourceActivities.KeyContext(migration, mainHost));
-        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(handedOver.WrappedKey, other, SourceActivities.KeyContext(migration, mainHost)));
-        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(handedOver.WrappedKey, main, SourceActivities.KeyContext(migration, "main-2")));
+        string Context(string main, uint epoch) => SourceActivities.KeyContext(migration, intro.Vm, main, epoch, handedOver.ManifestDigest!);
+        var epoch = handedOver.Epoch!.Value;
+        using var key = KeyWrap.UnwrapFrom(handedOver.WrappedKey, main, keys.PublicKey, Context(mainHost, epoch));
+        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.UnwrapFrom(handedOver.WrappedKey, other, keys.PublicKey, Context(mainHost, epoch)));
+        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.UnwrapFrom(handedOver.WrappedKey, main, keys.PublicKey, Context("main-2", epoch)));
+        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.UnwrapFrom(handedOver.WrappedKey, main, keys.PublicKey, Context(mainHost, epoch + 1)));
+        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.UnwrapFrom(handedOver.WrappedKey, main, other.PublicKey, Context(mainHost, epoch))); // as another source's
+        Assert.ThrowsAny<System.Security.Cryptography.CryptographicException>(() => KeyWrap.Unwrap(handedOver.WrappedKey, main, Context(mainHost, epoch))); // as nobody's
 
         // The manifest is the map, as sealed records only the data key opens; the free pages of 256 MiB
         // (over half of them) cost a few KiB.

@@ -75,4 +75,23 @@ public sealed class SealedBlobTests : IDisposable
         var e = Assert.Throws<PageIntegrityException>(() => SealedBlob.Open(BlobKind.Kernel, Vm, Lookup(swapped), opener, "main", 1 << 20));
         Assert.Contains("kernel record does not open", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void A_record_of_another_hand_over_spliced_in_is_refused_though_it_opens()
+    {
+        // Two hand-overs of one migration (a retried one): the same key, epochs 1 and 2, the same kernel size.
+        using var first = key.CreateSealer(Vm, 1);
+        using var second = key.CreateSealer(Vm, 2);
+        using var opener = new PageOpener(key, Vm);
+        var old = SealedBlob.Seal(BlobKind.Kernel, Content(4096 * 3, 1), first);
+        var records = SealedBlob.Seal(BlobKind.Kernel, Content(4096 * 3, 2), second);
+        records[2] = old[2]; // its third page from the first hand-over: it opens (same key, page number, version)
+
+        var spliced = Assert.Throws<PageIntegrityException>(() => SealedBlob.Open(BlobKind.Kernel, Vm, Lookup(records), opener, "main", 1 << 20, epoch: 2));
+        Assert.Contains("key epoch 1, the hand-over's is 2: spliced from another hand-over", spliced.Message, StringComparison.Ordinal);
+        Assert.Equal(SealedBlob.FirstPfn(BlobKind.Kernel) + 2, spliced.Pfn);
+        // Without the hand-over's epoch, the first record's stands for it.
+        Assert.Throws<PageIntegrityException>(() => SealedBlob.Open(BlobKind.Kernel, Vm, Lookup(records), opener, "main", 1 << 20));
+        Assert.Equal(Content(4096 * 3, 1), SealedBlob.Open(BlobKind.Kernel, Vm, Lookup(old), opener, "main", 1 << 20, epoch: 1));
+    }
 }

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using Marten;
 using MassTransit;
 using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
@@ -85,6 +86,17 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         var lostKey = File.Exists(keyFile) ? 0 : 1;
         var handedOver = await AllowedAsync<HandOver, HandedOver>(r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r, started.ForSource));
         Assert.NotEmpty(handedOver.WrappedKey);
+        // The main host takes a data key only as the source's wrap for this hand-over: not one an attacker
+        // wrapped for it (with which blobs of the attacker's own would open), nor the source's claimed for another epoch.
+        using (var attackersKey = DataKey.Generate())
+        {
+            var context = SourceActivities.KeyContext(id, vm, r.Main.Host, handedOver.Epoch!.Value, handedOver.ManifestDigest!);
+            await Row("switch-over with a key the attacker wrapped for the main host", r.Main.Host,
+                new SwitchOver(id, vm, r.Main.Host, r.Mode, KeyWrap.WrapFrom(attackersKey, attacker, started.HostKey!, context), plan, r.Guest, r,
+                    Epoch: handedOver.Epoch.Value, ManifestDigest: handedOver.ManifestDigest), tries: 5);
+        }
+        await Row("switch-over with the source's key claimed for another hand-over", r.Main.Host,
+            new SwitchOver(id, vm, r.Main.Host, r.Mode, handedOver.WrappedKey, plan, r.Guest, r, Epoch: handedOver.Epoch.Value + 1, ManifestDigest: handedOver.ManifestDigest), tries: 5);
         // The migration undone as the request allows; replaying its steps after that is refused too.
         await AllowedAsync<ReleasePaging, PagingReleased>(r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, r));
         await AllowedAsync<ReleaseSource, SourceReleased>(r.Source, new ReleaseSource(id, vm, VmLeft: false, r));

@@ -6,17 +6,20 @@ namespace SEmigrate.Contracts.Migration;
 /// for the source.</summary>
 public sealed record HandOver(Guid MigrationId, Guid Vm, string Main, byte[] MainPublicKey, MigrationRequest? Request = null, byte[]? Capability = null);
 
-/// <summary>The wrapped data key (only the main host's private key opens it), the manifest's size on the
-/// wire, the SHA-256 of the manifest sent (hex) and the key epoch it was sealed under.</summary>
+/// <summary>The wrapped data key (only the main host's private key opens it, and only as the source's: see
+/// KeyWrap.WrapFrom), the manifest's size on the wire, the SHA-256 of the manifest sent (hex) and the key
+/// epoch it was sealed under.</summary>
 public sealed record HandedOver(byte[] WrappedKey, long ManifestBytes, string? ManifestDigest = null, uint? Epoch = null);
 
 /// <summary>At the main host: take over the VM: unwrap the key, open the manifest it received, and serve
 /// every page from then on (its own from its store, the rest from the sub-hosts of the placement).
 /// <paramref name="Guest"/>: its name at the source; a running guest goes by it at the main host too,
 /// so that it can be moved on from there (see SourceGuest). <paramref name="Capabilities"/>: the destinations'
-/// capabilities for the VM, wrapped for the main host, which releases the VM there when it stops.</summary>
+/// capabilities for the VM, wrapped for the main host, which releases the VM there when it stops.
+/// <paramref name="Epoch"/> and <paramref name="ManifestDigest"/>: the hand-over's, as the source reported them
+/// (its wrap of the key is bound to both, and every record of what it handed over is of that epoch).</summary>
 public sealed record SwitchOver(Guid MigrationId, Guid Vm, string Main, MigrationMode Mode, byte[] WrappedKey, PlacementPlan Placement, string? Guest = null,
-    MigrationRequest? Request = null, IReadOnlyList<HostCapability>? Capabilities = null);
+    MigrationRequest? Request = null, IReadOnlyList<HostCapability>? Capabilities = null, uint Epoch = 0, string? ManifestDigest = null);
 
 /// <summary>A destination's capability for the VM, wrapped for the main host (see PagingStarted).</summary>
 public sealed record HostCapability(string Host, byte[] Wrapped);

@@ -47,15 +47,15 @@ public static class OperatorAuthority
         return [.. enrolled.OrderBy(e => e.Id, StringComparer.Ordinal).Select(e => new PinnedHost(e.Id, e.HostKey))];
     }
 
-    /// <summary>The request signed, valid for <paramref name="validFor"/>, with its main host's enrolled key pinned
-    /// (the data key is wrapped for it: it must be enrolled), and those of its source and sub-hosts that are
-    /// enrolled (destinations wrap the VM's capability for the source's; a destination refuses a request that
-    /// pins none for it).</summary>
+    /// <summary>The request signed, valid for <paramref name="validFor"/>, with its main host's and its source's
+    /// enrolled keys pinned (the data key is wrapped for the one, by the other: both must be enrolled), and
+    /// those of its sub-hosts that are enrolled (destinations wrap the VM's capability for the source's; a
+    /// destination refuses a request that pins none for it).</summary>
     public static async Task<MigrationRequest> SignAsync(IDocumentStore store, OperatorKey key, MigrationRequest request, TimeSpan validFor, CancellationToken ct)
     {
-        var main = await PinAsync(store, key, [request.Main.Host], ct);
-        var others = (await PinAsync(store, key, null, ct)).Where(p => p.Host != request.Main.Host && (p.Host == request.Source || request.SubHosts.Any(s => s.Host == p.Host)));
-        var pinned = main.Concat(others).ToList();
+        var required = await PinAsync(store, key, [.. new[] { request.Main.Host, request.Source }.Distinct(StringComparer.Ordinal)], ct);
+        var others = (await PinAsync(store, key, null, ct)).Where(p => p.Host != request.Main.Host && p.Host != request.Source && request.SubHosts.Any(s => s.Host == p.Host));
+        var pinned = required.Concat(others).ToList();
         return OperatorSignatures.Sign(request with { Pinned = pinned, NotAfter = DateTimeOffset.UtcNow + validFor }, key);
     }
 
