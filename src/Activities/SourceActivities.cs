@@ -49,6 +49,40 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         return await Task.Run(() => Measure(input));
     }
 
+    private static readonly Lock Claiming = new();
+
+    /// <summary>Under a drain order, which nobody signs per migration, a guest moves in one migration at a
+    /// time: the first to introspect it here claims it until it is released here (every migration that
+    /// introspected ends so, switched over or undone); another (one that the orchestrator, or anybody on
+    /// the broker, made up under the same order) is refused while it lasts.</summary>
+    private async Task ClaimGuestAsync(string step, MigrationRequest request)
+    {
+        if (request.Order is not { } order)
+        {
+            return; // a request the operator signed names its one migration itself
+        }
+        var folder = Path.Combine(host.StateDirectory, "drain-claims");
+        var claim = Path.Combine(folder, $"{Convert.ToHexStringLower(SHA256.HashData(order.Signature))[..32]}-{request.Guest}");
+        Guid? holder = null;
+        lock (Claiming)
+        {
+            if (File.Exists(claim) && Guid.TryParse(File.ReadAllText(claim), out var other) && other != request.MigrationId && !State(other).Released)
+            {
+                holder = other;
+            }
+            else
+            {
+                Directory.CreateDirectory(folder);
+                File.WriteAllText(claim, request.MigrationId.ToString());
+            }
+        }
+        if (holder is { } migration)
+        {
+            throw await guard.RefuseAsync(step, request.MigrationId, request.Vm,
+                $"guest '{request.Guest}' is moving under this drain order already, in migration {migration}: one at a time");
+        }
+    }
+
     private GuestLayout Measure(MeasureGuest input)
     {
         var guest = FindGuest(input.Guest);
@@ -78,6 +112,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 $"the request moves guest '{request.Guest}' of {request.Source} in {request.Mode} (plain: {string.Join(",", request.PlainProcesses)}), " +
                 $"not '{input.Guest}' of {host.Host} in {input.Mode} (plain: {string.Join(",", input.PlainProcesses)})");
         }
+        await ClaimGuestAsync(nameof(IntrospectGuest), request);
         await RefuseEndedAsync(nameof(IntrospectGuest), input.MigrationId, input.Vm);
         return await Task.Run(() => IntrospectAllowedAsync(input, ct), ct);
     }

@@ -99,6 +99,12 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
             {
                 return $"the drain order for {order.Host} does not allow {stranger.Host} as a destination";
             }
+            // The main host gets the data key: only a host the operator named as one may be it (a host that
+            // holds sealed pages for the drain must not name itself main and take every page and the key).
+            if (order.MainHosts is not { } mains || !mains.Contains(r.Main.Host, StringComparer.Ordinal))
+            {
+                return $"the drain order for {order.Host} does not allow {r.Main.Host} as a main host (it allows {string.Join(", ", order.MainHosts ?? [])})";
+            }
             notAfter = order.NotAfter;
         }
         else

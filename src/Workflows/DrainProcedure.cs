@@ -27,6 +27,8 @@ public sealed class DrainProcedure(IDrainSteps steps)
         var inventory = await steps.InventoryAsync(drain.Host, ct);
         // Only the hosts the operator's order allows (and pinned keys for) take guests.
         var allowed = drain.Order?.Hosts.Select(h => h.Host).ToHashSet(StringComparer.Ordinal);
+        // Only the hosts the order names as main hosts may take a guest's data key.
+        var targets = MainsOnly(inventory.Hosts, drain.Order?.MainHosts?.ToHashSet(StringComparer.Ordinal));
         var room = inventory.Hosts.Where(h => h.Host != drain.Host && (allowed is null || allowed.Contains(h.Host)))
             .ToDictionary(h => h.Host, h => h.FreePages, StringComparer.Ordinal);
         var planned = new List<Planned>();
@@ -37,13 +39,13 @@ public sealed class DrainProcedure(IDrainSteps steps)
             {
                 notMoved.Add(new DrainNotMoved(guest.Name, why));
             }
-            else if (Plan(drain, guest, 1, inventory.Hosts, room) is { } p)
+            else if (Plan(drain, guest, 1, targets, room) is { } p)
             {
                 planned.Add(p);
             }
             else
             {
-                notMoved.Add(new DrainNotMoved(guest.Name, NoRoom(drain, guest, inventory.Hosts, room)));
+                notMoved.Add(new DrainNotMoved(guest.Name, NoRoom(drain, guest, targets, room)));
             }
         }
         var moved = new List<DrainMoved>();
@@ -75,13 +77,13 @@ public sealed class DrainProcedure(IDrainSteps steps)
                         // and the host that had no worker taking no guest of this drain any more.
                         Give(room, p.Held);
                         room.Remove(dead);
-                        if (Plan(drain, p.Guest, p.Attempt + 1, inventory.Hosts, room) is { } next)
+                        if (Plan(drain, p.Guest, p.Attempt + 1, targets, room) is { } next)
                         {
                             again.Add(next);
                         }
                         else
                         {
-                            notMoved.Add(new DrainNotMoved(p.Guest.Name, $"{outcome.State}: {outcome.Reason}; and {NoRoom(drain, p.Guest, inventory.Hosts, room)} without {dead}"));
+                            notMoved.Add(new DrainNotMoved(p.Guest.Name, $"{outcome.State}: {outcome.Reason}; and {NoRoom(drain, p.Guest, targets, room)} without {dead}"));
                         }
                     }
                     else
@@ -94,6 +96,10 @@ public sealed class DrainProcedure(IDrainSteps steps)
         }
         return new DrainReport(drain.Host, moved, notMoved);
     }
+
+    /// <summary>The hosts, those the order does not name as main hosts holding pages only.</summary>
+    private static IReadOnlyList<DrainTarget> MainsOnly(IReadOnlyList<DrainTarget> hosts, HashSet<string>? mains) =>
+        mains is null ? hosts : [.. hosts.Select(h => h.CanBeMain && !mains.Contains(h.Host) ? h with { CanBeMain = false } : h)];
 
     /// <summary>How many places a guest is tried at, one after another, when a place it was sent to had no worker.</summary>
     public const int MaxPlacements = 3;

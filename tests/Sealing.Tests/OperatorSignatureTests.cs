@@ -55,8 +55,11 @@ public sealed class OperatorSignatureTests
         using var other = OperatorKey.Generate();
         Assert.False(OperatorSignatures.IsSigned(OperatorSignatures.Sign(Request, other), key.PublicKey));
         Assert.False(OperatorSignatures.IsSigned(Request, key.PublicKey)); // unsigned
-        var order = OperatorSignatures.Sign(new DrainOrder("h1", MigrationMode.Semigrate, [], [new PinnedHost("h2", [1])], DateTimeOffset.UtcNow.AddHours(1), []), key);
+        var order = OperatorSignatures.Sign(new DrainOrder("h1", MigrationMode.Semigrate, [], [new PinnedHost("h2", [1]), new PinnedHost("h3", [3])],
+            DateTimeOffset.UtcNow.AddHours(1), [], MainHosts: ["h2"]), key);
         Assert.True(OperatorSignatures.IsSigned(order, key.PublicKey));
+        Assert.False(OperatorSignatures.IsSigned(order with { MainHosts = ["h2", "h3"] }, key.PublicKey)); // a pages-only host made main
+        Assert.False(OperatorSignatures.IsSigned(order with { MainHosts = null }, key.PublicKey));
         Assert.False(OperatorSignatures.IsSigned(order with { Host = "h2" }, key.PublicKey));
         Assert.False(OperatorSignatures.IsSigned(order with { Hosts = [new PinnedHost("h2", [2])] }, key.PublicKey));
         Assert.False(OperatorSignatures.IsSigned(order with { Mode = MigrationMode.NoEnc }, key.PublicKey));

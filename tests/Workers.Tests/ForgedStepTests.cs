@@ -155,26 +155,86 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
             Assert.Contains("refused", reason, StringComparison.Ordinal);
         }
 
-        async Task<TOut> AllowedAsync<T, TOut>(string host, T step) where T : class where TOut : class
-        {
-            var response = await steps.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
-            return response.Is(out Response<TOut>? done) ? done.Message
-                : response.Is(out Response<StepRefused>? refused) ? throw new InvalidOperationException($"{typeof(T).Name} refused: {refused.Message.Reason}")
-                : throw new InvalidOperationException("no answer");
-        }
+        Task<TOut> AllowedAsync<T, TOut>(string host, T step) where T : class where TOut : class => Allowed<T, TOut>(steps, host, step, ct);
 
-        // The refusal's reason; null when the step was taken.
-        async Task<string?> RefusalAsync<T, TOut>(string host, T step) where T : class where TOut : class
-        {
-            var response = await steps.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
-            return response.Is(out Response<StepRefused>? refused) ? refused.Message.Reason : null;
-        }
+        Task<string?> RefusalAsync<T, TOut>(string host, T step) where T : class where TOut : class => Refusal<T, TOut>(steps, host, step, ct);
 
         static MigrationRequest Expired(MigrationRequest request)
         {
             using var key = OperatorKey.Load(TestOperator.KeyFile);
             return OperatorSignatures.Sign(request with { NotAfter = DateTimeOffset.UtcNow.AddMinutes(-1) }, key);
         }
+    }
+
+    /// <summary>The step's answer, as the engine gets it; a refusal fails the test.</summary>
+    private static async Task<TOut> Allowed<T, TOut>(IClientFactory steps, string host, T step, CancellationToken ct) where T : class where TOut : class
+    {
+        var response = await steps.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
+        return response.Is(out Response<TOut>? done) ? done.Message
+            : response.Is(out Response<StepRefused>? refused) ? throw new InvalidOperationException($"{typeof(T).Name} refused: {refused.Message.Reason}")
+            : throw new InvalidOperationException("no answer");
+    }
+
+    /// <summary>The refusal's reason; null when the step was taken.</summary>
+    private static async Task<string?> Refusal<T, TOut>(IClientFactory steps, string host, T step, CancellationToken ct) where T : class where TOut : class
+    {
+        var response = await steps.CreateRequestClient<T>(new Uri($"queue:{StepQueues.Host(host)}"), RequestTimeout.After(s: 120)).GetResponse<TOut, StepRefused>(step, ct);
+        return response.Is(out Response<StepRefused>? refused) ? refused.Message.Reason : null;
+    }
+
+    [Fact]
+    public async Task Under_a_drain_order_no_host_it_does_not_name_as_main_is_one_and_a_guest_moves_in_one_migration_at_a_time()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
+        await run.FleetOnceAsync(run.AllReported, "every host reported its roles", ct);
+        var steps = run.Host.Services.GetRequiredService<IClientFactory>();
+        var order = (await run.OrderAsync(new DrainHost(Guid.NewGuid(), run.Source, MigrationMode.Semigrate, ["vaultdb"]), ct)).Order!;
+        Assert.Contains(run.Main, order.MainHosts!);
+        Assert.DoesNotContain(run.Sub1, order.MainHosts!);
+        Assert.Contains(order.Hosts, h => h.Host == run.Sub1); // it may hold pages
+        var guestName = Path.GetFileName(guest.Guest.Directory);
+        MigrationRequest Under(Destination main, Destination sub) =>
+            new(Guid.NewGuid(), Guid.NewGuid(), guestName, run.Source, main, [sub], MigrationMode.Semigrate, ["vaultdb"], Order: order);
+        var rows = new List<(string Attack, int Tries, int Refused)>();
+        async Task Row(string attack, Func<MigrationRequest, Task<string?>> step, Func<MigrationRequest> request, int tries = 5)
+        {
+            var refused = 0;
+            for (var i = 0; i < tries; i++)
+            {
+                refused += await step(request()) is { } reason && reason.Contains("refused", StringComparison.Ordinal) ? 1 : 0;
+            }
+            rows.Add((attack, tries, refused));
+        }
+
+        // A sub-host of the drain names itself main: every host it would need refuses.
+        Func<MigrationRequest> hijack = () => Under(new Destination(run.Sub1, 60_000), new Destination(run.Sub2, 30_000));
+        await Row("measure, a pages-only host of the order as main", r => Refusal<MeasureGuest, GuestLayout>(steps, run.Source, new MeasureGuest(r.MigrationId, r.Vm, r.Guest, r), ct), hijack);
+        await Row("introspect, a pages-only host as main", r => Refusal<IntrospectGuest, IntrospectionResult>(steps, run.Source,
+            new IntrospectGuest(r.MigrationId, r.Vm, r.Guest, r.Mode, r.PlainProcesses, r), ct), hijack);
+        await Row("paging started at a pages-only host as main", r => Refusal<StartPaging, PagingStarted>(steps, run.Sub1,
+            new StartPaging(r.MigrationId, r.Vm, run.Sub1, r.Mode, 100, 100, Request: r), ct), hijack);
+        await Row("hand-over to a pages-only host as main", r => Refusal<HandOver, HandedOver>(steps, run.Source,
+            new HandOver(r.MigrationId, r.Vm, run.Sub1, order.Hosts.Single(h => h.Host == run.Sub1).HostKey, r), ct), hijack);
+
+        // Two migrations of the guest under the order at once (the second one made up): the second is refused
+        // while the first lasts, and goes once the first was released at the source.
+        var first = Under(new Destination(run.Main, 60_000), new Destination(run.Sub1, 30_000));
+        Task<IntrospectionResult> Introspect(MigrationRequest r) =>
+            Allowed<IntrospectGuest, IntrospectionResult>(steps, run.Source, new IntrospectGuest(r.MigrationId, r.Vm, r.Guest, r.Mode, r.PlainProcesses, r), ct);
+        await Introspect(first);
+        var second = Under(new Destination(run.Main, 60_000), new Destination(run.Sub2, 30_000));
+        await Row("a second migration of the guest under the order at once", r => Refusal<IntrospectGuest, IntrospectionResult>(steps, run.Source,
+            new IntrospectGuest(r.MigrationId, r.Vm, r.Guest, r.Mode, r.PlainProcesses, r), ct), () => second);
+        await Allowed<ReleaseSource, SourceReleased>(steps, run.Source, new ReleaseSource(first.MigrationId, first.Vm, VmLeft: false, first), ct);
+        await Introspect(second);
+        await Allowed<ReleaseSource, SourceReleased>(steps, run.Source, new ReleaseSource(second.MigrationId, second.Vm, VmLeft: false, second), ct);
+
+        foreach (var (attack, tries, refused) in rows)
+        {
+            TestContext.Current.TestOutputHelper?.WriteLine($"| {attack,-56} | {tries,5} | {refused,7} | {0,9} |");
+        }
+        Assert.All(rows, x => Assert.Equal(x.Tries, x.Refused));
     }
 
     [Fact]

@@ -89,12 +89,17 @@ public static class OperatorAuthority
     }
 
     /// <summary>An order to drain <paramref name="host"/> onto the hosts of <paramref name="onto"/> (every other
-    /// enrolled host when null; all pinned), valid for <paramref name="validFor"/>.</summary>
+    /// enrolled host when null; all pinned), valid for <paramref name="validFor"/>. The main hosts it allows (the
+    /// hosts trusted with a guest's data key) are those of them that run the main role as their workers report
+    /// it now: a host that stores pages only never gets a key under the order.</summary>
     public static async Task<DrainOrder> OrderDrainAsync(IDocumentStore store, OperatorKey key, string host, MigrationMode mode, IReadOnlyList<string> plainProcesses,
         TimeSpan validFor, CancellationToken ct, IReadOnlyCollection<string>? onto = null)
     {
         // The hosts that may take its guests, and its own key (the drained source's).
         var enrolled = await PinAsync(store, key, onto is null ? null : [.. onto.Append(host).Distinct(StringComparer.Ordinal)], ct);
-        return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, enrolled, DateTimeOffset.UtcNow + validFor, []), key);
+        await using var query = store.QuerySession();
+        var mainRole = (await query.Query<Audit.FleetHost>().ToListAsync(ct)).Where(h => h.Roles.Contains("main")).Select(h => h.Host).ToHashSet(StringComparer.Ordinal);
+        var mains = enrolled.Select(p => p.Host).Where(h => h != host && mainRole.Contains(h)).ToList();
+        return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, enrolled, DateTimeOffset.UtcNow + validFor, [], mains), key);
     }
 }
