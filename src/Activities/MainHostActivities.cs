@@ -23,7 +23,7 @@ namespace SEmigrate.Activities;
 /// digest the VM's memory as the pager serves it.</summary>
 public sealed class MainHostActivities(
     HostContext host, PageClient client, IPageStore store, HostKeyPair keys, MainHostVms vms, IBus publish, AuditRoute audit, StepGuard guard, VmCapabilities ownCapabilities,
-    ILogger<MainHostActivities> logger)
+    TakeOvers takeOvers, ILogger<MainHostActivities> logger)
 {
     /// <summary>Pages read per pager call when digesting: 2 MiB, a FUSE block.</summary>
     private const int ReadBatch = 512;
@@ -43,6 +43,11 @@ public sealed class MainHostActivities(
         {
             return running.MigrationId == input.MigrationId ? running.SwitchedOver // a retry after the answer was lost: the VM already runs here
                 : throw await guard.RefuseAsync(nameof(SwitchOver), input.MigrationId, input.Vm, $"VM {input.Vm} already runs here, brought by migration {running.MigrationId}");
+        }
+        if (takeOvers.Declined(input.MigrationId))
+        {
+            throw await guard.RefuseAsync(nameof(SwitchOver), input.MigrationId, input.Vm,
+                $"this host declined migration {input.MigrationId} (its pages were released here to undo it): the VM stays at its source");
         }
         if (request.Main.Host != host.Host || request.Mode != input.Mode
             || input.Placement.Assignments.Any(a => !StepGuard.IsDestination(request, a.Host)))
@@ -124,6 +129,7 @@ public sealed class MainHostActivities(
         if (!SealedBlob.IsThere(BlobKind.DeviceState, blobs))
         {
             ct.ThrowIfCancellationRequested(); // the point of no return of a memory dump's VM: registered here next
+            await TakeOverAsync(input);
         }
         var live = SealedBlob.IsThere(BlobKind.DeviceState, blobs);
         var name = live ? NameHere(input) : null; // before the guest runs here: a bad name refuses the switch-over
@@ -177,6 +183,7 @@ public sealed class MainHostActivities(
             var loaded = clock.Elapsed;
             // The point of no return: once the guest runs here, a cancel no longer stops the switch-over.
             StepToken.Current.ThrowIfCancellationRequested();
+            await TakeOverAsync(input);
             await guest.ContinueAsync(CancellationToken.None);
             logger.LogInformation("VM {Vm} runs here (QEMU {Pid}), its RAM served from {Ram}, at most {Budget} pages resident; blobs opened in {Blobs:0} ms, " +
                 "RAM mounted in {Mount:0}, QEMU up in {Qemu:0}, device state loaded in {Load:0}, continued in {Continue:0}", input.Vm, guest.Pid, ram.FilePath, budgetPages,
@@ -194,6 +201,17 @@ public sealed class MainHostActivities(
             await ram.DisposeAsync();
             await memory.DisposeAsync();
             throw;
+        }
+    }
+
+    /// <summary>The VM is this host's from here on, unless this host declined its migration meanwhile (an undo
+    /// raced the switch-over): then the switch-over stops and the VM stays at its source.</summary>
+    private async Task TakeOverAsync(SwitchOver input)
+    {
+        if (!takeOvers.TryTakeOver(input.MigrationId))
+        {
+            throw await guard.RefuseAsync(nameof(SwitchOver), input.MigrationId, input.Vm,
+                $"this host declined migration {input.MigrationId} during its switch-over (an undo came first): the VM stays at its source");
         }
     }
 

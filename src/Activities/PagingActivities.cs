@@ -11,7 +11,8 @@ namespace SEmigrate.Activities;
 
 /// <summary>A destination's steps (main host or sub-host): serve a VM's pages on this host's memory
 /// server, and release them. The main host also hands out its public key here, for the data key.</summary>
-public sealed class PagingActivities(HostContext host, PageClient client, StepGuard guard, VmCapabilities capabilities, HostKeyPair? mainHostKeys = null)
+public sealed class PagingActivities(HostContext host, PageClient client, StepGuard guard, VmCapabilities capabilities, HostKeyPair? mainHostKeys = null,
+    TakeOvers? takeOvers = null)
 {
     [Activity("StartPaging")]
     public async Task<PagingStarted> StartPagingAsync(StartPaging input)
@@ -64,7 +65,8 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
             KeyWrap.WrapSecret(capability, sourceKey, VmCapabilities.WrapContext(input.Vm, host.Host, VmCapabilities.SourceHolder)));
     }
 
-    /// <summary>Idempotent: a VM this host does not serve has nothing to release.</summary>
+    /// <summary>Idempotent: a VM this host does not serve has nothing to release. The main host first declines
+    /// the VM for good (and says so, to the source only), unless it took it over: then nothing is released.</summary>
     [Activity("ReleasePaging")]
     public async Task<PagingReleased> ReleasePagingAsync(ReleasePaging input)
     {
@@ -74,13 +76,25 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         {
             throw await guard.RefuseAsync(nameof(ReleasePaging), input.MigrationId, input.Vm, $"the request sends no pages to {host.Host}");
         }
+        string? declined = null;
+        if (request.Main.Host == host.Host && mainHostKeys is not null && takeOvers is not null)
+        {
+            if (!takeOvers.TryDecline(input.MigrationId))
+            {
+                throw await guard.RefuseAsync(nameof(ReleasePaging), input.MigrationId, input.Vm,
+                    $"VM {input.Vm} was taken over here by migration {input.MigrationId}: it may run here, so nothing is released and it is not undone");
+            }
+            declined = StepGuard.PinnedKey(request, request.Source) is { } sourceKey
+                ? Convert.ToHexString(mainHostKeys.Vouch(sourceKey, TakeOvers.DeclinedStatement(input.MigrationId, input.Vm, host.Host)))
+                : null;
+        }
         try
         {
-            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, capabilities.For(input.MigrationId, input.Vm), StepToken.Current));
+            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, capabilities.For(input.MigrationId, input.Vm), StepToken.Current), declined);
         }
         catch (PageProtocolException e) when (e.Code == PageError.UnknownVm)
         {
-            return new PagingReleased(host.Host, 0);
+            return new PagingReleased(host.Host, 0, declined);
         }
         catch (PageProtocolException e) when (e.Code == PageError.Forbidden)
         {

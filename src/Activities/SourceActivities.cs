@@ -451,6 +451,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var bytes = records.Sum(r => (long)r.WireSize);
         logger.LogInformation("VM {Vm}: manifest of {Pages} pages sent to {Main} in {Bytes} bytes", input.Vm, map.PfnLimit, input.Main, bytes);
         var digest = Convert.ToHexString(SHA256.HashData(manifest));
+        state.HandedOver = true; // before the key leaves: an undo from here on takes the main host's word
         return new HandedOver(KeyWrap.WrapFrom(key, keys, input.MainPublicKey, KeyContext(input.MigrationId, input.Vm, input.Main, epoch, digest)), bytes, digest, epoch);
     }
 
@@ -518,6 +519,13 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             throw await guard.RefuseAsync(nameof(ReleaseSource), input.MigrationId, input.Vm,
                 $"that the VM left takes the switch-over receipt of main host {request.Main.Host}, and {(input.Receipt is null ? "none came" : "this one is not it")}");
         }
+        if (!input.VmLeft && state.HandedOver && !Declined(input, request))
+        {
+            // The key went to the main host: the VM may run there, and continuing it here too would run it twice.
+            throw await guard.RefuseAsync(nameof(ReleaseSource), input.MigrationId, input.Vm,
+                $"the VM may run at main host {request.Main.Host}, which has its key: undoing takes that host's word that it declined the VM, and " +
+                $"{(input.Receipt is null ? "none came" : "this is not it")} (the VM stays paused here; `semigrate vm list` says where it runs)");
+        }
         if (state.HasGuest && state.Guest is { Live: true } guest && TryFindGuest(guest.Name) is { } here
             && (here.TakenOver is not null || File.Exists(LiveGuest.SocketIn(here.Kit))))
         {
@@ -536,6 +544,26 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         logger.LogInformation(input.VmLeft ? "VM {Vm} left this host: its migration key is gone" : "VM {Vm} stays on this host: migration {Migration} undone",
             input.Vm, input.MigrationId);
         return new SourceReleased(input.VmLeft);
+    }
+
+    /// <summary>Whether the undo's receipt is the main host's proof that it declined the VM (made with its key
+    /// pair and this host's pinned key: nobody else can make it).</summary>
+    private bool Declined(ReleaseSource input, MigrationRequest request)
+    {
+        if (input.Receipt is not { } receipt || StepGuard.PinnedKey(request, request.Main.Host) is not { } mainKey)
+        {
+            return false;
+        }
+        byte[] shown;
+        try
+        {
+            shown = Convert.FromHexString(receipt);
+        }
+        catch (FormatException)
+        {
+            return false;
+        }
+        return CryptographicOperations.FixedTimeEquals(shown, keys.Vouch(mainKey, TakeOvers.DeclinedStatement(input.MigrationId, input.Vm, request.Main.Host)));
     }
 
     /// <summary>Refuses a transfer the request does not allow: another mode, or an assignment that is not in

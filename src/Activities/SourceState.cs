@@ -58,6 +58,22 @@ public sealed class SourceState(string directory)
     public void SaveCheckpoint(string host, TransferCheckpoint checkpoint) =>
         WriteAtomically(CheckpointPath(host), JsonSerializer.Serialize(checkpoint));
 
+    /// <summary>Whether the data key left for the main host (wrapped): from then on the VM may run there, and
+    /// undoing takes the main host's word that it declined (see TakeOvers).</summary>
+    public bool HandedOver
+    {
+        get => File.Exists(HandedOverPath);
+        set
+        {
+            if (value)
+            {
+                File.WriteAllText(HandedOverPath, "");
+            }
+        }
+    }
+
+    private string HandedOverPath => Path.Combine(directory, "handed-over");
+
     /// <summary>Whether the migration was released here: it is over, and no step of it runs again.</summary>
     public bool Released => File.Exists(ReleasedPath);
 

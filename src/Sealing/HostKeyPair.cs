@@ -39,5 +39,20 @@ public sealed class HostKeyPair : IDisposable
 
     internal byte[] Agree(ECDiffieHellmanPublicKey other) => ecdh.DeriveRawSecretAgreement(other);
 
+    /// <summary>A statement that only this host and the holder of <paramref name="peerPublicKey"/> can make: an
+    /// HMAC under their static ECDH agreement. The peer checks it by making it too, with its own key pair
+    /// and this host's pinned public key; nobody else can.</summary>
+    public byte[] Vouch(ReadOnlySpan<byte> peerPublicKey, string statement)
+    {
+        using var peer = ECDiffieHellman.Create();
+        peer.ImportSubjectPublicKeyInfo(peerPublicKey, out _);
+        var secret = Agree(peer.PublicKey);
+        var key = HKDF.DeriveKey(HashAlgorithmName.SHA256, secret, 32, [], System.Text.Encoding.ASCII.GetBytes("SEmigrate host statement v1"));
+        CryptographicOperations.ZeroMemory(secret);
+        var mac = HMACSHA256.HashData(key, System.Text.Encoding.UTF8.GetBytes(statement));
+        CryptographicOperations.ZeroMemory(key);
+        return mac;
+    }
+
     public void Dispose() => ecdh.Dispose();
 }

@@ -289,21 +289,23 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
         {
             try
             {
-                await steps.ReleasePagingAsync(host, new ReleasePaging(request.MigrationId, request.Vm, host, request), CancellationToken.None);
-                return (host, ok: true);
+                return (host, ok: true, (await steps.ReleasePagingAsync(host, new ReleasePaging(request.MigrationId, request.Vm, host, request), CancellationToken.None)).Declined);
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
-                return (host, ok: false);
+                return (host, ok: false, (string?)null);
             }
         }));
-        foreach (var (host, ok) in results)
+        foreach (var (host, ok, _) in results)
         {
             (ok ? released : unreleased).Add(host);
         }
+        // The main host's word that it declined the VM: without it, a source that handed the key over keeps
+        // the guest paused rather than run it beside a copy that may run at the main host.
+        var declined = results.FirstOrDefault(r => r.host == request.Main.Host).Item3;
         try
         {
-            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: false, request), CancellationToken.None);
+            await steps.ReleaseSourceAsync(request.Source, new ReleaseSource(request.MigrationId, request.Vm, VmLeft: false, request, declined), CancellationToken.None);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {

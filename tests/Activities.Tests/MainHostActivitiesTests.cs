@@ -63,7 +63,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
         var vms = new MainHostVms();
         var host = new HostContext(Main, state.FullName);
         return (new MainHostActivities(host, client, store, keys, vms, bus,
-            new AuditRoute("semigrate-audit-activity-tests", 1), TestBus.Guard(host, bus), new VmCapabilities(host), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
+            new AuditRoute("semigrate-audit-activity-tests", 1), TestBus.Guard(host, bus), new VmCapabilities(host), new TakeOvers(host), NullLogger<MainHostActivities>.Instance), vms); // no auditor reads it
     }
 
     private static string Digest => Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(ManifestBytes));
@@ -137,5 +137,37 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
         var altered = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input())));
         Assert.True(altered.NonRetryable);
         Assert.Contains("manifest record does not open", altered.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>The main host's memory-server steps, on the same state folder.</summary>
+    private PagingActivities Paging()
+    {
+        var host = new HostContext(Main, state.FullName);
+        return new PagingActivities(host, client, TestBus.Guard(host, bus), new VmCapabilities(host), keys, new TakeOvers(host));
+    }
+
+    [Fact]
+    public async Task A_main_host_declines_a_vm_it_did_not_take_over_for_good_and_never_one_it_did()
+    {
+        var statement = TakeOvers.DeclinedStatement(migration, vm, Main);
+
+        // Taken over: an undo after it is refused, and nothing is released (the VM may run here).
+        var (main, vms) = Worker();
+        await new ActivityEnvironment().RunAsync(() => main.SwitchOverAsync(Input()));
+        var late = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => Paging().ReleasePagingAsync(new ReleasePaging(migration, vm, Main, Request))));
+        Assert.Equal(StepErrors.Denied, late.ErrorType);
+        Assert.Contains("was taken over here", late.Message, StringComparison.Ordinal);
+        Assert.NotNull(vms.Find(vm));
+
+        // Declined before any switch-over (another migration of the VM): the source gets a word only the two
+        // of them can make, and the switch-over that comes after is refused.
+        var undo = TestOperator.Sign(Request with { MigrationId = Guid.NewGuid(), Signature = null }, [new PinnedHost(Main, keys.PublicKey), new PinnedHost("src", sourceKeys.PublicKey)]);
+        var released = await new ActivityEnvironment().RunAsync(() => Paging().ReleasePagingAsync(new ReleasePaging(undo.MigrationId, vm, Main, undo)));
+        Assert.Equal(Convert.ToHexString(sourceKeys.Vouch(keys.PublicKey, TakeOvers.DeclinedStatement(undo.MigrationId, vm, Main))), released.Declined);
+        Assert.NotEqual(Convert.ToHexString(sourceKeys.Vouch(keys.PublicKey, statement)), released.Declined); // bound to its migration
+        var (after, _) = Worker();
+        var refused = await Assert.ThrowsAsync<ApplicationFailureException>(() => new ActivityEnvironment().RunAsync(() => after.SwitchOverAsync(Input() with { MigrationId = undo.MigrationId, Request = undo })));
+        Assert.Equal(StepErrors.Denied, refused.ErrorType);
+        Assert.Contains($"this host declined migration {undo.MigrationId}", refused.Message, StringComparison.Ordinal);
     }
 }

@@ -98,8 +98,16 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await Row("switch-over with the source's key claimed for another hand-over", r.Main.Host,
             new SwitchOver(id, vm, r.Main.Host, r.Mode, handedOver.WrappedKey, plan, r.Guest, r, Epoch: handedOver.Epoch.Value + 1, ManifestDigest: handedOver.ManifestDigest), tries: 5);
         // The migration undone as the request allows; replaying its steps after that is refused too.
-        await AllowedAsync<ReleasePaging, PagingReleased>(r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, r));
-        await AllowedAsync<ReleaseSource, SourceReleased>(r.Source, new ReleaseSource(id, vm, VmLeft: false, r));
+        // The key went to the main host: the source undoes only on that host's word that it declined the VM.
+        await Row("undo at the source after the hand-over, without the main host's word", r.Source, new ReleaseSource(id, vm, VmLeft: false, r), tries: 5);
+        await Row("undo with a word made up by another host", r.Source,
+            new ReleaseSource(id, vm, VmLeft: false, r, Convert.ToHexString(attacker.Vouch(enrolled.Single(p => p.Host == r.Source).HostKey,
+                TakeOvers.DeclinedStatement(id, vm, r.Main.Host)))), tries: 5);
+        var declined = await AllowedAsync<ReleasePaging, PagingReleased>(r.Main.Host, new ReleasePaging(id, vm, r.Main.Host, r));
+        Assert.NotNull(declined.Declined);
+        await Row("switch-over after the main host declined the VM", r.Main.Host,
+            new SwitchOver(id, vm, r.Main.Host, r.Mode, handedOver.WrappedKey, plan, r.Guest, r, Epoch: handedOver.Epoch.Value, ManifestDigest: handedOver.ManifestDigest));
+        await AllowedAsync<ReleaseSource, SourceReleased>(r.Source, new ReleaseSource(id, vm, VmLeft: false, r, declined.Declined));
         await Row("replay of a signed request after it ended", r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, r));
         await Row("replay of its hand-over after it ended", r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r, started.ForSource));
         await Row("replay of paging started after it ended", r.Main.Host, new StartPaging(id, vm, r.Main.Host, r.Mode, 30_000, 30_000, Request: r));

@@ -21,4 +21,7 @@ public sealed record PagingStarted(string Host, byte[] ServerKey, byte[]? HostKe
 /// <summary>At a destination: drop the VM's pages (compensation, or after switch-over for the main host's copy).</summary>
 public sealed record ReleasePaging(Guid MigrationId, Guid Vm, string Host, MigrationRequest? Request = null);
 
-public sealed record PagingReleased(string Host, long Pages);
+/// <summary>A destination let go of the VM's pages; a main host that declined the VM (it never took it over,
+/// and now never will) says so in <paramref name="Declined"/>, a proof the source checks before it lets a
+/// guest it handed over run on (see TakeOvers).</summary>
+public sealed record PagingReleased(string Host, long Pages, string? Declined = null);

@@ -75,7 +75,7 @@ public static class RoleRegistration
             builder.Services.AddSingleton<VmCapabilities>();
             // Only a main host hands out its key at StartPaging (the data key is wrapped for it).
             builder.Services.AddSingleton(sp => new PagingActivities(sp.GetRequiredService<HostContext>(), sp.GetRequiredService<PageClient>(),
-                sp.GetRequiredService<StepGuard>(), sp.GetRequiredService<VmCapabilities>(), main ? keys : null));
+                sp.GetRequiredService<StepGuard>(), sp.GetRequiredService<VmCapabilities>(), main ? keys : null, sp.GetService<TakeOvers>()));
         }
         if (source)
         {
@@ -85,6 +85,7 @@ public static class RoleRegistration
         if (main)
         {
             builder.Services.AddSingleton<MainHostVms>();
+            builder.Services.AddSingleton<TakeOvers>();
             builder.Services.AddSingleton<MainHostActivities>();
             builder.Services.AddHostedService<PagingReporter>();
         }
