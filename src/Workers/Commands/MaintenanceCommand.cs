@@ -272,7 +272,7 @@ public static class MaintenanceCommand
     {
         var o = SemigrateHost.CreateBuilder().Configuration.GetSection(TemporalOptions.Section).Get<TemporalOptions>();
         return o is { IsConfigured: true }
-            ? await Temporalio.Client.TemporalClient.ConnectAsync(new Temporalio.Client.TemporalClientConnectOptions(o.Address!) { Namespace = o.Namespace })
+            ? await Temporalio.Client.TemporalClient.ConnectAsync(o.ConnectOptions())
             : null;
     }
 

@@ -102,7 +102,7 @@ public static class MigrateCommand
         Task<MigrationOutcome> migration;
         if (services.GetRequiredService<IOptions<TemporalOptions>>().Value is { IsConfigured: true } temporal)
         {
-            var client = await TemporalClient.ConnectAsync(new TemporalClientConnectOptions(temporal.Address!) { Namespace = temporal.Namespace });
+            var client = await TemporalClient.ConnectAsync(temporal.ConnectOptions());
             WorkflowHandle<MigrationWorkflow, MigrationOutcome> handle;
             try
             {

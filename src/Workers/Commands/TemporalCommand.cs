@@ -23,7 +23,7 @@ public static class TemporalCommand
             }
             try
             {
-                var client = await TemporalClient.ConnectAsync(new TemporalClientConnectOptions(temporal.Address!) { Namespace = temporal.Namespace });
+                var client = await TemporalClient.ConnectAsync(temporal.ConnectOptions());
                 var added = await SearchAttributeSetup.AddMissingAsync(client, ct);
                 Console.WriteLine(added.Count == 0
                     ? $"namespace {temporal.Namespace} at {temporal.Address}: every search attribute is registered already"

@@ -110,7 +110,7 @@ public sealed class DoctorChecks(
         {
             return "not configured: the embedded engine will run migrations";
         }
-        var client = await TemporalClient.ConnectAsync(new TemporalClientConnectOptions(o.Address!) { Namespace = o.Namespace })
+        var client = await TemporalClient.ConnectAsync(o.ConnectOptions())
             .WaitAsync(ct);
         var info = await client.Connection.WorkflowService.GetSystemInfoAsync(
             new Temporalio.Api.WorkflowService.V1.GetSystemInfoRequest(), new() { CancellationToken = ct });

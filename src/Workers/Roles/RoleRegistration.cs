@@ -92,7 +92,8 @@ public static class RoleRegistration
         if (Temporal(builder) is { } temporal)
         {
             // The same activity classes, all of this host's roles on its one task queue, for migrations that Temporal drives.
-            var worker = builder.Services.AddHostedTemporalWorker(temporal.Address!, temporal.Namespace, StepQueues.Host(host));
+            var worker = builder.Services.AddHostedTemporalWorker(temporal.Address!, temporal.Namespace, StepQueues.Host(host))
+                .ConfigureOptions(o => o.ClientOptions = temporal.ConnectOptions());
             if (source)
             {
                 worker.AddSingletonActivities<SourceActivities>();
@@ -156,6 +157,7 @@ public static class RoleRegistration
         if (Temporal(builder) is { } temporal)
         {
             builder.Services.AddHostedTemporalWorker(temporal.Address!, temporal.Namespace, MigrationWorkflow.OrchestratorQueue)
+                .ConfigureOptions(o => o.ClientOptions = temporal.ConnectOptions())
                 .AddWorkflow<MigrationWorkflow>()
                 .AddWorkflow<DrainWorkflow>()
                 .AddSingletonActivities<AuditActivities>()

@@ -44,6 +44,10 @@ public static partial class SettingsRegistration
             .Validate(o => !o.IsConfigured || HostPort().IsMatch(o.Address!),
                 "Temporal:Address must be host:port (or empty to use the embedded engine)")
             .Validate(o => !string.IsNullOrWhiteSpace(o.Namespace), "Temporal:Namespace must not be empty")
+            .Validate(o => string.IsNullOrEmpty(o.ClientCertFile) == string.IsNullOrEmpty(o.ClientKeyFile),
+                "Temporal:ClientCertFile and Temporal:ClientKeyFile go together (mTLS), or neither")
+            .Validate(o => new[] { o.ServerCaFile, o.ClientCertFile, o.ClientKeyFile }.All(f => string.IsNullOrEmpty(f) || File.Exists(f)),
+                "Temporal:ServerCaFile, ClientCertFile and ClientKeyFile must name files that exist")
             .ValidateOnStart();
         return builder;
     }
