@@ -21,6 +21,7 @@
 # here (STATE/tls, its key 0600) that the machine's trust store is given; plain AMQP only when
 # SEMIGRATE_PLAIN_AMQP=1 is set explicitly.
 set -euo pipefail
+umask 022 # what it installs and shares (the CA in the trust store) must be readable; semigrate itself runs under 077
 
 STATE=${SEMIGRATE_STATE_DIR:-/opt/semigrate}
 PG_PORT=${SEMIGRATE_PG_PORT:-15433}

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Security.Cryptography;
 using SEmigrate.Contracts.Migration;
 
@@ -35,12 +36,17 @@ internal sealed class PageDigests : IDisposable
         chunks = [.. Enumerable.Range(0, (int)((range.EndPfn - range.FirstPfn + range.ChunkPages - 1) / range.ChunkPages))
             .Select(_ => IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, key))];
         CryptographicOperations.ZeroMemory(key);
+        foreach (var mac in chunks.Append(all))
+        {
+            mac.AppendData(range.Nonce ?? []);
+        }
     }
 
     public void Add(ulong pfn, ReadOnlySpan<byte> page)
     {
-        Span<byte> digest = stackalloc byte[32];
-        SHA256.HashData(page, digest);
+        Span<byte> digest = stackalloc byte[40];
+        BinaryPrimitives.WriteUInt64LittleEndian(digest, pfn); // a page's MAC says which page it is
+        SHA256.HashData(page, digest[8..]);
         all.AppendData(digest);
         chunks[((long)pfn - range.FirstPfn) / range.ChunkPages].AppendData(digest);
         pages++;

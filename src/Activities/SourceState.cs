@@ -37,14 +37,19 @@ public sealed class SourceState(string directory)
     /// (released), as the release kept it (it opens no page).</summary>
     public byte[] DigestKey(Guid vm)
     {
-        if (File.Exists(KeyPath))
+        lock (Releasing)
         {
+            if (File.Exists(DigestKeyPath))
+            {
+                return File.ReadAllBytes(DigestKeyPath);
+            }
             using var key = LoadKey();
             return key.DigestKey(vm);
         }
-        return File.Exists(DigestKeyPath) ? File.ReadAllBytes(DigestKeyPath)
-            : throw new InvalidOperationException($"no key in {directory}: the guest was not introspected here");
     }
+
+    /// <summary>A release overwrites the key: nobody derives from it meanwhile (zeros would make a public digest key).</summary>
+    private static readonly Lock Releasing = new();
 
     private string DigestKeyPath => Path.Combine(directory, "digest.key");
 
@@ -84,15 +89,26 @@ public sealed class SourceState(string directory)
     public void Release(Guid vm)
     {
         File.WriteAllText(ReleasedPath, ""); // first: from here on, no step of this migration runs here
-        if (File.Exists(KeyPath))
+        lock (Releasing)
         {
-            PrivateFile.Write(DigestKeyPath, DigestKey(vm), overwrite: true);
-            File.WriteAllBytes(KeyPath, new byte[DataKey.Size]);
-            File.Delete(KeyPath);
+            ReleaseKey(vm);
         }
         foreach (var file in Directory.GetFiles(directory, "checkpoint-*"))
         {
             File.Delete(file);
+        }
+    }
+
+    private void ReleaseKey(Guid vm)
+    {
+        if (File.Exists(KeyPath))
+        {
+            using (var key = LoadKey())
+            {
+                PrivateFile.Write(DigestKeyPath, key.DigestKey(vm), overwrite: true);
+            }
+            File.WriteAllBytes(KeyPath, new byte[DataKey.Size]);
+            File.Delete(KeyPath);
         }
     }
 

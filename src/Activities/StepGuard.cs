@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using MassTransit;
 using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts.Audit;
@@ -22,11 +23,32 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
     /// expired (undoing must always be possible; a host only ever lets go of the VM it was asked to).</summary>
     public async Task<MigrationRequest> AllowAsync(string step, Guid migrationId, Guid vm, MigrationRequest? request, bool expiredToo = false)
     {
-        if (Problem(migrationId, vm, request, expiredToo) is { } problem)
+        if ((Problem(migrationId, vm, request, expiredToo) ?? Rebound(migrationId, request!)) is { } problem)
         {
             throw await RefuseAsync(step, migrationId, vm, problem);
         }
         return request!;
+    }
+
+    private static readonly Lock Binding = new();
+
+    /// <summary>The first request this host sees for a migration is the one every later step of it here must
+    /// carry: a request under a drain order is signed by nobody, so without this one step could name one
+    /// main host and the next another (an undo vouched for by a host that never saw the migration).</summary>
+    private string? Rebound(Guid migrationId, MigrationRequest r)
+    {
+        var digest = Convert.ToHexString(SHA256.HashData([.. OperatorSignatures.Bytes(r), .. r.Order?.Signature ?? r.Signature ?? []]));
+        var path = Path.Combine(host.MigrationDirectory(migrationId), "request.sha256");
+        lock (Binding)
+        {
+            if (!File.Exists(path))
+            {
+                File.WriteAllText(path, digest);
+                return null;
+            }
+            return File.ReadAllText(path) == digest ? null
+                : $"the step carries another request for migration {migrationId} than its first step here did: one migration, one request";
+        }
     }
 
     /// <summary>A stop of a VM running here, as the operator signed it (and not expired).</summary>
@@ -86,6 +108,10 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
         DateTimeOffset? notAfter;
         if (r.Order is { } order)
         {
+            if (order.MainHosts is not { Count: > 0 })
+            {
+                return $"the drain order for {order.Host} names no main hosts (an order made before orders named them): make it again with --main";
+            }
             if (!OperatorSignatures.IsSigned(order, operatorKey))
             {
                 return "its drain order is not signed by the operator this host trusts";

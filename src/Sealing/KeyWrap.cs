@@ -90,6 +90,10 @@ public static class KeyWrap
         var ephemeralPublic = wrapped.Slice(3, publicLength);
         using var ephemeral = ECDiffieHellman.Create();
         ephemeral.ImportSubjectPublicKeyInfo(ephemeralPublic, out _);
+        if (ephemeral.ExportParameters(false).Curve.Oid?.Value != "1.2.840.10045.3.1.7")
+        {
+            throw new CryptographicException("the wrapped key's ephemeral key is not on P-256"); // agreement with our P-256 key would throw otherwise
+        }
         byte[]? fromSender = null;
         if (senderPublicKey is not null)
         {

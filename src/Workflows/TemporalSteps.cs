@@ -57,10 +57,10 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
         OnHost(host, Workflow.ExecuteActivityAsync((MainHostActivities a) => a.SwitchOverAsync(input), Options(host, policies.SwitchOver, ct, $"switch VM {input.Vm} over to {host}")));
 
     public Task<PagingReleased> ReleasePagingAsync(string host, ReleasePaging input, CancellationToken ct) =>
-        OnHost(host, Workflow.ExecuteActivityAsync((PagingActivities a) => a.ReleasePagingAsync(input), Options(host, policies.Quick, ct, $"release VM {input.Vm}'s pages at {host}")));
+        OnHost(host, Workflow.ExecuteActivityAsync((PagingActivities a) => a.ReleasePagingAsync(input), Options(host, Undo(policies.Quick), ct, $"release VM {input.Vm}'s pages at {host}")));
 
     public Task<SourceReleased> ReleaseSourceAsync(string host, ReleaseSource input, CancellationToken ct) =>
-        OnHost(host, Workflow.ExecuteActivityAsync((SourceActivities a) => a.ReleaseSourceAsync(input), Options(host, policies.Quick, ct,
+        OnHost(host, Workflow.ExecuteActivityAsync((SourceActivities a) => a.ReleaseSourceAsync(input), Options(host, Undo(policies.Quick), ct,
             input.VmLeft ? "the source drops the migration's key: the VM left" : "the source drops the migration's key: the VM stays")));
 
     /// <summary>Publishes the event (an activity on the orchestrator's queue), then shows the new state
@@ -100,9 +100,15 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
         }
         catch (ActivityFailureException e) when (e.InnerException is TimeoutFailureException { TimeoutType: TimeoutType.ScheduleToStart })
         {
-            throw new StepFailedException($"no worker of host {host} took the step (nothing polls {StepQueues.Host(host)})", StepErrors.Unreachable, host, e);
+            // Not wrapped: the reason recorded is the innermost message, and this one names the host.
+            throw new StepFailedException($"no worker of host {host} took the step in time (nothing polled {StepQueues.Host(host)}: its schedule-to-start bound passed)",
+                StepErrors.Unreachable, host);
         }
     }
+
+    /// <summary>A release waits for its host however long it is away: letting go of a key or of pages must
+    /// happen, and a host that comes back late still gets it.</summary>
+    private static StepPolicy Undo(StepPolicy policy) => policy with { StartWithin = null };
 
     /// <summary>The step's options; <paramref name="summary"/> is what the Web UI shows for it.</summary>
     private ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct, string summary) => new()

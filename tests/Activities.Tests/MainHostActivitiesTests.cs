@@ -30,6 +30,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     private readonly Guid vm = Guid.NewGuid();
     private readonly Guid migration = Guid.NewGuid();
     private IBusControl bus = null!;
+    private MigrationRequest? request;
     private PageClient client = null!;
     private PageServer sub = null!;
 
@@ -75,8 +76,8 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     private SwitchOver Input(byte[]? wrapped = null, uint epoch = HandOverEpoch) => new(migration, vm, Main, MigrationMode.Semigrate,
         wrapped ?? Wrapped(), new PlacementPlan([new Assignment(Main, 0, 4, 4), new Assignment(sub.Host, 4, 8, 4)]), Request: Request, Epoch: epoch, ManifestDigest: Digest);
 
-    /// <summary>The operator's request the switch-over belongs to.</summary>
-    private MigrationRequest Request => TestOperator.Sign(new MigrationRequest(migration, vm, "guest", "src", new Destination(Main, 4), [new Destination(sub.Host, 4)],
+    /// <summary>The operator's request the switch-over belongs to: one (a host binds a migration to the first it sees).</summary>
+    private MigrationRequest Request => request ??= TestOperator.Sign(new MigrationRequest(migration, vm, "guest", "src", new Destination(Main, 4), [new Destination(sub.Host, 4)],
         MigrationMode.Semigrate, []), [new PinnedHost(Main, keys.PublicKey), new PinnedHost("src", sourceKeys.PublicKey)]);
 
     [Fact]

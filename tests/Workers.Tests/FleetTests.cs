@@ -41,7 +41,7 @@ public class FleetTests(RealGuestFixture guest, PostgresFixture postgres) : ICla
         Assert.Contains($"{request.Vm}", table.Stdout, StringComparison.Ordinal);
 
         // A drain of that main host reports the VM it cannot move (a memory dump's runs nowhere), and exits 1.
-        var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "maintenance", "drain", run.Main, "--json");
+        var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "maintenance", "drain", run.Main, "--main", run.Source, "--json");
         Assert.True(drain.ExitCode == 1, drain.Stdout + drain.Stderr);
         using var report = JsonDocument.Parse(drain.Stdout);
         Assert.Empty(report.RootElement.GetProperty("moved").EnumerateArray());

@@ -73,14 +73,17 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await Row("memory digest, one page per chunk, without a request", r.Source, new DigestMemory(id, vm, r.Source, 0, Math.Min(pages, 4096), 1), tries: 5);
         await Row("memory digest of 2^47 pages", r.Source, new DigestMemory(id, vm, r.Source, 0, 1L << 47, int.MaxValue, r), tries: 5); // 65536 chunks
         await Row("memory digest signed by another operator", r.Source, new DigestMemory(id, vm, r.Source, 0, pages, 256, signedByAnother), tries: 5);
-        // With the request, one page per chunk: free pages (zeros here) digest alike, but not as a plain
-        // hash anyone could compute (SHA-256 of the page's SHA-256, as the digests were before).
-        var perPage = await AllowedAsync<DigestMemory, MemoryDigest>(r.Source, new DigestMemory(id, vm, r.Source, 0, Math.Min(pages, 1 << 16), 1, r));
-        var (commonest, times) = perPage.Chunks.GroupBy(c => c).Select(g => (g.Key, g.Count())).MaxBy(g => g.Item2);
+        // With the request, one page per chunk: the free pages (zeros here, most of the guest) digest neither
+        // as a plain hash anyone could compute (SHA-256 of the page's SHA-256, as the digests were before) nor
+        // alike (a page's MAC covers its number), and a second check's (another nonce) match none of the first's.
+        var range = Math.Min(pages, 1 << 16);
+        var perPage = await AllowedAsync<DigestMemory, MemoryDigest>(r.Source, new DigestMemory(id, vm, r.Source, 0, range, 1, r, RandomNumberGenerator.GetBytes(16)));
+        var again = await AllowedAsync<DigestMemory, MemoryDigest>(r.Source, new DigestMemory(id, vm, r.Source, 0, range, 1, r, RandomNumberGenerator.GetBytes(16)));
         var plainZero = Convert.ToHexStringLower(SHA256.HashData(SHA256.HashData(new byte[4096])).AsSpan(0, 16));
-        Assert.True(times > 100, $"the commonest page digest came {times} times: no free pages to compare");
-        Assert.NotEqual(plainZero, commonest);
+        Assert.True(perPage.Pages > range / 2, $"{perPage.Pages} guest pages digested");
         Assert.DoesNotContain(plainZero, perPage.Chunks);
+        Assert.Equal(perPage.Chunks.Count, perPage.Chunks.Distinct().Count());
+        Assert.Empty(perPage.Chunks.Intersect(again.Chunks));
 
         // Nothing changed: the source still has its key, and the steps as the request allows them still work.
         var lostKey = File.Exists(keyFile) ? 0 : 1;
@@ -205,24 +208,26 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         MigrationRequest Under(Destination main, Destination sub) =>
             new(Guid.NewGuid(), Guid.NewGuid(), guestName, run.Source, main, [sub], MigrationMode.Semigrate, ["vaultdb"], Order: order);
         var rows = new List<(string Attack, int Tries, int Refused)>();
-        async Task Row(string attack, Func<MigrationRequest, Task<string?>> step, Func<MigrationRequest> request, int tries = 5)
+        // Refused, for the reason the attack is about (not some other).
+        async Task Row(string attack, string why, Func<MigrationRequest, Task<string?>> step, Func<MigrationRequest> request, int tries = 5)
         {
             var refused = 0;
             for (var i = 0; i < tries; i++)
             {
-                refused += await step(request()) is { } reason && reason.Contains("refused", StringComparison.Ordinal) ? 1 : 0;
+                refused += await step(request()) is { } reason && reason.Contains("refused", StringComparison.Ordinal) && reason.Contains(why, StringComparison.Ordinal) ? 1 : 0;
             }
             rows.Add((attack, tries, refused));
         }
+        const string NotMain = "as a main host";
 
         // A sub-host of the drain names itself main: every host it would need refuses.
         Func<MigrationRequest> hijack = () => Under(new Destination(run.Sub1, 60_000), new Destination(run.Sub2, 30_000));
-        await Row("measure, a pages-only host of the order as main", r => Refusal<MeasureGuest, GuestLayout>(steps, run.Source, new MeasureGuest(r.MigrationId, r.Vm, r.Guest, r), ct), hijack);
-        await Row("introspect, a pages-only host as main", r => Refusal<IntrospectGuest, IntrospectionResult>(steps, run.Source,
+        await Row("measure, a pages-only host of the order as main", NotMain, r => Refusal<MeasureGuest, GuestLayout>(steps, run.Source, new MeasureGuest(r.MigrationId, r.Vm, r.Guest, r), ct), hijack);
+        await Row("introspect, a pages-only host as main", NotMain, r => Refusal<IntrospectGuest, IntrospectionResult>(steps, run.Source,
             new IntrospectGuest(r.MigrationId, r.Vm, r.Guest, r.Mode, r.PlainProcesses, r), ct), hijack);
-        await Row("paging started at a pages-only host as main", r => Refusal<StartPaging, PagingStarted>(steps, run.Sub1,
+        await Row("paging started at a pages-only host as main", NotMain, r => Refusal<StartPaging, PagingStarted>(steps, run.Sub1,
             new StartPaging(r.MigrationId, r.Vm, run.Sub1, r.Mode, 100, 100, Request: r), ct), hijack);
-        await Row("hand-over to a pages-only host as main", r => Refusal<HandOver, HandedOver>(steps, run.Source,
+        await Row("hand-over to a pages-only host as main", NotMain, r => Refusal<HandOver, HandedOver>(steps, run.Source,
             new HandOver(r.MigrationId, r.Vm, run.Sub1, order.Hosts.Single(h => h.Host == run.Sub1).HostKey, r), ct), hijack);
 
         // Two migrations of the guest under the order at once (the second one made up): the second is refused
@@ -232,8 +237,12 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
             Allowed<IntrospectGuest, IntrospectionResult>(steps, run.Source, new IntrospectGuest(r.MigrationId, r.Vm, r.Guest, r.Mode, r.PlainProcesses, r), ct);
         await Introspect(first);
         var second = Under(new Destination(run.Main, 60_000), new Destination(run.Sub2, 30_000));
-        await Row("a second migration of the guest under the order at once", r => Refusal<IntrospectGuest, IntrospectionResult>(steps, run.Source,
+        await Row("a second migration of the guest under the order at once", "is moving under this drain order already", r => Refusal<IntrospectGuest, IntrospectionResult>(steps, run.Source,
             new IntrospectGuest(r.MigrationId, r.Vm, r.Guest, r.Mode, r.PlainProcesses, r), ct), () => second);
+        // A step of the first migration carrying another request under the order (one that names other
+        // hosts: one vouching for an undo it never saw) is refused: one migration, one request.
+        await Row("a step of a migration with another request under the order", "one migration, one request", r => Refusal<ReleaseSource, SourceReleased>(steps, run.Source,
+            new ReleaseSource(r.MigrationId, r.Vm, VmLeft: false, r), ct), () => first with { SubHosts = [new Destination(run.Sub2, 1)] });
         await Allowed<ReleaseSource, SourceReleased>(steps, run.Source, new ReleaseSource(first.MigrationId, first.Vm, VmLeft: false, first), ct);
         await Introspect(second);
         await Allowed<ReleaseSource, SourceReleased>(steps, run.Source, new ReleaseSource(second.MigrationId, second.Vm, VmLeft: false, second), ct);

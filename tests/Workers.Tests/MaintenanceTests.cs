@@ -4,10 +4,8 @@ using Marten;
 using Microsoft.Extensions.DependencyInjection;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
-using SEmigrate.Sealing;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Embedded;
-using SEmigrate.Workers.Trust;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
@@ -42,7 +40,7 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
             var dead = await EnrolDeadHostAsync(run, ct);
 
             var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema),
-                "maintenance", "drain", run.Source, "--plain-process", "vaultdb", "--json");
+                "maintenance", "drain", run.Source, "--plain-process", "vaultdb", "--main", run.Main, "--main", dead, "--json");
 
             Assert.True(drain.ExitCode == 0, drain.Stdout + drain.Stderr);
             using var json = JsonDocument.Parse(drain.Stdout);
@@ -97,7 +95,8 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
             Assert.Contains("--every 5s: ", (await Semigrate("schedule", run.Source, "--every", "5s")).Stderr, StringComparison.Ordinal);
             Assert.Equal(2, (await Semigrate("schedule", run.Source)).ExitCode);
 
-            var created = await Semigrate("schedule", run.Source, "--id", "nightly", "--every", "1h", "--plain-process", "vaultdb");
+            Assert.Contains("--main HOST", (await Semigrate("schedule", run.Source, "--id", "nightly", "--every", "1h")).Stderr, StringComparison.Ordinal);
+            var created = await Semigrate("schedule", run.Source, "--id", "nightly", "--every", "1h", "--plain-process", "vaultdb", "--main", run.Main);
             Assert.True(created.ExitCode == 0, created.Stderr);
             var listed = await SchedulesAsync(Semigrate);
             Assert.True(listed.GetProperty("nextRun").GetDateTimeOffset() > DateTimeOffset.UtcNow.AddMinutes(59), $"{listed}");
@@ -135,13 +134,8 @@ public class MaintenanceTests(RealGuestFixture guest, PostgresFixture postgres) 
     private static async Task<string> EnrolDeadHostAsync(MigrationRun run, CancellationToken ct)
     {
         var dead = $"dead-{Guid.NewGuid().ToString("N")[..8]}";
-        var store = run.Host.Services.GetRequiredService<IDocumentStore>();
-        using (var key = OperatorKey.Load(TestOperator.KeyFile))
-        using (var identity = HostKeyPair.Generate())
-        {
-            await OperatorAuthority.EnrolAsync(store, key, new HostIdentity(dead, identity.PublicKey), ct);
-        }
-        await using var session = store.LightweightSession();
+        await run.EnrolAbsentAsync(dead, ct);
+        await using var session = run.Host.Services.GetRequiredService<IDocumentStore>().LightweightSession();
         session.Events.Append(HostStreams.Of(dead), new HostSeen(dead, ["main", "sub"], 1L << 20, 0, [], [], DateTimeOffset.UtcNow));
         await session.SaveChangesAsync(ct);
         await run.FleetOnceAsync(f => f.Hosts.Any(h => h.Host == dead), "the dead host in the fleet", ct);

@@ -317,6 +317,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
         // The default policies: introspection may take 10 minutes, three times; a host with no worker must not.
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct);
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000) with { Source = $"nobody-{Guid.NewGuid():N}"[..15] };
+        await run.EnrolAbsentAsync(request.Source, ct); // a request names an enrolled source (the data key comes wrapped by its key)
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var outcome = await run.MigrateAsync(request, ct);

@@ -42,8 +42,16 @@ internal sealed class MigrationRun : IAsyncDisposable
     public async Task<MigrationRequest> SignAsync(MigrationRequest request, CancellationToken ct) =>
         request.Signature is not null || request.Order is not null ? request : await OperatorAuthority.SignAsync(Host.Services, request, ct);
 
+    /// <summary>Enrols <paramref name="host"/>, a host that runs no worker, with a key pair of its own, as the operator would.</summary>
+    public async Task EnrolAbsentAsync(string host, CancellationToken ct)
+    {
+        using var key = Sealing.OperatorKey.Load(TestOperator.KeyFile);
+        using var identity = Sealing.HostKeyPair.Generate();
+        await OperatorAuthority.EnrolAsync(Host.Services.GetRequiredService<IDocumentStore>(), key, new HostIdentity(host, identity.PublicKey), ct);
+    }
+
     /// <summary>The drain as `semigrate maintenance drain` orders it.</summary>
-    public Task<DrainHost> OrderAsync(DrainHost drain, CancellationToken ct) => OperatorAuthority.OrderAsync(Host.Services, drain, ct);
+    public Task<DrainHost> OrderAsync(DrainHost drain, CancellationToken ct) => OperatorAuthority.OrderAsync(Host.Services, drain, [Main], ct);
 
     /// <summary>The settings a `semigrate` command run by the test needs to see this run's audit trail.</summary>
     public async Task<Dictionary<string, string>> CommandEnvironmentAsync(string schema) =>

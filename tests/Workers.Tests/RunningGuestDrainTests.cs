@@ -69,7 +69,7 @@ public sealed class RunningGuestDrainTests(PostgresFixture postgres) : IClassFix
     /// go on there, no page ever wrong.</summary>
     private async Task<List<DrainMoved>> DrainAsync(MigrationRun run, string host, string to, CancellationToken ct)
     {
-        var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "maintenance", "drain", host, "--json");
+        var drain = await SemigrateProcess.RunAsync(await run.CommandEnvironmentAsync(postgres.Schema), "maintenance", "drain", host, "--main", to, "--json");
 
         Assert.True(drain.ExitCode == 0, drain.Stdout + drain.Stderr);
         using var json = JsonDocument.Parse(drain.Stdout);

@@ -41,8 +41,10 @@ public sealed record SwitchedOverResult(string Main, long LocalPages, long Remot
 /// Equal digests on both hosts mean the same memory without either sending it to the other. The digests
 /// are MACs under a key derived from the migration's data key, so they tell their reader (the
 /// orchestrator) nothing of the pages; a host digests only for the migration's signed
-/// <paramref name="Request"/>, within the VM's pages.</summary>
-public sealed record DigestMemory(Guid MigrationId, Guid Vm, string Host, long FirstPfn, long EndPfn, int ChunkPages, MigrationRequest? Request = null);
+/// <paramref name="Request"/>, within the VM's pages. Each page's MAC covers its number, and all of them the
+/// caller's <paramref name="Nonce"/>: digests of two checks (or of two pages) tell nothing of each other.</summary>
+public sealed record DigestMemory(Guid MigrationId, Guid Vm, string Host, long FirstPfn, long EndPfn, int ChunkPages, MigrationRequest? Request = null,
+    byte[]? Nonce = null);
 
 /// <summary>Guest pages digested, how many came from sub-hosts, a MAC per chunk (16 bytes, hex) and
 /// one over every page.</summary>

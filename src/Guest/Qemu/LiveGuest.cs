@@ -71,10 +71,7 @@ public sealed partial class LiveGuest : IAsyncDisposable
         }
         File.Delete(Path.Combine(folder, "serial.log"));
         PrivateByDefault.Folder(folder); // its RAM in the clear: root's alone, also in a folder made before
-        if (File.Exists(RamIn(folder)))
-        {
-            File.SetUnixFileMode(RamIn(folder), UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        }
+        File.Delete(RamIn(folder)); // a fresh guest's RAM, made 0600 by QEMU: an older file may be open to others already
         await File.WriteAllTextAsync(Path.Combine(folder, "live.json"), System.Text.Json.JsonSerializer.Serialize(new { memoryMiB }), ct);
         var start = Arguments(folder, memoryMiB, RamIn(folder), Path.Combine(folder, "serial.log"), SocketIn(folder), incoming: false);
         start.ArgumentList.Add("-daemonize");

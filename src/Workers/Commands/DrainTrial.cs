@@ -68,7 +68,7 @@ public static class DrainTrial
             }
             say($"drain: draining {source}");
             report = await host.Services.GetRequiredService<DrainRunner>().DrainAsync(
-                await OperatorAuthority.OrderAsync(host.Services, new DrainHost(Guid.NewGuid(), source, MigrationMode.Semigrate, [], 2), ct, onto: hosts), ct);
+                await OperatorAuthority.OrderAsync(host.Services, new DrainHost(Guid.NewGuid(), source, MigrationMode.Semigrate, [], 2), [main], ct, onto: hosts), ct);
             foreach (var moved in report.Moved)
             {
                 var serial = Path.Combine(root, "hosts", moved.To, "migrations", moved.MigrationId.ToString("N"), "vm", "serial.log");

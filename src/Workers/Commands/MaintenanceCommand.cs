@@ -18,6 +18,12 @@ namespace SEmigrate.Workers.Commands;
 /// trigger, delete) that the orchestrator's worker runs.</summary>
 public static class MaintenanceCommand
 {
+    /// <summary>The hosts a drain may make main hosts: named by the operator, since they get the guests' data keys.</summary>
+    private static Option<string[]> MainHostsOption() => new("--main")
+    {
+        Description = "A host that may be a guest's main host and so get its data key (repeatable; at least one): the signed order allows only these",
+    };
+
     public static RootCommand AddMaintenanceCommand(this RootCommand root)
     {
         var host = new Argument<string>("HOST") { Description = "The host to drain (its worker reports its guests to the fleet inventory)" };
@@ -26,9 +32,10 @@ public static class MaintenanceCommand
         var concurrent = new Option<int>("--max-concurrent") { Description = "Migrations at once (default 2)", DefaultValueFactory = _ => 2 };
         var json = new Option<bool>("--json") { Description = "Print the report as one JSON object: {\"drained\",\"moved\":[{\"vm\",\"to\",\"state\"}],\"notMoved\":[{\"vm\",\"reason\"}]}" };
         var onto = new Option<string[]>("--onto") { Description = "A host the guests may go to (repeatable; default: every enrolled host); the signed order names only these" };
+        var mains = MainHostsOption();
         var drain = new Command("drain", "Migrate every guest off HOST, placed across the other hosts of the fleet inventory; exit 0 when all moved, 1 when one did not")
         {
-            host, mode, plain, concurrent, json, onto,
+            host, mode, plain, concurrent, json, onto, mains,
         };
         drain.SetAction(async (parse, ct) =>
         {
@@ -53,7 +60,7 @@ public static class MaintenanceCommand
             try
             {
                 report = await orchestrator.Services.GetRequiredService<DrainRunner>().DrainAsync(await OperatorAuthority.OrderAsync(orchestrator.Services,
-                    new DrainHost(Guid.NewGuid(), parse.GetValue(host)!, m, parse.GetValue(plain) ?? [], parse.GetValue(concurrent)), ct,
+                    new DrainHost(Guid.NewGuid(), parse.GetValue(host)!, m, parse.GetValue(plain) ?? [], parse.GetValue(concurrent)), parse.GetValue(mains) ?? [], ct,
                     onto: parse.GetValue(onto) is { Length: > 0 } only ? only : null), ct);
             }
             catch (InvalidOperationException e)
@@ -113,7 +120,8 @@ public static class MaintenanceCommand
             Description = "How long the operator's signed order behind the schedule lets it drain (default 90 days; make the schedule again to renew)",
             DefaultValueFactory = _ => 90,
         };
-        var command = new Command("schedule", "Drain HOST on a schedule, run by the orchestrator's worker") { host, id, cron, every, overlap, mode, plain, concurrent, validDays };
+        var mains = MainHostsOption();
+        var command = new Command("schedule", "Drain HOST on a schedule, run by the orchestrator's worker") { host, id, cron, every, overlap, mode, plain, concurrent, validDays, mains };
         command.SetAction(async (parse, ct) =>
         {
             var (c, e) = (parse.GetValue(cron), parse.GetValue(every));
@@ -145,7 +153,7 @@ public static class MaintenanceCommand
             using var services = AuditTrail();
             try
             {
-                var order = await OperatorAuthority.OrderAsync(services.Services, new DrainHost(Guid.Empty, schedule.Host, m, schedule.PlainProcesses), ct,
+                var order = await OperatorAuthority.OrderAsync(services.Services, new DrainHost(Guid.Empty, schedule.Host, m, schedule.PlainProcesses), parse.GetValue(mains) ?? [], ct,
                     TimeSpan.FromDays(Math.Clamp(parse.GetValue(validDays), 1, 366)));
                 schedule = schedule with { Order = order.Order };
             }

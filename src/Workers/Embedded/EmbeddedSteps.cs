@@ -206,7 +206,8 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentSto
                     RequestFaultException f => string.Join("; ", f.Fault?.Exceptions.Select(x => x.Message) ?? [f.Message]),
                     _ => e.Message,
                 };
-                unreachable = e is RequestTimeoutException || (e is TimeoutException && !await workers.IsRunningAsync(host, CancellationToken.None));
+                // Only a host with no worker now is unreachable: a slow one is not placed elsewhere.
+                unreachable = e is RequestTimeoutException or TimeoutException && !await workers.IsRunningAsync(host, CancellationToken.None);
                 logger.LogWarning("{Step} at {Host}, attempt {Attempt} of {Max}: {Problem}", step, host, attempt, policy.MaxAttempts, last);
                 if (attempt < policy.MaxAttempts)
                 {

@@ -19,15 +19,17 @@ public static class MemoryCheck
     }
 
     /// <summary>Compares the migration <paramref name="migrationId"/>'s memory at its source and main host,
-    /// under the request it was accepted with (the hosts digest only for the operator's signed request).</summary>
-    public static async Task<Result> CompareAsync(EmbeddedSteps steps, Guid migrationId, PlacementPlan placement, CancellationToken ct)
+    /// under the request it was accepted with (the hosts digest only for the operator's signed request): the
+    /// embedded engine's journal has it; a migration Temporal ran gives its own (<paramref name="signed"/>).</summary>
+    public static async Task<Result> CompareAsync(EmbeddedSteps steps, Guid migrationId, PlacementPlan placement, CancellationToken ct, MigrationRequest? signed = null)
     {
-        var request = (await steps.JournalAsync(migrationId)).Request
+        var request = (await steps.JournalAsync(migrationId)).Request ?? signed
             ?? throw new InvalidOperationException($"migration {migrationId} has no accepted request in its journal");
+        var nonce = System.Security.Cryptography.RandomNumberGenerator.GetBytes(16); // this check's own: its digests match no other's
         var end = placement.Assignments.Max(a => a.EndPfn);
         var chunk = (int)Math.Max(1, (end + MaxChunks - 1) / MaxChunks);
         Task<MemoryDigest> On(string host, long first, long until, int pages) =>
-            steps.DigestAsync(new DigestMemory(request.MigrationId, request.Vm, host, first, until, pages, request), ct);
+            steps.DigestAsync(new DigestMemory(request.MigrationId, request.Vm, host, first, until, pages, request, nonce), ct);
 
         var (source, main) = (On(request.Source, 0, end, chunk), On(request.Main.Host, 0, end, chunk));
         var (s, m) = (await source, await main);

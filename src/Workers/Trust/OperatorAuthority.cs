@@ -75,31 +75,39 @@ public static class OperatorAuthority
     }
 
     /// <summary>The drain signed as the operator's order (valid for <paramref name="validFor"/>, Trust:ValidHours by default),
-    /// onto the hosts of <paramref name="onto"/> (default: every enrolled host).</summary>
-    public static async Task<DrainHost> OrderAsync(IServiceProvider services, DrainHost drain, CancellationToken ct, TimeSpan? validFor = null,
-        IReadOnlyCollection<string>? onto = null)
+    /// onto the hosts of <paramref name="onto"/> (default: every enrolled host), with <paramref name="mains"/> the hosts
+    /// that may be main hosts.</summary>
+    public static async Task<DrainHost> OrderAsync(IServiceProvider services, DrainHost drain, IReadOnlyCollection<string> mains, CancellationToken ct,
+        TimeSpan? validFor = null, IReadOnlyCollection<string>? onto = null)
     {
         var trust = services.GetRequiredService<IOptions<TrustOptions>>().Value;
         using var key = LoadKey(trust);
         return drain with
         {
-            Order = await OrderDrainAsync(services.GetRequiredService<IDocumentStore>(), key, drain.Host, drain.Mode, drain.PlainProcesses,
+            Order = await OrderDrainAsync(services.GetRequiredService<IDocumentStore>(), key, drain.Host, drain.Mode, drain.PlainProcesses, mains,
                 validFor ?? TimeSpan.FromHours(trust.ValidHours), ct, onto),
         };
     }
 
     /// <summary>An order to drain <paramref name="host"/> onto the hosts of <paramref name="onto"/> (every other
-    /// enrolled host when null; all pinned), valid for <paramref name="validFor"/>. The main hosts it allows (the
-    /// hosts trusted with a guest's data key) are those of them that run the main role as their workers report
-    /// it now: a host that stores pages only never gets a key under the order.</summary>
+    /// enrolled host when null; all pinned), valid for <paramref name="validFor"/>. The operator names the main
+    /// hosts (<paramref name="mains"/>, among them): they get guests' data keys, so no host's own report of its
+    /// roles makes it one; the others hold sealed pages only.</summary>
     public static async Task<DrainOrder> OrderDrainAsync(IDocumentStore store, OperatorKey key, string host, MigrationMode mode, IReadOnlyList<string> plainProcesses,
-        TimeSpan validFor, CancellationToken ct, IReadOnlyCollection<string>? onto = null)
+        IReadOnlyCollection<string> mains, TimeSpan validFor, CancellationToken ct, IReadOnlyCollection<string>? onto = null)
     {
+        if (mains.Count == 0)
+        {
+            throw new InvalidOperationException("name the hosts that may be main hosts (they get the guests' data keys): --main HOST");
+        }
         // The hosts that may take its guests, and its own key (the drained source's).
-        var enrolled = await PinAsync(store, key, onto is null ? null : [.. onto.Append(host).Distinct(StringComparer.Ordinal)], ct);
-        await using var query = store.QuerySession();
-        var mainRole = (await query.Query<Audit.FleetHost>().ToListAsync(ct)).Where(h => h.Roles.Contains("main")).Select(h => h.Host).ToHashSet(StringComparer.Ordinal);
-        var mains = enrolled.Select(p => p.Host).Where(h => h != host && mainRole.Contains(h)).ToList();
-        return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, enrolled, DateTimeOffset.UtcNow + validFor, [], mains), key);
+        var enrolled = await PinAsync(store, key, onto is null ? null : [.. onto.Concat(mains).Append(host).Distinct(StringComparer.Ordinal)], ct);
+        if (mains.FirstOrDefault(m => m == host || enrolled.All(p => p.Host != m)) is { } stranger)
+        {
+            throw new InvalidOperationException(stranger == host ? $"{host} is the host drained: it cannot be a main host of its own drain"
+                : $"main host {stranger} is not enrolled: `semigrate host enrol {stranger} --identity FILE`");
+        }
+        return OperatorSignatures.Sign(new DrainOrder(host, mode, plainProcesses, enrolled, DateTimeOffset.UtcNow + validFor, [],
+            [.. mains.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal)]), key);
     }
 }
