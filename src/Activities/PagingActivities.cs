@@ -45,7 +45,7 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         byte[] serverKey;
         try
         {
-            serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, capability, StepToken.Current);
+            serverKey = await client.StartVmAsync(host.Host, input.Vm, serverMode, input.ArrivingPages, capability, StepToken.Current, input.MigrationId);
         }
         catch (PageProtocolException e) when (e.Code == PageError.Forbidden)
         {

@@ -72,12 +72,17 @@ public sealed class PageServer : IAsyncDisposable
     private IChannel acks = null!;
     private int disposed;
 
-    private PageServer(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger, HostKeyPair? hostKeys)
+    /// <summary>Whether a capability is one this server's host issued for a migration's VM (null: any is taken,
+    /// as in tests of the page path alone). Without this check any 32 bytes would start a VM and reserve room.</summary>
+    private readonly Func<Guid, Guid, byte[], bool>? issued;
+
+    private PageServer(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger, HostKeyPair? hostKeys, Func<Guid, Guid, byte[], bool>? issued)
     {
         this.connection = connection;
         this.options = options;
         this.store = store;
         this.logger = logger;
+        this.issued = issued;
         (allEncKeys, ownsAllEncKeys) = hostKeys is null ? (HostKeyPair.Generate(), true) : (hostKeys, false);
     }
 
@@ -87,14 +92,16 @@ public sealed class PageServer : IAsyncDisposable
 
     public string DeadLetterQueue => PageQueues.Control(options.Host) + ".dead";
 
+    /// <summary><paramref name="issued"/>: whether a capability shown with a migration's id is one this host issued
+    /// for that migration and VM (a host's server checks, so a made-up one starts nothing).</summary>
     public static async Task<PageServer> StartAsync(IConnection connection, MemoryServerOptions options, IPageStore store, ILogger logger, CancellationToken ct = default,
-        HostKeyPair? hostKeys = null)
+        HostKeyPair? hostKeys = null, Func<Guid, Guid, byte[], bool>? issued = null)
     {
         if (string.IsNullOrWhiteSpace(options.Host))
         {
             throw new ArgumentException("MemoryServer:Host must name this sub-host", nameof(options));
         }
-        var server = new PageServer(connection, options, store, logger, hostKeys);
+        var server = new PageServer(connection, options, store, logger, hostKeys, issued);
         server.control = await connection.CreateChannelAsync(cancellationToken: ct);
         server.acks = await connection.CreateChannelAsync(cancellationToken: ct);
         server.ackTimer = new Timer(_ => _ = server.FlushStoreAcksAsync());
@@ -277,10 +284,14 @@ public sealed class PageServer : IAsyncDisposable
         {
             case FrameKind.StartVm:
             {
-                var (mode, expected, capability) = StartVmPayload(body.Span);
+                var (mode, expected, capability, migration) = StartVmPayload(body.Span);
                 if (capability is null && !options.AllowVmsWithoutCapability)
                 {
                     throw new PageProtocolException(PageError.Forbidden, options.Host, $"StartVm of VM {vmId} shows no capability: this server starts no VM without one");
+                }
+                if (capability is not null && issued is not null && !(migration is { } m && issued(m, vmId, capability)))
+                {
+                    throw new PageProtocolException(PageError.Forbidden, options.Host, $"StartVm of VM {vmId} shows a capability this host did not issue for its migration");
                 }
                 await StartVmAsync(vmId, mode, expected, capability is null ? null : SHA256.HashData(capability), CancellationToken.None);
                 return (PageFrame.Build(FrameKind.VmStarted, vmId, requestId, 0, allEncKeys.PublicKey), null);
@@ -443,17 +454,19 @@ public sealed class PageServer : IAsyncDisposable
     /// <summary>Bytes of a VM's capability, where a StartVm, Release or Usage frame carries one.</summary>
     public const int CapabilitySize = 32;
 
-    private static (MigrationMode Mode, long ExpectedPages, byte[]? Capability) StartVmPayload(ReadOnlySpan<byte> frame)
+    /// <summary>Mode (1), expected pages (8), the capability (32) and the migration it was issued for (16); each optional from the end.</summary>
+    private static (MigrationMode Mode, long ExpectedPages, byte[]? Capability, Guid? Migration) StartVmPayload(ReadOnlySpan<byte> frame)
     {
         var payload = PageFrame.Parse(frame).Payload;
         var mode = payload.Length >= 1 && Enum.IsDefined((MigrationMode)payload[0]) ? (MigrationMode)payload[0]
             : throw new InvalidDataException("StartVm without a known mode");
-        if (payload.Length is not (1 or 9 or 9 + CapabilitySize))
+        if (payload.Length is not (1 or 9 or 9 + CapabilitySize or 9 + CapabilitySize + 16))
         {
-            throw new InvalidDataException($"a StartVm payload is 1, 9 or {9 + CapabilitySize} bytes, not {payload.Length}");
+            throw new InvalidDataException($"a StartVm payload is 1, 9, {9 + CapabilitySize} or {9 + CapabilitySize + 16} bytes, not {payload.Length}");
         }
         return (mode, payload.Length >= 9 ? Math.Max(0, BinaryPrimitives.ReadInt64LittleEndian(payload[1..])) : 0,
-            payload.Length > 9 ? payload[9..].ToArray() : null);
+            payload.Length > 9 ? payload.Slice(9, CapabilitySize).ToArray() : null,
+            payload.Length > 9 + CapabilitySize ? new Guid(payload[(9 + CapabilitySize)..]) : null);
     }
 
     private async Task CloseVmAsync(Vm vm)

@@ -340,12 +340,17 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
         var host = rabbit.Name("sub-control");
         const long capacity = 5_000;
         var store = new InMemoryPageStore(capacity);
-        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = capacity }, store, NullLogger.Instance, Ct);
+        // As a host's worker starts it: capabilities are the host's own HMACs of migration and VM.
+        var secret = RandomNumberGenerator.GetBytes(32);
+        byte[] Issue(Guid migration, Guid vm) => HMACSHA256.HashData(secret, migration.ToByteArray().Concat(vm.ToByteArray()).ToArray());
+        await using var server = await PageServer.StartAsync(rabbit.Connection, new MemoryServerOptions { Host = host, CapacityPages = capacity }, store, NullLogger.Instance, Ct,
+            issued: (migration, vm, shown) => CryptographicOperations.FixedTimeEquals(Issue(migration, vm), shown));
         await using var client = await PageClient.CreateAsync(rabbit.Connection, Ct);
         await using var raw = await RawSender.StartAsync(rabbit.Connection);
-        var (victim, capability) = (Guid.NewGuid(), RandomNumberGenerator.GetBytes(32));
+        var (victim, migrationId) = (Guid.NewGuid(), Guid.NewGuid());
+        var capability = Issue(migrationId, victim);
         var victimPages = Pages(100);
-        await client.StartVmAsync(host, victim, MigrationMode.Semigrate, 100, capability, Ct);
+        await client.StartVmAsync(host, victim, MigrationMode.Semigrate, 100, capability, Ct, migrationId);
         await client.StoreAsync(host, victim, victimPages, Ct);
         var control = PageQueues.Control(host);
         var rows = new List<Row>();
@@ -381,9 +386,18 @@ public class ServerAbuseTests(RabbitMqFixture rabbit) : IClassFixture<RabbitMqFi
             BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(1), capacity);
             flood += IsError(await raw.RequestAsync(control, PageFrame.Build(FrameKind.StartVm, Guid.NewGuid(), (ulong)i, 0, payload)), PageError.Forbidden) ? 1 : 0;
         }
-        var (fresh, freshCapability) = (Guid.NewGuid(), RandomNumberGenerator.GetBytes(32));
-        await client.StartVmAsync(host, fresh, MigrationMode.Semigrate, capacity - 100, freshCapability, Ct);
+        // Made-up capabilities (with a migration's id or without), all the room asked for: refused likewise.
+        var madeUp = 0;
+        for (var i = 0; i < 20; i++)
+        {
+            var e = await Record.ExceptionAsync(() => client.StartVmAsync(host, Guid.NewGuid(), MigrationMode.Semigrate, capacity, RandomNumberGenerator.GetBytes(32), Ct,
+                i % 2 == 0 ? Guid.NewGuid() : null));
+            madeUp += e is PageProtocolException { Code: PageError.Forbidden } ? 1 : 0;
+        }
+        var (fresh, freshMigration) = (Guid.NewGuid(), Guid.NewGuid());
+        await client.StartVmAsync(host, fresh, MigrationMode.Semigrate, capacity - 100, Issue(freshMigration, fresh), Ct, freshMigration);
         rows.Add(new("StartVm without a capability, before a real one", 20, flood, await LostAsync(client, host, victim, victimPages)));
+        rows.Add(new("StartVm with a capability the host did not issue, before a real one", 20, madeUp, await LostAsync(client, host, victim, victimPages)));
 
         Print(rows);
         Assert.All(rows, r => Assert.Equal(r.Tries, r.Refused));

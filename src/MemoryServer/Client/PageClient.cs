@@ -265,15 +265,20 @@ public sealed class PageClient : IAsyncDisposable
     public Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, long expectedPages = 0, CancellationToken ct = default) =>
         StartVmAsync(host, vm, mode, expectedPages, null, ct);
 
-    /// <summary>Starts serving a VM owned by <paramref name="capability"/> (32 bytes): from then on the VM is
-    /// released, and its use shown, only to who shows it; starting it again takes the same capability.</summary>
-    public async Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, long expectedPages, byte[]? capability, CancellationToken ct)
+    /// <summary>Starts serving a VM owned by <paramref name="capability"/> (32 bytes), which the host issued for
+    /// <paramref name="migrationId"/> (a host's server checks that): from then on the VM is released, and its
+    /// use shown, only to who shows it; starting it again takes the same capability.</summary>
+    public async Task<byte[]> StartVmAsync(string host, Guid vm, MigrationMode mode, long expectedPages, byte[]? capability, CancellationToken ct, Guid? migrationId = null)
     {
         var id = NewRequestId();
-        var payload = new byte[9 + (capability?.Length ?? 0)];
+        var payload = new byte[9 + (capability?.Length ?? 0) + (capability is not null && migrationId is not null ? 16 : 0)];
         payload[0] = (byte)mode;
         BinaryPrimitives.WriteInt64LittleEndian(payload.AsSpan(1), expectedPages);
         capability?.CopyTo(payload, 9);
+        if (capability is not null && migrationId is { } migration)
+        {
+            migration.TryWriteBytes(payload.AsSpan(9 + capability.Length));
+        }
         if (capability is not null)
         {
             UseCapability(host, vm, capability);

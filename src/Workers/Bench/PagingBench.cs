@@ -49,15 +49,14 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
 
         var host = $"bench-{Guid.NewGuid():N}"[..18];
         var vm = Guid.NewGuid();
-        using var server = await ChildProcess.StartAsync("ready", ct, "worker", "--role", "sub", "--host", host,
-            "--capacity-pages", (settings.Pages + 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        // The page path alone: its VMs have no migration, so no capability the host issued (they start without).
+        using var server = await ChildProcess.StartAsync("ready", null, new Dictionary<string, string> { ["SEMIGRATE__MemoryServer__AllowVmsWithoutCapability"] = "true" }, [],
+            ct, "worker", "--role", "sub", "--host", host, "--capacity-pages", (settings.Pages + 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
         await using var client = await PageClient.CreateAsync(connection, ct);
         using var key = DataKey.Generate();
         using var sealer = key.CreateSealer(vm, 1);
         using var opener = new PageOpener(key, vm);
-        // VMs are started as a migration starts them, with a capability (a host's server takes no VM without one).
-        var capability = RandomNumberGenerator.GetBytes(32);
-        var serverKey = await client.StartVmAsync(host, vm, mode, settings.Pages, capability, ct);
+        var serverKey = await client.StartVmAsync(host, vm, mode, settings.Pages, ct);
         if (mode == MigrationMode.AllEnc)
         {
             await client.SendChannelKeyAsync(host, vm, KeyWrap.Wrap(key, serverKey, $"allenc-channel|{vm:N}|{host}"), ct);
@@ -77,8 +76,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         // to ~950 MB/s over its first 3 GiB on this machine). Ours stores one warm-up VM's pages again
         // and again (a store replaces), so the warm-up needs no more room at the server.
         var warmVm = Guid.NewGuid();
-        var warmCapability = RandomNumberGenerator.GetBytes(32);
-        await client.StartVmAsync(host, warmVm, mode, 0, warmCapability, ct);
+        await client.StartVmAsync(host, warmVm, mode, 0, ct);
         if (mode == MigrationMode.AllEnc)
         {
             await client.SendChannelKeyAsync(host, warmVm, KeyWrap.Wrap(key, serverKey, $"allenc-channel|{warmVm:N}|{host}"), ct);
@@ -95,7 +93,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
                 warmBytes += w;
             }
         }
-        await client.ReleaseAsync(host, warmVm, warmCapability, ct);
+        await client.ReleaseAsync(host, warmVm, ct);
         progress($"{mode.ToWireName()}: warmed up with {settings.WarmUpBytes >> 20} MiB each side");
 
         // Ours and raw take turns, so that drift on this shared machine hits both alike; each side's
@@ -163,7 +161,7 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
             progress($"{mode.ToWireName()}: page-in x{n}: p50 {Percentile(ours, 50):0} us (raw {Percentile(raw, 50):0}), {oursRate:0} pages/s (raw {rawRate:0})");
         }
 
-        await client.ReleaseAsync(host, vm, capability, ct);
+        await client.ReleaseAsync(host, vm, ct);
         server.Dispose();
         await WorkerFleet.DeleteQueuesAsync(connection, [host], [vm, warmVm]);
         return new ModeFigures(mode.ToWireName(), seal, rawSeal, open, rawOpen,

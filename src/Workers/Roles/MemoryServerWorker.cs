@@ -10,7 +10,8 @@ namespace SEmigrate.Workers.Roles;
 
 /// <summary>The sub-host role: runs this host's memory server until the host stops.</summary>
 public sealed class MemoryServerWorker(
-    IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, IPageStore store, Sealing.HostKeyPair keys, ILogger<MemoryServerWorker> logger)
+    IOptions<RabbitMqOptions> rabbit, IOptions<MemoryServerOptions> options, IPageStore store, Sealing.HostKeyPair keys, Activities.VmCapabilities capabilities,
+    ILogger<MemoryServerWorker> logger)
     : BackgroundService
 {
     private readonly TaskCompletionSource ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -32,7 +33,10 @@ public sealed class MemoryServerWorker(
         try
         {
             connection = await factory.CreateConnectionAsync(stoppingToken);
-            server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken, keys); // the allenc baseline's channel keys come wrapped for the host's pinned key
+            // The allenc baseline's channel keys come wrapped for the host's pinned key; a VM starts only with a
+            // capability this host issued (see VmCapabilities).
+            server = await PageServer.StartAsync(connection, o, store, logger, stoppingToken, keys,
+                (migration, vm, shown) => System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(capabilities.For(migration, vm), shown));
         }
         catch (Exception e)
         {
