@@ -177,6 +177,10 @@ public sealed partial class LiveGuest : IAsyncDisposable
             // and panic the boot (seen in CI); QEMU's timer works, the check is what is too slow.
             "-device", "vmcoreinfo", "-append", "console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check",
             "-serial", $"file:{serialPath}", "-monitor", "none", "-qmp", $"unix:{socketPath},server=on,wait=off",
+            // QEMU's own seccomp filter: no obsolete system calls, no resource control. Not elevateprivileges=deny
+            // (nor =children): it forbids setsid, which -daemonize needs (QEMU 7.2 exits 1); spawning stays
+            // allowed, since the device state moves through QEMU's exec: migration (`cat`).
+            "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
             .. incoming ? new[] { "-incoming", "defer" } : [],
         ])
         {
