@@ -168,10 +168,11 @@ rmq_running() {
 
 rmq_up() {
   mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
-  [ -f "$RMQ_DIR/home/.erlang.cookie" ] || {
+  [ -f "$RMQ_DIR/home/.erlang.cookie" ] || (
+    umask 077 # whoever reads the cookie controls the broker's node: never readable, not even for a moment
     head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$RMQ_DIR/home/.erlang.cookie"
     chmod 400 "$RMQ_DIR/home/.erlang.cookie"
-  }
+  )
   local conf changed=
   conf=$(rmq_conf)
   if [ "$(cat "$RMQ_DIR/rabbitmq.conf" 2>/dev/null)" != "$conf" ]; then

@@ -20,7 +20,10 @@ internal sealed class PageDigests : IDisposable
         range.ChunkPages <= 0 || range.FirstPfn < 0 || range.EndPfn < range.FirstPfn || (ulong)range.EndPfn > pfnLimit
             || (range.EndPfn - range.FirstPfn) / range.ChunkPages > 1 << 16
             ? $"a digest of pages [{range.FirstPfn}, {range.EndPfn}) in chunks of {range.ChunkPages}: the VM's pages are [0, {pfnLimit}), in at most 65536 chunks"
+            : range.Nonce is { Length: not NonceSize } ? $"a digest's nonce is {NonceSize} bytes, not {range.Nonce.Length}"
             : null;
+
+    public const int NonceSize = 16;
 
     /// <summary>The digests of <paramref name="range"/> (see <see cref="Problem"/>), under <paramref name="key"/>,
     /// which is wiped here (the hashes keep their own copies).</summary>
@@ -32,14 +35,13 @@ internal sealed class PageDigests : IDisposable
             throw new ArgumentException(problem, nameof(range));
         }
         this.range = range;
-        all = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, key);
-        chunks = [.. Enumerable.Range(0, (int)((range.EndPfn - range.FirstPfn + range.ChunkPages - 1) / range.ChunkPages))
-            .Select(_ => IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, key))];
+        // The check's nonce keys its MACs (it is never MAC input a caller could shape into page records).
+        var checkKey = range.Nonce is { } nonce ? HMACSHA256.HashData(key, nonce) : key.ToArray();
         CryptographicOperations.ZeroMemory(key);
-        foreach (var mac in chunks.Append(all))
-        {
-            mac.AppendData(range.Nonce ?? []);
-        }
+        all = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, checkKey);
+        chunks = [.. Enumerable.Range(0, (int)((range.EndPfn - range.FirstPfn + range.ChunkPages - 1) / range.ChunkPages))
+            .Select(_ => IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, checkKey))];
+        CryptographicOperations.ZeroMemory(checkKey);
     }
 
     public void Add(ulong pfn, ReadOnlySpan<byte> page)

@@ -49,7 +49,7 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         }
         catch (PageProtocolException e) when (e.Code == PageError.Forbidden)
         {
-            throw new ApplicationFailureException($"host {host.Host} serves VM {input.Vm} for another migration already: {e.Message}", nonRetryable: true);
+            throw new ApplicationFailureException($"host {host.Host}'s memory server refused VM {input.Vm}: {e.Message}", nonRetryable: true);
         }
         catch (PageProtocolException e) when (e.Code == PageError.Ended)
         {

@@ -43,7 +43,10 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
         {
             if (!File.Exists(path))
             {
-                File.WriteAllText(path, digest);
+                // Whole or not at all: a torn file would refuse every later step of the migration, releases too.
+                var aside = $"{path}.{Environment.ProcessId}.tmp";
+                File.WriteAllText(aside, digest);
+                File.Move(aside, path, overwrite: false);
                 return null;
             }
             return File.ReadAllText(path) == digest ? null
@@ -114,7 +117,7 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
             }
             if (!OperatorSignatures.IsSigned(order, operatorKey))
             {
-                return "its drain order is not signed by the operator this host trusts";
+                return "its drain order is not signed by the operator this host trusts (or was made by an older version: make it again with --main)";
             }
             var allowed = order.Hosts.Select(h => h.Host).ToHashSet(StringComparer.Ordinal);
             if (r.Source != order.Host || r.Mode != order.Mode || !r.PlainProcesses.SequenceEqual(order.PlainProcesses, StringComparer.Ordinal))

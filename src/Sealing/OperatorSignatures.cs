@@ -49,10 +49,10 @@ public static class OperatorSignatures
         return w.ToArray();
     }
 
-    /// <summary>The signed bytes of a drain order (v2: with the hosts that may be main; a v1 order, signed
-    /// without them, does not verify as v2).</summary>
+    /// <summary>The signed bytes of a drain order (v3: with the main hosts the operator named; orders of
+    /// before, whose main hosts were the hosts' own reports of their roles, do not verify).</summary>
     public static byte[] Bytes(DrainOrder o) =>
-        new Writer("semigrate drain order v2").Text(o.Host).Text(o.Mode.ToWireName()).Texts(o.PlainProcesses).Pinned(o.Hosts).Texts(o.MainHosts ?? []).Time(o.NotAfter).ToArray();
+        new Writer("semigrate drain order v3").Text(o.Host).Text(o.Mode.ToWireName()).Texts(o.PlainProcesses).Pinned(o.Hosts).Texts(o.MainHosts ?? []).Time(o.NotAfter).ToArray();
 
     /// <summary>The signed bytes of an enrolment: the operator vouches that <paramref name="hostKey"/> is <paramref name="host"/>'s.</summary>
     public static byte[] Enrolment(string host, byte[] hostKey, DateTimeOffset at) =>

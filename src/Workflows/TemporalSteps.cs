@@ -106,9 +106,10 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
         }
     }
 
-    /// <summary>A release waits for its host however long it is away: letting go of a key or of pages must
-    /// happen, and a host that comes back late still gets it.</summary>
-    private static StepPolicy Undo(StepPolicy policy) => policy with { StartWithin = null };
+    /// <summary>A release waits longer for its host than a forward step (letting go of a key or of pages
+    /// should happen, and a host restarting gets it), but not for ever: a paused guest's undo waits on the
+    /// destinations' releases, and a host that never comes back is named in the reason instead.</summary>
+    private static StepPolicy Undo(StepPolicy policy) => policy with { StartWithin = TimeSpan.FromMinutes(10) };
 
     /// <summary>The step's options; <paramref name="summary"/> is what the Web UI shows for it.</summary>
     private ActivityOptions Options(string host, StepPolicy policy, CancellationToken ct, string summary) => new()

@@ -73,6 +73,10 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await Row("memory digest, one page per chunk, without a request", r.Source, new DigestMemory(id, vm, r.Source, 0, Math.Min(pages, 4096), 1), tries: 5);
         await Row("memory digest of 2^47 pages", r.Source, new DigestMemory(id, vm, r.Source, 0, 1L << 47, int.MaxValue, r), tries: 5); // 65536 chunks
         await Row("memory digest signed by another operator", r.Source, new DigestMemory(id, vm, r.Source, 0, pages, 256, signedByAnother), tries: 5);
+        // A nonce shaped like page records (nonce, page number, a guess's SHA-256) would have made one check's
+        // MAC of two pages equal another's of one page exactly when the guess was right: nonces are 16 bytes.
+        await Row("memory digest with a nonce shaped to test a guess", r.Source,
+            new DigestMemory(id, vm, r.Source, 1, 2, 1, r, [.. new byte[16], .. BitConverter.GetBytes(0L), .. SHA256.HashData(new byte[4096])]), tries: 5);
         // With the request, one page per chunk: the free pages (zeros here, most of the guest) digest neither
         // as a plain hash anyone could compute (SHA-256 of the page's SHA-256, as the digests were before) nor
         // alike (a page's MAC covers its number), and a second check's (another nonce) match none of the first's.
