@@ -451,7 +451,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var bytes = records.Sum(r => (long)r.WireSize);
         logger.LogInformation("VM {Vm}: manifest of {Pages} pages sent to {Main} in {Bytes} bytes", input.Vm, map.PfnLimit, input.Main, bytes);
         var digest = Convert.ToHexString(SHA256.HashData(manifest));
-        state.HandedOver = true; // before the key leaves: an undo from here on takes the main host's word
+        state.MarkHandedOver(); // before the key leaves: an undo from here on takes the main host's word
         return new HandedOver(KeyWrap.WrapFrom(key, keys, input.MainPublicKey, KeyContext(input.MigrationId, input.Vm, input.Main, epoch, digest)), bytes, digest, epoch);
     }
 

@@ -65,17 +65,9 @@ public sealed class SourceState(string directory)
 
     /// <summary>Whether the data key left for the main host (wrapped): from then on the VM may run there, and
     /// undoing takes the main host's word that it declined (see TakeOvers).</summary>
-    public bool HandedOver
-    {
-        get => File.Exists(HandedOverPath);
-        set
-        {
-            if (value)
-            {
-                File.WriteAllText(HandedOverPath, "");
-            }
-        }
-    }
+    public bool HandedOver => File.Exists(HandedOverPath);
+
+    public void MarkHandedOver() => File.WriteAllText(HandedOverPath, "");
 
     private string HandedOverPath => Path.Combine(directory, "handed-over");
 

@@ -23,29 +23,21 @@ public static class KeyWrap
         WrapSecret(key.Bytes, recipientPublicKey, context, sender);
 
     /// <summary>Opens a key wrapped by <see cref="WrapFrom"/>, only if <paramref name="senderPublicKey"/>'s holder wrapped it.</summary>
-    public static DataKey UnwrapFrom(ReadOnlySpan<byte> wrapped, HostKeyPair recipient, ReadOnlySpan<byte> senderPublicKey, string context)
-    {
-        var key = UnwrapSecret(wrapped, recipient, context, senderPublicKey.ToArray());
-        try
-        {
-            return DataKey.FromBytes(key);
-        }
-        finally
-        {
-            CryptographicOperations.ZeroMemory(key);
-        }
-    }
+    public static DataKey UnwrapFrom(ReadOnlySpan<byte> wrapped, HostKeyPair recipient, ReadOnlySpan<byte> senderPublicKey, string context) =>
+        AsKey(UnwrapSecret(wrapped, recipient, context, senderPublicKey.ToArray()));
 
-    public static DataKey Unwrap(ReadOnlySpan<byte> wrapped, HostKeyPair recipient, string context)
+    public static DataKey Unwrap(ReadOnlySpan<byte> wrapped, HostKeyPair recipient, string context) => AsKey(UnwrapSecret(wrapped, recipient, context));
+
+    /// <summary>The unwrapped bytes as a key; the bytes are wiped.</summary>
+    private static DataKey AsKey(byte[] secret)
     {
-        var key = UnwrapSecret(wrapped, recipient, context);
         try
         {
-            return DataKey.FromBytes(key);
+            return DataKey.FromBytes(secret);
         }
         finally
         {
-            CryptographicOperations.ZeroMemory(key);
+            CryptographicOperations.ZeroMemory(secret);
         }
     }
 

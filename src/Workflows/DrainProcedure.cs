@@ -110,13 +110,14 @@ public sealed class DrainProcedure(IDrainSteps steps)
     private static string NoRoom(DrainHost drain, DrainGuest guest, IReadOnlyList<DrainTarget> hosts, Dictionary<string, long> room) =>
         $"no room: it has {guest.Pages} pages, the other hosts have {room.Values.Sum()} free{(hosts.Any(h => h.CanBeMain && h.Host != drain.Host && room.ContainsKey(h.Host)) ? "" : ", and none can be its main host")}";
 
-    private static void Give(Dictionary<string, long> room, IReadOnlyDictionary<string, long> held)
+    /// <summary>Gives the room <paramref name="held"/> back (<paramref name="sign"/> 1) or takes it (-1), on the hosts still in the plan.</summary>
+    private static void Give(Dictionary<string, long> room, IReadOnlyDictionary<string, long> held, int sign = 1)
     {
         foreach (var (host, pages) in held)
         {
             if (room.ContainsKey(host))
             {
-                room[host] += pages;
+                room[host] += sign * pages;
             }
         }
     }
@@ -155,7 +156,7 @@ public sealed class DrainProcedure(IDrainSteps steps)
         {
             held[s.Host] = s.CapacityPages;
         }
-        Give(room, held.ToDictionary(h => h.Key, h => -h.Value, StringComparer.Ordinal));
+        Give(room, held, sign: -1);
         // Whole chunks are placed: the main host takes no more than its share, and the sub-hosts, which
         // take what is left, are offered a little of their room beyond theirs for the last chunk.
         // A later placement is another migration of the same VM.
