@@ -54,5 +54,15 @@ public sealed class HostKeyPair : IDisposable
         return mac;
     }
 
+    /// <summary>The host's ECDSA signature over <paramref name="data"/>, made with the same P-256 key (so the
+    /// operator's enrolment pins it too): the host signs the events it raises. Every statement signed
+    /// starts with a label of its own, and the ECDH uses above go through HKDF, so no signature doubles
+    /// as anything else.</summary>
+    public byte[] Sign(ReadOnlySpan<byte> data)
+    {
+        using var ecdsa = ECDsa.Create(ecdh.ExportParameters(includePrivateParameters: true));
+        return ecdsa.SignData(data, HashAlgorithmName.SHA256);
+    }
+
     public void Dispose() => ecdh.Dispose();
 }

@@ -1,15 +1,12 @@
 using Marten;
 using MassTransit;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
 using SEmigrate.Activities;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.TestSupport;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Embedded;
-using SEmigrate.Workers.Processes;
-using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Tests;
 
@@ -21,7 +18,7 @@ public class AuditTrailTests(PostgresFixture postgres) : IClassFixture<PostgresF
     public async Task A_redelivered_event_is_recorded_once_and_the_summary_follows_the_stream()
     {
         var ct = TestContext.Current.CancellationToken;
-        await using var auditor = await Auditor.StartAsync(postgres.Schema, ct);
+        await using var auditor = await TestAuditor.StartAsync(postgres.Schema, ct);
         var host = auditor.Host;
         var migration = Guid.NewGuid();
         var send = await auditor.SendEndpointAsync(migration);
@@ -45,7 +42,7 @@ public class AuditTrailTests(PostgresFixture postgres) : IClassFixture<PostgresF
     public async Task A_RecordEvent_activity_tried_twice_is_appended_once()
     {
         var ct = TestContext.Current.CancellationToken;
-        await using var auditor = await Auditor.StartAsync(postgres.Schema, ct);
+        await using var auditor = await TestAuditor.StartAsync(postgres.Schema, ct);
         var activities = new AuditActivities(auditor.Host.Services.GetRequiredService<IBus>(), auditor.Host.Services.GetRequiredService<AuditRoute>());
         var migration = Guid.NewGuid();
         var requested = new RecordEvent(new MigrationRequested(migration, Guid.NewGuid(), "src", "main", ["a"], "semigrate", DateTimeOffset.UtcNow), 1);
@@ -78,7 +75,7 @@ public class AuditTrailTests(PostgresFixture postgres) : IClassFixture<PostgresF
     private async Task<double> TwentyAtOnceAsync(int partitions)
     {
         var ct = TestContext.Current.CancellationToken;
-        await using var auditor = await Auditor.StartAsync(postgres.Schema, ct, partitions);
+        await using var auditor = await TestAuditor.StartAsync(postgres.Schema, ct, partitions);
         var host = auditor.Host;
         const int migrations = 20, each = 50;
         var ids = Enumerable.Range(0, migrations).Select(_ => Guid.NewGuid()).ToList();
@@ -119,40 +116,5 @@ public class AuditTrailTests(PostgresFixture postgres) : IClassFixture<PostgresF
             }
         }
         return migrations * each / seconds;
-    }
-
-    /// <summary>An orchestrator's auditor on queues of the test's own, torn down with its queues.</summary>
-    private sealed class Auditor(IHost host) : IAsyncDisposable
-    {
-        public IHost Host => host;
-
-        /// <summary>Where a host sends the events of <paramref name="stream"/>.</summary>
-        public Task<ISendEndpoint> SendEndpointAsync(Guid stream) =>
-            host.Services.GetRequiredService<IBus>().GetSendEndpoint(host.Services.GetRequiredService<AuditRoute>().AddressOf(stream));
-
-        public static async Task<Auditor> StartAsync(string schema, CancellationToken ct, int partitions = 8)
-        {
-            foreach (var (key, value) in await ServicesScript.SettingsAsync())
-            {
-                Environment.SetEnvironmentVariable(key, value);
-            }
-            var queue = $"semigrate-audit-{Guid.NewGuid():N}"[..28];
-            var host = Orchestrator.Build(StepPolicies.Default, new Dictionary<string, string?>
-            {
-                ["Postgres:Schema"] = schema,
-                ["Audit:Queue"] = queue,
-                ["Audit:Partitions"] = partitions.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            });
-            await host.StartAsync(ct);
-            return new Auditor(host);
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            var queues = host.Services.GetRequiredService<AuditRoute>().Queues.ToArray();
-            await host.StopAsync(CancellationToken.None);
-            host.Dispose();
-            await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [], [], queues);
-        }
     }
 }

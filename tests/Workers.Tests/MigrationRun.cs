@@ -60,7 +60,7 @@ internal sealed class MigrationRun : IAsyncDisposable
     /// <summary>`semigrate audit`'s checks on the migration's stream: every one must hold.</summary>
     public async Task AssertAuditedAsync(Guid migrationId, CancellationToken ct)
     {
-        var report = await MigrationAudit.RunAsync(Host.Services.GetRequiredService<IDocumentStore>(), migrationId, ct);
+        var report = await MigrationAudit.RunAsync(Host.Services.GetRequiredService<IDocumentStore>(), Host.Services.GetRequiredService<AuditSeal>(), migrationId, ct);
         Assert.NotNull(report);
         Assert.True(report.Ok, string.Join("\n", report.Verdicts.Select(v => $"{(v.Ok ? "ok" : "FAILED")} {v.Invariant}: {v.Detail}")));
     }

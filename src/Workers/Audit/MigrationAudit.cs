@@ -28,26 +28,50 @@ public sealed record AuditReport(Guid MigrationId, MigrationState State, IReadOn
 /// destination released the VM and the source kept it).</summary>
 public static class MigrationAudit
 {
-    public static async Task<AuditReport?> RunAsync(IDocumentStore store, Guid migrationId, CancellationToken ct)
+    public static async Task<AuditReport?> RunAsync(IDocumentStore store, AuditSeal seal, Guid migrationId, CancellationToken ct)
     {
         await using var query = store.QuerySession();
         var stream = await query.Events.FetchStreamAsync(migrationId, token: ct);
-        return stream.Count == 0 ? null : await CheckAsync(migrationId, stream);
+        return stream.Count == 0 ? null : await CheckAsync(migrationId, stream, seal);
     }
 
-    public static async Task<AuditReport> CheckAsync(Guid migrationId, IReadOnlyList<IEvent> stream)
+    public static async Task<AuditReport> CheckAsync(Guid migrationId, IReadOnlyList<IEvent> stream, AuditSeal seal)
     {
         var events = stream.OrderBy(e => e.Version).Select(e => e.Data).ToList();
         var state = StateOf(events);
         var verdicts = new List<AuditVerdict>
         {
-            AuditChain.Verify(stream) is { } broken
+            AuditChain.Verify(stream, seal) is { } broken
                 ? new("hash chain", false, $"event {broken.Version} ({broken.Type}): {broken.Problem}")
-                : new("hash chain", true, $"{stream.Count} events linked"),
+                : new("hash chain", true, $"{stream.Count} events linked{(seal.CanCheck ? ", each sealed by a trusted auditor" : "")}"),
+            Anchored(migrationId, stream, seal),
             await ReplayAsync(migrationId, events, state),
         };
         verdicts.AddRange(Invariants(events, state));
         return new AuditReport(migrationId, state, verdicts, events.OfType<ISecurityEvent>().Count());
+    }
+
+    /// <summary>The trail against what is kept outside the database: seals checkable here, and the last event
+    /// an auditor here appended still there, as it was.</summary>
+    public static AuditVerdict Anchored(Guid migrationId, IReadOnlyList<IEvent> stream, AuditSeal seal)
+    {
+        const string name = "anchor";
+        if (!seal.CanCheck)
+        {
+            return new(name, false, "no auditor key here to check the seals with (Audit:KeyFile, Audit:TrustedKeys): the database's owner could have rewritten the stream");
+        }
+        var last = stream.Max(e => e.Version);
+        if (seal.HeadOf(migrationId) is not { } head)
+        {
+            return new(name, true, $"seals checked; no auditor here appended to this stream, so a stream cut short shows only where one did (Audit:HeadsFolder)");
+        }
+        if (last < head.Version)
+        {
+            return new(name, false, $"the auditor appended event {head.Version}, the database holds {last}: the stream was cut short or rolled back");
+        }
+        return stream.FirstOrDefault(e => e.Version == head.Version) is { } kept && AuditChain.Header(kept, AuditChain.HashHeader) == head.Hash
+            ? new(name, true, $"seals checked; the last event the auditor here appended ({head.Version}) is there as it was")
+            : new(name, false, $"event {head.Version} is not the one the auditor appended (the stream was replaced)");
     }
 
     /// <summary>Audits a Temporal history of the SplitMigration workflow (as `temporal workflow show --output

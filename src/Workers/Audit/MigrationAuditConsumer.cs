@@ -8,8 +8,9 @@ namespace SEmigrate.Workers.Audit;
 /// <summary>The auditor: appends every lifecycle event to its migration's Marten stream. Its queue is
 /// consumed one message at a time, so a stream keeps the order the orchestrator published in. A message
 /// delivered twice (the broker redelivers what was not acknowledged before a crash) is appended once:
-/// its message id is stored in the same transaction as the event.</summary>
-public sealed class MigrationAuditConsumer(IDocumentSession session, ILogger<MigrationAuditConsumer> logger) :
+/// its message id is stored in the same transaction as the event. It records only events signed by
+/// their sender (<see cref="EventSignatures"/>), and seals each (<see cref="AuditSeal"/>).</summary>
+public sealed class MigrationAuditConsumer(IDocumentSession session, AuditSeal seal, EventSignatures signatures, ILogger<MigrationAuditConsumer> logger) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<DestinationLost>, IConsumer<MigrationSwitchedOver>,
     IConsumer<MigrationCompensated>, IConsumer<MigrationRefused>, IConsumer<PageCheckFailed>, IConsumer<StepDenied>, IConsumer<PagesUnavailable>, IConsumer<MigratedVmStopped>, IConsumer<VmPaged>, IConsumer<HostSeen>
@@ -54,21 +55,26 @@ public sealed class MigrationAuditConsumer(IDocumentSession session, ILogger<Mig
     {
         var id = context.MessageId ?? throw new InvalidOperationException($"a {e.GetType().Name} without a message id cannot be recorded once");
         var user = context.ReceiveContext.TryGetPayload<RabbitMqBasicConsumeContext>(out var rabbit) ? rabbit.Properties.UserId : null;
-        if (AuditSenders.Refusal(user, e) is { } refused)
+        var signer = context.Headers.Get<string>(EventSigner.SignerHeader);
+        if ((AuditSenders.Refusal(user, e) ?? await signatures.ProblemAsync(user!, e, signer, context.Headers.Get<string>(EventSigner.SignatureHeader), context.CancellationToken))
+            is { } refused)
         {
-            // Forged for another host, or by nobody the broker knows: not recorded (nothing to redeliver).
+            // Forged, or by nobody the broker knows: not recorded (nothing to redeliver).
             logger.LogWarning("audit: not recorded: {Refusal}", refused);
             return;
         }
-        if (await session.LoadAsync<AuditedMessage>(id, context.CancellationToken) is not null)
+        // A message id counts within its stream only: no message on another stream can take a real one's.
+        var recorded = $"{stream:N}/{id:N}";
+        if (await session.LoadAsync<RecordedMessage>(recorded, context.CancellationToken) is not null)
         {
             return; // recorded before the broker's redelivery
         }
-        await AuditChain.AppendAsync(session, stream, e, context.CancellationToken); // a concurrent append fails the save: retried in place
-        session.Insert(new AuditedMessage(id, stream));
+        var head = await AuditChain.AppendAsync(session, seal, stream, e, signer, context.CancellationToken); // a concurrent append fails the save: retried in place
+        session.Insert(new RecordedMessage(recorded, stream));
         await session.SaveChangesAsync(context.CancellationToken);
+        seal.RecordHead(stream, head.Version, head.Hash);
     }
 }
 
-/// <summary>A message the auditor has recorded (its MassTransit message id).</summary>
-public sealed record AuditedMessage(Guid Id, Guid MigrationId);
+/// <summary>A message the auditor has recorded: its stream and MassTransit message id.</summary>
+public sealed record RecordedMessage(string Id, Guid Stream);

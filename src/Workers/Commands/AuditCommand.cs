@@ -55,7 +55,7 @@ public static class AuditCommand
                 var builder = SemigrateHost.CreateBuilder();
                 builder.AddAuditTrail();
                 using var host = builder.Build();
-                if ((report = await MigrationAudit.RunAsync(host.Services.GetRequiredService<IDocumentStore>(), migration, ct)) is null)
+                if ((report = await MigrationAudit.RunAsync(host.Services.GetRequiredService<IDocumentStore>(), host.Services.GetRequiredService<AuditSeal>(), migration, ct)) is null)
                 {
                     await Console.Error.WriteLineAsync($"semigrate: no migration {migration} in the audit trail");
                     return 2;

@@ -38,7 +38,7 @@ public static class RunningGuestTrial
 
     /// <summary>What `semigrate audit` finds wrong with the migration; null when it passes.</summary>
     public static async Task<string?> AuditAsync(IServiceProvider services, Guid migrationId, CancellationToken ct) =>
-        await MigrationAudit.RunAsync(services.GetRequiredService<IDocumentStore>(), migrationId, ct) is { } audit ? audit.Failures : "no stream";
+        await MigrationAudit.RunAsync(services.GetRequiredService<IDocumentStore>(), services.GetRequiredService<Audit.AuditSeal>(), migrationId, ct) is { } audit ? audit.Failures : "no stream";
 
     /// <summary>Migrates in <paramref name="mode"/>, then watches until <paramref name="passes"/> passes ran
     /// at the main host and at least <paramref name="watch"/> went by.</summary>

@@ -4,6 +4,7 @@ using MassTransit;
 using Microsoft.Extensions.Logging;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
+using SEmigrate.Workers.Audit;
 using SEmigrate.Workflows;
 
 namespace SEmigrate.Workers.Embedded;
@@ -14,7 +15,7 @@ namespace SEmigrate.Workers.Embedded;
 /// and result, and every lifecycle event, is appended to the migration's stream (<see cref="MigrationJournal"/>)
 /// before the procedure sees it; a step the journal holds answers from there, so a procedure run again
 /// after a crash replays up to where the record ends and goes on live from there.</summary>
-public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentStore store, TransferWatch watch, HostWorkers workers, StepPolicies policies,
+public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentStore store, AuditSeal seal, TransferWatch watch, HostWorkers workers, StepPolicies policies,
     ILogger<EmbeddedSteps> logger)
     : IMigrationSteps
 {
@@ -26,7 +27,7 @@ public sealed class EmbeddedSteps(IClientFactory clients, IBus bus, IDocumentSto
 
     /// <summary>The migration's journal, loaded from its stream once per process (while it runs here).</summary>
     public Task<MigrationJournal> JournalAsync(Guid migrationId) =>
-        journals.GetOrAdd(migrationId, id => new Lazy<Task<MigrationJournal>>(() => MigrationJournal.LoadAsync(store, id, CancellationToken.None))).Value;
+        journals.GetOrAdd(migrationId, id => new Lazy<Task<MigrationJournal>>(() => MigrationJournal.LoadAsync(store, seal, id, CancellationToken.None))).Value;
 
     /// <summary>The migration no longer runs here: its journal is read again from its stream next time.</summary>
     public void Forget(Guid migrationId) => journals.TryRemove(migrationId, out _);

@@ -15,7 +15,7 @@ public sealed class MigrationJournal
 {
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
-    private readonly IDocumentStore? store;
+    private readonly (IDocumentStore Store, AuditSeal Seal)? to;
     private readonly Guid id;
     private readonly SemaphoreSlim appending = new(1, 1);
     private readonly Dictionary<string, string> completed = new(StringComparer.Ordinal);
@@ -25,9 +25,9 @@ public sealed class MigrationJournal
     private readonly Dictionary<string, int> recording = new(StringComparer.Ordinal);
     private bool ended;
 
-    private MigrationJournal(IDocumentStore? store, Guid id, IReadOnlyList<object> events)
+    private MigrationJournal((IDocumentStore, AuditSeal)? to, Guid id, IReadOnlyList<object> events)
     {
-        (this.store, this.id) = (store, id);
+        (this.to, this.id) = (to, id);
         foreach (var e in events)
         {
             switch (e)
@@ -67,11 +67,11 @@ public sealed class MigrationJournal
     /// <summary>Steps that had ended when this journal was loaded (what a resume replays).</summary>
     public int Steps { get; }
 
-    public static async Task<MigrationJournal> LoadAsync(IDocumentStore store, Guid id, CancellationToken ct)
+    public static async Task<MigrationJournal> LoadAsync(IDocumentStore store, AuditSeal seal, Guid id, CancellationToken ct)
     {
         await using var query = store.QuerySession();
         var events = await query.Events.FetchStreamAsync(id, token: ct);
-        return new MigrationJournal(store, id, [.. events.Select(e => e.Data)]);
+        return new MigrationJournal((store, seal), id, [.. events.Select(e => e.Data)]);
     }
 
     /// <summary>A journal to read only (an audit's replay): appending to it fails.</summary>
@@ -178,7 +178,7 @@ public sealed class MigrationJournal
     /// events) only makes it try again.</summary>
     private async Task AppendAsync(IMigrationEvent e)
     {
-        var to = store ?? throw new InvalidOperationException($"migration {id}: this journal is only read (an audit)");
+        var (store, seal) = to ?? throw new InvalidOperationException($"migration {id}: this journal is only read (an audit)");
         await appending.WaitAsync();
         try
         {
@@ -186,9 +186,10 @@ public sealed class MigrationJournal
             {
                 try
                 {
-                    await using var session = to.LightweightSession();
-                    await AuditChain.AppendAsync(session, id, e, CancellationToken.None);
+                    await using var session = store.LightweightSession();
+                    var head = await AuditChain.AppendAsync(session, seal, id, e, null, CancellationToken.None);
                     await session.SaveChangesAsync();
+                    seal.RecordHead(id, head.Version, head.Hash);
                     return;
                 }
                 catch (Exception x) when (attempt < 10 && x is JasperFx.ConcurrencyException or JasperFx.Events.EventStreamUnexpectedMaxEventIdException)

@@ -82,6 +82,7 @@ public static class RoleRegistration
             builder.Services.AddSingleton<SourceActivities>();
         }
         builder.Services.AddSingleton(keys); // capabilities are wrapped for it; at a main host, the data key too
+        builder.Services.AddSingleton(new EventSigner(EventSigner.HostPrefix + host, data => keys.Sign(data))); // and the events it raises are signed with it
         if (main)
         {
             builder.Services.AddSingleton<MainHostVms>();
@@ -171,6 +172,14 @@ public static class RoleRegistration
         builder.Services.AddSingleton<EmbeddedEngine>();
         builder.Services.AddSingleton<DrainRunner>();
         builder.AddAuditTrail();
+        // The auditor's key seals what this process appends and signs what it sends (in place of AddAuditTrail's reader).
+        builder.Services.AddSingleton(sp => AuditSeal.ForAuditor(sp.GetRequiredService<IOptions<AuditOptions>>().Value, sp.GetRequiredService<IOptions<PostgresOptions>>().Value.Schema));
+        builder.Services.AddSingleton(sp =>
+        {
+            var seal = sp.GetRequiredService<AuditSeal>();
+            return new EventSigner(EventSigner.AuditorPrefix + seal.Fingerprint, seal.Sign);
+        });
+        builder.Services.AddSingleton<EventSignatures>();
         var progressEndpoint = StepQueues.OrchestratorProgressEndpoint();
         builder.Services.AddSingleton(sp => new HostRoutes(sp.GetRequiredService<IConnection>(), sp.GetRequiredService<IDocumentStore>(),
             sp.GetRequiredService<AuditRoute>(), progressEndpoint, sp.GetRequiredService<Microsoft.Extensions.Logging.ILogger<HostRoutes>>()));
@@ -232,13 +241,15 @@ public static class RoleRegistration
             o.Projections.Add<VmPagingSummaryProjection>(ProjectionLifecycle.Inline);
             o.Projections.Add<FleetHostProjection>(ProjectionLifecycle.Inline);
             // Documents stored outside projections: known up front, so AuditTrailSchema makes their tables too.
-            o.RegisterDocumentType<AuditedMessage>();
+            o.RegisterDocumentType<RecordedMessage>();
             o.RegisterDocumentType<Embedded.DrainSchedule>();
             o.RegisterDocumentType<Trust.HostEnrolment>();
             return o;
         }).UseLightweightSessions();
         // First of the hosted services: the schema is there before the bus or the engine use the store.
         builder.Services.Insert(0, ServiceDescriptor.Singleton<IHostedService, AuditTrailSchema>());
+        // What checks the trail's seals and heads outside PostgreSQL (an orchestrator replaces it with its auditor's).
+        builder.Services.AddSingleton(sp => AuditSeal.ForReader(sp.GetRequiredService<IOptions<AuditOptions>>().Value, sp.GetRequiredService<IOptions<PostgresOptions>>().Value.Schema));
         return builder;
     }
 
@@ -290,11 +301,18 @@ public static class RoleRegistration
                 cfg.Exclusive = true;
                 // Every message says which broker user sent it (RabbitMQ checks it is the connection's): the
                 // auditor records a host's events only from that host's user (AuditSenders).
+                // An event for the audit trail is signed by this process's host or auditor key (EventSignatures).
+                var signer = bus.GetService<EventSigner>();
                 cfg.ConfigureSend(s => s.UseExecute(c =>
                 {
                     if (c.TryGetPayload<RabbitMqSendContext>(out var rabbit))
                     {
                         rabbit.BasicProperties.UserId = f.UserName;
+                    }
+                    if (signer is not null && c is SendContext<object> { Message: var m } && EventSigner.Signs(m))
+                    {
+                        c.Headers.Set(EventSigner.SignerHeader, signer.Name);
+                        c.Headers.Set(EventSigner.SignatureHeader, Convert.ToBase64String(signer.Sign(EventSigner.Statement(m))));
                     }
                 }));
                 endpoints(bus, cfg);

@@ -31,7 +31,11 @@ public static class OperatorAuthority
 
     /// <summary>The enrolled keys of <paramref name="hosts"/> (every enrolled host when null), each checked
     /// against the operator's signature; a host not enrolled, or whose enrolment was altered, fails.</summary>
-    public static async Task<IReadOnlyList<PinnedHost>> PinAsync(IDocumentStore store, OperatorKey key, IReadOnlyCollection<string>? hosts, CancellationToken ct)
+    public static Task<IReadOnlyList<PinnedHost>> PinAsync(IDocumentStore store, OperatorKey key, IReadOnlyCollection<string>? hosts, CancellationToken ct) =>
+        PinAsync(store, key.PublicKey, hosts, ct);
+
+    /// <summary>The same, checked against the operator's public key only (the auditor checks hosts' signatures so).</summary>
+    public static async Task<IReadOnlyList<PinnedHost>> PinAsync(IDocumentStore store, byte[] publicKey, IReadOnlyCollection<string>? hosts, CancellationToken ct)
     {
         await using var query = store.QuerySession();
         var enrolled = hosts is null ? await query.Query<HostEnrolment>().ToListAsync(ct) : await query.LoadManyAsync<HostEnrolment>(ct, hosts);
@@ -39,7 +43,6 @@ public static class OperatorAuthority
         {
             throw new InvalidOperationException($"host {missing} is not enrolled: `semigrate host enrol {missing} --identity FILE` (its worker writes STATE/{HostIdentity.FileName})");
         }
-        var publicKey = key.PublicKey;
         if (enrolled.FirstOrDefault(e => !OperatorKey.Verify(publicKey, OperatorSignatures.Enrolment(e.Id, e.HostKey, e.At), e.Signature)) is { } forged)
         {
             throw new InvalidOperationException($"the enrolment of host {forged.Id} is not signed by this operator's key (altered in the database, or enrolled by another operator)");

@@ -1,0 +1,244 @@
+using System.Text.Json;
+using Marten;
+using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using RabbitMQ.Client;
+using SEmigrate.Contracts.Audit;
+using SEmigrate.TestSupport;
+using SEmigrate.Workers.Audit;
+using SEmigrate.Workers.Settings;
+
+namespace SEmigrate.Workers.Tests;
+
+/// <summary>The audit trail against those who can write where it is kept or sent: PostgreSQL's owner
+/// (edits, re-hashes, cuts short, forges or moves events in the tables) and the control plane's shared
+/// broker user (sends events, takes a real event's message id first). Every attack is on a stream the
+/// auditor recorded, and must be refused by the auditor or found by the audit's checks.</summary>
+public class AuditAnchorTests(PostgresFixture postgres) : IClassFixture<PostgresFixture>
+{
+    private const int Tries = 10;
+    private const int Events = 6;
+
+    private static readonly JsonSerializerOptions Web = new(JsonSerializerDefaults.Web);
+
+    [Fact]
+    public async Task The_database_owner_and_the_control_planes_broker_user_cannot_rewrite_the_trail_unnoticed()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var auditor = await TestAuditor.StartAsync(postgres.Schema, ct);
+        var services = auditor.Host.Services;
+        var (store, seal) = (services.GetRequiredService<IDocumentStore>(), services.GetRequiredService<AuditSeal>());
+        await using var db = new NpgsqlConnection(services.GetRequiredService<IOptions<PostgresOptions>>().Value.ConnectionString);
+        await db.OpenAsync(ct);
+        var (events, streams) = ($"{postgres.Schema}.mt_events", $"{postgres.Schema}.mt_streams");
+        var scratch = Directory.CreateTempSubdirectory("semigrate-attacker-");
+        using var attackerSeal = AuditSeal.ForAuditor(new AuditOptions { KeyFile = Path.Combine(scratch.FullName, "key"), HeadsFolder = scratch.FullName }, postgres.Schema);
+        var rows = new List<(string Attack, int Tries, int Caught, int Lost)>();
+        var output = TestContext.Current.TestOutputHelper;
+
+        // As the database's owner.
+        await Tampered("edit an event, re-hash the chain after it", async stream =>
+        {
+            await ExecuteAsync(db, $"update {events} set data = jsonb_set(data, '{{Problem}}', '\"nothing happened\"') where stream_id = $1 and version = 3", stream);
+            await RehashAsync(stream);
+        });
+        await Tampered("cut the stream short (its last 3 events)", async stream =>
+        {
+            await ExecuteAsync(db, $"delete from {events} where stream_id = $1 and version > {Events - 3}", stream);
+            await ExecuteAsync(db, $"update {streams} set version = {Events - 3} where id = $1", stream);
+        });
+        await Tampered("append an event chained right, sealed with its own key", async stream =>
+        {
+            await using var session = store.LightweightSession();
+            await AuditChain.AppendAsync(session, attackerSeal, stream, new MigrationRefused(stream, "forged", DateTimeOffset.UtcNow), null, ct);
+            await session.SaveChangesAsync(ct);
+        });
+        await Tampered("append an event chained right, with a seal copied from the event before", async stream =>
+        {
+            await using (var session = store.LightweightSession())
+            {
+                await AuditChain.AppendAsync(session, attackerSeal, stream, new MigrationRefused(stream, "forged", DateTimeOffset.UtcNow), null, ct);
+                await session.SaveChangesAsync(ct);
+            }
+            await ExecuteAsync(db, $"update {events} e set headers = e.headers || jsonb_build_object('sealer', p.headers->>'sealer', 'seal', p.headers->>'seal') "
+                + $"from {events} p where e.stream_id = $1 and p.stream_id = $1 and e.version = {Events + 1} and p.version = {Events}", stream);
+        });
+        await Tampered("replace its events with another stream's, sealed for that one", async stream =>
+        {
+            var other = await RecordAsync();
+            await ExecuteAsync(db, $"delete from {events} where stream_id = $1", stream);
+            await ExecuteAsync(db, $"update {events} set stream_id = $1 where stream_id = '{other}'", stream);
+        });
+
+        // As the control plane's broker user (the services' `semigrate`), straight into the audit queues.
+        var settings = await ServicesScript.SettingsAsync();
+        var uri = new Uri(settings["SEMIGRATE__RabbitMq__Uri"]);
+        var user = Uri.UnescapeDataString(uri.UserInfo.Split(':')[0]);
+        await using var broker = await new ConnectionFactory { Uri = uri, ClientProvidedName = "attacker" }.CreateConnectionAsync(ct);
+        var route = services.GetRequiredService<AuditRoute>();
+        var stranger = Convert.ToBase64String(attackerSeal.Sign(EventSigner.Statement(Requested(Guid.NewGuid()))));
+        var forged = new List<(int Row, Guid Stream)>();
+        foreach (var (attack, sign) in new (string, Func<object, Dictionary<string, object>>)[]
+        {
+            ("an event, unsigned", _ => []),
+            ("an event signed with its own key", e => Signed($"{EventSigner.AuditorPrefix}{attackerSeal.Fingerprint}", attackerSeal.Sign(EventSigner.Statement(e)))),
+            ("an event with the auditor's signature of another event", _ => Signed($"{EventSigner.AuditorPrefix}{seal.Fingerprint}", Convert.FromBase64String(stranger))),
+            ("an event signed as a host, by its own key", e => Signed($"{EventSigner.HostPrefix}main", attackerSeal.Sign(EventSigner.Statement(e)))),
+        })
+        {
+            rows.Add((attack, Tries, 0, 0));
+            for (var i = 0; i < Tries; i++)
+            {
+                var stream = Guid.NewGuid();
+                var e = Requested(stream);
+                await PublishAsync(route.QueueOf(stream), e, sign(e), Guid.NewGuid());
+                forged.Add((rows.Count - 1, stream));
+            }
+        }
+        // A real event's message id taken first by a forged event on its stream, or by a real one on another.
+        var preempted = new List<(Guid Stream, Guid Other)>();
+        for (var i = 0; i < Tries; i++)
+        {
+            var (stream, other, id) = (await RecordAsync(1), Guid.NewGuid(), NewId.NextGuid());
+            await PublishAsync(route.QueueOf(stream), new MigrationRefused(stream, "forged", DateTimeOffset.UtcNow), [], id);
+            await Task.Delay(50, ct); // at the queue before the real one
+            await (await auditor.SendEndpointAsync(other)).Send(Requested(other), c => c.MessageId = id, ct);
+            await (await auditor.SendEndpointAsync(stream)).Send(new MigrationRefused(stream, "real", DateTimeOffset.UtcNow), c => c.MessageId = id, ct);
+            preempted.Add((stream, other));
+        }
+        // Every queue read to its end, and a moment more (its auditor took the last message in hand).
+        await WaitAsync(async () =>
+        {
+            var waiting = 0u;
+            foreach (var queue in route.Queues)
+            {
+                await using var channel = await broker.CreateChannelAsync(cancellationToken: ct);
+                waiting += (await channel.QueueDeclarePassiveAsync(queue, ct)).MessageCount;
+            }
+            return waiting == 0;
+        });
+        await Task.Delay(TimeSpan.FromSeconds(1), ct);
+        await using (var query = store.QuerySession())
+        {
+            foreach (var (row, stream) in forged)
+            {
+                if ((await query.Events.FetchStreamAsync(stream, token: ct)).Count == 0)
+                {
+                    rows[row] = rows[row] with { Caught = rows[row].Caught + 1 };
+                }
+            }
+            var (kept, lost) = (0, 0);
+            foreach (var (stream, other) in preempted)
+            {
+                await WaitAsync(async () => (await query.Events.FetchStreamAsync(stream, token: ct)).Count >= 2 && (await query.Events.FetchStreamAsync(other, token: ct)).Count >= 1);
+                var recorded = (await query.Events.FetchStreamAsync(stream, token: ct)).Select(e => e.Data).ToList();
+                var real = recorded is [MigrationRequested, MigrationRefused { Reason: "real" }] && (await query.Events.FetchStreamAsync(other, token: ct)).Count == 1;
+                (kept, lost) = real ? (kept + 1, lost) : (kept, lost + 1);
+            }
+            rows.Add(("a real event's message id taken first (forged on its stream, real on another)", Tries, kept, lost));
+        }
+
+        output?.WriteLine($"| {"attack",-76} | tries | refused or found | real events lost unnoticed |");
+        foreach (var (attack, tries, caught, lost) in rows)
+        {
+            output?.WriteLine($"| {attack,-76} | {tries,5} | {caught,16} | {lost,26} |");
+        }
+        scratch.Delete(recursive: true);
+        Assert.All(rows, r => Assert.True(r.Caught == r.Tries && r.Lost == 0, $"{r.Attack}: {r.Caught} of {r.Tries} refused or found, {r.Lost} lost"));
+
+        async Task Tampered(string attack, Func<Guid, Task> tamper)
+        {
+            var (caught, lost) = (0, 0);
+            string? sample = null;
+            for (var i = 0; i < Tries; i++)
+            {
+                var stream = await RecordAsync();
+                Assert.Null(await FindingAsync(stream)); // as the auditor recorded it, every check holds
+                await tamper(stream);
+                var finding = await FindingAsync(stream);
+                (caught, lost, sample) = finding is null ? (caught, lost + 1, sample) : (caught + 1, lost, sample ?? finding);
+            }
+            output?.WriteLine($"{attack}: {sample}");
+            rows.Add((attack, Tries, caught, lost));
+        }
+
+        // What `semigrate audit` says of the stream's chain, seals and head; null when they hold.
+        async Task<string?> FindingAsync(Guid stream)
+        {
+            await using var query = store.QuerySession();
+            var recorded = await query.Events.FetchStreamAsync(stream, token: ct);
+            return AuditChain.Verify(recorded, seal) is { } broken ? $"event {broken.Version} ({broken.Type}): {broken.Problem}"
+                : MigrationAudit.Anchored(stream, recorded, seal) is { Ok: false } anchor ? anchor.Detail : null;
+        }
+
+        // A stream the auditor recorded: a request, then security events, signed by this orchestrator.
+        async Task<Guid> RecordAsync(int count = Events)
+        {
+            var stream = Guid.NewGuid();
+            var send = await auditor.SendEndpointAsync(stream);
+            await send.Send(Requested(stream), ct);
+            for (var i = 1; i < count; i++)
+            {
+                await send.Send(new StepDenied(stream, stream, "main", "Transfer", $"try {i}", DateTimeOffset.UtcNow), ct);
+            }
+            await WaitAsync(async () =>
+            {
+                await using var query = store.QuerySession();
+                return (await query.Events.FetchStreamAsync(stream, token: ct)).Count == count && seal.HeadOf(stream)?.Version == count;
+            });
+            return stream;
+        }
+
+        // The chain made again over what the database now holds, as its owner can.
+        async Task RehashAsync(Guid stream)
+        {
+            await using var query = store.QuerySession();
+            var previous = "";
+            foreach (var e in (await query.Events.FetchStreamAsync(stream, token: ct)).OrderBy(e => e.Version))
+            {
+                var hash = AuditChain.Link(previous, e.Data);
+                await ExecuteAsync(db, $"update {events} set headers = headers || jsonb_build_object('prev', '{previous}'::text, 'hash', '{hash}'::text) "
+                    + $"where stream_id = $1 and version = {e.Version}", stream);
+                previous = hash;
+            }
+        }
+
+        async Task PublishAsync(string queue, object e, Dictionary<string, object> headers, Guid id)
+        {
+            await using var channel = await broker.CreateChannelAsync(cancellationToken: ct);
+            var envelope = new Dictionary<string, object>
+            {
+                ["messageId"] = id, ["conversationId"] = Guid.NewGuid(), ["sentTime"] = DateTimeOffset.UtcNow,
+                ["messageType"] = new[] { $"urn:message:{e.GetType().Namespace}:{e.GetType().Name}" },
+                ["message"] = JsonSerializer.SerializeToElement(e, e.GetType(), Web), ["headers"] = headers,
+            };
+            var properties = new BasicProperties
+            {
+                ContentType = "application/vnd.masstransit+json", MessageId = id.ToString(), UserId = user,
+                Headers = headers.ToDictionary(h => h.Key, h => (object?)h.Value),
+            };
+            await channel.BasicPublishAsync("", queue, false, properties, JsonSerializer.SerializeToUtf8Bytes(envelope, Web), ct);
+        }
+
+        async Task WaitAsync(Func<Task<bool>> done)
+        {
+            for (var i = 0; i < 300 && !await done(); i++)
+            {
+                await Task.Delay(100, ct);
+            }
+        }
+    }
+
+    private static MigrationRequested Requested(Guid stream) => new(stream, Guid.NewGuid(), "src", "main", ["sub"], "semigrate", DateTimeOffset.UtcNow);
+
+    private static Dictionary<string, object> Signed(string signer, byte[] signature) =>
+        new() { [EventSigner.SignerHeader] = signer, [EventSigner.SignatureHeader] = Convert.ToBase64String(signature) };
+
+    private static async Task ExecuteAsync(NpgsqlConnection db, string sql, Guid stream)
+    {
+        await using var command = new NpgsqlCommand(sql, db) { Parameters = { new() { Value = stream } } };
+        await command.ExecuteNonQueryAsync(TestContext.Current.CancellationToken);
+    }
+}
