@@ -10,21 +10,24 @@ public sealed class OperatorKey : IDisposable
 {
     private readonly ECDsa ecdsa;
 
-    private OperatorKey(ECDsa ecdsa) => this.ecdsa = ecdsa;
+    private OperatorKey(ECDsa ecdsa, string? file = null) => (this.ecdsa, File) = (ecdsa, file);
 
     public static OperatorKey Generate() => new(ECDsa.Create(ECCurve.NamedCurves.nistP256));
 
     public static OperatorKey Load(string path)
     {
         var ecdsa = ECDsa.Create();
-        ecdsa.ImportPkcs8PrivateKey(File.ReadAllBytes(path), out _);
-        return new OperatorKey(ecdsa);
+        ecdsa.ImportPkcs8PrivateKey(System.IO.File.ReadAllBytes(path), out _);
+        return new OperatorKey(ecdsa, Path.GetFullPath(path));
     }
+
+    /// <summary>The file the key was loaded from (what the operator keeps beside it lives there too); null for a key made in memory.</summary>
+    public string? File { get; }
 
     /// <summary>Creates the key at <paramref name="path"/> unless one is there; returns whether it made one.</summary>
     public static bool Create(string path)
     {
-        if (File.Exists(path))
+        if (System.IO.File.Exists(path))
         {
             return false;
         }

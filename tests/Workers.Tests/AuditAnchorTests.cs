@@ -7,8 +7,10 @@ using Npgsql;
 using RabbitMQ.Client;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.TestSupport;
+using SEmigrate.Sealing;
 using SEmigrate.Workers.Audit;
 using SEmigrate.Workers.Settings;
+using SEmigrate.Workers.Trust;
 
 namespace SEmigrate.Workers.Tests;
 
@@ -228,6 +230,64 @@ public class AuditAnchorTests(PostgresFixture postgres) : IClassFixture<Postgres
             {
                 await Task.Delay(100, ct);
             }
+        }
+    }
+
+    [Fact]
+    public async Task The_database_owner_cannot_roll_an_enrolment_back_or_bring_a_revoked_host_back_and_a_foreign_enrolment_stops_nothing()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var auditor = await TestAuditor.StartAsync(postgres.Schema, ct);
+        var store = auditor.Host.Services.GetRequiredService<IDocumentStore>();
+        var folder = Directory.CreateTempSubdirectory("semigrate-operator-");
+        OperatorKey.Create(Path.Combine(folder.FullName, "operator.key"));
+        OperatorKey.Create(Path.Combine(folder.FullName, "other.key"));
+        using var key = OperatorKey.Load(Path.Combine(folder.FullName, "operator.key"));
+        using var other = OperatorKey.Load(Path.Combine(folder.FullName, "other.key"));
+        var (rolledBack, revoked, foreign) = (0, 0, 0);
+        string? sample = null;
+        for (var i = 0; i < Tries; i++)
+        {
+            var host = $"rolled-{Guid.NewGuid():N}"[..20];
+            using var first = HostKeyPair.Generate();
+            using var second = HostKeyPair.Generate();
+            var old = await OperatorAuthority.EnrolAsync(store, key, new HostIdentity(host, first.PublicKey), ct);
+            await OperatorAuthority.EnrolAsync(store, key, new HostIdentity(host, second.PublicKey), ct); // its key replaced
+            Assert.Equal(second.PublicKey, (await OperatorAuthority.PinAsync(store, key, [host], ct)).Single().HostKey);
+            await PutBackAsync(old); // the older enrolment, signed by the operator too
+            var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => OperatorAuthority.PinAsync(store, key, [host], ct));
+            (rolledBack, sample) = (rolledBack + (refused.Message.Contains("rolled back", StringComparison.Ordinal) ? 1 : 0), refused.Message);
+
+            var gone = $"revoked-{Guid.NewGuid():N}"[..20];
+            var enrolment = await OperatorAuthority.EnrolAsync(store, key, new HostIdentity(gone, first.PublicKey), ct);
+            Assert.True(await OperatorAuthority.RevokeAsync(store, key, gone, ct));
+            await PutBackAsync(enrolment);
+            var back = await Assert.ThrowsAsync<InvalidOperationException>(() => OperatorAuthority.PinAsync(store, key, [gone], ct));
+            revoked += back.Message.Contains("was revoked", StringComparison.Ordinal) ? 1 : 0;
+
+            // Another operator's host among them: every host of this operator's is still pinned, that one never.
+            // (Nor the two above, whose enrolments were tampered with: named, each is refused, as above.)
+            var (stranger, good) = ($"foreign-{Guid.NewGuid():N}"[..20], $"good-{Guid.NewGuid():N}"[..20]);
+            await OperatorAuthority.EnrolAsync(store, other, new HostIdentity(stranger, second.PublicKey), ct);
+            await OperatorAuthority.EnrolAsync(store, key, new HostIdentity(good, second.PublicKey), ct);
+            var all = (await OperatorAuthority.PinAsync(store, key, null, ct)).Select(p => p.Host).ToList();
+            await Assert.ThrowsAsync<InvalidOperationException>(() => OperatorAuthority.PinAsync(store, key, [stranger], ct));
+            foreign += all.Contains(good) && !all.Contains(stranger) && !all.Contains(host) && !all.Contains(gone) ? 1 : 0;
+        }
+        var output = TestContext.Current.TestOutputHelper;
+        output?.WriteLine($"rolled back: {sample}");
+        output?.WriteLine($"| {"attack",-60} | tries | refused |");
+        output?.WriteLine($"| {"an older enrolment of a host put back in the database",-60} | {Tries,5} | {rolledBack,7} |");
+        output?.WriteLine($"| {"a revoked host's enrolment put back",-60} | {Tries,5} | {revoked,7} |");
+        output?.WriteLine($"| {"another operator's enrolment among this operator's hosts",-60} | {Tries,5} | {foreign,7} |");
+        folder.Delete(recursive: true);
+        Assert.Equal([Tries, Tries, Tries], [rolledBack, revoked, foreign]);
+
+        async Task PutBackAsync(HostEnrolment e)
+        {
+            await using var session = store.LightweightSession();
+            session.Store(e);
+            await session.SaveChangesAsync(ct);
         }
     }
 

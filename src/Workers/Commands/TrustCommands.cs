@@ -9,7 +9,7 @@ using SEmigrate.Workers.Trust;
 
 namespace SEmigrate.Workers.Commands;
 
-/// <summary>`semigrate operator init`: the operator's signing key; `semigrate host enrol|enrolled`: the
+/// <summary>`semigrate operator init`: the operator's signing key; `semigrate host enrol|enrolled|forget`: the
 /// hosts whose keys the operator vouches for (see README, threat model).</summary>
 public static class TrustCommands
 {
@@ -78,7 +78,26 @@ public static class TrustCommands
             }
             return 0;
         });
-        root.Subcommands.Add(new Command("host", "The hosts the operator enrolled") { enrol, enrolled });
+        var forgotten = new Argument<string>("HOST") { Description = "The enrolled host to revoke" };
+        var forget = new Command("forget", "Revoke a host: remove its enrolment and record, beside the operator's key, that it may never be pinned again "
+            + "(until enrolled anew), even if its enrolment is put back in the database") { forgotten };
+        forget.SetAction(async (parse, ct) =>
+        {
+            using var host = Services();
+            try
+            {
+                using var key = OperatorAuthority.LoadKey(host.Services.GetRequiredService<IOptions<TrustOptions>>().Value);
+                var was = await OperatorAuthority.RevokeAsync(host.Services.GetRequiredService<IDocumentStore>(), key, parse.GetValue(forgotten)!, ct);
+                Console.WriteLine(was ? $"revoked {parse.GetValue(forgotten)}" : $"{parse.GetValue(forgotten)} was not enrolled; it is revoked all the same");
+                return 0;
+            }
+            catch (InvalidOperationException e)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: {e.Message}");
+                return 2;
+            }
+        });
+        root.Subcommands.Add(new Command("host", "The hosts the operator enrolled") { enrol, enrolled, forget });
         return root;
     }
 

@@ -38,11 +38,14 @@ public static class LocalOperator
     {
         await WorkerFleet.DeleteQueuesAsync(services.GetRequiredService<IOptions<RabbitMqOptions>>().Value.Uri!, hosts, vms,
             auditQueues: services.GetRequiredService<Contracts.Audit.AuditRoute>().Queues);
-        await using var session = services.GetRequiredService<Marten.IDocumentStore>().LightweightSession();
+        var store = services.GetRequiredService<Marten.IDocumentStore>();
+        await using var session = store.LightweightSession();
         foreach (var host in hosts)
         {
             session.Delete<HostEnrolment>(host);
         }
         await session.SaveChangesAsync();
+        using var key = OperatorAuthority.LoadKey(services.GetRequiredService<IOptions<TrustOptions>>().Value);
+        EnrolmentLedger.Forget(key, store.Options.DatabaseSchemaName, hosts); // their keys went with their state folders
     }
 }

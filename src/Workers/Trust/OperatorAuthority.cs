@@ -26,13 +26,41 @@ public static class OperatorAuthority
         await using var session = store.LightweightSession();
         session.Store(enrolment);
         await session.SaveChangesAsync(ct);
+        EnrolmentLedger.Enrolled(key, store.Options.DatabaseSchemaName, enrolment);
         return enrolment;
     }
 
-    /// <summary>The enrolled keys of <paramref name="hosts"/> (every enrolled host when null), each checked
-    /// against the operator's signature; a host not enrolled, or whose enrolment was altered, fails.</summary>
-    public static Task<IReadOnlyList<PinnedHost>> PinAsync(IDocumentStore store, OperatorKey key, IReadOnlyCollection<string>? hosts, CancellationToken ct) =>
-        PinAsync(store, key.PublicKey, hosts, ct);
+    /// <summary>Removes the host's enrolment and records, beside the operator's key, that it was revoked: no
+    /// request or order pins it again, even if the database's owner puts the enrolment back.</summary>
+    public static async Task<bool> RevokeAsync(IDocumentStore store, OperatorKey key, string host, CancellationToken ct)
+    {
+        await using var session = store.LightweightSession();
+        var was = await session.LoadAsync<HostEnrolment>(host, ct) is not null;
+        session.Delete<HostEnrolment>(host);
+        await session.SaveChangesAsync(ct);
+        EnrolmentLedger.Revoked(key, store.Options.DatabaseSchemaName, host);
+        return was;
+    }
+
+    /// <summary>The enrolled keys of <paramref name="hosts"/> (every host this operator enrolled when null: one
+    /// enrolled by another operator, or tampered with as below, is not among them), each checked against the operator's signature and
+    /// against the operator's own record of its last enrolment (<see cref="EnrolmentLedger"/>); a host named
+    /// that is not enrolled, or whose enrolment was altered, rolled back or revoked, fails.</summary>
+    public static async Task<IReadOnlyList<PinnedHost>> PinAsync(IDocumentStore store, OperatorKey key, IReadOnlyCollection<string>? hosts, CancellationToken ct)
+    {
+        var pinned = await PinAsync(store, key.PublicKey, hosts, ct);
+        await using var query = store.QuerySession();
+        var refused = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var e in await query.LoadManyAsync<HostEnrolment>(ct, [.. pinned.Select(p => p.Host)]))
+        {
+            if (EnrolmentLedger.Problem(key, store.Options.DatabaseSchemaName, e) is { } problem)
+            {
+                // Named, it fails; among every enrolled host, it is left out, and the others still serve.
+                _ = hosts is null ? refused.Add(e.Id) : throw new InvalidOperationException(problem);
+            }
+        }
+        return [.. pinned.Where(p => !refused.Contains(p.Host))];
+    }
 
     /// <summary>The same, checked against the operator's public key only (the auditor checks hosts' signatures so).</summary>
     public static async Task<IReadOnlyList<PinnedHost>> PinAsync(IDocumentStore store, byte[] publicKey, IReadOnlyCollection<string>? hosts, CancellationToken ct)
@@ -43,11 +71,12 @@ public static class OperatorAuthority
         {
             throw new InvalidOperationException($"host {missing} is not enrolled: `semigrate host enrol {missing} --identity FILE` (its worker writes STATE/{HostIdentity.FileName})");
         }
-        if (enrolled.FirstOrDefault(e => !OperatorKey.Verify(publicKey, OperatorSignatures.Enrolment(e.Id, e.HostKey, e.At), e.Signature)) is { } forged)
+        var signed = enrolled.Where(e => OperatorKey.Verify(publicKey, OperatorSignatures.Enrolment(e.Id, e.HostKey, e.At), e.Signature)).ToList();
+        if (hosts is not null && enrolled.FirstOrDefault(e => !signed.Contains(e)) is { } forged)
         {
             throw new InvalidOperationException($"the enrolment of host {forged.Id} is not signed by this operator's key (altered in the database, or enrolled by another operator)");
         }
-        return [.. enrolled.OrderBy(e => e.Id, StringComparer.Ordinal).Select(e => new PinnedHost(e.Id, e.HostKey))];
+        return [.. signed.OrderBy(e => e.Id, StringComparer.Ordinal).Select(e => new PinnedHost(e.Id, e.HostKey))];
     }
 
     /// <summary>The request signed, valid for <paramref name="validFor"/>, with its main host's and its source's
