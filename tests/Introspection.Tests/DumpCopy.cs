@@ -43,5 +43,43 @@ internal sealed class DumpCopy : IDisposable
         f.Write(bytes);
     }
 
+    /// <summary>Writes <paramref name="bytes"/> at <paramref name="fileOffset"/> of the dump file itself (its ELF headers and notes).</summary>
+    public void WriteAt(long fileOffset, ReadOnlySpan<byte> bytes)
+    {
+        using var f = new FileStream(Path, FileMode.Open, FileAccess.Write);
+        f.Position = fileOffset;
+        f.Write(bytes);
+    }
+
+    /// <summary>Where the text of the dump's VMCOREINFO note starts in the file, and the text (up to its first NUL).</summary>
+    public (long At, string Text) VmcoreInfoNote()
+    {
+        var head = new byte[1 << 20];
+        using (var f = File.OpenRead(Path))
+        {
+            head = head[..f.ReadAtLeast(head, head.Length, throwOnEndOfStream: false)];
+        }
+        var at = head.AsSpan().IndexOf("OSRELEASE="u8);
+        var length = head.AsSpan(at).IndexOf((byte)0);
+        return (at, System.Text.Encoding.ASCII.GetString(head, at, length));
+    }
+
+    /// <summary>Sets <paramref name="key"/> to <paramref name="value"/> in the VMCOREINFO note, as the guest's kernel
+    /// could have written it, within the note's own room: OFFSET(...) lines, which introspection does not read,
+    /// give way to a longer value.</summary>
+    public void ForgeVmcoreInfo(string key, string value)
+    {
+        var (at, text) = VmcoreInfoNote();
+        var lines = text.Split('\n').ToList();
+        lines[lines.FindIndex(l => l.StartsWith(key + "=", StringComparison.Ordinal))] = $"{key}={value}";
+        while (string.Join('\n', lines).Length > text.Length)
+        {
+            lines.RemoveAt(lines.FindLastIndex(l => l.StartsWith("OFFSET(", StringComparison.Ordinal)));
+        }
+        var forged = new byte[text.Length]; // NUL-padded, as the note's tail is
+        System.Text.Encoding.ASCII.GetBytes(string.Join('\n', lines)).CopyTo(forged, 0);
+        WriteAt(at, forged);
+    }
+
     public void Dispose() => Directory.Delete(System.IO.Path.GetDirectoryName(Path)!, recursive: true);
 }

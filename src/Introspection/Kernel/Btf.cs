@@ -71,6 +71,19 @@ public sealed class Btf
             var vlen = (int)(info & 0xffff);
             var kindFlag = (info >> 31) != 0;
             var name = Name(nameOff, strings);
+            // What follows the type (vlen is up to 65,535 entries): inside the data, before a member is read.
+            var follows = kind switch
+            {
+                Kind.Int or Kind.Var or Kind.DeclTag => 4L,
+                Kind.Array => 12,
+                Kind.Struct or Kind.Union or Kind.Enum64 or Kind.Datasec => 12L * vlen,
+                Kind.Enum or Kind.FuncProto => 8L * vlen,
+                _ => 0,
+            };
+            if (at + follows > typeData.Length)
+            {
+                throw new InvalidDataException($"BTF type {types.Count} ({kind}, vlen {vlen}) runs past the type section");
+            }
             var membersAt = -1;
             switch (kind)
             {
@@ -252,8 +265,14 @@ public sealed class Btf
         {
             Kind.Int or Kind.Struct or Kind.Union or Kind.Enum or Kind.Enum64 or Kind.Float => t.SizeOrType,
             Kind.Ptr => 8,
-            Kind.Array => checked(arrays[t.MembersAt].Count * SizeOfType(arrays[t.MembersAt].ElementType, depth + 1)),
+            Kind.Array => ArraySize(arrays[t.MembersAt], depth),
             _ => throw new InvalidDataException($"BTF type {typeId} ({t.Kind}) has no size"),
         };
     }
+
+    // At most (2^32 - 1)^2, which a ulong holds; more than 2 GiB is no kernel structure, and would not fit an int offset.
+    private ulong ArraySize((uint ElementType, uint Count) array, int depth) =>
+        array.Count * SizeOfType(array.ElementType, depth + 1) is var size && size <= int.MaxValue
+            ? size
+            : throw new InvalidDataException($"BTF array of {array.Count} elements of type {array.ElementType} is larger than 2 GiB: no kernel structure is");
 }

@@ -10,7 +10,9 @@ namespace SEmigrate.Introspection.Kernel;
 /// every symbol is a step of the introspection's budget (a name may claim 32,767 tokens of 64 KiB each).</summary>
 public static class Kallsyms
 {
-    private const int MaxSymbols = 1 << 21;
+    /// <summary>Symbols a kernel may have: ~130,000 in a distribution's, under a million in allyesconfig; it
+    /// sizes the offsets (4 bytes each) and names (up to 64 MiB) read before the decode.</summary>
+    public const int MaxSymbols = 1 << 21;
 
     /// <summary>The kernel's longest symbol name (include/linux/kallsyms.h, 512 since 6.1).</summary>
     public const int KsymNameLen = 512;

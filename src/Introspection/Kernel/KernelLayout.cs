@@ -43,6 +43,31 @@ public sealed record KernelLayout(
     /// <summary>PF_KTHREAD in task_struct.flags: a kernel thread, which has no mm of its own.</summary>
     public const uint KernelThreadFlag = 0x0020_0000;
 
+    /// <summary>Checks the counts and sizes that walks loop over, read onto the stack or divide by against the
+    /// kernel's own limits: a forged or damaged profile (or cache file) is refused, never a stack overflow, a
+    /// division by zero or a loop of 2^31 zones.</summary>
+    public void Check()
+    {
+        (string Name, int Value, int Max)[] counts =
+        [
+            (nameof(MaxNrZones), MaxNrZones, 8), // MAX_NR_ZONES: a zone number fits in ZONES_SHIFT, at most 3 bits
+            (nameof(MaxOrder), MaxOrder, 16), // MAX_ORDER - 1 + PAGE_SHIFT <= SECTION_SIZE_BITS, 27 on x86-64
+            (nameof(MigrateTypes), MigrateTypes, 8), // a pageblock's migratetype is 3 bits (PB_migratetype_bits)
+            (nameof(TaskCommSize), TaskCommSize, 64), // TASK_COMM_LEN is 16; it is read onto the stack
+            // struct page (64 bytes), zone (~1.5 KiB) and free_area: walks divide by or multiply with them.
+            (nameof(PageStructSize), PageStructSize, 1 << 20),
+            (nameof(ZoneSize), ZoneSize, 1 << 20),
+            (nameof(FreeAreaSize), FreeAreaSize, 1 << 20),
+        ];
+        foreach (var (name, value, max) in counts)
+        {
+            if (value < 1 || value > max)
+            {
+                throw new GuestDataException($"kernel profile: {name} is {value}, outside the kernel's 1 to {max}: forged or damaged");
+            }
+        }
+    }
+
     public static KernelLayout FromImage(KernelImage image)
     {
         var btf = new Btf(image.BtfData);

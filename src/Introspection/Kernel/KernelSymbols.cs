@@ -22,12 +22,20 @@ public sealed record KernelSymbols(
 {
     private static readonly HashSet<string> Wanted = ["init_task", "page_offset_base", "vmemmap_base", "init_top_pgt"];
 
+    /// <summary>MAX_NUMNODES, which LENGTH(node_data) is: NODES_SHIFT is at most 10 on x86-64.</summary>
+    public const int MaxNumNodes = 1 << 10;
+
+    /// <summary>KERNEL_IMAGE_SIZE is 512 MiB, or 1 GiB with KASLR (asm/page_64_types.h); above it lie
+    /// modules, which are not mapped linearly from phys_base.</summary>
+    public const ulong MaxKernelImageSize = 1UL << 30;
+
     /// <summary>Finds the symbols and builds the kernel address space, within <paramref name="budget"/> (default:
     /// <see cref="Walks.WalkBudget.For"/> the guest's size); throws GuestDataException when the guest's data is
     /// inconsistent or the layout belongs to another kernel.</summary>
     public static (KernelSymbols Symbols, AddressSpace Space) Resolve(GuestMemory memory, KernelLayout layout, Walks.WalkBudget? budget = null)
     {
         budget ??= Walks.WalkBudget.For(memory.GuestPages);
+        layout.Check();
         VmcoreInfo info;
         try
         {
@@ -49,14 +57,23 @@ public sealed record KernelSymbols(
         try
         {
             var physBase = unchecked((ulong)info.Number("phys_base"));
-            var imageSize = info.Has("NUMBER(KERNEL_IMAGE_SIZE)") ? (ulong)info.Number("KERNEL_IMAGE_SIZE") : 1UL << 30;
+            var imageSize = info.Has("NUMBER(KERNEL_IMAGE_SIZE)") ? info.Number("KERNEL_IMAGE_SIZE") : (long)MaxKernelImageSize;
+            if (imageSize is <= 0 or > (long)MaxKernelImageSize)
+            {
+                throw new GuestDataException($"VMCOREINFO says KERNEL_IMAGE_SIZE is {imageSize}: the kernel's is at most {MaxKernelImageSize}");
+            }
+            var nodes = info.Length("node_data");
+            if (nodes is <= 0 or > MaxNumNodes)
+            {
+                throw new GuestDataException($"VMCOREINFO says LENGTH(node_data) is {nodes}: MAX_NUMNODES is 1 to {MaxNumNodes}");
+            }
             var fiveLevel = info.Has("NUMBER(pgtable_l5_enabled)") && info.Number("pgtable_l5_enabled") != 0;
             var rootVa = info.Symbol("init_top_pgt");
             if (rootVa < AddressSpace.StartKernelMap)
             {
                 throw new GuestDataException($"init_top_pgt at 0x{rootVa:x} is not in the kernel image");
             }
-            var space = new AddressSpace(memory, physBase, imageSize, rootVa - AddressSpace.StartKernelMap + physBase, fiveLevel);
+            var space = new AddressSpace(memory, physBase, (ulong)imageSize, rootVa - AddressSpace.StartKernelMap + physBase, fiveLevel);
             var (found, count) = Kallsyms.Lookup(space, info, Wanted, budget);
             foreach (var name in Wanted.Where(n => !found.ContainsKey(n)))
             {
@@ -77,7 +94,7 @@ public sealed record KernelSymbols(
             }
             space.PageOffsetBase = pageOffsetBase;
             var symbols = new KernelSymbols(info.Release, info.BuildId, info.Source, info.KernelOffset, physBase, rootVa, fiveLevel,
-                info.Symbol("node_data"), (int)Math.Clamp(info.Length("node_data"), 0, 1 << 16),
+                info.Symbol("node_data"), (int)nodes,
                 (int)info.Number("PAGE_BUDDY_MAPCOUNT_VALUE"), found["init_task"], pageOffsetBase, vmemmapBase, count);
             return (symbols, space);
         }
@@ -85,7 +102,7 @@ public sealed record KernelSymbols(
         {
             throw new GuestDataException(e.Message);
         }
-        catch (FormatException e)
+        catch (Exception e) when (e is FormatException or OverflowException)
         {
             throw new GuestDataException($"VMCOREINFO holds a malformed value: {e.Message}");
         }
