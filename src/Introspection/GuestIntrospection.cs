@@ -35,28 +35,42 @@ public sealed record GuestIntrospection(
             return new GuestIntrospection(null, [], false, [], [], noFree, diagnostics);
         }
 
-        var tasks = TaskWalk.Run(space, layout, symbols, maxTasks: (int)Math.Min(memory.GuestPages, 1 << 22), budget);
+        var tasks = TaskWalk.Run(space, layout, symbols, budget: budget);
         if (tasks.Problem is not null)
         {
             diagnostics.Add(tasks.Problem);
         }
-        // An mm shared by several tasks (CLONE_VM, or forged to be) is walked once: each of them maps its pages.
+        // An mm shared by several tasks (CLONE_VM, or forged to be: thousands) is walked, and its pages gone
+        // through, once: each of them maps its pages (the same array).
         var processes = new List<ProcessPages.Result>();
+        var mapped = new HashSet<ulong>();
         foreach (var shared in tasks.Tasks.Where(t => t.Mm != 0).GroupBy(t => t.Mm))
         {
             var walked = ProcessPages.Run(space, layout, shared.First(), budget);
             processes.AddRange(shared.Select(t => walked with { Task = t }));
+            mapped.UnionWith(walked.Pfns);
+            if (walked.Problem is not null)
+            {
+                diagnostics.Add(walked.Problem);
+            }
         }
-        diagnostics.AddRange(processes.Where(p => p.Problem is not null).Select(p => p.Problem!).Distinct(StringComparer.Ordinal));
         var buddy = BuddyWalk.Run(space, layout, symbols, budget);
         diagnostics.AddRange(buddy.Problems);
 
-        var mapped = new HashSet<ulong>(processes.SelectMany(p => p.Pfns));
         var both = mapped.Where(pfn => (buddy.FreeBitmap[pfn >> 6] & (1UL << (int)(pfn & 63))) != 0).Take(5).ToList();
         if (both.Count > 0)
         {
             diagnostics.Add($"pages both free and mapped by a process (first: {string.Join(", ", both.Select(p => $"0x{p:x}"))}): kept sealed");
         }
-        return new GuestIntrospection(symbols, tasks.Tasks, tasks.Problem is null, buddy.Zones, processes, buddy.FreeBitmap, diagnostics);
+        return new GuestIntrospection(symbols, tasks.Tasks, tasks.Problem is null, buddy.Zones, processes, buddy.FreeBitmap, Bounded(diagnostics));
     }
+
+    /// <summary>Diagnostics kept: they travel in workflow payloads and audit events, and a forged guest can
+    /// make one for every task or zone it lists.</summary>
+    public const int MaxDiagnostics = 64;
+
+    private static List<string> Bounded(List<string> diagnostics) =>
+        diagnostics.Count <= MaxDiagnostics
+            ? diagnostics
+            : [.. diagnostics.Take(MaxDiagnostics), $"and {diagnostics.Count - MaxDiagnostics} more diagnostics"];
 }

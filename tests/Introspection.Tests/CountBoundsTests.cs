@@ -3,6 +3,7 @@ using System.Diagnostics;
 using SEmigrate.Guest.Memory;
 using SEmigrate.Introspection.Classification;
 using SEmigrate.Introspection.Kernel;
+using SEmigrate.Introspection.Walks;
 using SEmigrate.TestSupport;
 
 namespace SEmigrate.Introspection.Tests;
@@ -44,6 +45,7 @@ public sealed class CountBoundsTests(RealGuestFixture fixture)
     {
         Assert.InRange(o.Allocated, 0, MaxAllocated);
         Assert.Contains(o.Result.Diagnostics, d => d.Contains(diagnostic, StringComparison.Ordinal));
+        Assert.InRange(o.Result.Diagnostics.Count, 1, GuestIntrospection.MaxDiagnostics + 1);
         Assert.Equal(0UL, o.Map.Plain);
     }
 
@@ -133,6 +135,177 @@ public sealed class CountBoundsTests(RealGuestFixture fixture)
         Assert.StartsWith("RAM scan at 0x", o.Result.Symbols!.VmcoreInfoSource, StringComparison.Ordinal);
         Assert.Equal(Layout.BuildId, o.Result.Symbols.BuildId, ignoreCase: true);
         Assert.Empty(o.Result.Diagnostics);
+    }
+
+    /// <summary>The physical address of a run of free guest pages at least <paramref name="bytes"/> long: the guest's to write.</summary>
+    private static ulong FreeRun(Introspected good, long bytes)
+    {
+        var need = (ulong)((bytes + GuestMemory.PageSize - 1) / GuestMemory.PageSize);
+        var run = 0UL;
+        for (var pfn = 0UL; pfn < good.Memory.PfnLimit; pfn++)
+        {
+            run = good.IsFree(pfn) && good.Memory.IsPresent(pfn) ? run + 1 : 0;
+            if (run == need)
+            {
+                return (pfn + 1 - need) << GuestMemory.PageShift;
+            }
+        }
+        throw new InvalidOperationException($"no {need} free pages in a row");
+    }
+
+    /// <summary>Forges <paramref name="count"/> task_structs at <paramref name="at"/> (physical), packed as tightly as
+    /// the fields a walk reads allow (a hostile kernel need not keep them apart), with the mm <paramref name="mm"/>
+    /// gives each, and links them into the task list after vaultdb: a list the walk can follow to its end.</summary>
+    private static void ForgeTasks(DumpCopy copy, Introspected good, AddressSpace space, ulong at, int count, Func<int, ulong> mm)
+    {
+        var l = good.Layout;
+        (int Offset, int Length)[] fields = [(l.TaskTasks, 16), (l.TaskPid, 4), (l.TaskMm, 8), (l.TaskComm, l.TaskCommSize)];
+        var stride = Enumerable.Range(2, 512).Select(i => i * 8).First(s =>
+        {
+            var taken = new bool[s];
+            return fields.All(f => Enumerable.Range(f.Offset, f.Length).All(b => !taken[b % s] && (taken[b % s] = true)));
+        });
+        var first = fields.Min(f => f.Offset);
+        var bytes = new byte[(long)count * stride + fields.Max(f => f.Offset + f.Length) - first];
+        var region = good.Result.Symbols!.PageOffsetBase + at;
+        ulong List(int k) => region - (ulong)first + (ulong)k * (ulong)stride + (ulong)l.TaskTasks;
+
+        var vault = good.Result.Tasks.Single(t => t.Comm == "vaultdb").Address + (ulong)l.TaskTasks;
+        Assert.True(space.TryReadUInt64(vault + (ulong)l.ListNext, out var after));
+        for (var k = 0; k < count; k++)
+        {
+            Span<byte> Field(int offset) => bytes.AsSpan(k * stride - first + offset); // task k starts before the region's first byte
+            BinaryPrimitives.WriteUInt64LittleEndian(Field(l.TaskTasks + l.ListNext), k + 1 < count ? List(k + 1) : after);
+            BinaryPrimitives.WriteUInt64LittleEndian(Field(l.TaskTasks + l.ListPrev), k > 0 ? List(k - 1) : vault);
+            BinaryPrimitives.WriteInt32LittleEndian(Field(l.TaskPid), 100_000 + k);
+            BinaryPrimitives.WriteUInt64LittleEndian(Field(l.TaskMm), mm(k));
+            "forged\0"u8.CopyTo(Field(l.TaskComm));
+        }
+        copy.Write(at, bytes);
+        Assert.True(space.TryTranslate(vault + (ulong)l.ListNext, out var vaultNext));
+        copy.WriteUInt64(vaultNext, List(0));
+        Assert.True(space.TryTranslate(after + (ulong)l.ListPrev, out var afterPrev));
+        copy.WriteUInt64(afterPrev, List(count - 1));
+    }
+
+    [Fact]
+    public async Task A_task_list_longer_than_the_guest_has_kernel_stacks_for_ends_the_walk_and_nothing_is_plain()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        int max;
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (_, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            max = (int)(good.Memory.GuestPages / TaskWalk.PagesPerTask);
+            // One more than the bound, each with an mm of its own that is not in guest memory: a diagnostic each.
+            ForgeTasks(copy, good, space, FreeRun(good, 4L << 20), max + 1, k => 0xffff_c900_0000_0000 + ((ulong)k << 12));
+        }
+
+        var o = await IntrospectAsync(copy.Path, Layout, "vaultdb", "webapp");
+        AssertBounded(o, $"task list: more than {max} tasks: not a plausible list");
+        Assert.False(o.Result.TaskListComplete);
+        Assert.Equal(max, o.Result.Tasks.Count);
+        Assert.Matches("^and [0-9]+ more diagnostics$", o.Result.Diagnostics[^1]); // one a forged mm: thousands
+        Assert.True(o.Map.Zero > 0, "free memory is still known");
+    }
+
+    [Fact]
+    public async Task Thousands_of_tasks_on_one_mm_that_maps_all_memory_cost_its_pages_once()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        int forged;
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (symbols, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            var at = FreeRun(good, 4L << 20);
+            // An mm_struct, and its page tables mapping all the guest's RAM with 2 MiB pages.
+            var (mm, pgd, pud, pmd) = (at, at + 0x1000, at + 0x2000, at + 0x3000);
+            copy.Write(at, new byte[0x4000]); // free pages hold what they last held
+            copy.WriteUInt64(mm + (ulong)Layout.MmPgd, symbols.PageOffsetBase + pgd);
+            copy.WriteUInt64(pgd, pud | 1);
+            copy.WriteUInt64(pud, pmd | 1);
+            var ram = good.Memory.Ranges.Max(r => r.Pages);
+            for (var i = 0UL; i < ram / 512; i++)
+            {
+                copy.WriteUInt64(pmd + i * 8, (i << 21) | 0x81); // present, 2 MiB
+            }
+            forged = (int)(good.Memory.GuestPages / TaskWalk.PagesPerTask) - good.Result.Tasks.Count - 1;
+            ForgeTasks(copy, good, space, at + 0x4000, forged, _ => symbols.PageOffsetBase + mm);
+        }
+
+        var clean = await IntrospectAsync(fixture.Guest.DumpPath, Layout, "vaultdb", "webapp");
+        var o = await IntrospectAsync(copy.Path, Layout, "vaultdb", "webapp");
+        Assert.True(o.Result.TaskListComplete, string.Join("; ", o.Result.Diagnostics));
+        var shared = o.Result.Processes.Where(p => p.Task.Comm == "forged").ToList();
+        Assert.Equal(forged, shared.Count);
+        Assert.True(shared[0].Pfns.Length > 60_000, $"{shared[0].Pfns.Length} pages");
+        // Were each task's pages gone through, forged x pages would be ~10^9 steps: 50 times a clean run here.
+        Assert.True(o.Took < clean.Took * 5 + TimeSpan.FromSeconds(1), $"{o.Took.TotalSeconds:0.0} s, a clean run {clean.Took.TotalSeconds:0.0} s");
+        Assert.InRange(o.Allocated, 0, MaxAllocated);
+        Assert.Equal(0UL, o.Map.Plain); // all memory is mapped by "forged", which is not plain
+        Assert.Equal(0UL, o.Map.Zero);
+    }
+
+    [Fact]
+    public async Task An_exited_leaders_thread_list_that_cycles_ends_at_the_thread_bound_and_nothing_is_plain()
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        int pid;
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (symbols, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            var web = good.Result.Tasks.Single(t => t.Comm == "webapp");
+            pid = web.Pid;
+            void Write(ulong va, ulong value)
+            {
+                Assert.True(space.TryTranslate(va, out var pa));
+                copy.WriteUInt64(pa, value);
+            }
+            // webapp's leader has exited; its thread list leads to a thread without an mm (init_task's
+            // node plays it) that links to itself.
+            Assert.True(space.TryReadUInt64(web.Address + (ulong)Layout.TaskSignal, out var signal));
+            var node = symbols.InitTask + (ulong)Layout.TaskThreadNode;
+            Write(signal + (ulong)Layout.SignalThreadHead + (ulong)Layout.ListNext, node);
+            Write(node + (ulong)Layout.ListNext, node);
+            Write(web.Address + (ulong)Layout.TaskMm, 0);
+        }
+
+        var o = await IntrospectAsync(copy.Path, Layout, "vaultdb", "webapp");
+        AssertBounded(o, $"task list: pid {pid}'s threads: more than {TaskWalk.MaxThreads} threads");
+        Assert.False(o.Result.TaskListComplete);
+    }
+
+    [Theory]
+    [InlineData("a 1 GiB leaf", "page tables map more pages than the guest has: forged")]
+    [InlineData("a table reached twice", "is reached twice: forged")]
+    public async Task A_process_page_table_is_walked_no_further_than_the_guest_has_pages(string forgery, string diagnostic)
+    {
+        using var copy = new DumpCopy(fixture.Guest.DumpPath);
+        using (var good = new Introspected(fixture.Guest.DumpPath, Layout))
+        {
+            var (_, space) = KernelSymbols.Resolve(good.Memory, Layout);
+            var vault = good.Result.Tasks.Single(t => t.Comm == "vaultdb");
+            Assert.True(space.TryReadUInt64(vault.Mm + (ulong)Layout.MmPgd, out var pgdVa));
+            Assert.True(space.TryTranslate(pgdVa, out var pgd));
+            var entries = Enumerable.Range(0, 256).Select(i => good.Memory.TryReadUInt64(pgd + (ulong)i * 8, out var e) ? e : 0).ToArray();
+            var empty = (ulong)Array.FindIndex(entries, 1, e => (e & 1) == 0);
+            if (forgery == "a 1 GiB leaf")
+            {
+                var pud = FreeRun(good, GuestMemory.PageSize);
+                copy.Write(pud, new byte[GuestMemory.PageSize]);
+                copy.WriteUInt64(pud, 0x81); // present, 1 GiB, from page 0: 262,144 pages
+                copy.WriteUInt64(pgd + empty * 8, pud | 1);
+            }
+            else
+            {
+                copy.WriteUInt64(pgd + empty * 8, entries.First(e => (e & 1) != 0));
+            }
+        }
+
+        var o = await IntrospectAsync(copy.Path, Layout, "vaultdb", "webapp");
+        AssertBounded(o, diagnostic);
+        Assert.True(o.Result.TaskListComplete);
+        Assert.NotNull(o.Result.Processes.Single(p => p.Task.Comm == "vaultdb").Problem);
     }
 
     /// <summary>A BTF blob: header, then the type section, then the string section ("\0s\0m\0").</summary>

@@ -23,12 +23,17 @@ public static class Classifier
         var plain = new ulong[words];
         var others = new ulong[words];
         var everyMapperKnown = result.TaskListComplete && result.Processes.All(p => p.Problem is null);
-        foreach (var p in result.Processes)
+        // Tasks that share an mm share its page array: each array is gone through once, not once a task
+        // (a forged guest can list thousands of tasks on one mm that maps all of memory).
+        foreach (var shared in result.Processes.GroupBy(p => (object)p.Pfns, ReferenceEqualityComparer.Instance))
         {
-            var target = plainProcesses.Contains(p.Task.Comm) ? plain : others;
-            foreach (var pfn in p.Pfns)
+            var targets = shared.Select(p => plainProcesses.Contains(p.Task.Comm) ? plain : others).Distinct();
+            foreach (var target in targets)
             {
-                target[pfn >> 6] |= 1UL << (int)(pfn & 63);
+                foreach (var pfn in shared.First().Pfns)
+                {
+                    target[pfn >> 6] |= 1UL << (int)(pfn & 63);
+                }
             }
         }
 
