@@ -60,9 +60,18 @@ public sealed class HostKeyPair : IDisposable
     /// as anything else.</summary>
     public byte[] Sign(ReadOnlySpan<byte> data)
     {
-        using var ecdsa = ECDsa.Create(ecdh.ExportParameters(includePrivateParameters: true));
-        return ecdsa.SignData(data, HashAlgorithmName.SHA256);
+        lock (ecdh)
+        {
+            signer ??= ECDsa.Create(ecdh.ExportParameters(includePrivateParameters: true)); // once: no copies of the key left about
+            return signer.SignData(data, HashAlgorithmName.SHA256);
+        }
     }
 
-    public void Dispose() => ecdh.Dispose();
+    private ECDsa? signer;
+
+    public void Dispose()
+    {
+        ecdh.Dispose();
+        signer?.Dispose();
+    }
 }

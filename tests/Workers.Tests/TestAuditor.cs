@@ -24,6 +24,7 @@ internal sealed class TestAuditor(IHost host) : IAsyncDisposable
         {
             Environment.SetEnvironmentVariable(key, value);
         }
+        TestOperator.Use(); // an auditor checks hosts' enrolments against the operator's key
         var queue = $"semigrate-audit-{Guid.NewGuid():N}"[..28];
         var host = Orchestrator.Build(StepPolicies.Default, new Dictionary<string, string?>
         {
@@ -40,6 +41,7 @@ internal sealed class TestAuditor(IHost host) : IAsyncDisposable
         var queues = host.Services.GetRequiredService<AuditRoute>().Queues.ToArray();
         await host.StopAsync(CancellationToken.None);
         host.Dispose();
-        await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [], [], queues);
+        await WorkerFleet.DeleteQueuesAsync(new Uri((await ServicesScript.SettingsAsync())["SEMIGRATE__RabbitMq__Uri"]), [], [], queues,
+            [.. queues, .. queues.Select(q => q + "_error")]); // with what the auditor refused
     }
 }

@@ -34,7 +34,7 @@ public static class AuditChain
         session.SetHeader(PreviousHeader, previous);
         session.SetHeader(HashHeader, hash);
         session.SetHeader(SealerHeader, seal.Fingerprint ?? throw new InvalidOperationException("only an auditor (with its key) appends to the audit trail"));
-        session.SetHeader(SealHeader, seal.Seal(stream, version, hash));
+        session.SetHeader(SealHeader, seal.Seal(stream, version, hash, signer));
         if (signer is not null)
         {
             session.SetHeader(SignerHeader, signer);
@@ -68,7 +68,7 @@ public static class AuditChain
             {
                 return (e.Version, type, "its content is not what was hashed when it was recorded (edited)");
             }
-            if (seal is { CanCheck: true } && seal.Problem(e.StreamId, e.Version, hash, Header(e, SealerHeader), Header(e, SealHeader)) is { } unsealed)
+            if (seal is { CanCheck: true } && seal.Problem(e.StreamId, e.Version, hash, e.Headers) is { } unsealed)
             {
                 return (e.Version, type, unsealed);
             }

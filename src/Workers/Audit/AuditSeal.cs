@@ -15,10 +15,11 @@ public sealed class AuditSeal : IDisposable
     private readonly OperatorKey? key;
     private readonly Dictionary<string, byte[]> trusted = new(StringComparer.Ordinal);
     private readonly string heads;
+    private readonly string schema;
 
-    private AuditSeal(OperatorKey? key, IEnumerable<byte[]> trustedKeys, string heads)
+    private AuditSeal(OperatorKey? key, IEnumerable<byte[]> trustedKeys, string heads, string schema)
     {
-        this.key = key;
+        (this.key, this.schema) = (key, schema);
         foreach (var k in key is null ? trustedKeys : trustedKeys.Append(key.PublicKey))
         {
             trusted[HostKeyPair.Fingerprint(k)] = k;
@@ -30,14 +31,18 @@ public sealed class AuditSeal : IDisposable
     public static AuditSeal ForAuditor(AuditOptions o, string schema)
     {
         OperatorKey.Create(o.KeyFile);
-        return new(OperatorKey.Load(o.KeyFile), TrustedKeys(o), HeadsOf(o, schema));
+        return new(OperatorKey.Load(o.KeyFile), TrustedKeys(o), HeadsOf(o, schema), schema);
     }
 
     /// <summary>An audit's: it checks seals with the keys it trusts (this machine's auditor key, when there is one).</summary>
     public static AuditSeal ForReader(AuditOptions o, string schema)
     {
-        var own = File.Exists(o.KeyFile) ? OperatorKey.Load(o.KeyFile) : null;
-        return new(own, TrustedKeys(o), HeadsOf(o, schema));
+        if (!File.Exists(o.KeyFile))
+        {
+            return new(null, TrustedKeys(o), HeadsOf(o, schema), schema);
+        }
+        using var own = OperatorKey.Load(o.KeyFile); // its public half only is kept: a reader seals nothing
+        return new(null, TrustedKeys(o).Append(own.PublicKey), HeadsOf(o, schema), schema);
     }
 
     /// <summary>This auditor's key's fingerprint (what a seal names); null for a reader without a key.</summary>
@@ -53,12 +58,15 @@ public sealed class AuditSeal : IDisposable
     public bool Trusts(string? fingerprint, byte[] data, byte[] signature) =>
         fingerprint is not null && trusted.TryGetValue(fingerprint, out var publicKey) && OperatorKey.Verify(publicKey, data, signature);
 
-    /// <summary>The seal of the event at <paramref name="version"/> of <paramref name="stream"/>, chained to <paramref name="hash"/>.</summary>
-    public string Seal(Guid stream, long version, string hash) => Convert.ToBase64String(Sign(Statement(stream, version, hash)));
+    /// <summary>The seal of the event at <paramref name="version"/> of <paramref name="stream"/>, chained to
+    /// <paramref name="hash"/>, raised by <paramref name="signer"/> (none: the orchestrator's own journal).</summary>
+    public string Seal(Guid stream, long version, string hash, string? signer) => Convert.ToBase64String(Sign(Statement(stream, version, hash, signer)));
 
-    /// <summary>Why the event's seal does not hold; null when a trusted key sealed it.</summary>
-    public string? Problem(Guid stream, long version, string hash, string? sealer, string? seal)
+    /// <summary>Why the event's seal (in its <paramref name="headers"/>) does not hold; null when a trusted key sealed it.</summary>
+    public string? Problem(Guid stream, long version, string hash, IDictionary<string, object>? headers)
     {
+        string? Header(string key) => headers is not null && headers.TryGetValue(key, out var v) ? v?.ToString() : null;
+        var (sealer, seal) = (Header(AuditChain.SealerHeader), Header(AuditChain.SealHeader));
         if (sealer is null || seal is null)
         {
             return "not sealed by an auditor (written into the database, not appended by one)";
@@ -68,11 +76,12 @@ public sealed class AuditSeal : IDisposable
             return $"sealed by key {sealer}, which is not a trusted auditor's (Audit:KeyFile, Audit:TrustedKeys)";
         }
         var bytes = new byte[seal.Length];
-        return Convert.TryFromBase64String(seal, bytes, out var n) && Trusts(sealer, Statement(stream, version, hash), bytes[..n]) ? null
-            : "its seal does not match (the event or the chain before it was rewritten and re-hashed)";
+        return Convert.TryFromBase64String(seal, bytes, out var n) && Trusts(sealer, Statement(stream, version, hash, Header(AuditChain.SignerHeader)), bytes[..n]) ? null
+            : "its seal does not match (the event, who raised it, or the chain before it was rewritten; or it was sealed for another schema)";
     }
 
-    /// <summary>Keeps <paramref name="version"/> as the stream's head, unless a later one is kept already.</summary>
+    /// <summary>Keeps <paramref name="version"/> as the stream's head, unless a later one is kept already;
+    /// written aside, flushed to disk, then moved into place (a crash leaves the old head or the new one).</summary>
     public void RecordHead(Guid stream, long version, string hash)
     {
         if (HeadOf(stream) is { } kept && kept.Version >= version)
@@ -82,27 +91,29 @@ public sealed class AuditSeal : IDisposable
         Directory.CreateDirectory(heads);
         var path = Path.Combine(heads, stream.ToString("N"));
         var temporary = $"{path}.{Environment.ProcessId}.{Environment.CurrentManagedThreadId}.tmp";
-        File.WriteAllText(temporary, string.Create(CultureInfo.InvariantCulture, $"{version} {hash}\n"));
+        using (var file = new FileStream(temporary, FileMode.Create, FileAccess.Write))
+        {
+            file.Write(Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"{version} {hash}\n")));
+            file.Flush(flushToDisk: true);
+        }
         File.Move(temporary, path, overwrite: true);
     }
 
-    /// <summary>The last event an auditor here appended to <paramref name="stream"/>; null when none is kept here.</summary>
+    /// <summary>The last event an auditor here appended to <paramref name="stream"/>; null when none is kept
+    /// here (or what is kept does not parse: the next append writes it anew).</summary>
     public (long Version, string Hash)? HeadOf(Guid stream)
     {
         var path = Path.Combine(heads, stream.ToString("N"));
-        if (!File.Exists(path))
-        {
-            return null;
-        }
-        var parts = File.ReadAllText(path).Split(' ', 2, StringSplitOptions.TrimEntries);
-        return parts.Length == 2 && long.TryParse(parts[0], CultureInfo.InvariantCulture, out var version) ? (version, parts[1])
-            : throw new InvalidDataException($"{path} is not an audit head (version, hash)");
+        var parts = File.Exists(path) ? File.ReadAllText(path).Split(' ', 2, StringSplitOptions.TrimEntries) : [];
+        return parts.Length == 2 && long.TryParse(parts[0], CultureInfo.InvariantCulture, out var version) ? (version, parts[1]) : null;
     }
 
     public void Dispose() => key?.Dispose();
 
-    private static byte[] Statement(Guid stream, long version, string hash) =>
-        Encoding.UTF8.GetBytes(string.Create(CultureInfo.InvariantCulture, $"SEmigrate audit chain head v1\n{stream:N}\n{version}\n{hash}"));
+    /// <summary>What a seal signs: the schema (so a stream copied from another deployment or a test does not
+    /// pass), the stream, the version, the chain's hash there and who raised the event.</summary>
+    private byte[] Statement(Guid stream, long version, string hash, string? signer) =>
+        Encoding.UTF8.GetBytes(string.Create(CultureInfo.InvariantCulture, $"SEmigrate audit chain head v2\n{schema}\n{stream:N}\n{version}\n{hash}\n{signer}"));
 
     private static string HeadsOf(AuditOptions o, string schema) => Path.Combine(o.HeadsFolder, schema);
 

@@ -3,6 +3,7 @@ using System.Text;
 using Marten;
 using Microsoft.Extensions.Options;
 using SEmigrate.Contracts.Audit;
+using SEmigrate.Contracts.Migration;
 using SEmigrate.Sealing;
 using SEmigrate.Workers.Processes;
 using SEmigrate.Workers.Settings;
@@ -33,7 +34,11 @@ public sealed record EventSigner(string Name, Func<byte[], byte[]> Sign)
 /// forged event cannot take the message id of a real one before it.</summary>
 public sealed class EventSignatures(IDocumentStore store, AuditSeal seal, IOptions<TrustOptions> trust)
 {
-    private readonly ConcurrentDictionary<string, byte[]> hostKeys = new(StringComparer.Ordinal);
+    /// <summary>How long a host's enrolled key is taken from memory before it is read again (a host removed
+    /// from the database stops having its events recorded within it).</summary>
+    private static readonly TimeSpan KeyKept = TimeSpan.FromMinutes(1);
+
+    private readonly ConcurrentDictionary<string, (byte[] Key, DateTime Read)> hostKeys = new(StringComparer.Ordinal);
 
     /// <summary>Why <paramref name="e"/>, sent by <paramref name="user"/> with these headers, is not recorded; null when it is.</summary>
     public async Task<string?> ProblemAsync(string user, object e, string? signer, string? signature, CancellationToken ct)
@@ -55,31 +60,34 @@ public sealed class EventSignatures(IDocumentStore store, AuditSeal seal, IOptio
         {
             return $"a {e.GetType().Name} from host {host}'s broker user is signed by {signer}";
         }
-        if (hostKeys.TryGetValue(host, out var known) && OperatorKey.Verify(known, statement, signed))
+        if (hostKeys.TryGetValue(host, out var known) && DateTime.UtcNow - known.Read < KeyKept && OperatorKey.Verify(known.Key, statement, signed))
         {
             return null;
         }
-        // Not known yet, or enrolled again since: the enrolment as the operator signed it.
-        var operatorKey = trust.Value.PublicKey ?? (File.Exists(trust.Value.OperatorKeyFile) ? OperatorPublicKey(trust.Value.OperatorKeyFile) : null);
-        if (operatorKey is null)
-        {
-            return $"host {host}'s signature cannot be checked: this auditor has no operator key to check its enrolment with (Trust:OperatorKey)";
-        }
+        // Not known yet, or enrolled again since: the enrolment as the operator signed it, and (where the
+        // operator's key is, beside its record of enrolments) as the operator last made it, not revoked.
         try
         {
-            var pinned = (await OperatorAuthority.PinAsync(store, operatorKey, [host], ct)).Single();
-            hostKeys[host] = pinned.HostKey;
+            PinnedHost pinned;
+            if (File.Exists(trust.Value.OperatorKeyFile))
+            {
+                using var key = OperatorKey.Load(trust.Value.OperatorKeyFile);
+                pinned = (await OperatorAuthority.PinAsync(store, key, [host], ct)).Single();
+            }
+            else
+            {
+                var operatorKey = trust.Value.PublicKey
+                    ?? throw new InvalidOperationException("this auditor has no operator key to check its enrolment with (Trust:OperatorKey)");
+                pinned = (await OperatorAuthority.PinAsync(store, operatorKey, [host], ct)).Single();
+            }
+            hostKeys[host] = (pinned.HostKey, DateTime.UtcNow);
             return OperatorKey.Verify(pinned.HostKey, statement, signed) ? null : $"a {e.GetType().Name} from host {host}'s broker user is not signed with its enrolled key";
         }
         catch (InvalidOperationException x)
         {
+            hostKeys.TryRemove(host, out _);
             return $"a {e.GetType().Name} from host {host}: {x.Message}";
         }
     }
 
-    private static byte[] OperatorPublicKey(string file)
-    {
-        using var key = OperatorKey.Load(file);
-        return key.PublicKey;
-    }
 }

@@ -32,7 +32,15 @@ public static class MigrationAudit
     {
         await using var query = store.QuerySession();
         var stream = await query.Events.FetchStreamAsync(migrationId, token: ct);
-        return stream.Count == 0 ? null : await CheckAsync(migrationId, stream, seal);
+        if (stream.Count == 0)
+        {
+            // Unknown here, unless an auditor here appended to it: then its events were deleted.
+            return seal.HeadOf(migrationId) is { } head
+                ? new AuditReport(migrationId, MigrationState.Requested,
+                    [new("anchor", false, $"the auditor appended {head.Version} events to this stream, the database holds none: the stream was deleted")], 0)
+                : null;
+        }
+        return await CheckAsync(migrationId, stream, seal);
     }
 
     public static async Task<AuditReport> CheckAsync(Guid migrationId, IReadOnlyList<IEvent> stream, AuditSeal seal)

@@ -1,3 +1,5 @@
+using System.Security.Cryptography;
+using System.Text;
 using Marten;
 using MassTransit;
 using Microsoft.Extensions.Logging;
@@ -8,8 +10,8 @@ namespace SEmigrate.Workers.Audit;
 /// <summary>The auditor: appends every lifecycle event to its migration's Marten stream. Its queue is
 /// consumed one message at a time, so a stream keeps the order the orchestrator published in. A message
 /// delivered twice (the broker redelivers what was not acknowledged before a crash) is appended once:
-/// its message id is stored in the same transaction as the event. It records only events signed by
-/// their sender (<see cref="EventSignatures"/>), and seals each (<see cref="AuditSeal"/>).</summary>
+/// its content's digest is stored in the same transaction as the event. It records only events signed
+/// by their sender (<see cref="EventSignatures"/>), and seals each (<see cref="AuditSeal"/>).</summary>
 public sealed class MigrationAuditConsumer(IDocumentSession session, AuditSeal seal, EventSignatures signatures, ILogger<MigrationAuditConsumer> logger) :
     IConsumer<MigrationRequested>, IConsumer<GuestIntrospected>, IConsumer<PagesClassified>, IConsumer<PagesPlaced>,
     IConsumer<PagingServersStarted>, IConsumer<DestinationTransferred>, IConsumer<DestinationLost>, IConsumer<MigrationSwitchedOver>,
@@ -53,28 +55,47 @@ public sealed class MigrationAuditConsumer(IDocumentSession session, AuditSeal s
 
     private async Task AppendAsync(ConsumeContext context, Guid stream, object e)
     {
-        var id = context.MessageId ?? throw new InvalidOperationException($"a {e.GetType().Name} without a message id cannot be recorded once");
         var user = context.ReceiveContext.TryGetPayload<RabbitMqBasicConsumeContext>(out var rabbit) ? rabbit.Properties.UserId : null;
         var signer = context.Headers.Get<string>(EventSigner.SignerHeader);
         if ((AuditSenders.Refusal(user, e) ?? await signatures.ProblemAsync(user!, e, signer, context.Headers.Get<string>(EventSigner.SignatureHeader), context.CancellationToken))
             is { } refused)
         {
-            // Forged, or by nobody the broker knows: not recorded (nothing to redeliver).
+            // Forged, or from a host whose enrolment cannot be checked now: kept in the queue's error queue
+            // (`_error`), where the operator sees it and can send it again, never dropped.
             logger.LogWarning("audit: not recorded: {Refusal}", refused);
-            return;
+            throw new AuditRefusedException(refused);
         }
-        // A message id counts within its stream only: no message on another stream can take a real one's.
-        var recorded = $"{stream:N}/{id:N}";
-        if (await session.LoadAsync<RecordedMessage>(recorded, context.CancellationToken) is not null)
+        // The same event twice (a redelivery, a retried activity, a signed event sent again) is recorded
+        // once: by its stream and content, whatever its message id, so no id can take a real event's place.
+        var digest = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(AuditChain.Content(e))));
+        var key = $"{stream:N}/{digest}";
+        if (await session.LoadAsync<RecordedMessage>(key, context.CancellationToken) is { } before)
         {
-            return; // recorded before the broker's redelivery
+            if (await RecordedAsync(stream, before.Version, digest, context.CancellationToken))
+            {
+                return;
+            }
+            // A record of it without the event (written into the database): recorded now all the same.
+            logger.LogWarning("audit: stream {Stream} has no sealed event {Version} for its record of a {Type}: recording it", stream, before.Version, e.GetType().Name);
         }
         var head = await AuditChain.AppendAsync(session, seal, stream, e, signer, context.CancellationToken); // a concurrent append fails the save: retried in place
-        session.Insert(new RecordedMessage(recorded, stream));
+        session.Store(new RecordedMessage(key, stream, head.Version));
         await session.SaveChangesAsync(context.CancellationToken);
         seal.RecordHead(stream, head.Version, head.Hash);
     }
+
+    /// <summary>Whether the stream's event at <paramref name="version"/> is this one, sealed.</summary>
+    private async Task<bool> RecordedAsync(Guid stream, long version, string digest, CancellationToken ct)
+    {
+        var e = await session.Events.QueryAllRawEvents().Where(x => x.StreamId == stream && x.Version == version).FirstOrDefaultAsync(ct);
+        return e is not null && AuditChain.Header(e, AuditChain.HashHeader) is { } hash
+            && Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(AuditChain.Content(e.Data)))) == digest
+            && seal.Problem(stream, version, hash, e.Headers) is null;
+    }
 }
 
-/// <summary>A message the auditor has recorded: its stream and MassTransit message id.</summary>
-public sealed record RecordedMessage(string Id, Guid Stream);
+/// <summary>An event the auditor records once: by its stream and the SHA-256 of its content; where it is.</summary>
+public sealed record RecordedMessage(string Id, Guid Stream, long Version);
+
+/// <summary>An event the auditor refuses to record (see <see cref="EventSignatures"/>): it goes to the error queue.</summary>
+public sealed class AuditRefusedException(string message) : Exception(message);

@@ -148,6 +148,7 @@ public static class DemoCommand
             (isolated ? "each in a mount namespace of its own: no host sees another's files)" : "not isolated: mount namespaces need root)"));
         string? Store(string host) => keepDir is null ? null : Path.Combine(root, host, "store");
         using var host = Orchestrator.Build(StepPolicies.Default);
+        var workerEnvironment = LocalOperator.WorkerEnvironment(host.Services); // the operator's key first: the auditor checks enrolments with it
         await host.StartAsync(ct);
         using var fleet = await WorkerFleet.StartAsync(
         [
@@ -155,7 +156,7 @@ public static class DemoCommand
             new WorkerFleet.Worker("main", main, mainPages + 1024, Store(main)),
             new WorkerFleet.Worker("sub", sub1, subPages + 1024, Store(sub1)),
             new WorkerFleet.Worker("sub", sub2, subPages + 1024, Store(sub2)),
-        ], root, logs, ct, LocalOperator.WorkerEnvironment(host.Services), isolated: isolated);
+        ], root, logs, ct, workerEnvironment, isolated: isolated);
         await LocalOperator.EnrolAsync(host.Services, fleet, ct);
         var vm = Guid.NewGuid();
         try

@@ -33,6 +33,7 @@ public static class DrainTrial
         var logs = Directory.CreateDirectory(Path.Combine(root, "logs")).FullName;
         say($"drain: starting hosts {source} (source, with two guests), {main} (main), {sub1}, {sub2} (sub)");
         using var host = Orchestrator.Build(StepPolicies.Default);
+        var workerEnvironment = LocalOperator.WorkerEnvironment(host.Services); // the operator's key first: the auditor checks enrolments with it
         await host.StartAsync(ct);
         using var fleet = await WorkerFleet.StartAsync(
         [
@@ -41,7 +42,7 @@ public static class DrainTrial
             new WorkerFleet.Worker("main", main, MemoryMiB * 256L * 5 / 4 + 4 * DrainProcedure.HandOverPages),
             new WorkerFleet.Worker("sub", sub1, MemoryMiB * 256L),
             new WorkerFleet.Worker("sub", sub2, MemoryMiB * 256L),
-        ], Path.Combine(root, "hosts"), logs, ct, new Dictionary<string, string>(LocalOperator.WorkerEnvironment(host.Services)) { ["SEMIGRATE__Fleet__ReportSeconds"] = "2" },
+        ], Path.Combine(root, "hosts"), logs, ct, new Dictionary<string, string>(workerEnvironment) { ["SEMIGRATE__Fleet__ReportSeconds"] = "2" },
             isolated: true);
         await LocalOperator.EnrolAsync(host.Services, fleet, ct);
         DrainReport? report = null;

@@ -58,6 +58,7 @@ public static class RunningGuestTrial
         var (mainPages, subPages) = (MemoryMiB * 256L * 35 / 100, MemoryMiB * 256L * 40 / 100);
         say($"running guest: starting workers {source}, {main}, {sub1}, {sub2}, each in a mount namespace of its own");
         using var host = Orchestrator.Build(StepPolicies.Default);
+        var workerEnvironment = LocalOperator.WorkerEnvironment(host.Services); // the operator's key first: the auditor checks enrolments with it
         await host.StartAsync(ct);
         using var fleet = await WorkerFleet.StartAsync(
         [
@@ -65,7 +66,7 @@ public static class RunningGuestTrial
             new WorkerFleet.Worker("main", main, mainPages + 8192), // its share, and the kernel, initramfs and device state handed over
             new WorkerFleet.Worker("sub", sub1, subPages + 1024),
             new WorkerFleet.Worker("sub", sub2, subPages + 1024),
-        ], Path.Combine(root, "hosts"), logs, ct, LocalOperator.WorkerEnvironment(host.Services), isolated: true);
+        ], Path.Combine(root, "hosts"), logs, ct, workerEnvironment, isolated: true);
         await LocalOperator.EnrolAsync(host.Services, fleet, ct);
         var vm = Guid.NewGuid();
         try

@@ -71,6 +71,11 @@ public sealed class MigrationJournal
     {
         await using var query = store.QuerySession();
         var events = await query.Events.FetchStreamAsync(id, token: ct);
+        // What the journal replays decides what happens next: a stream rewritten in the database is not followed.
+        if (AuditChain.Verify(events, seal) is { } broken)
+        {
+            throw new InvalidOperationException($"migration {id}: its stream does not hold at event {broken.Version} ({broken.Type}): {broken.Problem}; `semigrate audit {id}`");
+        }
         return new MigrationJournal((store, seal), id, [.. events.Select(e => e.Data)]);
     }
 

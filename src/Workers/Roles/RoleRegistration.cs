@@ -172,6 +172,10 @@ public static class RoleRegistration
         builder.Services.AddSingleton<EmbeddedEngine>();
         builder.Services.AddSingleton<DrainRunner>();
         builder.AddAuditTrail();
+        builder.Services.AddOptions<TrustOptions>()
+            .Validate(o => o.PublicKey is not null || File.Exists(o.OperatorKeyFile),
+                "an orchestrator records hosts' events only as their enrolments allow, which the operator's key checks: set Trust:OperatorKey (or Trust:OperatorKeyFile)")
+            .ValidateOnStart();
         // The auditor's key seals what this process appends and signs what it sends (in place of AddAuditTrail's reader).
         builder.Services.AddSingleton(sp => AuditSeal.ForAuditor(sp.GetRequiredService<IOptions<AuditOptions>>().Value, sp.GetRequiredService<IOptions<PostgresOptions>>().Value.Schema));
         builder.Services.AddSingleton(sp =>
@@ -216,6 +220,7 @@ public static class RoleRegistration
                             // An event no read model can take (a stream that does not begin with its start) fails
                             // the same way every time: to the error queue at once, not ten seconds of the queue.
                             r.Ignore<JasperFx.Events.Daemon.ApplyEventException>();
+                            r.Ignore<AuditRefusedException>(); // refused: to the error queue at once, kept there
                             r.Interval(10, TimeSpan.FromSeconds(1)); // in place: the order holds
                         });
                         e.ConfigureConsumer<MigrationAuditConsumer>(bus);

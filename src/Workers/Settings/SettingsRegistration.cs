@@ -26,6 +26,8 @@ public static partial class SettingsRegistration
             .Validate(o => !string.IsNullOrWhiteSpace(o.Queue) && o.Queue.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'),
                 "Audit:Queue must name a queue: letters, digits, '-', '_' and '.' (it is part of the hosts' exchange names)")
             .Validate(o => o.Partitions is >= 1 and <= 64, "Audit:Partitions must be 1 to 64")
+            .Validate(o => o.TrustedKeys.All(k => IsPublicKey(Base64(k))), "Audit:TrustedKeys must hold auditors' public keys in base64 (the public half of Audit:KeyFile)")
+            .Validate(o => !string.IsNullOrWhiteSpace(o.KeyFile) && !string.IsNullOrWhiteSpace(o.HeadsFolder), "Audit:KeyFile and Audit:HeadsFolder must name a file and a folder")
             .ValidateOnStart();
         builder.Services.AddSingleton(sp =>
         {
@@ -66,6 +68,12 @@ public static partial class SettingsRegistration
         {
             return false;
         }
+    }
+
+    private static byte[]? Base64(string value)
+    {
+        var bytes = new byte[value.Length];
+        return Convert.TryFromBase64String(value.Trim(), bytes, out var n) ? bytes[..n] : null;
     }
 
     private static bool IsPublicKey(byte[]? key)

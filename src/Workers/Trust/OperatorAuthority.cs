@@ -34,11 +34,11 @@ public static class OperatorAuthority
     /// request or order pins it again, even if the database's owner puts the enrolment back.</summary>
     public static async Task<bool> RevokeAsync(IDocumentStore store, OperatorKey key, string host, CancellationToken ct)
     {
+        EnrolmentLedger.Revoked(key, store.Options.DatabaseSchemaName, host); // first: a crash after it leaves the host revoked
         await using var session = store.LightweightSession();
         var was = await session.LoadAsync<HostEnrolment>(host, ct) is not null;
         session.Delete<HostEnrolment>(host);
         await session.SaveChangesAsync(ct);
-        EnrolmentLedger.Revoked(key, store.Options.DatabaseSchemaName, host);
         return was;
     }
 
