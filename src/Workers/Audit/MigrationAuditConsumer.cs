@@ -60,10 +60,8 @@ public sealed class MigrationAuditConsumer(IDocumentSession session, AuditSeal s
         if ((AuditSenders.Refusal(user, e) ?? await signatures.ProblemAsync(user!, e, signer, context.Headers.Get<string>(EventSigner.SignatureHeader), context.CancellationToken))
             is { } refused)
         {
-            // Forged, or from a host whose enrolment cannot be checked now: kept in the queue's error queue
-            // (`_error`), where the operator sees it and can send it again, never dropped.
-            logger.LogWarning("audit: not recorded: {Refusal}", refused);
-            throw new AuditRefusedException(refused);
+            await RefuseAsync(stream, e, user, signer, refused, context.CancellationToken);
+            return;
         }
         // The same event twice (a redelivery, a retried activity, a signed event sent again) is recorded
         // once: by its stream and content, whatever its message id, so no id can take a real event's place.
@@ -80,8 +78,28 @@ public sealed class MigrationAuditConsumer(IDocumentSession session, AuditSeal s
         }
         var head = await AuditChain.AppendAsync(session, seal, stream, e, signer, context.CancellationToken); // a concurrent append fails the save: retried in place
         session.Store(new RecordedMessage(key, stream, head.Version));
-        await session.SaveChangesAsync(context.CancellationToken);
+        try
+        {
+            await session.SaveChangesAsync(context.CancellationToken);
+        }
+        catch (JasperFx.Events.Daemon.ApplyEventException x)
+        {
+            // No read model takes it (a stream that does not begin with its start): the same every time.
+            session.EjectAllPendingChanges();
+            await RefuseAsync(stream, e, user, signer, $"no stream takes it: {x.InnerException?.Message ?? x.Message}", context.CancellationToken);
+            return;
+        }
         seal.RecordHead(stream, head.Version, head.Hash);
+    }
+
+    /// <summary>An event not recorded is kept as it came, with why, and acknowledged: moving it to an error
+    /// queue would resend it with its sender's broker user id, which the broker refuses from the auditor's
+    /// connection, so it would come back for ever and hold up its queue.</summary>
+    private async Task RefuseAsync(Guid stream, object e, string? user, string? signer, string problem, CancellationToken ct)
+    {
+        logger.LogWarning("audit: not recorded: {Refusal}", problem);
+        session.Store(new RefusedEvent(Guid.NewGuid(), stream, e.GetType().Name, AuditChain.Content(e), user, signer, problem, DateTimeOffset.UtcNow));
+        await session.SaveChangesAsync(ct);
     }
 
     /// <summary>Whether the stream's event at <paramref name="version"/> is this one, sealed.</summary>
@@ -97,5 +115,6 @@ public sealed class MigrationAuditConsumer(IDocumentSession session, AuditSeal s
 /// <summary>An event the auditor records once: by its stream and the SHA-256 of its content; where it is.</summary>
 public sealed record RecordedMessage(string Id, Guid Stream, long Version);
 
-/// <summary>An event the auditor refuses to record (see <see cref="EventSignatures"/>): it goes to the error queue.</summary>
-public sealed class AuditRefusedException(string message) : Exception(message);
+/// <summary>An event the auditor did not record (see <see cref="EventSignatures"/>), as it came: its stream, type and
+/// content, the broker user that sent it, who it says signed it, and why it was refused.</summary>
+public sealed record RefusedEvent(Guid Id, Guid Stream, string Type, string Content, string? User, string? Signer, string Problem, DateTimeOffset At);

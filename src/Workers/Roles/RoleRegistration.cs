@@ -217,10 +217,6 @@ public static class RoleRegistration
                         e.ConfigureConsumeTopology = false; // events are sent to their stream's queue, not published
                         e.UseMessageRetry(r =>
                         {
-                            // An event no read model can take (a stream that does not begin with its start) fails
-                            // the same way every time: to the error queue at once, not ten seconds of the queue.
-                            r.Ignore<JasperFx.Events.Daemon.ApplyEventException>();
-                            r.Ignore<AuditRefusedException>(); // refused: to the error queue at once, kept there
                             r.Interval(10, TimeSpan.FromSeconds(1)); // in place: the order holds
                         });
                         e.ConfigureConsumer<MigrationAuditConsumer>(bus);
@@ -247,6 +243,7 @@ public static class RoleRegistration
             o.Projections.Add<FleetHostProjection>(ProjectionLifecycle.Inline);
             // Documents stored outside projections: known up front, so AuditTrailSchema makes their tables too.
             o.RegisterDocumentType<RecordedMessage>();
+            o.RegisterDocumentType<RefusedEvent>();
             o.RegisterDocumentType<Embedded.DrainSchedule>();
             o.RegisterDocumentType<Trust.HostEnrolment>();
             return o;
