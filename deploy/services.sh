@@ -14,8 +14,11 @@
 # Facts behind the choices: initdb refuses root; RabbitMQ's default distribution port is AMQP + 20000;
 # epmd outlives the node.
 #
+# `up` also makes the system user semigrate-qemu, which running guests' QEMUs drop to (never root).
+#
 # Credentials: PostgreSQL takes passwords only (scram-sha-256 over TCP; the local socket only for the
-# postgres system user), and RabbitMQ's guest (an administrator) is gone: the services' user
+# postgres system user; the application logs in as the role semigrate, owner of the database
+# semigrate and nothing more), and RabbitMQ's guest (an administrator) is gone: the services' user
 # `semigrate` has no administrator tag. Both passwords are made once, kept 0600 in STATE/secrets, and
 # printed in the settings. RabbitMQ speaks AMQPS only (TLS 1.2+), with a certificate from a CA made
 # here (STATE/tls, its key 0600) that the machine's trust store is given; plain AMQP only when
@@ -112,10 +115,30 @@ pg_up() {
   fi
   local i
   for i in $(seq 1 60); do
-    pg "pg_isready -q -h 127.0.0.1 -p $PG_PORT -U postgres" && { pg_passwords; return 0; }
+    pg "pg_isready -q -h 127.0.0.1 -p $PG_PORT -U postgres" && { pg_passwords; pg_app_role; return 0; }
     sleep 0.5
   done
   die "postgres is running but not accepting connections on 127.0.0.1:$PG_PORT"
+}
+
+# The application's own role, `semigrate`: it owns the database `semigrate` and nothing more (no
+# superuser, no creating roles or databases), so its password is not the cluster's. Made or kept
+# on every `up` (idempotent); the postgres role's password stays in STATE/secrets for this script.
+pg_app_role() {
+  local pw; pw=$(secret postgres-semigrate)
+  pg "psql -q -v ON_ERROR_STOP=1 -h '$PG_DIR/run' -p $PG_PORT -U postgres -d postgres" >&2 <<SQL || die "postgres: cannot make the role semigrate"
+SET password_encryption = 'scram-sha-256';
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'semigrate') THEN
+    CREATE ROLE semigrate LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+END \$\$;
+ALTER ROLE semigrate PASSWORD '$pw';
+SQL
+  if ! pg "psql -tA -h '$PG_DIR/run' -p $PG_PORT -U postgres -d postgres -c \"SELECT 1 FROM pg_database WHERE datname = 'semigrate'\"" | grep -q 1; then
+    log "postgres: database semigrate, owned by the role semigrate (no superuser)"
+    pg "createdb -h '$PG_DIR/run' -p $PG_PORT -U postgres -O semigrate semigrate" >&2 || die "postgres: cannot make the database semigrate"
+  fi
 }
 
 # A cluster made before passwords (trust for everyone): the postgres role gets its password, and
@@ -362,10 +385,19 @@ host_users() {
   done
 }
 
+# The user a running guest's QEMU drops to (-runas): never root, no home, no shell, in no group of
+# another's; it owns nothing, so it reaches none of the files the workers make (root's, 0600/0700).
+qemu_user() {
+  id -u semigrate-qemu >/dev/null 2>&1 && return 0
+  log "qemu: user semigrate-qemu (QEMU runs as it, never as root)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group semigrate-qemu \
+    || die "cannot make the user semigrate-qemu"
+}
+
 # --- commands ---------------------------------------------------------------------------------
 
 print_env() {
-  echo "SEMIGRATE__Postgres__ConnectionString='Host=127.0.0.1;Port=$PG_PORT;Username=postgres;Password=$(secret postgres);Database=postgres'"
+  echo "SEMIGRATE__Postgres__ConnectionString='Host=127.0.0.1;Port=$PG_PORT;Username=semigrate;Password=$(secret postgres-semigrate);Database=semigrate'"
   if [ -n "$PLAIN_AMQP" ]; then
     echo "SEMIGRATE__RabbitMq__Uri='amqp://semigrate:$(secret rabbitmq)@127.0.0.1:$AMQP_PORT/'"
   else
@@ -389,7 +421,7 @@ status() {
 lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock"; flock 9; }
 
 case "${1:-}" in
-  up) lock; ensure_packages; pg_up; tls_up; rmq_up; log "state: $STATE"; print_env ;;
+  up) lock; ensure_packages; qemu_user; pg_up; tls_up; rmq_up; log "state: $STATE"; print_env ;;
   down) lock; pg_bin >/dev/null && pg_down; [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && rmq_down; true ;;
   status) status ;;
   env) print_env ;;

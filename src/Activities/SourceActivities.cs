@@ -535,8 +535,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             }
             else
             {
-                await using var running = await here.AttachAsync(StepToken.Current);
-                await (input.VmLeft ? running.QuitAsync() : running.ContinueAsync(StepToken.Current));
+                await using (var running = await here.AttachAsync(StepToken.Current))
+                {
+                    await (input.VmLeft ? running.QuitAsync() : running.ContinueAsync(StepToken.Current));
+                }
+                if (input.VmLeft)
+                {
+                    // Its RAM in the clear, of a guest that runs elsewhere now: nothing of it stays on this disk.
+                    logger.LogInformation("VM {Vm} left: {Bytes} bytes of its RAM file erased", input.Vm, RamErasure.Erase(here.Memory));
+                }
             }
         }
         state.Release(input.Vm);

@@ -53,6 +53,15 @@ public sealed class LiveGuestTests : IAsyncLifetime
         var (filters, inherited) = (await FiltersAsync($"{main.Pid}", ct), await FiltersAsync("self", ct));
         TestContext.Current.TestOutputHelper?.WriteLine($"QEMU {main.Pid}: {filters} seccomp filters, {inherited} inherited from the test");
         Assert.True(filters >= inherited + 2, $"QEMU runs under {filters} seccomp filter(s), {inherited} of them inherited: its -sandbox is not on");
+        // It runs as its own user, not root (real, effective, saved and file-system uid alike).
+        var uids = (await File.ReadAllLinesAsync($"/proc/{main.Pid}/status", ct)).Single(l => l.StartsWith("Uid:", StringComparison.Ordinal))
+            .Split((char[])['\t', ' '], StringSplitOptions.RemoveEmptyEntries)[1..];
+        var qemuUid = (await File.ReadAllLinesAsync("/etc/passwd", ct)).Single(l => l.StartsWith(QemuUser.Name + ":", StringComparison.Ordinal)).Split(':')[2];
+        Assert.All(uids, u => Assert.Equal(qemuUid, u));
+        // Its core dump would leave the guest's RAM out: the RAM file's mapping is marked "do not dump" (dd).
+        var smaps = await File.ReadAllLinesAsync($"/proc/{main.Pid}/smaps", ct);
+        var ramFlags = smaps.SkipWhile(l => !l.EndsWith(fuse.FilePath, StringComparison.Ordinal)).First(l => l.StartsWith("VmFlags:", StringComparison.Ordinal));
+        Assert.Contains(" dd", ramFlags, StringComparison.Ordinal);
 
         // The server evicts all of the guest's RAM (dirty pages come back first); the guest reads it again.
         fuse.Invalidate(0, (long)MemoryMiB << 20);

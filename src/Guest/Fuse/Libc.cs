@@ -4,7 +4,9 @@ namespace SEmigrate.Guest.Fuse;
 
 /// <summary>The few system calls .NET does not offer: a FUSE server's (/dev/fuse is read and written a
 /// whole request or reply per call, and the file system is mounted with mount(2)), and prctl(2) for
-/// the seccomp filter QEMU starts under (<see cref="Qemu.HugePageAdvice"/>), umask(2) (<see cref="PrivateByDefault"/>).</summary>
+/// the seccomp filter QEMU starts under (<see cref="Qemu.HugePageAdvice"/>), umask(2) (<see cref="PrivateByDefault"/>),
+/// prctl(2) and mlockall(2) for a worker's own memory (<see cref="PrivateMemory"/>), lseek(2)'s SEEK_DATA
+/// (<see cref="Qemu.RamErasure"/>).</summary>
 internal static unsafe partial class Libc
 {
     public const int ReadWrite = 2;
@@ -39,6 +41,12 @@ internal static unsafe partial class Libc
 
     [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
     public static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
+
+    [LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
+    public static partial long Seek(int fd, long offset, int whence);
+
+    [LibraryImport("libc", EntryPoint = "mlockall", SetLastError = true)]
+    public static partial int LockAll(int flags);
 
     public static string Error(string what) => $"{what}: {Marshal.GetLastPInvokeErrorMessage()} (errno {Marshal.GetLastPInvokeError()})";
 }

@@ -170,7 +170,8 @@ public sealed partial class LiveGuest : IAsyncDisposable
         [
             // -display none, not -nographic: a daemonised QEMU refuses -nographic.
             "-accel", "tcg", "-m", $"{memoryMiB}M", "-smp", "1", "-display", "none", "-no-reboot", "-nodefaults", "-vga", "none",
-            "-machine", "pc,memory-backend=ram",
+            // dump-guest-core=off: a core dump of QEMU holds none of the guest's RAM.
+            "-machine", "pc,memory-backend=ram,dump-guest-core=off",
             "-object", $"memory-backend-file,id=ram,size={memoryMiB}M,mem-path={ramPath},share=on",
             "-kernel", BootedGuest.KernelIn(kitDirectory), "-initrd", Path.Combine(kitDirectory, "initrd.gz"),
             // no_timer_check: emulated on a busy machine, the kernel's check that the IO-APIC timer ticks can fail
@@ -178,9 +179,9 @@ public sealed partial class LiveGuest : IAsyncDisposable
             "-device", "vmcoreinfo", "-append", "console=ttyS0 panic=-1 quiet loglevel=3 no_timer_check",
             "-serial", $"file:{serialPath}", "-monitor", "none", "-qmp", $"unix:{socketPath},server=on,wait=off",
             // QEMU's own seccomp filter: no obsolete system calls, no resource control. Not elevateprivileges=deny
-            // (nor =children): it forbids setsid, which -daemonize needs (QEMU 7.2 exits 1); spawning stays
-            // allowed, since the device state moves through QEMU's exec: migration (`cat`).
+            // (nor =children): it forbids setsid, which -daemonize needs (QEMU 7.2 exits 1), and the setuid of -runas.
             "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
+            "-runas", QemuUser.Required(),
             .. incoming ? new[] { "-incoming", "defer" } : [],
         ])
         {
@@ -226,16 +227,30 @@ public sealed partial class LiveGuest : IAsyncDisposable
     public async Task SaveDeviceStateAsync(string path, CancellationToken ct)
     {
         await IgnoreSharedRamAsync(ct);
-        await qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = $"exec:cat > '{path}'" }, ct);
+        // Opened here and handed over: QEMU's user may not open anything in this folder.
+        using (var file = new FileStream(path, new FileStreamOptions
+               {
+                   Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+               }))
+        {
+            await qmp.SendFileAsync(DeviceStateFd, file.SafeFileHandle, ct);
+        }
+        await qmp.ExecuteAsync("migrate", new JsonObject { ["uri"] = $"fd:{DeviceStateFd}" }, ct);
         await MigrationDoneAsync(ct);
     }
+
+    private const string DeviceStateFd = "device-state";
 
     /// <summary>Loads the device state into a QEMU started with <c>incoming</c>; the guest stays paused
     /// until <see cref="ContinueAsync"/>.</summary>
     public async Task LoadDeviceStateAsync(string path, CancellationToken ct)
     {
         await IgnoreSharedRamAsync(ct);
-        await qmp.ExecuteAsync("migrate-incoming", new JsonObject { ["uri"] = $"exec:cat '{path}'" }, ct);
+        using (var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read))
+        {
+            await qmp.SendFileAsync(DeviceStateFd, file, ct);
+        }
+        await qmp.ExecuteAsync("migrate-incoming", new JsonObject { ["uri"] = $"fd:{DeviceStateFd}" }, ct);
         var until = DateTime.UtcNow.AddSeconds(60);
         while ((await qmp.ExecuteAsync("query-status", null, ct))?["status"]?.GetValue<string>() is "inmigrate")
         {

@@ -41,6 +41,12 @@ public static class WorkerCommand
                 await Console.Error.WriteLineAsync($"semigrate: --host {name}: use letters, digits and '-' only (up to 63, a letter or digit first)");
                 return 2;
             }
+            // A main host holds data keys and opened pages: its memory is locked too (bounded by its share);
+            // a source's would lock every guest page it maps, a sub-host's only ciphertext.
+            if (Guest.PrivateMemory.Apply(lockMemory: roles.Contains("main")) is { } unlocked)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: warning: {unlocked}");
+            }
             var builder = SemigrateHost.CreateBuilder();
             var overrides = new Dictionary<string, string?> { [$"{MemoryServerOptions.Section}:Host"] = name };
             if (parse.GetValue(store) is { } folder)
