@@ -52,13 +52,13 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             // (A sub-host whose range is all free memory stores nothing: no file.)
             Assert.Contains(storeFiles, f => f.StartsWith(run.StoreOf(run.Main), StringComparison.Ordinal));
             Assert.Contains(storeFiles, f => !f.StartsWith(run.StoreOf(run.Main), StringComparison.Ordinal));
-            var found = Occurrences([.. storeFiles], "WEBAPPMARK", "STALEMARK", "VAULTDBMARK");
+            var found = DiskSearch.Count([.. storeFiles], "WEBAPPMARK", "STALEMARK", "VAULTDBMARK");
             Assert.Equal(0, found["WEBAPPMARK"]);
             Assert.Equal(0, found["STALEMARK"]);
             Assert.True(found["VAULTDBMARK"] > 0, "the plain pages of vaultdb are found by the same scan");
             // Nor does the main host leave decrypted memory in its state folder (it used to write memory.img).
             var mainState = Directory.GetFiles(run.StateOf(run.Main), "*", SearchOption.AllDirectories);
-            Assert.Equal(0, Occurrences(mainState, "WEBAPPMARK")["WEBAPPMARK"]);
+            Assert.Equal(0, DiskSearch.Count(mainState, "WEBAPPMARK")["WEBAPPMARK"]);
 
             // A switch-over retried after its answer was lost finds the VM running and answers the same.
             var again = await run.Steps.SwitchOverAsync(run.Main, new SwitchOver(request.MigrationId, request.Vm, run.Main, request.Mode, [], outcome.Placement!), ct);
@@ -167,42 +167,5 @@ public class MigrationEndToEndTests(RealGuestFixture guest, PostgresFixture post
             }
             await Task.Delay(100, ct);
         }
-    }
-
-    /// <summary>Counts markers in files of any size (store files are large and sparse) in one pass, in
-    /// chunks that overlap by the longest marker's length so that none is missed at a boundary.</summary>
-    private static Dictionary<string, long> Occurrences(IEnumerable<string> files, params string[] markers)
-    {
-        var needles = markers.Select(System.Text.Encoding.ASCII.GetBytes).ToArray();
-        var counts = markers.ToDictionary(m => m, _ => 0L);
-        var overlap = needles.Max(n => n.Length) - 1;
-        var buffer = new byte[16 << 20];
-        foreach (var file in files)
-        {
-            using var stream = File.OpenRead(file);
-            var kept = 0;
-            int read;
-            while ((read = stream.Read(buffer, kept, buffer.Length - kept)) > 0)
-            {
-                var span = buffer.AsSpan(0, kept + read);
-                for (var i = 0; i < needles.Length; i++)
-                {
-                    // A match wholly inside the kept tail was counted in the chunk before.
-                    var rest = span;
-                    var offset = 0;
-                    for (int at; (at = rest.IndexOf(needles[i])) >= 0; rest = rest[(at + 1)..])
-                    {
-                        offset += at + 1;
-                        if (offset - 1 + needles[i].Length > kept)
-                        {
-                            counts[markers[i]]++;
-                        }
-                    }
-                }
-                kept = Math.Min(overlap, span.Length);
-                span[^kept..].CopyTo(buffer);
-            }
-        }
-        return counts;
     }
 }

@@ -40,7 +40,8 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         // An operator's guests folder, as a host has it (any user may look in; a temporary folder is 0700).
         File.SetUnixFileMode(guests.FullName, (UnixFileMode)0b111_101_101);
         await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, guests: guests.FullName);
-        await StartGuestOnSourceAsync(run, "--process", "vaultdb:16:VAULTDBMARK", "--freed", "scratch:24:STALEMARK");
+        // webapp's memory is the secret: not named plain, it must be sealed wherever it lies.
+        await StartGuestOnSourceAsync(run, "--process", "vaultdb:16:VAULTDBMARK", "--process", "webapp:8:WEBAPPMARK", "--freed", "scratch:24:STALEMARK");
         var listed = await SemigrateProcess.RunAsync(new Dictionary<string, string>(), "guest", "list", "--guests", guests.FullName);
         Assert.Matches(@"g1\s+running\s+256 MiB", listed.Stdout);
         // The main host's share (62 MiB) is less than the workload's 96 MiB: the guest runs on paging,
@@ -61,6 +62,27 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
             TestContext.Current.TestOutputHelper?.WriteLine($"{attack,-44} {tries,6} {refused,8}");
         }
         Assert.All(attacks, a => Assert.Equal(a.Tries, a.Refused));
+        // Every host's disk searched for the secret (the source's guests folder too: the guest's RAM file
+        // there is erased once the VM left). In noenc, sent as it is by request, the search finds it at
+        // the hosts that store pages (which shows it can find it).
+        var roots = new[] { run.Source, run.Main, run.Sub1, run.Sub2 }.Select(run.StateOf).Append(guests.FullName).ToList();
+        var found = DiskSearch.Find(roots, "WEBAPPMARK");
+        TestContext.Current.TestOutputHelper?.WriteLine($"{mode}: the secret on disk: "
+            + (found.Count == 0 ? "nowhere" : string.Join(", ", found.Select(f => $"{f.File} ({f.Hits} times)"))));
+        Assert.DoesNotContain(found, f => f.File.StartsWith(guests.FullName + "/", StringComparison.Ordinal) || f.File.StartsWith(run.StateOf(run.Source) + "/", StringComparison.Ordinal));
+        if (mode == MigrationMode.NoEnc)
+        {
+            Assert.NotEmpty(found);
+        }
+        else
+        {
+            Assert.Empty(found);
+        }
+        // The main host's worker holds the data key and opened pages: its memory is locked (never swapped).
+        var locked = long.Parse(File.ReadAllLines($"/proc/{run.Fleet[run.Main].Pid}/status").Single(l => l.StartsWith("VmLck:", StringComparison.Ordinal))
+            .Split(':')[1].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+        TestContext.Current.TestOutputHelper?.WriteLine($"the main host's worker: {locked} kB of mappings locked (their pages as they are touched)");
+        Assert.True(locked > 0, "the main host's worker did not lock its memory");
         await run.AssertAuditedAsync(request.MigrationId, ct);
         Assert.True(outcome.SwitchOver!.Running);
         var atSource = LiveGuest.PassesIn(File.ReadAllText(Path.Combine(folder, "serial.log")));
