@@ -18,7 +18,7 @@ public sealed class MainHostVms
     /// VM's capability at each host that holds its pages, to release them there.</summary>
     public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, ClassificationMap Manifest, VmPager Pager, PlacementPlan Placement,
         LiveGuest? Guest = null, FuseRamFile? Ram = null, PagedRam? Memory = null, string? GuestName = null, string? Kit = null,
-        IReadOnlyDictionary<string, byte[]>? Capabilities = null, byte[]? DigestKey = null)
+        IReadOnlyDictionary<string, byte[]>? Capabilities = null, byte[]? DigestKey = null, byte[]? Initrd = null)
     {
         /// <summary>The host that holds a page, from the placement's ranges.</summary>
         public static string HostOf(PlacementPlan plan, ulong pfn) =>

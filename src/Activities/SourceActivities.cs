@@ -436,7 +436,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 File.Delete(deviceState); // the vCPUs' registers in the clear: never left behind, whatever failed
             }
             records.AddRange(SealedBlob.Seal(BlobKind.Kernel, await File.ReadAllBytesAsync(here.KernelPath), sealer));
-            records.AddRange(SealedBlob.Seal(BlobKind.Initrd, await File.ReadAllBytesAsync(here.InitrdPath), sealer));
+            records.AddRange(SealedBlob.Seal(BlobKind.Initrd, here.TakenOver?.Initrd ?? await File.ReadAllBytesAsync(here.InitrdPath), sealer));
         }
         // All at once (a running guest's kernel is a dozen batches): the guest is paused meanwhile.
         try
