@@ -78,6 +78,7 @@ public class DoctorTests
         var env = await RunningServices();
         var (pg, amqp) = (new Npgsql.NpgsqlConnectionStringBuilder(env["SEMIGRATE__Postgres__ConnectionString"]), new Uri(env["SEMIGRATE__RabbitMq__Uri"]));
         Assert.False(string.IsNullOrEmpty(pg.Password), "the services' settings carry PostgreSQL's password");
+        Assert.Equal("semigrate", pg.Username); // the application's own role, not the superuser
         Assert.StartsWith("semigrate:", amqp.UserInfo, StringComparison.Ordinal);
         env["SEMIGRATE__Postgres__ConnectionString"] = new Npgsql.NpgsqlConnectionStringBuilder(pg.ConnectionString) { Password = null }.ConnectionString;
         env["SEMIGRATE__RabbitMq__Uri"] = new UriBuilder(amqp) { UserName = "guest", Password = "guest" }.Uri.ToString(); // the broker's old administrator
@@ -85,7 +86,7 @@ public class DoctorTests
         var r = await SemigrateProcess.RunAsync(env, "doctor");
 
         Assert.Equal(1, r.ExitCode);
-        Assert.Matches(@"^postgres\s+FAILED\s+Postgres:ConnectionString has no password for postgres", Line(r.Stdout, "postgres"));
+        Assert.Matches(@"^postgres\s+FAILED\s+Postgres:ConnectionString has no password for semigrate", Line(r.Stdout, "postgres"));
         Assert.Matches(@"^rabbitmq\s+FAILED\s+RabbitMq:Uri logs in as guest, whom the broker refuses", Line(r.Stdout, "rabbitmq"));
     }
 

@@ -9,8 +9,9 @@ namespace SEmigrate.Workers.Embedded;
 /// in seconds, naming the host, rather than after the step's timeout.</summary>
 public sealed class HostWorkers(IConnection connection)
 {
-    /// <summary>How long a worker may be away (restarting) before its host counts as having none.</summary>
-    public static readonly TimeSpan Grace = TimeSpan.FromSeconds(10);
+    /// <summary>How long a worker may be away (restarting) before its host counts as having none: a worker's
+    /// start took over 10 s on a loaded 2-core machine (CI), so a sub-host back after a kill was taken as gone.</summary>
+    public static readonly TimeSpan Grace = TimeSpan.FromSeconds(30);
 
     public async Task<bool> IsRunningAsync(string host, CancellationToken ct)
     {
