@@ -351,15 +351,16 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     /// <summary>At most what the hand-over stores at the main host: the manifest (its map uncompressed),
     /// and for a running guest its kernel, initramfs and device state (QEMU's is well under 1 MiB).</summary>
-    private static long HandOverPages(SourceGuest guest, ulong pfnLimit) => HandOverPages(guest.Live ? guest.Kit : null, pfnLimit);
+    private static long HandOverPages(SourceGuest guest, ulong pfnLimit) => HandOverPages(guest.Live ? guest.Kit : null, pfnLimit, guest.TakenOver?.Initrd?.Length);
 
     /// <summary>What a guest's hand-over stores at its main host besides its pages, at most: the manifest, and a
-    /// running guest's (its kit in <paramref name="liveKit"/>) kernel, initramfs and device state (1 MiB).</summary>
-    public static long HandOverPages(string? liveKit, ulong pfnLimit)
+    /// running guest's (its kit in <paramref name="liveKit"/>) kernel, initramfs and device state (1 MiB). A guest
+    /// taken over here keeps its initramfs in memory (<paramref name="initrdBytes"/>), not in its kit.</summary>
+    public static long HandOverPages(string? liveKit, ulong pfnLimit, long? initrdBytes = null)
     {
         static long Pages(long bytes) => (bytes + PageRecord.PageSize - 1) / PageRecord.PageSize + 1;
         return Pages(ClassificationMap.ByteSizeFor(pfnLimit)) + (liveKit is null ? 0
-            : Pages(new FileInfo(BootedGuest.KernelIn(liveKit)).Length) + Pages(new FileInfo(Path.Combine(liveKit, "initrd.gz")).Length) + Pages(1 << 20));
+            : Pages(new FileInfo(BootedGuest.KernelIn(liveKit)).Length) + Pages(initrdBytes ?? new FileInfo(Path.Combine(liveKit, "initrd.gz")).Length) + Pages(1 << 20));
     }
 
     /// <summary>Holds all transfers of this host together to its limit: each batch takes the next free
