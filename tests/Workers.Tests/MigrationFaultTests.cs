@@ -172,8 +172,9 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
     public async Task A_sub_host_gone_for_good_mid_transfer_stops_the_other_transfers_before_the_migration_is_undone()
     {
         var ct = TestContext.Current.CancellationToken;
-        // 2 MB/s at the source: the main host's share (about 40 MiB) would take half a minute.
-        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 2);
+        // 0.5 MB/s at the source: the main host's share (about 40 MiB) would take over a minute, longer than
+        // the 30 s a step waits for a worker that went away before it names the host unreachable.
+        await using var run = await MigrationRun.StartAsync(postgres, StepPolicies.Default, ct, sourceMaxMBps: 0.5);
         var watch = run.Host.Services.GetRequiredService<TransferWatch>();
         var request = run.Request(guest.Guest.Directory, MigrationMode.Semigrate, mainCapacity: 20000, subCapacity: 30000);
         var migration = run.MigrateAsync(request, ct);
