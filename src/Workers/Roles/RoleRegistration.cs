@@ -172,10 +172,6 @@ public static class RoleRegistration
         builder.Services.AddSingleton<EmbeddedEngine>();
         builder.Services.AddSingleton<DrainRunner>();
         builder.AddAuditTrail();
-        builder.Services.AddOptions<TrustOptions>()
-            .Validate(o => o.PublicKey is not null || File.Exists(o.OperatorKeyFile),
-                "an orchestrator records hosts' events only as their enrolments allow, which the operator's key checks: set Trust:OperatorKey (or Trust:OperatorKeyFile)")
-            .ValidateOnStart();
         // The auditor's key seals what this process appends and signs what it sends (in place of AddAuditTrail's reader).
         builder.Services.AddSingleton(sp => AuditSeal.ForAuditor(sp.GetRequiredService<IOptions<AuditOptions>>().Value, sp.GetRequiredService<IOptions<PostgresOptions>>().Value.Schema));
         builder.Services.AddSingleton(sp =>
