@@ -134,13 +134,13 @@ public sealed class MainHostActivities(
         var live = SealedBlob.IsThere(BlobKind.DeviceState, blobs);
         var name = live ? NameHere(input) : null; // before the guest runs here: a bad name refuses the switch-over
         var kit = Path.Combine(host.MigrationDirectory(input.MigrationId), "vm");
-        var (guest, ram, memory, initrd) = live
+        var (guest, ram, memory, initrd, kernel) = live
             ? await RunAsync(input, kit, opener, blobs, pager, manifest.PfnLimit, budgetPages: local)
-            : (null, null, null, null);
+            : (null, null, null, null, null);
         var result = new SwitchedOverResult(host.Host, local, (long)manifest.GuestPages - local, guest is not null, guest is null ? null : DateTimeOffset.UtcNow, manifestDigest,
             Convert.ToHexString(key.Receipt(input.MigrationId, input.Vm, host.Host)));
         vms.Add(new MainHostVms.RunningVm(input.Vm, input.MigrationId, result, manifest, pager, input.Placement, guest, ram, memory, name, live ? kit : null, capabilities,
-            key.DigestKey(input.Vm), initrd));
+            key.DigestKey(input.Vm), initrd, kernel));
         logger.LogInformation("VM {Vm} switched over to {Host}: {Local} pages here, {Remote} at sub-hosts, {Zero} of all free", input.Vm, host.Host,
             result.LocalPages, result.RemotePages, table.Pages - manifest.Plain - manifest.Sealed);
         return result;
@@ -150,15 +150,17 @@ public sealed class MainHostActivities(
     /// sealed blobs the source handed over; its RAM is a FUSE file served by its pager, kept within
     /// this host's share (<paramref name="budgetPages"/>); QEMU starts with -incoming, loads the device
     /// state and continues the guest where it stopped.</summary>
-    private async Task<(LiveGuest, FuseRamFile, PagedRam, byte[])> RunAsync(SwitchOver input, string folder, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager,
+    private async Task<(LiveGuest, FuseRamFile, PagedRam, byte[] Initrd, byte[] Kernel)> RunAsync(SwitchOver input, string folder, PageOpener opener, Func<ulong, PageRecord?> blobs, VmPager pager,
         ulong pages, long budgetPages)
     {
         var clock = Stopwatch.StartNew();
         Directory.CreateDirectory(folder);
         byte[] Blob(BlobKind kind) => SealedBlob.Open(kind, input.Vm, blobs, opener, host.Host, SealedBlob.MaxBytes * 4, input.Epoch);
-        await File.WriteAllBytesAsync(BootedGuest.KernelIn(folder), Blob(BlobKind.Kernel)); // kept: the guest's types, to move it on (introspection reads it)
-        // The initramfs may hold the guest's disk keys: on disk only until QEMU has read it (at its start),
-        // then kept in this process for when the guest moves on.
+        // The initramfs may hold the guest's disk keys, and the kernel is the guest's own: each is on disk
+        // only until QEMU has read it (at its start), then kept in this process (to move the guest on;
+        // introspection reads the kernel's types from it).
+        var kernel = Blob(BlobKind.Kernel);
+        var kernelPath = BootedGuest.KernelIn(folder);
         var initrd = Blob(BlobKind.Initrd);
         var initrdPath = Path.Combine(folder, "initrd.gz");
         var deviceState = Path.Combine(folder, "device.state");
@@ -175,11 +177,13 @@ public sealed class MainHostActivities(
         {
             try
             {
+                await File.WriteAllBytesAsync(kernelPath, kernel);
                 await File.WriteAllBytesAsync(initrdPath, initrd);
                 guest = await LiveGuest.StartAsync(folder, (int)(size >> 20), ram.FilePath, Path.Combine(folder, "serial.log"), incoming: true, StepToken.Current);
             }
             finally
             {
+                File.Delete(kernelPath);
                 File.Delete(initrdPath);
             }
             var started = clock.Elapsed;
@@ -200,7 +204,7 @@ public sealed class MainHostActivities(
                 "RAM mounted in {Mount:0}, QEMU up in {Qemu:0}, device state loaded in {Load:0}, continued in {Continue:0}", input.Vm, guest.Pid, ram.FilePath, budgetPages,
                 opened.TotalMilliseconds, (mounted - opened).TotalMilliseconds, (started - mounted).TotalMilliseconds, (loaded - started).TotalMilliseconds,
                 (clock.Elapsed - loaded).TotalMilliseconds);
-            return (guest, ram, memory, initrd);
+            return (guest, ram, memory, initrd, kernel);
         }
         catch
         {

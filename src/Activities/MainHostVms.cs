@@ -14,11 +14,12 @@ public sealed class MainHostVms
     /// <summary><paramref name="Guest"/>, <paramref name="Ram"/> and <paramref name="Memory"/>: the guest's
     /// QEMU, the FUSE file of its RAM and what serves it, when it was a running guest; then also
     /// <paramref name="GuestName"/>, the name it goes by here (a source step finds it by it), and
-    /// <paramref name="Kit"/>, the folder of its kernel and initramfs. <paramref name="Capabilities"/>: the
+    /// <paramref name="Kit"/>, its folder there; its kernel and initramfs (<paramref name="Kernel"/>, <paramref name="Initrd"/>)
+    /// are kept in memory, not on disk. <paramref name="Capabilities"/>: the
     /// VM's capability at each host that holds its pages, to release them there.</summary>
     public sealed record RunningVm(Guid Vm, Guid MigrationId, SwitchedOverResult SwitchedOver, ClassificationMap Manifest, VmPager Pager, PlacementPlan Placement,
         LiveGuest? Guest = null, FuseRamFile? Ram = null, PagedRam? Memory = null, string? GuestName = null, string? Kit = null,
-        IReadOnlyDictionary<string, byte[]>? Capabilities = null, byte[]? DigestKey = null, byte[]? Initrd = null)
+        IReadOnlyDictionary<string, byte[]>? Capabilities = null, byte[]? DigestKey = null, byte[]? Initrd = null, byte[]? Kernel = null)
     {
         /// <summary>The host that holds a page, from the placement's ranges.</summary>
         public static string HostOf(PlacementPlan plan, ulong pfn) =>

@@ -121,7 +121,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     {
         var guest = FindGuest(input.Guest);
         var live = guest.Live;
-        var layout = KernelLayout.Load(guest.KernelPath); // the kernel's types: from its file, before the pause
+        var layout = guest.KernelLayout(); // the kernel's types: before the pause
         DateTimeOffset? pausedAt = null;
         if (live)
         {
@@ -164,11 +164,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var state = State(input.MigrationId);
         map.Save(state.MapPath);
         state.Guest = new MigratedGuest(input.Guest, input.Mode, live);
-        if (!File.Exists(state.KeyPath))
-        {
-            using var key = DataKey.Generate();
-            key.Save(state.KeyPath); // generated here, at the source; it leaves only wrapped for the main host
-        }
+        state.EnsureKey();
 
         var chunks = Layout(memory, HandOverPages(guest, map.PfnLimit));
         var sent = new int[chunks.ChunkGuestPages.Count];
@@ -351,16 +347,17 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     /// <summary>At most what the hand-over stores at the main host: the manifest (its map uncompressed),
     /// and for a running guest its kernel, initramfs and device state (QEMU's is well under 1 MiB).</summary>
-    private static long HandOverPages(SourceGuest guest, ulong pfnLimit) => HandOverPages(guest.Live ? guest.Kit : null, pfnLimit, guest.TakenOver?.Initrd?.Length);
+    private static long HandOverPages(SourceGuest guest, ulong pfnLimit) => HandOverPages(guest.Live ? guest.Kit : null, pfnLimit, guest.TakenOver?.Initrd?.Length, guest.TakenOver?.Kernel?.Length);
 
     /// <summary>What a guest's hand-over stores at its main host besides its pages, at most: the manifest, and a
     /// running guest's (its kit in <paramref name="liveKit"/>) kernel, initramfs and device state (1 MiB). A guest
-    /// taken over here keeps its initramfs in memory (<paramref name="initrdBytes"/>), not in its kit.</summary>
-    public static long HandOverPages(string? liveKit, ulong pfnLimit, long? initrdBytes = null)
+    /// taken over here keeps its initramfs and kernel in memory (<paramref name="initrdBytes"/>,
+    /// <paramref name="kernelBytes"/>), not in its kit.</summary>
+    public static long HandOverPages(string? liveKit, ulong pfnLimit, long? initrdBytes = null, long? kernelBytes = null)
     {
         static long Pages(long bytes) => (bytes + PageRecord.PageSize - 1) / PageRecord.PageSize + 1;
         return Pages(ClassificationMap.ByteSizeFor(pfnLimit)) + (liveKit is null ? 0
-            : Pages(new FileInfo(BootedGuest.KernelIn(liveKit)).Length) + Pages(initrdBytes ?? new FileInfo(Path.Combine(liveKit, "initrd.gz")).Length) + Pages(1 << 20));
+            : Pages(kernelBytes ?? new FileInfo(BootedGuest.KernelIn(liveKit)).Length) + Pages(initrdBytes ?? new FileInfo(Path.Combine(liveKit, "initrd.gz")).Length) + Pages(1 << 20));
     }
 
     /// <summary>Holds all transfers of this host together to its limit: each batch takes the next free
@@ -436,7 +433,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             {
                 File.Delete(deviceState); // the vCPUs' registers in the clear: never left behind, whatever failed
             }
-            records.AddRange(SealedBlob.Seal(BlobKind.Kernel, await File.ReadAllBytesAsync(here.KernelPath), sealer));
+            records.AddRange(SealedBlob.Seal(BlobKind.Kernel, here.ReadKernel(), sealer));
             records.AddRange(SealedBlob.Seal(BlobKind.Initrd, here.TakenOver?.Initrd ?? await File.ReadAllBytesAsync(here.InitrdPath), sealer));
         }
         // All at once (a running guest's kernel is a dozen batches): the guest is paused meanwhile.
@@ -515,7 +512,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         {
             return new SourceReleased(input.VmLeft); // done before (a retry, or a replay: nothing left to do)
         }
-        if (input.VmLeft && !(File.Exists(state.KeyPath) && input.Receipt is { } receipt && HasReceipt(state, receipt, input, request.Main.Host)))
+        if (input.VmLeft && !(state.HasKey && input.Receipt is { } receipt && HasReceipt(state, receipt, input, request.Main.Host)))
         {
             throw await guard.RefuseAsync(nameof(ReleaseSource), input.MigrationId, input.Vm,
                 $"that the VM left takes the switch-over receipt of main host {request.Main.Host}, and {(input.Receipt is null ? "none came" : "this one is not it")}");

@@ -1,5 +1,6 @@
 using SEmigrate.Guest.Memory;
 using SEmigrate.Guest.Qemu;
+using SEmigrate.Introspection.Kernel;
 
 namespace SEmigrate.Activities;
 
@@ -12,6 +13,13 @@ public sealed record SourceGuest(string Name, string Memory, string Kit, bool Li
     public string KernelPath => BootedGuest.KernelIn(Kit);
 
     public string InitrdPath => Path.Combine(Kit, "initrd.gz");
+
+    /// <summary>Its kernel file's bytes: from its kit, or kept in memory for a guest taken over here.</summary>
+    public byte[] ReadKernel() => TakenOver?.Kernel ?? File.ReadAllBytes(KernelPath);
+
+    /// <summary>The kernel's types, for introspection (a kit's kernel caches them beside itself).</summary>
+    public KernelLayout KernelLayout() =>
+        TakenOver?.Kernel is { } kernel ? Introspection.Kernel.KernelLayout.FromImage(KernelImage.FromBytes(kernel, $"the kernel of {Name}")) : Introspection.Kernel.KernelLayout.Load(KernelPath);
 
     /// <summary>Its memory. A guest taken over here has its RAM on a FUSE file this very process serves:
     /// that is read, never mapped (see GuestMemory.OpenImageByReads).</summary>

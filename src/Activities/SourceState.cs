@@ -3,12 +3,28 @@ using SEmigrate.Sealing;
 
 namespace SEmigrate.Activities;
 
-/// <summary>What the source keeps on disk for one migration, so that a source worker that dies
-/// mid-transfer resumes after a restart: the data key (mode 0600), the classification map, the last key
-/// epoch handed out, and per destination how far the transfer is confirmed and how far it was sent.</summary>
+/// <summary>What the source keeps for one migration, so that a source worker that dies mid-transfer
+/// resumes after a restart: on disk the classification map, the last key epoch handed out, and per
+/// destination how far the transfer is confirmed and how far it was sent; the data key in the kernel's
+/// keyring, never on disk, so that a release erases it for good (see KernelKeyring).</summary>
 public sealed class SourceState(string directory)
 {
-    public string KeyPath => Path.Combine(directory, "data.key");
+    /// <summary>Which key in the keyring is this migration's at this host (its state folder is unique to both).</summary>
+    private string KeyName => $"semigrate data key|{Path.GetFullPath(directory)}";
+
+    /// <summary>Whether the migration's data key is here (made at introspection, erased at release).</summary>
+    public bool HasKey => KernelKeyring.Has(KeyName);
+
+    /// <summary>Makes the migration's data key, unless it has one: generated here, at the source, it leaves only
+    /// wrapped for the main host.</summary>
+    public void EnsureKey()
+    {
+        if (!HasKey)
+        {
+            using var key = DataKey.Generate();
+            KernelKeyring.Save(KeyName, key);
+        }
+    }
 
     public string MapPath => Path.Combine(directory, "classes.map");
 
@@ -30,8 +46,9 @@ public sealed class SourceState(string directory)
     /// restarted worker or a second attempt never seals under an epoch (so a nonce) already used.</summary>
     public uint NextEpoch() => new EpochFile(Path.Combine(directory, "epoch")).Next();
 
-    public DataKey LoadKey() => File.Exists(KeyPath) ? DataKey.Load(KeyPath)
-        : throw new InvalidOperationException($"no data key in {directory}: the guest was not introspected here, or the migration was released");
+    public DataKey LoadKey() => KernelKeyring.Load(KeyName)
+        ?? throw new InvalidOperationException($"no data key for {directory}: the guest was not introspected here, the migration was released, " +
+            "or this host restarted since (the key lives in the kernel's keyring, not on disk)");
 
     /// <summary>The key the VM's memory digests are MACs under: from the data key, or once that is gone
     /// (released), as the release kept it (it opens no page).</summary>
@@ -48,7 +65,7 @@ public sealed class SourceState(string directory)
         }
     }
 
-    /// <summary>A release overwrites the key: nobody derives from it meanwhile (zeros would make a public digest key).</summary>
+    /// <summary>A release erases the key: nobody derives from it meanwhile.</summary>
     private static readonly Lock Releasing = new();
 
     private string DigestKeyPath => Path.Combine(directory, "digest.key");
@@ -76,7 +93,7 @@ public sealed class SourceState(string directory)
 
     private string ReleasedPath => Path.Combine(directory, "released");
 
-    /// <summary>Drops the key (overwritten first) and the checkpoints, and marks the migration over; the map
+    /// <summary>Erases the key and drops the checkpoints, and marks the migration over; the map
     /// stays for inspection, and the digest key (which opens nothing) for a check of what was sent.</summary>
     public void Release(Guid vm)
     {
@@ -93,14 +110,13 @@ public sealed class SourceState(string directory)
 
     private void ReleaseKey(Guid vm)
     {
-        if (File.Exists(KeyPath))
+        if (KernelKeyring.Load(KeyName) is { } key)
         {
-            using (var key = LoadKey())
+            using (key)
             {
                 PrivateFile.Write(DigestKeyPath, key.DigestKey(vm), overwrite: true);
             }
-            File.WriteAllBytes(KeyPath, new byte[DataKey.Size]);
-            File.Delete(KeyPath);
+            KernelKeyring.Erase(KeyName);
         }
     }
 

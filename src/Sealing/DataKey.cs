@@ -21,12 +21,6 @@ public sealed class DataKey : IDisposable
     public static DataKey FromBytes(ReadOnlySpan<byte> bytes) =>
         bytes.Length == Size ? new DataKey(bytes.ToArray()) : throw new CryptographicException($"a data key is {Size} bytes, not {bytes.Length}");
 
-    /// <summary>Keeps the key at the source for the length of a migration, so that a source worker that
-    /// restarts mid-transfer seals under the same key (mode 0600, created so before a byte is written).</summary>
-    public void Save(string path) => PrivateFile.Write(path, key, overwrite: true);
-
-    public static DataKey Load(string path) => FromBytes(File.ReadAllBytes(path));
-
     /// <summary>The key bytes, for wrapping only.</summary>
     internal ReadOnlySpan<byte> Bytes => key;
 

@@ -59,10 +59,10 @@ public sealed class PageSealingTests : IDisposable
     public void Should_an_epoch_repeat_across_processes_its_sealers_still_draw_different_nonces_and_both_open()
     {
         // Two processes on copies of one state folder: the same key, VM and epoch, each its own sealer.
-        var saved = Path.GetTempFileName();
-        key.Save(saved);
-        using var copy = DataKey.Load(saved);
-        File.Delete(saved);
+        var saved = $"semigrate test {Guid.NewGuid():N}";
+        KernelKeyring.Save(saved, key);
+        using var copy = KernelKeyring.Load(saved)!;
+        KernelKeyring.Erase(saved);
         using var first = key.CreateSealer(Vm, 11);
         using var second = copy.CreateSealer(Vm, 11);
         using var opener = new PageOpener(key, Vm);

@@ -62,11 +62,12 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
             TestContext.Current.TestOutputHelper?.WriteLine($"{attack,-44} {tries,6} {refused,8}");
         }
         Assert.All(attacks, a => Assert.Equal(a.Tries, a.Refused));
-        // The main host keeps the guest's initramfs (which may hold its disk keys) in memory only, and the
-        // device state nowhere.
+        // The main host keeps the guest's kernel and initramfs (which may hold its disk keys) in memory
+        // only, and the device state nowhere.
         var kit = Path.Combine(run.StateOf(run.Main), "migrations", request.MigrationId.ToString("N"), "vm");
         Assert.True(File.Exists(Path.Combine(kit, "serial.log")), $"no kit at {kit}");
         Assert.False(File.Exists(Path.Combine(kit, "initrd.gz")), "the initramfs stayed on the main host's disk");
+        Assert.False(File.Exists(Path.Combine(kit, "vmlinuz")), "the kernel stayed on the main host's disk");
         Assert.False(File.Exists(Path.Combine(kit, "device.state")), "the device state stayed on the main host's disk");
         // Every host's disk searched for the secret (the source's guests folder too: the guest's RAM file
         // there is erased once the VM left). In noenc, sent as it is by request, the search finds it at

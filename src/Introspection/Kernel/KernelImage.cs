@@ -12,9 +12,13 @@ namespace SEmigrate.Introspection.Kernel;
 /// (vmlinuz; LZ4 as in Debian's cloud kernel, XZ, gzip) or an uncompressed vmlinux.</summary>
 public sealed record KernelImage(byte[] BtfData, string BuildId, string Release)
 {
-    public static KernelImage Load(string path)
+    public static KernelImage Load(string path) => FromBytes(File.ReadAllBytes(path), path);
+
+    /// <summary>From the kernel file's bytes (<paramref name="name"/> only names it in errors): a main host
+    /// keeps a running guest's kernel in memory, not on its disk.</summary>
+    public static KernelImage FromBytes(byte[] file, string name)
     {
-        var file = File.ReadAllBytes(path);
+        var path = name;
         var vmlinux = Elf64.IsElf64(file) ? file : Decompress(file, path);
         var sections = Elf64.Sections(vmlinux);
         var btf = sections.FirstOrDefault(s => s.Name == ".BTF")
