@@ -94,12 +94,13 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
 
     private string NoOperatorKey => $"host {host.Host} pins no operator key (setting Trust:OperatorKey), so it takes no step";
 
-    private string? Problem(Guid migrationId, Guid vm, MigrationRequest? r, bool expiredToo)
+    private string? Problem(Guid migrationId, Guid vm, MigrationRequest? r, bool expiredToo) =>
+        trust.PublicKey is not { } operatorKey ? NoOperatorKey : RequestProblem(operatorKey, migrationId, vm, r, expiredToo);
+
+    /// <summary>Why <paramref name="r"/> does not allow work on <paramref name="migrationId"/> and
+    /// <paramref name="vm"/> under the operator's <paramref name="operatorKey"/>; null when it does.</summary>
+    public static string? RequestProblem(byte[] operatorKey, Guid migrationId, Guid vm, MigrationRequest? r, bool expiredToo)
     {
-        if (trust.PublicKey is not { } operatorKey)
-        {
-            return NoOperatorKey;
-        }
         if (r is null)
         {
             return "the step carries no signed request";

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using Temporalio.Client;
@@ -10,7 +11,7 @@ namespace SEmigrate.Workflows;
 /// <summary>The split migration on Temporal: <see cref="MigrationProcedure"/> with activities on the task
 /// queue of the host each step must run on. Query Progress; signal Cancel to stop and compensate.
 /// Search attributes make migrations findable by VM, source, main host, mode and state.</summary>
-[Workflow("SplitMigration")]
+[Workflow(AuditActivities.MigrationWorkflowType)]
 public sealed class MigrationWorkflow
 {
     /// <summary>Where the workflow and its audit activity run (the orchestrator's worker).</summary>
@@ -19,7 +20,7 @@ public sealed class MigrationWorkflow
     /// <summary>How a migration starts: its workflow id is its VM's (`migration-VM`), and starting one for a
     /// VM whose migration still runs fails (WorkflowAlreadyStartedException); once it closed, the VM may
     /// be migrated again under the same id.</summary>
-    public static WorkflowOptions StartOptions(MigrationRequest request) => new($"migration-{request.Vm}", OrchestratorQueue)
+    public static WorkflowOptions StartOptions(MigrationRequest request) => new(AuditActivities.MigrationWorkflowId(request.Vm), OrchestratorQueue)
     {
         StaticSummary = $"migrate VM {request.Vm} ({request.Guest}) from {request.Source} to {request.Main.Host}"
             + $"{string.Concat(request.SubHosts.Select(s => $" + {s.Host}"))}, {request.Mode.ToWireName()}",
@@ -51,7 +52,7 @@ public sealed class MigrationWorkflow
         Workflow.UpsertTypedSearchAttributes(
             VmKey.ValueSet(request.Vm.ToString()), SourceKey.ValueSet(request.Source), MainKey.ValueSet(request.Main.Host),
             ModeKey.ValueSet(request.Mode.ToWireName()), StateKey.ValueSet(nameof(MigrationState.Requested)));
-        procedure = new MigrationProcedure(new TemporalSteps(StepPolicies.Default));
+        procedure = new MigrationProcedure(new TemporalSteps(StepPolicies.Default, request));
         // The Cancel signal, or a cancel from the Web UI or CLI (the workflow's own token): both end the same way.
         using var cancelled = CancellationTokenSource.CreateLinkedTokenSource(cancel.Token, Workflow.CancellationToken);
         Workflow.Logger.LogInformation("migration {Migration} of VM {Vm}: {Source} -> {Main} + {SubHosts} ({Mode})", request.MigrationId, request.Vm,

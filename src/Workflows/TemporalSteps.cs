@@ -13,7 +13,7 @@ namespace SEmigrate.Workflows;
 /// <summary>The procedure's steps as Temporal activities, each on its host's task queue, with the
 /// policy's retries, timeout and (for transfers) heartbeat timeout. Non-retryable failures (bad input,
 /// wrong host) are marked so by the activities themselves.</summary>
-internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
+internal sealed class TemporalSteps(StepPolicies policies, MigrationRequest request) : IMigrationSteps
 {
     public DateTimeOffset UtcNow => Workflow.UtcNow;
 
@@ -67,7 +67,7 @@ internal sealed class TemporalSteps(StepPolicies policies) : IMigrationSteps
     /// in the search attributes.</summary>
     public async Task RecordAsync(IMigrationEvent e)
     {
-        var record = new RecordEvent(e, ++recorded);
+        var record = new RecordEvent(e, ++recorded, request); // the activity signs events only for a request the operator allowed
         await Workflow.ExecuteActivityAsync((AuditActivities a) => a.RecordAsync(record), new ActivityOptions
         {
             Summary = $"record {e.GetType().Name}",

@@ -107,8 +107,10 @@ public sealed record MigratedVmStopped(Guid MigrationId, Guid Vm, string Main, I
 /// <summary>An event as a workflow activity's input: the property's declared interface type makes the
 /// JSON carry the event's type name, so the activity gets the same event back. <paramref name="Sequence"/>:
 /// its place among the migration's recorded events (1 on; 0 in histories from before it was counted),
-/// from which its message id is made, so a retried activity records it once.</summary>
-public sealed record RecordEvent(IMigrationEvent Event, long Sequence = 0)
+/// from which its message id is made, so a retried activity records it once. <paramref name="Request"/>: the
+/// migration's signed request, which the activity checks before it signs the event (null in histories from
+/// before it was carried).</summary>
+public sealed record RecordEvent(IMigrationEvent Event, long Sequence = 0, Migration.MigrationRequest? Request = null)
 {
     /// <summary>The same for every try of the activity: a hash of migration and sequence, shaped as a
     /// version-5-style GUID; null when there is no sequence.</summary>

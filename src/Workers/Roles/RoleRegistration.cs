@@ -6,6 +6,7 @@ using Marten;
 using MassTransit;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 using RabbitMQ.Client;
@@ -165,6 +166,8 @@ public static class RoleRegistration
                 .AddSingletonActivities<InventoryActivities>();
         }
         builder.Services.AddSingleton(policies);
+        // The audit activity signs events only for requests of this operator (a host checks steps so too).
+        builder.Services.TryAddSingleton(sp => new OperatorTrust(sp.GetRequiredService<IOptions<TrustOptions>>().Value.PublicKey));
         builder.Services.AddSingleton<TransferWatch>();
         builder.AddBrokerConnection("orchestrator");
         builder.Services.AddSingleton<HostWorkers>();
