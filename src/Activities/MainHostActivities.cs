@@ -276,10 +276,7 @@ public sealed class MainHostActivities(
         }
         var vm = vms.Find(input.Vm) is { } found && found.MigrationId == input.MigrationId ? found
             : throw new ApplicationFailureException($"VM {input.Vm} does not run on {host.Host} by migration {input.MigrationId}", nonRetryable: true);
-        if (PageDigests.Problem(input, vm.Manifest.PfnLimit) is { } problem)
-        {
-            throw await guard.RefuseAsync(nameof(DigestMemory), input.MigrationId, input.Vm, problem);
-        }
+        await guard.AllowDigestAsync(input, vm.Manifest.PfnLimit);
         using var digest = new PageDigests(input, vm.Manifest.PfnLimit,
             vm.DigestKey?.ToArray() ?? throw new ApplicationFailureException($"VM {input.Vm} has no digest key here", nonRetryable: true));
         var before = vm.Pager.FetchedPages;

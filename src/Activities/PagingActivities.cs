@@ -3,6 +3,7 @@ using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.MemoryServer;
 using SEmigrate.MemoryServer.Client;
+using SEmigrate.MemoryServer.Store;
 using SEmigrate.Sealing;
 using Temporalio.Activities;
 using Temporalio.Exceptions;
@@ -11,9 +12,12 @@ namespace SEmigrate.Activities;
 
 /// <summary>A destination's steps (main host or sub-host): serve a VM's pages on this host's memory
 /// server, and release them. The main host also hands out its public key here, for the data key.</summary>
-public sealed class PagingActivities(HostContext host, PageClient client, StepGuard guard, VmCapabilities capabilities, HostKeyPair? mainHostKeys = null,
+public sealed class PagingActivities(HostContext host, PageClient client, IPageStore store, StepGuard guard, VmCapabilities capabilities, HostKeyPair keys, bool isMain,
     TakeOvers? takeOvers = null)
 {
+    /// <summary>This host's key pair when it is a main host: handed out at StartPaging, for the data key.</summary>
+    private readonly HostKeyPair? mainHostKeys = isMain ? keys : null;
+
     [Activity("StartPaging")]
     public async Task<PagingStarted> StartPagingAsync(StartPaging input)
     {
@@ -33,6 +37,10 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         var capability = capabilities.For(input.MigrationId, input.Vm);
         // Placement trusted the capacity the operator gave; the memory server knows what it has left.
         var usage = await client.UsageAsync(host.Host, input.Vm, capability, StepToken.Current);
+        if (request.Order is not null && MeasuredProblem(input, request) is { } unmeasured)
+        {
+            throw await guard.RefuseAsync(nameof(StartPaging), input.MigrationId, input.Vm, unmeasured);
+        }
         var already = usage.PagesPerVm.GetValueOrDefault(input.Vm);
         if (input.ExpectedPages - already > usage.CapacityPages - usage.UsedPages)
         {
@@ -63,6 +71,63 @@ public sealed class PagingActivities(HostContext host, PageClient client, StepGu
         return new PagingStarted(host.Host, serverKey, mainHostKeys?.PublicKey, already,
             host.Host == request.Main.Host ? null : KeyWrap.WrapSecret(capability, mainKey, VmCapabilities.WrapContext(input.Vm, host.Host, VmCapabilities.MainHolder)),
             KeyWrap.WrapSecret(capability, sourceKey, VmCapabilities.WrapContext(input.Vm, host.Host, VmCapabilities.SourceHolder)));
+    }
+
+    /// <summary>Under a drain order, which nobody signs per migration, a destination reserves room only for a
+    /// migration whose source measured its guest (its word, SourceVouch, for this host), no more than it
+    /// measured, and for one migration of a guest per order at a time here: the first to start paging
+    /// here holds it while this host's memory server serves its VM for it. A migration made up under the
+    /// order reserves nothing.</summary>
+    private string? MeasuredProblem(StartPaging input, MigrationRequest request)
+    {
+        if (input.Measured is not { } measured)
+        {
+            return "under a drain order, paging starts only with the source's word that it measured the guest for this migration";
+        }
+        var sourceKey = StepGuard.PinnedKey(request, request.Source);
+        var expected = sourceKey is null ? null : keys.Vouch(sourceKey, SourceVouch.Statement(request.MigrationId, request.Vm, request.Guest, host.Host, measured.Pages));
+        byte[] shown;
+        try
+        {
+            shown = Convert.FromHexString(measured.Mac);
+        }
+        catch (FormatException)
+        {
+            shown = [];
+        }
+        if (expected is null || !System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(expected, shown))
+        {
+            return $"the word that {request.Source} measured guest '{request.Guest}' for migration {request.MigrationId} is not its own (made up, or for another migration or host)";
+        }
+        if (input.ExpectedPages > measured.Pages || input.ArrivingPages > input.ExpectedPages || input.ArrivingPages < 0)
+        {
+            return $"room for {input.ExpectedPages} pages ({input.ArrivingPages} arriving) asked for a guest its source measured at {measured.Pages}";
+        }
+        return Claim(request, input.MigrationId, input.Vm);
+    }
+
+    private static readonly Lock Claiming = new();
+
+    private string ClaimPath(MigrationRequest request) => Path.Combine(host.StateDirectory, "drain-claims",
+        $"{Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(request.Order!.Signature))[..32]}-{request.Guest}");
+
+    /// <summary>Claims the guest under the order here for <paramref name="migrationId"/>, unless another migration
+    /// holds it and its VM is still served here for it (released, stopped or never started: the claim lapses).</summary>
+    private string? Claim(MigrationRequest request, Guid migrationId, Guid vm)
+    {
+        var path = ClaimPath(request);
+        lock (Claiming)
+        {
+            var held = File.Exists(path) ? File.ReadAllText(path).Split(' ') : [];
+            if (held.Length == 2 && Guid.TryParse(held[0], out var holder) && holder != migrationId && Guid.TryParse(held[1], out var holderVm)
+                && store.OwnerOf(holderVm) is { } owner && owner.AsSpan().SequenceEqual(System.Security.Cryptography.SHA256.HashData(capabilities.For(holder, holderVm))))
+            {
+                return $"guest '{request.Guest}' is moving here under this drain order already, in migration {holder}: one at a time";
+            }
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            File.WriteAllText(path, $"{migrationId} {vm}");
+            return null;
+        }
     }
 
     /// <summary>Idempotent: a VM this host does not serve has nothing to release. The main host first declines

@@ -46,7 +46,25 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 $"the request moves guest '{request.Guest}' of {request.Source}, not '{input.Guest}' of {host.Host}");
         }
         await RefuseEndedAsync(nameof(MeasureGuest), input.MigrationId, input.Vm);
-        return await Task.Run(() => Measure(input));
+        var layout = await Task.Run(() => Measure(input));
+        return request.Order is null ? layout : layout with { Vouches = Vouches(request, layout) };
+    }
+
+    /// <summary>Under a drain order, the word to each destination of the request that this host measured its
+    /// guest for this migration, for so many pages (see SourceVouch).</summary>
+    private Dictionary<string, SourceVouch> Vouches(MigrationRequest request, GuestLayout layout)
+    {
+        var pages = layout.ChunkGuestPages.Sum(c => (long)c) + layout.HandOverPages;
+        var vouches = new Dictionary<string, SourceVouch>(StringComparer.Ordinal);
+        foreach (var destination in request.SubHosts.Prepend(request.Main).Select(d => d.Host).Distinct(StringComparer.Ordinal))
+        {
+            if (StepGuard.PinnedKey(request, destination) is { } key)
+            {
+                vouches[destination] = new SourceVouch(pages,
+                    Convert.ToHexString(keys.Vouch(key, SourceVouch.Statement(request.MigrationId, request.Vm, request.Guest, destination, pages))));
+            }
+        }
+        return vouches;
     }
 
     private static readonly Lock Claiming = new();
@@ -467,10 +485,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         var state = State(input.MigrationId);
         var map = File.Exists(state.MapPath) ? ClassificationMap.Load(state.MapPath)
             : throw new ApplicationFailureException($"migration {input.MigrationId} classified no guest at {host.Host}: nothing to digest", nonRetryable: true);
-        if (PageDigests.Problem(input, map.PfnLimit) is { } problem)
-        {
-            throw await guard.RefuseAsync(nameof(DigestMemory), input.MigrationId, input.Vm, problem);
-        }
+        await guard.AllowDigestAsync(input, map.PfnLimit);
         using var digest = new PageDigests(input, map.PfnLimit, state.DigestKey(input.Vm));
         return await Task.Run(() => Digest(input, state, map, digest));
     }
@@ -651,7 +666,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
     public static string KeyContext(Guid migrationId, Guid vm, string main, uint epoch, string manifestDigest) =>
         $"semigrate-data-key v2|{migrationId:N}|{vm:N}|{main}|{epoch}|{manifestDigest.ToUpperInvariant()}";
 
-    private SourceState State(Guid migrationId) => new(host.MigrationDirectory(migrationId));
+    private SourceState State(Guid migrationId) => new(host, migrationId);
 
     /// <summary>This host's guest <paramref name="name"/>: as `semigrate guest boot` or `guest start` leaves
     /// it, or a running guest taken over here.</summary>

@@ -7,10 +7,13 @@ namespace SEmigrate.Activities;
 /// resumes after a restart: on disk the classification map, the last key epoch handed out, and per
 /// destination how far the transfer is confirmed and how far it was sent; the data key in the kernel's
 /// keyring, never on disk, so that a release erases it for good (see KernelKeyring).</summary>
-public sealed class SourceState(string directory)
+public sealed class SourceState(HostContext host, Guid migrationId)
 {
-    /// <summary>Which key in the keyring is this migration's at this host (its state folder is unique to both).</summary>
-    private string KeyName => $"semigrate data key|{Path.GetFullPath(directory)}";
+    private readonly string directory = host.MigrationDirectory(migrationId);
+
+    /// <summary>Which key in the keyring is this migration's at this host (hosts on one kernel share a keyring,
+    /// each in a mount namespace of its own, so no path names it).</summary>
+    private string KeyName => $"semigrate data key|{host.Host}|{migrationId:N}";
 
     /// <summary>Whether the migration's data key is here (made at introspection, erased at release).</summary>
     public bool HasKey => KernelKeyring.Has(KeyName);

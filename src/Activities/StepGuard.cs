@@ -54,6 +54,45 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
         }
     }
 
+    /// <summary>A digest of <paramref name="range"/> of a VM of <paramref name="pfnLimit"/> pages: within them, in at
+    /// most 65536 chunks, and within the VM's digest budget here. Each digest at the main host pages the whole
+    /// range in (evicting the guest's working set) and any holder of the request may ask: a VM gets at most (per migration: one request each)
+    /// <see cref="DigestBurst"/> passes over its memory at once, then one more per <see cref="DigestRefill"/>.</summary>
+    public async Task AllowDigestAsync(DigestMemory range, ulong pfnLimit)
+    {
+        var problem = PageDigests.Problem(range, pfnLimit);
+        if (problem is null)
+        {
+            var passes = (double)(range.EndPfn - range.FirstPfn) / Math.Max(1UL, pfnLimit);
+            lock (digestBudgets)
+            {
+                var now = DateTime.UtcNow;
+                var (left, at) = digestBudgets.GetValueOrDefault((range.MigrationId, range.Vm), (DigestBurst, now));
+                left = Math.Min(DigestBurst, left + (now - at) / DigestRefill);
+                if (left >= passes)
+                {
+                    digestBudgets[(range.MigrationId, range.Vm)] = (left - passes, now);
+                }
+                else
+                {
+                    digestBudgets[(range.MigrationId, range.Vm)] = (left, now);
+                    problem = $"VM {range.Vm}'s memory was digested too often here: at most {DigestBurst} passes over it at once, then one more every {DigestRefill.TotalSeconds:0} s " +
+                        $"({left:0.##} left, this one is {passes:0.##})";
+                }
+            }
+        }
+        if (problem is not null)
+        {
+            throw await RefuseAsync(nameof(DigestMemory), range.MigrationId, range.Vm, problem);
+        }
+    }
+
+    public const double DigestBurst = 8;
+
+    public static readonly TimeSpan DigestRefill = TimeSpan.FromSeconds(30);
+
+    private readonly Dictionary<(Guid Migration, Guid Vm), (double Left, DateTime At)> digestBudgets = [];
+
     /// <summary>A stop of a VM running here, as the operator signed it (and not expired).</summary>
     public async Task AllowStopAsync(StopVm stop)
     {

@@ -85,7 +85,8 @@ public sealed class MigrationProcedure(IMigrationSteps steps)
             long Share(string host) => plan.Assignments.Where(a => a.Host == host).Sum(a => a.Pages);
             long ArrivingAt(string host) => guest is null ? Share(host) : plan.Assignments.Where(a => a.Host == host).Sum(a => Arriving(guest, a));
             var starts = destinations.ToDictionary(host => host,
-                host => new StartPaging(id, request.Vm, host, request.Mode, Share(host) + HandedOverTo(host), ArrivingAt(host) + HandedOverTo(host), Request: request),
+                host => new StartPaging(id, request.Vm, host, request.Mode, Share(host) + HandedOverTo(host), ArrivingAt(host) + HandedOverTo(host), Request: request,
+                    Measured: layout.Vouches?.GetValueOrDefault(host)),
                 StringComparer.Ordinal);
             var started = await steps.WhenAllAsync(destinations.Select(host => steps.StartPagingAsync(host, starts[host], ct)));
             var keys = started.ToDictionary(s => s.Host, StringComparer.Ordinal);

@@ -144,7 +144,7 @@ public sealed class MainHostActivitiesTests(RabbitMqFixture rabbit) : IClassFixt
     private PagingActivities Paging()
     {
         var host = new HostContext(Main, state.FullName);
-        return new PagingActivities(host, client, TestBus.Guard(host, bus), new VmCapabilities(host), keys, new TakeOvers(host));
+        return new PagingActivities(host, client, store, TestBus.Guard(host, bus), new VmCapabilities(host), keys, isMain: true, new TakeOvers(host));
     }
 
     [Fact]

@@ -44,7 +44,7 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
     /// <summary>The source keeps its guests where the fixture booted them.</summary>
     private HostContext Host => new("src", state.FullName, GuestsDirectory: Path.GetDirectoryName(guest.Guest.Directory));
 
-    private string MapOf(Guid migration) => new SourceState(Host.MigrationDirectory(migration)).MapPath;
+    private string MapOf(Guid migration) => new SourceState(Host, migration).MapPath;
 
     private IntrospectGuest Introspect(Guid migration, string main = "main", params string[] subs)
     {
@@ -73,8 +73,12 @@ public sealed class SourceActivitiesTests(RealGuestFixture guest, RabbitMqFixtur
         Assert.Equal((long)map.GuestPages, result.Pages.Total);
         Assert.Equal(result.Pages.Total, result.ChunkGuestPages.Sum(c => (long)c));
         Assert.True(result.Pages.Zero > 0 && result.Pages.Plain > 0 && result.Pages.Sealed > 0, $"{result.Pages}");
-        var key = Path.Combine(Host.MigrationDirectory(migration), "data.key");
-        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(key));
+        // The data key is in the kernel's keyring, not in a file of the migration's folder.
+        var state = new SourceState(Host, migration);
+        Assert.True(state.HasKey);
+        Assert.False(File.Exists(Path.Combine(Host.MigrationDirectory(migration), "data.key")));
+        state.Release(Guid.NewGuid());
+        Assert.False(state.HasKey); // a release erases it there
     }
 
     [Theory]

@@ -34,8 +34,8 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         var found = await AllowedAsync<IntrospectGuest, IntrospectionResult>(r.Source, new IntrospectGuest(id, vm, r.Guest, r.Mode, r.PlainProcesses, r));
         var started = await AllowedAsync<StartPaging, PagingStarted>(r.Main.Host, new StartPaging(id, vm, r.Main.Host, r.Mode, 30_000, 30_000, Request: r));
         var plan = Placement.Plan(found.ChunkGuestPages, found.ChunkPages, r.Main, r.SubHosts);
-        var keyFile = Path.Combine(run.StateOf(r.Source), "migrations", id.ToString("N"), "data.key");
-        Assert.True(File.Exists(keyFile));
+        var sourceState = new SourceState(new HostContext(r.Source, run.StateOf(r.Source)), id);
+        Assert.True(sourceState.HasKey);
         using var attacker = HostKeyPair.Generate();
         var enrolled = await OperatorAuthority.PinAsync(run.Host.Services.GetRequiredService<IDocumentStore>(), OperatorKey.Load(TestOperator.KeyFile), null, ct);
         var sub1Key = enrolled.Single(p => p.Host == run.Sub1).HostKey;
@@ -88,9 +88,21 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         Assert.DoesNotContain(plainZero, perPage.Chunks);
         Assert.Equal(perPage.Chunks.Count, perPage.Chunks.Distinct().Count());
         Assert.Empty(perPage.Chunks.Intersect(again.Chunks));
+        // Each digest pages the whole range in at a main host: a request's holder gets a few passes over the
+        // VM's memory at once, then one more every 30 s; the rest are refused.
+        var (allowedPasses, pastBudget) = (0, 0);
+        for (var i = 0; i < 12; i++)
+        {
+            var reason = await RefusalAsync<DigestMemory, MemoryDigest>(r.Source, new DigestMemory(id, vm, r.Source, 0, pages, 256, r, RandomNumberGenerator.GetBytes(16)));
+            (allowedPasses, pastBudget) = reason is null ? (allowedPasses + 1, pastBudget) : (allowedPasses, pastBudget + 1);
+            Assert.True(reason is null || reason.Contains("digested too often", StringComparison.Ordinal), reason);
+        }
+        var passesBefore = (double)range / pages * 2; // the two per-page digests above
+        Assert.InRange(allowedPasses, (int)(StepGuard.DigestBurst - passesBefore), (int)(StepGuard.DigestBurst - passesBefore) + 2); // + what refilled meanwhile
+        rows.Add(($"memory digests past the budget ({allowedPasses} of 12 whole passes taken)", 12 - allowedPasses, pastBudget, 0));
 
         // Nothing changed: the source still has its key, and the steps as the request allows them still work.
-        var lostKey = File.Exists(keyFile) ? 0 : 1;
+        var lostKey = sourceState.HasKey ? 0 : 1;
         var handedOver = await AllowedAsync<HandOver, HandedOver>(r.Source, new HandOver(id, vm, r.Main.Host, started.HostKey!, r, started.ForSource));
         Assert.NotEmpty(handedOver.WrappedKey);
         // The main host takes a data key only as the source's wrap for this hand-over: not one an attacker
@@ -233,6 +245,37 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
             new StartPaging(r.MigrationId, r.Vm, run.Sub1, r.Mode, 100, 100, Request: r), ct), hijack);
         await Row("hand-over to a pages-only host as main", NotMain, r => Refusal<HandOver, HandedOver>(steps, run.Source,
             new HandOver(r.MigrationId, r.Vm, run.Sub1, order.Hosts.Single(h => h.Host == run.Sub1).HostKey, r), ct), hijack);
+
+        // Room at a destination only for what the source measured for that very migration, and for one
+        // migration of the guest under the order at a time there.
+        Task<GuestLayout> Measure(MigrationRequest r) => Allowed<MeasureGuest, GuestLayout>(steps, run.Source, new MeasureGuest(r.MigrationId, r.Vm, r.Guest, r), ct);
+        StartPaging Paging(MigrationRequest r, SourceVouch? measured, long pages) => new(r.MigrationId, r.Vm, run.Main, r.Mode, pages, pages, Request: r, Measured: measured);
+        Func<MigrationRequest> toMain = () => Under(new Destination(run.Main, 60_000), new Destination(run.Sub1, 30_000));
+        await Row("paging for a made-up migration the source never measured", "only with the source's word", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
+            Paging(r, null, 1000), ct), toMain);
+        var measuredRequest = toMain();
+        var measuredOnce = await Measure(measuredRequest);
+        await Row("paging with the source's word for another migration", "is not its own", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
+            Paging(r, measuredOnce.Vouches![run.Main], 1000), ct), toMain);
+        await Row("paging with the source's word to another host", "is not its own", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
+            Paging(r, measuredOnce.Vouches![run.Sub1], 1000), ct), () => measuredRequest);
+        await Row("paging for more room than the source measured", "asked for a guest its source measured", async r =>
+        {
+            var vouch = (await Measure(r)).Vouches![run.Main];
+            return await Refusal<StartPaging, PagingStarted>(steps, run.Main, Paging(r, vouch, vouch.Pages + 1), ct);
+        }, toMain);
+        var pagingFirst = toMain();
+        var firstVouch = (await Measure(pagingFirst)).Vouches![run.Main];
+        await Allowed<StartPaging, PagingStarted>(steps, run.Main, Paging(pagingFirst, firstVouch, 1000), ct);
+        await Row("a second measured migration of the guest paging at a destination at once", "is moving here under this drain order already", async r =>
+        {
+            var vouch = (await Measure(r)).Vouches![run.Main];
+            return await Refusal<StartPaging, PagingStarted>(steps, run.Main, Paging(r, vouch, 1000), ct);
+        }, toMain);
+        await Allowed<ReleasePaging, PagingReleased>(steps, run.Main, new ReleasePaging(pagingFirst.MigrationId, pagingFirst.Vm, run.Main, pagingFirst), ct);
+        var pagingNext = toMain(); // once the first let go of it there, the next may
+        await Allowed<StartPaging, PagingStarted>(steps, run.Main, Paging(pagingNext, (await Measure(pagingNext)).Vouches![run.Main], 1000), ct);
+        await Allowed<ReleasePaging, PagingReleased>(steps, run.Main, new ReleasePaging(pagingNext.MigrationId, pagingNext.Vm, run.Main, pagingNext), ct);
 
         // Two migrations of the guest under the order at once (the second one made up): the second is refused
         // while the first lasts, and goes once the first was released at the source.

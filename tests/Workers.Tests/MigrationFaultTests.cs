@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using Marten;
 using Microsoft.Extensions.DependencyInjection;
+using SEmigrate.Activities;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Audit;
 using SEmigrate.Contracts.Migration;
@@ -304,7 +305,7 @@ public class MigrationFaultTests(RealGuestFixture guest, PostgresFixture postgre
             Assert.False(run.HoldsPagesOf(host, request.Vm), $"{host} still holds pages of the VM");
         }
         Assert.True(File.Exists(Path.Combine(guest.Guest.Directory, "memory.elf")));
-        Assert.False(File.Exists(Path.Combine(run.StateOf(run.Source), "migrations", request.MigrationId.ToString("N"), "data.key")));
+        Assert.False(new SourceState(new HostContext(run.Source, run.StateOf(run.Source)), request.MigrationId).HasKey);
 
         var summary = await Orchestrator.AuditedEndAsync(run.Host.Services, request.MigrationId, TimeSpan.FromSeconds(30), ct);
         Assert.Equal(MigrationState.Compensated, summary?.State);

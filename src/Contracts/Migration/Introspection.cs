@@ -30,5 +30,19 @@ public sealed record MeasureGuest(Guid MigrationId, Guid Vm, string Guest, Migra
 
 /// <summary>A guest's memory layout: guest pages per chunk of <paramref name="ChunkPages"/> pages (as
 /// <see cref="IntrospectionResult"/> gives them), and <paramref name="HandOverPages"/>, what the
-/// hand-over will store at the main host besides its share, at most.</summary>
-public sealed record GuestLayout(long PfnLimit, int ChunkPages, IReadOnlyList<int> ChunkGuestPages, long HandOverPages);
+/// hand-over will store at the main host besides its share, at most. Under a drain order (which nobody
+/// signs per migration) <paramref name="Vouches"/> holds the source's word, per destination, that it
+/// measured this guest for this migration (see <see cref="SourceVouch"/>).</summary>
+public sealed record GuestLayout(long PfnLimit, int ChunkPages, IReadOnlyList<int> ChunkGuestPages, long HandOverPages,
+    IReadOnlyDictionary<string, SourceVouch>? Vouches = null);
+
+/// <summary>The source's word to one destination that it measured the migration's guest, at most
+/// <paramref name="Pages"/> pages with its hand-over: an HMAC (<paramref name="Mac"/>, hex) under the two hosts'
+/// static ECDH agreement (Sealing's HostKeyPair.Vouch) over migration, VM, guest, destination and pages. Under a
+/// drain order a destination reserves room only with it, and no more than it says: a migration made up
+/// under the order, which the source never measured, reserves nothing.</summary>
+public sealed record SourceVouch(long Pages, string Mac)
+{
+    public static string Statement(Guid migrationId, Guid vm, string guest, string destination, long pages) =>
+        $"semigrate measured v1|{migrationId:N}|{vm:N}|{guest}|{destination}|{pages}";
+}

@@ -3,9 +3,10 @@ namespace SEmigrate.Contracts.Migration;
 /// <summary>At a destination: serve this VM's pages (idempotent). Its share is <paramref name="ExpectedPages"/>
 /// guest pages (it must have room for them all: free ones may be paged out to it later), of which
 /// <paramref name="ArrivingPages"/> travel now (the memory it prepares at once). <paramref name="Round"/>
-/// is 1, or more when paging starts again at a host that lost the VM (see TransferPages).</summary>
+/// is 1, or more when paging starts again at a host that lost the VM (see TransferPages). <paramref name="Measured"/>:
+/// under a drain order, the source's word that it measured the guest for this migration (see <see cref="SourceVouch"/>).</summary>
 public sealed record StartPaging(Guid MigrationId, Guid Vm, string Host, MigrationMode Mode, long ExpectedPages, long ArrivingPages, int Round = 1,
-    MigrationRequest? Request = null);
+    MigrationRequest? Request = null, SourceVouch? Measured = null);
 
 /// <summary>The destination serves the VM. <paramref name="HostKey"/> is the main host's public key, for
 /// which the data key is wrapped (null at a sub-host); <paramref name="ServerKey"/> is its memory

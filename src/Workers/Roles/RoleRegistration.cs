@@ -75,8 +75,8 @@ public static class RoleRegistration
             builder.Services.AddHostedService(sp => sp.GetRequiredService<MemoryServerWorker>());
             builder.Services.AddSingleton<VmCapabilities>();
             // Only a main host hands out its key at StartPaging (the data key is wrapped for it).
-            builder.Services.AddSingleton(sp => new PagingActivities(sp.GetRequiredService<HostContext>(), sp.GetRequiredService<PageClient>(),
-                sp.GetRequiredService<StepGuard>(), sp.GetRequiredService<VmCapabilities>(), main ? keys : null, sp.GetService<TakeOvers>()));
+            builder.Services.AddSingleton(sp => new PagingActivities(sp.GetRequiredService<HostContext>(), sp.GetRequiredService<PageClient>(), sp.GetRequiredService<IPageStore>(),
+                sp.GetRequiredService<StepGuard>(), sp.GetRequiredService<VmCapabilities>(), keys, isMain: main, sp.GetService<TakeOvers>()));
         }
         if (source)
         {
