@@ -85,11 +85,15 @@ public sealed class RunningGuestMigrationTests(PostgresFixture postgres) : IClas
         {
             Assert.Empty(found);
         }
-        // The main host's worker holds the data key and opened pages: its memory is locked (never swapped).
-        var locked = long.Parse(File.ReadAllLines($"/proc/{run.Fleet[run.Main].Pid}/status").Single(l => l.StartsWith("VmLck:", StringComparison.Ordinal))
-            .Split(':')[1].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-        TestContext.Current.TestOutputHelper?.WriteLine($"the main host's worker: {locked} kB of mappings locked (their pages as they are touched)");
-        Assert.True(locked > 0, "the main host's worker did not lock its memory");
+        // The main host's and the source's workers hold the data key and opened pages: their memory is
+        // locked (never swapped).
+        foreach (var holder in new[] { run.Main, run.Source })
+        {
+            var locked = long.Parse(File.ReadAllLines($"/proc/{run.Fleet[holder].Pid}/status").Single(l => l.StartsWith("VmLck:", StringComparison.Ordinal))
+                .Split(':')[1].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            TestContext.Current.TestOutputHelper?.WriteLine($"{holder}'s worker: {locked} kB of mappings locked (their pages as they are touched)");
+            Assert.True(locked > 0, $"{holder}'s worker did not lock its memory");
+        }
         await run.AssertAuditedAsync(request.MigrationId, ct);
         Assert.True(outcome.SwitchOver!.Running);
         var atSource = LiveGuest.PassesIn(File.ReadAllText(Path.Combine(folder, "serial.log")));

@@ -5,7 +5,7 @@ namespace SEmigrate.Guest.Fuse;
 /// <summary>The few system calls .NET does not offer: a FUSE server's (/dev/fuse is read and written a
 /// whole request or reply per call, and the file system is mounted with mount(2)), and prctl(2) for
 /// the seccomp filter QEMU starts under (<see cref="Qemu.HugePageAdvice"/>), umask(2) (<see cref="PrivateByDefault"/>),
-/// prctl(2) and mlockall(2) for a worker's own memory (<see cref="PrivateMemory"/>), lseek(2)'s SEEK_DATA
+/// prctl(2), mlockall(2) and munlock(2) for a worker's own memory (<see cref="PrivateMemory"/>), lseek(2)'s SEEK_DATA
 /// (<see cref="Qemu.RamErasure"/>).</summary>
 internal static unsafe partial class Libc
 {
@@ -47,6 +47,9 @@ internal static unsafe partial class Libc
 
     [LibraryImport("libc", EntryPoint = "mlockall", SetLastError = true)]
     public static partial int LockAll(int flags);
+
+    [LibraryImport("libc", EntryPoint = "munlock", SetLastError = true)]
+    public static partial int Unlock(void* address, nuint length);
 
     public static string Error(string what) => $"{what}: {Marshal.GetLastPInvokeErrorMessage()} (errno {Marshal.GetLastPInvokeError()})";
 }

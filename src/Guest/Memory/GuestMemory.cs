@@ -43,6 +43,9 @@ public sealed unsafe class GuestMemory : IDisposable
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
         basePointer = p + view.PointerOffset;
+        // A worker that locks its memory (PrivateMemory) would otherwise lock every guest page it reads:
+        // the guest's memory is its file's, not the worker's own.
+        PrivateMemory.Unlock(p, view.PointerOffset + fileLength);
         if (writable)
         {
             dirty = new ulong[(PfnLimit + 63) / 64];

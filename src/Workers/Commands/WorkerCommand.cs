@@ -41,9 +41,10 @@ public static class WorkerCommand
                 await Console.Error.WriteLineAsync($"semigrate: --host {name}: use letters, digits and '-' only (up to 63, a letter or digit first)");
                 return 2;
             }
-            // A main host holds data keys and opened pages: its memory is locked too (bounded by its share);
-            // a source's would lock every guest page it maps, a sub-host's only ciphertext.
-            if (Guest.PrivateMemory.Apply(lockMemory: roles.Contains("main")) is { } unlocked)
+            // A main host holds data keys and opened pages, a source its data keys and the pages it seals:
+            // their memory is locked too (a guest's memory mapped from its file is not: see PrivateMemory);
+            // a sub-host holds only ciphertext.
+            if (Guest.PrivateMemory.Apply(lockMemory: roles.Contains("main") || roles.Contains("source")) is { } unlocked)
             {
                 await Console.Error.WriteLineAsync($"semigrate: warning: {unlocked}");
             }
