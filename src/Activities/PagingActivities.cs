@@ -108,11 +108,15 @@ public sealed class PagingActivities(HostContext host, PageClient client, IPageS
 
     private static readonly Lock Claiming = new();
 
+    /// <summary>How long a claim holds before its VM is served here (paging starts right after it).</summary>
+    private static readonly TimeSpan PendingClaimLasts = TimeSpan.FromMinutes(2);
+
     private string ClaimPath(MigrationRequest request) => Path.Combine(host.StateDirectory, "drain-claims",
         $"{Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(request.Order!.Signature))[..32]}-{request.Guest}");
 
     /// <summary>Claims the guest under the order here for <paramref name="migrationId"/>, unless another migration
-    /// holds it and its VM is still served here for it (released, stopped or never started: the claim lapses).</summary>
+    /// holds it: its VM is served here for it, or its claim is new (its paging may be starting right now). A
+    /// claim whose VM was released, stopped or never started lapses after <see cref="PendingClaimLasts"/>.</summary>
     private string? Claim(MigrationRequest request, Guid migrationId, Guid vm)
     {
         var path = ClaimPath(request);
@@ -120,12 +124,17 @@ public sealed class PagingActivities(HostContext host, PageClient client, IPageS
         {
             var held = File.Exists(path) ? File.ReadAllText(path).Split(' ') : [];
             if (held.Length == 2 && Guid.TryParse(held[0], out var holder) && holder != migrationId && Guid.TryParse(held[1], out var holderVm)
-                && store.OwnerOf(holderVm) is { } owner && owner.AsSpan().SequenceEqual(System.Security.Cryptography.SHA256.HashData(capabilities.For(holder, holderVm))))
+                && (DateTime.UtcNow - File.GetLastWriteTimeUtc(path) < PendingClaimLasts
+                    || store.OwnerOf(holderVm) is { } owner && owner.AsSpan().SequenceEqual(System.Security.Cryptography.SHA256.HashData(capabilities.For(holder, holderVm)))))
             {
                 return $"guest '{request.Guest}' is moving here under this drain order already, in migration {holder}: one at a time";
             }
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            File.WriteAllText(path, $"{migrationId} {vm}");
+            if (held.Length != 2 || held[0] != migrationId.ToString())
+            {
+                File.WriteAllText(path + ".tmp", $"{migrationId} {vm}"); // whole or not at all
+                File.Move(path + ".tmp", path, overwrite: true);
+            }
             return null;
         }
     }
@@ -155,15 +164,35 @@ public sealed class PagingActivities(HostContext host, PageClient client, IPageS
         }
         try
         {
-            return new PagingReleased(host.Host, await client.ReleaseAsync(host.Host, input.Vm, capabilities.For(input.MigrationId, input.Vm), StepToken.Current), declined);
+            var released = await client.ReleaseAsync(host.Host, input.Vm, capabilities.For(input.MigrationId, input.Vm), StepToken.Current);
+            Unclaim(request, input.MigrationId);
+            return new PagingReleased(host.Host, released, declined);
         }
         catch (PageProtocolException e) when (e.Code == PageError.UnknownVm)
         {
+            Unclaim(request, input.MigrationId);
             return new PagingReleased(host.Host, 0, declined);
         }
         catch (PageProtocolException e) when (e.Code == PageError.Forbidden)
         {
             throw new ApplicationFailureException($"host {host.Host} serves VM {input.Vm} for another migration: {e.Message}", nonRetryable: true);
+        }
+    }
+
+    /// <summary>A migration released here lets the next of its guest under the order start paging here.</summary>
+    private void Unclaim(MigrationRequest request, Guid migrationId)
+    {
+        if (request.Order is null)
+        {
+            return;
+        }
+        var path = ClaimPath(request);
+        lock (Claiming)
+        {
+            if (File.Exists(path) && File.ReadAllText(path).Split(' ') is [var holder, _] && holder == migrationId.ToString())
+            {
+                File.Delete(path);
+            }
         }
     }
 

@@ -46,18 +46,31 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
                 $"the request moves guest '{request.Guest}' of {request.Source}, not '{input.Guest}' of {host.Host}");
         }
         await RefuseEndedAsync(nameof(MeasureGuest), input.MigrationId, input.Vm);
+        // Under a drain order the guest is claimed from its measure on (the vouches below are for the
+        // migration that holds it), so a migration made up under the order gets none while another moves it.
+        await ClaimGuestAsync(nameof(MeasureGuest), request);
         var layout = await Task.Run(() => Measure(input));
         return request.Order is null ? layout : layout with { Vouches = Vouches(request, layout) };
     }
 
     /// <summary>Under a drain order, the word to each destination of the request that this host measured its
-    /// guest for this migration, for so many pages (see SourceVouch).</summary>
+    /// guest for this migration, and placed so many pages there (its share by the placement rule, with the
+    /// hand-over at the main host; see SourceVouch). None where the guest does not fit: the migration is refused.</summary>
     private Dictionary<string, SourceVouch> Vouches(MigrationRequest request, GuestLayout layout)
     {
-        var pages = layout.ChunkGuestPages.Sum(c => (long)c) + layout.HandOverPages;
         var vouches = new Dictionary<string, SourceVouch>(StringComparer.Ordinal);
+        PlacementPlan plan;
+        try
+        {
+            plan = Placement.Plan(layout.ChunkGuestPages, layout.ChunkPages, request.Main, request.SubHosts);
+        }
+        catch (PlacementException)
+        {
+            return vouches;
+        }
         foreach (var destination in request.SubHosts.Prepend(request.Main).Select(d => d.Host).Distinct(StringComparer.Ordinal))
         {
+            var pages = plan.Assignments.Where(a => a.Host == destination).Sum(a => a.Pages) + (destination == request.Main.Host ? layout.HandOverPages : 0);
             if (StepGuard.PinnedKey(request, destination) is { } key)
             {
                 vouches[destination] = new SourceVouch(pages,
@@ -69,10 +82,15 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     private static readonly Lock Claiming = new();
 
+    /// <summary>How long a guest stays claimed by a migration that measured it and never introspected it.</summary>
+    public static readonly TimeSpan MeasuredClaimLasts = TimeSpan.FromMinutes(10);
+
     /// <summary>Under a drain order, which nobody signs per migration, a guest moves in one migration at a
-    /// time: the first to introspect it here claims it until it is released here (every migration that
-    /// introspected ends so, switched over or undone); another (one that the orchestrator, or anybody on
-    /// the broker, made up under the same order) is refused while it lasts.</summary>
+    /// time: the first to measure or introspect it here claims it until it is released here (every
+    /// migration that introspected ends so, switched over or undone), or, if it never introspected (a
+    /// migration refused before, or one made up), for <see cref="MeasuredClaimLasts"/> after its measure;
+    /// another (one that the orchestrator, or anybody on the broker, made up under the same order) is
+    /// refused while it lasts.</summary>
     private async Task ClaimGuestAsync(string step, MigrationRequest request)
     {
         if (request.Order is not { } order)
@@ -84,14 +102,16 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
         Guid? holder = null;
         lock (Claiming)
         {
-            if (File.Exists(claim) && Guid.TryParse(File.ReadAllText(claim), out var other) && other != request.MigrationId && !State(other).Released)
+            if (File.Exists(claim) && Guid.TryParse(File.ReadAllText(claim), out var other) && other != request.MigrationId && State(other) is var held && !held.Released
+                && (held.HasGuest || DateTime.UtcNow - File.GetLastWriteTimeUtc(claim) < MeasuredClaimLasts))
             {
                 holder = other;
             }
             else
             {
                 Directory.CreateDirectory(folder);
-                File.WriteAllText(claim, request.MigrationId.ToString());
+                File.WriteAllText(claim + ".tmp", request.MigrationId.ToString()); // whole or not at all
+                File.Move(claim + ".tmp", claim, overwrite: true);
             }
         }
         if (holder is { } migration)

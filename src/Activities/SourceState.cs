@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SEmigrate.Sealing;
+using Temporalio.Exceptions;
 
 namespace SEmigrate.Activities;
 
@@ -19,15 +20,36 @@ public sealed class SourceState(HostContext host, Guid migrationId)
     public bool HasKey => KernelKeyring.Has(KeyName);
 
     /// <summary>Makes the migration's data key, unless it has one: generated here, at the source, it leaves only
-    /// wrapped for the main host.</summary>
+    /// wrapped for the main host. A key made once is never made again: pages already sent are sealed under it,
+    /// so if it is gone (the host restarted: the keyring does not outlive a boot) the migration cannot go on.</summary>
     public void EnsureKey()
     {
-        if (!HasKey)
+        lock (Releasing)
         {
+            if (Released)
+            {
+                throw new ApplicationFailureException($"migration {migrationId} was released at {host.Host}: its key is not made again", nonRetryable: true);
+            }
+            if (HasKey)
+            {
+                return;
+            }
+            if (File.Exists(KeyCheckPath))
+            {
+                throw KeyGone();
+            }
             using var key = DataKey.Generate();
             KernelKeyring.Save(KeyName, key);
+            PrivateFile.Write(KeyCheckPath, key.DigestKey(Guid.Empty), overwrite: true); // that it was made (a one-way value: it opens nothing)
         }
     }
+
+    /// <summary>Where the source notes that the migration's key was made (see EnsureKey).</summary>
+    private string KeyCheckPath => Path.Combine(directory, "data-key.made");
+
+    private ApplicationFailureException KeyGone() => new(
+        $"the data key of migration {migrationId} is gone from {host.Host} (it lives in the kernel's keyring, which does not outlive a boot): " +
+        "pages sent are sealed under it, so the migration cannot go on; it is undone", nonRetryable: true);
 
     public string MapPath => Path.Combine(directory, "classes.map");
 
@@ -50,8 +72,9 @@ public sealed class SourceState(HostContext host, Guid migrationId)
     public uint NextEpoch() => new EpochFile(Path.Combine(directory, "epoch")).Next();
 
     public DataKey LoadKey() => KernelKeyring.Load(KeyName)
-        ?? throw new InvalidOperationException($"no data key for {directory}: the guest was not introspected here, the migration was released, " +
-            "or this host restarted since (the key lives in the kernel's keyring, not on disk)");
+        ?? throw (File.Exists(KeyCheckPath) && !Released ? KeyGone()
+            : new ApplicationFailureException($"no data key for migration {migrationId} at {host.Host}: the guest was not introspected here, or the migration was released",
+                nonRetryable: true));
 
     /// <summary>The key the VM's memory digests are MACs under: from the data key, or once that is gone
     /// (released), as the release kept it (it opens no page).</summary>

@@ -66,9 +66,17 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
             var passes = (double)(range.EndPfn - range.FirstPfn) / Math.Max(1UL, pfnLimit);
             lock (digestBudgets)
             {
-                var now = DateTime.UtcNow;
-                var (left, at) = digestBudgets.GetValueOrDefault((range.MigrationId, range.Vm), (DigestBurst, now));
-                left = Math.Min(DigestBurst, left + (now - at) / DigestRefill);
+                var now = System.Diagnostics.Stopwatch.GetTimestamp(); // monotonic: a clock set back refills nothing
+                double Refilled((double Left, long At) b) => Math.Min(DigestBurst, b.Left + System.Diagnostics.Stopwatch.GetElapsedTime(b.At, now) / DigestRefill);
+                if (digestBudgets.Count >= 1024)
+                {
+                    // Forget the budgets that are full again: they are what a new one would be.
+                    foreach (var full in digestBudgets.Where(b => Refilled(b.Value) >= DigestBurst).Select(b => b.Key).ToList())
+                    {
+                        digestBudgets.Remove(full);
+                    }
+                }
+                var left = Refilled(digestBudgets.GetValueOrDefault((range.MigrationId, range.Vm), (DigestBurst, now)));
                 if (left >= passes)
                 {
                     digestBudgets[(range.MigrationId, range.Vm)] = (left - passes, now);
@@ -91,7 +99,7 @@ public sealed class StepGuard(HostContext host, OperatorTrust trust, IBus bus, A
 
     public static readonly TimeSpan DigestRefill = TimeSpan.FromSeconds(30);
 
-    private readonly Dictionary<(Guid Migration, Guid Vm), (double Left, DateTime At)> digestBudgets = [];
+    private readonly Dictionary<(Guid Migration, Guid Vm), (double Left, long At)> digestBudgets = [];
 
     /// <summary>A stop of a VM running here, as the operator signed it (and not expired).</summary>
     public async Task AllowStopAsync(StopVm stop)

@@ -6,7 +6,10 @@ namespace SEmigrate.Sealing;
 /// outlives the process that wrote a key (a worker restarted mid-migration finds it) but not the boot,
 /// and is never written to disk (no swap on our hosts; a key's payload is wiped when it is freed).
 /// A file overwritten in place can keep its old blocks; a key erased here leaves nothing to recover.
-/// Only its possessor (a process of this user that links the persistent keyring) can read it.</summary>
+/// Who may read it is as for a 0600 file of this user: a process of this user (links the persistent
+/// keyring), or root. The kernel must have keyrings and persistent keyrings (CONFIG_KEYS,
+/// CONFIG_PERSISTENT_KEYRINGS) and let the worker call keyctl (a container's default seccomp
+/// profile does not).</summary>
 public static partial class KernelKeyring
 {
     private const string Type = "user";
@@ -38,7 +41,12 @@ public static partial class KernelKeyring
         var buffer = new byte[DataKey.Size];
         try
         {
-            var length = Check(KeyctlRead(Syscalls.Keyctl, Read, id, buffer, buffer.Length), $"reading key '{description}'");
+            var read = KeyctlRead(Syscalls.Keyctl, Read, id, buffer, buffer.Length);
+            if (read < 0 && IsGone(Marshal.GetLastPInvokeError()))
+            {
+                return null; // erased since it was found
+            }
+            var length = Check(read, $"reading key '{description}'");
             return length == DataKey.Size ? DataKey.FromBytes(buffer)
                 : throw new InvalidOperationException($"key '{description}' in the kernel keyring is {length} bytes, not a data key");
         }
@@ -58,7 +66,12 @@ public static partial class KernelKeyring
         {
             return false;
         }
-        Check(KeyctlInt(Syscalls.Keyctl, Invalidate, id, 0), $"erasing key '{description}'");
+        var result = KeyctlInt(Syscalls.Keyctl, Invalidate, id, 0);
+        if (result < 0 && IsGone(Marshal.GetLastPInvokeError()))
+        {
+            return false; // erased by another meanwhile
+        }
+        Check(result, $"erasing key '{description}'");
         return true;
     }
 
@@ -70,9 +83,10 @@ public static partial class KernelKeyring
             return (int)found;
         }
         var errno = Marshal.GetLastPInvokeError();
-        return errno is 126 /* ENOKEY */ or 127 /* EKEYEXPIRED */ or 128 /* EKEYREVOKED */ ? null
-            : throw Failure(errno, $"looking up key '{description}'");
+        return IsGone(errno) ? null : throw Failure(errno, $"looking up key '{description}'");
     }
+
+    private static bool IsGone(int errno) => errno is 126 /* ENOKEY */ or 127 /* EKEYEXPIRED */ or 128 /* EKEYREVOKED */;
 
     /// <summary>This user's persistent keyring, linked into the process's keyring (which makes its keys
     /// possessed, so readable, by this process); asking again resets its expiry.</summary>

@@ -246,36 +246,37 @@ public class ForgedStepTests(RealGuestFixture guest, PostgresFixture postgres) :
         await Row("hand-over to a pages-only host as main", NotMain, r => Refusal<HandOver, HandedOver>(steps, run.Source,
             new HandOver(r.MigrationId, r.Vm, run.Sub1, order.Hosts.Single(h => h.Host == run.Sub1).HostKey, r), ct), hijack);
 
-        // Room at a destination only for what the source measured for that very migration, and for one
-        // migration of the guest under the order at a time there.
+        // Room at a destination only for what the source measured and placed there for that very migration,
+        // and for one migration of the guest under the order at a time, at the source and at each destination.
         Task<GuestLayout> Measure(MigrationRequest r) => Allowed<MeasureGuest, GuestLayout>(steps, run.Source, new MeasureGuest(r.MigrationId, r.Vm, r.Guest, r), ct);
         StartPaging Paging(MigrationRequest r, SourceVouch? measured, long pages) => new(r.MigrationId, r.Vm, run.Main, r.Mode, pages, pages, Request: r, Measured: measured);
+        Task<SourceReleased> Undo(MigrationRequest r) => Allowed<ReleaseSource, SourceReleased>(steps, run.Source, new ReleaseSource(r.MigrationId, r.Vm, VmLeft: false, r), ct);
         Func<MigrationRequest> toMain = () => Under(new Destination(run.Main, 60_000), new Destination(run.Sub1, 30_000));
+        var measured = toMain();
+        var vouch = (await Measure(measured)).Vouches![run.Main];
         await Row("paging for a made-up migration the source never measured", "only with the source's word", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
             Paging(r, null, 1000), ct), toMain);
-        var measuredRequest = toMain();
-        var measuredOnce = await Measure(measuredRequest);
         await Row("paging with the source's word for another migration", "is not its own", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
-            Paging(r, measuredOnce.Vouches![run.Main], 1000), ct), toMain);
+            Paging(r, vouch, vouch.Pages), ct), toMain);
+        var toSub = (await Measure(measured)).Vouches![run.Sub1];
         await Row("paging with the source's word to another host", "is not its own", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
-            Paging(r, measuredOnce.Vouches![run.Sub1], 1000), ct), () => measuredRequest);
-        await Row("paging for more room than the source measured", "asked for a guest its source measured", async r =>
-        {
-            var vouch = (await Measure(r)).Vouches![run.Main];
-            return await Refusal<StartPaging, PagingStarted>(steps, run.Main, Paging(r, vouch, vouch.Pages + 1), ct);
-        }, toMain);
-        var pagingFirst = toMain();
-        var firstVouch = (await Measure(pagingFirst)).Vouches![run.Main];
-        await Allowed<StartPaging, PagingStarted>(steps, run.Main, Paging(pagingFirst, firstVouch, 1000), ct);
-        await Row("a second measured migration of the guest paging at a destination at once", "is moving here under this drain order already", async r =>
-        {
-            var vouch = (await Measure(r)).Vouches![run.Main];
-            return await Refusal<StartPaging, PagingStarted>(steps, run.Main, Paging(r, vouch, 1000), ct);
-        }, toMain);
-        await Allowed<ReleasePaging, PagingReleased>(steps, run.Main, new ReleasePaging(pagingFirst.MigrationId, pagingFirst.Vm, run.Main, pagingFirst), ct);
-        var pagingNext = toMain(); // once the first let go of it there, the next may
-        await Allowed<StartPaging, PagingStarted>(steps, run.Main, Paging(pagingNext, (await Measure(pagingNext)).Vouches![run.Main], 1000), ct);
-        await Allowed<ReleasePaging, PagingReleased>(steps, run.Main, new ReleasePaging(pagingNext.MigrationId, pagingNext.Vm, run.Main, pagingNext), ct);
+            Paging(r, toSub, toSub.Pages), ct), () => measured);
+        await Row("paging for more room than the source placed there", "asked for a guest its source measured", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
+            Paging(r, vouch, vouch.Pages + 1), ct), () => measured);
+        await Row("a made-up migration measuring the guest while another holds it", "is moving under this drain order already", r => Refusal<MeasureGuest, GuestLayout>(steps, run.Source,
+            new MeasureGuest(r.MigrationId, r.Vm, r.Guest, r), ct), toMain);
+        await Allowed<StartPaging, PagingStarted>(steps, run.Main, Paging(measured, vouch, vouch.Pages), ct);
+        // Undone at the source (which lets another measure the guest) while the main host still serves it:
+        // the next migration's paging there waits until it is released there too.
+        await Undo(measured);
+        var next = toMain();
+        var nextVouch = (await Measure(next)).Vouches![run.Main];
+        await Row("a second migration of the guest paging at a destination at once", "is moving here under this drain order already", r => Refusal<StartPaging, PagingStarted>(steps, run.Main,
+            Paging(r, nextVouch, nextVouch.Pages), ct), () => next);
+        await Allowed<ReleasePaging, PagingReleased>(steps, run.Main, new ReleasePaging(measured.MigrationId, measured.Vm, run.Main, measured), ct);
+        await Allowed<StartPaging, PagingStarted>(steps, run.Main, Paging(next, nextVouch, nextVouch.Pages), ct);
+        await Allowed<ReleasePaging, PagingReleased>(steps, run.Main, new ReleasePaging(next.MigrationId, next.Vm, run.Main, next), ct);
+        await Undo(next);
 
         // Two migrations of the guest under the order at once (the second one made up): the second is refused
         // while the first lasts, and goes once the first was released at the source.
