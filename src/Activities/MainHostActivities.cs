@@ -146,6 +146,25 @@ public sealed class MainHostActivities(
         return result;
     }
 
+    /// <summary>What a running guest's start leaves on disk for a moment, in the clear: its kernel and initramfs
+    /// until QEMU has read them, its device state until QEMU has loaded it. A worker that died between writes
+    /// and deletes left them: deleted before this host takes a step again.</summary>
+    public static void EraseClearCopies(string stateDirectory)
+    {
+        var migrations = Path.Combine(stateDirectory, "migrations");
+        if (!Directory.Exists(migrations))
+        {
+            return;
+        }
+        foreach (var kit in Directory.EnumerateDirectories(migrations).Select(m => Path.Combine(m, "vm")).Where(Directory.Exists))
+        {
+            foreach (var left in new[] { BootedGuest.KernelIn(kit), Path.Combine(kit, "initrd.gz"), Path.Combine(kit, "device.state") })
+            {
+                File.Delete(left);
+            }
+        }
+    }
+
     /// <summary>A running guest continues here: its kernel, initramfs and device state come out of the
     /// sealed blobs the source handed over; its RAM is a FUSE file served by its pager, kept within
     /// this host's share (<paramref name="budgetPages"/>); QEMU starts with -incoming, loads the device

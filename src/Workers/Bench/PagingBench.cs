@@ -50,8 +50,11 @@ public sealed class PagingBench(IConnection connection, PagingBench.Settings set
         var host = $"bench-{Guid.NewGuid():N}"[..18];
         var vm = Guid.NewGuid();
         // The page path alone: its VMs have no migration, so no capability the host issued (they start without).
+        // Room for the measured VM's reservation (all its pages, from its start) and the warm-up VM's pages
+        // beside it (up to 65536; with room for the first only, the warm-up failed with StoreFull).
+        var capacity = settings.Pages + Math.Min(settings.Pages, 65536) + 1024;
         using var server = await ChildProcess.StartAsync("ready", null, new Dictionary<string, string> { ["SEMIGRATE__MemoryServer__AllowVmsWithoutCapability"] = "true" }, [],
-            ct, "worker", "--role", "sub", "--host", host, "--capacity-pages", (settings.Pages + 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
+            ct, "worker", "--role", "sub", "--host", host, "--capacity-pages", capacity.ToString(System.Globalization.CultureInfo.InvariantCulture));
         await using var client = await PageClient.CreateAsync(connection, ct);
         using var key = DataKey.Generate();
         using var sealer = key.CreateSealer(vm, 1);

@@ -86,6 +86,7 @@ public static class RoleRegistration
         builder.Services.AddSingleton(new EventSigner(EventSigner.HostPrefix + host, data => keys.Sign(data))); // and the events it raises are signed with it
         if (main)
         {
+            MainHostActivities.EraseClearCopies(stateDirectory); // left by a worker that died starting a guest
             builder.Services.AddSingleton<MainHostVms>();
             builder.Services.AddSingleton<TakeOvers>();
             builder.Services.AddSingleton<MainHostActivities>();
