@@ -6,8 +6,9 @@ namespace SEmigrate.Activities;
 /// source's per-migration key and checkpoints, the main host's key pair), where a source keeps its
 /// guests (<paramref name="GuestsDirectory"/>, default STATE/guests: a migration names a guest, never a
 /// path), and at a source the most its transfers may send together, in MB/s (0: no limit), like QEMU's
-/// max-bandwidth: a migration must not starve the host's other traffic.</summary>
-public sealed record HostContext(string Host, string StateDirectory, double MaxTransferMBps = 0, string? GuestsDirectory = null)
+/// max-bandwidth: a migration must not starve the host's other traffic. At a main host, <paramref name="Eviction"/>:
+/// which of a running guest's chunks go when it passes its budget.</summary>
+public sealed record HostContext(string Host, string StateDirectory, double MaxTransferMBps = 0, string? GuestsDirectory = null, Eviction Eviction = Eviction.TwoQueue)
 {
     public string MigrationDirectory(Guid migrationId)
     {

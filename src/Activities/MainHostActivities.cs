@@ -185,7 +185,7 @@ public sealed class MainHostActivities(
         var deviceState = Path.Combine(folder, "device.state");
         await File.WriteAllBytesAsync(deviceState, Blob(BlobKind.DeviceState));
         var size = (long)pages * PageRecord.PageSize;
-        var memory = new PagedRam(pager, pages, size, budgetPages, line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line));
+        var memory = new PagedRam(pager, pages, size, budgetPages, line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line), host.Eviction);
         var opened = clock.Elapsed;
         var ram = await FuseRamFile.MountAsync(Path.Combine(folder, "ram"), "ram", memory,
             line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line), PagedRam.ReadaheadBytes);

@@ -14,11 +14,12 @@ namespace SEmigrate.Activities;
 /// sub-hosts, every page checked), one pager call per FUSE read, so a fault costs one request per
 /// sub-host. A fault reads its page and the chunk around it (<see cref="ReadaheadBytes"/>: QEMU starts
 /// without its huge-page advice, or every fault would read 2 MiB). The guest's resident memory (the
-/// pages the kernel read and still holds) is kept within a budget: past it, the chunks that came in
-/// first are evicted (the kernel writes their dirty pages back here, then drops them), and the pages
-/// written back are sealed under a new version and paged out to the host that holds their range; pages
-/// never written cost nothing to evict.</summary>
-public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budgetPages, Action<string> log) : IRamFile, IAsyncDisposable
+/// pages the kernel read and still holds) is kept within a budget: past it, chunks are evicted (the
+/// kernel writes their dirty pages back here, then drops them; see <see cref="Eviction"/> for which),
+/// and the pages written back are sealed under a new version and paged out to the host that holds their
+/// range; pages never written cost nothing to evict.</summary>
+public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budgetPages, Action<string> log, Eviction eviction = Eviction.TwoQueue)
+    : IRamFile, IAsyncDisposable
 {
     private const int Page = PageRecord.PageSize;
 
@@ -31,9 +32,21 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     /// <summary>Chunks evicted together, their dirty pages paged out in one request per host: 4 MiB.</summary>
     private const int EvictBatch = 64;
 
-    /// <summary>A chunk read again this soon after its eviction counts as hot (kernel text, page
+    /// <summary>Fifo: a chunk read again this soon after its eviction counts as hot (kernel text, page
     /// tables, stacks): hot chunks are evicted only when no other is left.</summary>
     private static readonly TimeSpan HotWithin = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>TwoQueue: the part of the budget new chunks (cold) may hold before the evictor takes
+    /// from them alone; past it hot ones go too, oldest first.</summary>
+    private long ColdTarget => Math.Max(4L * ChunkPages, budgetPages / 4);
+
+    /// <summary>TwoQueue: how many chunks evicted cold are remembered (half the budget's): a chunk read
+    /// again while remembered comes back hot.</summary>
+    private int GhostLimit => (int)Math.Max(16, budgetPages / ChunkPages / 2);
+
+    private readonly Queue<(long Chunk, long Stamp)> ghosts = new();
+    private readonly Dictionary<long, long> ghosted = []; // chunk -> the stamp of its entry in ghosts
+    private long hotPages; // of residentPages: those of hot chunks not being evicted
 
     private readonly ConcurrentDictionary<ulong, byte[]> written = new();
     private readonly Lock gate = new();
@@ -56,6 +69,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         public ulong Pages;
         public ulong ReadWhileEvicting;
         public bool Evicting;
+        public bool Hot;
         public long Stamp;
     }
 
@@ -225,8 +239,10 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
             {
                 if (!chunks.TryGetValue(chunk, out var c))
                 {
-                    chunks[chunk] = c = new Chunk { Stamp = ++stamps };
-                    var wantedAgain = evictedAt.Remove(chunk, out var gone) && Stopwatch.GetElapsedTime(gone) < HotWithin;
+                    var wantedAgain = eviction == Eviction.Fifo
+                        ? evictedAt.Remove(chunk, out var gone) && Stopwatch.GetElapsedTime(gone) < HotWithin
+                        : ghosted.Remove(chunk); // its ghost stays queued: skipped when it comes up
+                    chunks[chunk] = c = new Chunk { Stamp = ++stamps, Hot = wantedAgain };
                     (wantedAgain ? hot : cold).Enqueue((chunk, c.Stamp));
                 }
                 if (c.Evicting)
@@ -235,6 +251,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                 }
                 else
                 {
+                    hotPages += c.Hot ? BitOperations.PopCount(mask & ~c.Pages) : 0;
                     c.Pages |= mask;
                 }
             }
@@ -244,20 +261,32 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         }
     }
 
-    /// <summary>Up to <see cref="EvictBatch"/> chunks to evict, oldest first, hot ones last, until the
-    /// pages not being evicted are down to <paramref name="downTo"/>; they count as resident until the
-    /// eviction is done (<see cref="Evicted"/>).</summary>
+    /// <summary>Up to <see cref="EvictBatch"/> chunks to evict until the pages not being evicted are down
+    /// to <paramref name="downTo"/>; they count as resident until the eviction is done (<see cref="Evicted"/>).
+    /// Which: see <see cref="Eviction"/>.</summary>
     private List<long> TakeVictims(long downTo)
     {
         var victims = new List<long>(EvictBatch);
         lock (gate)
         {
-            while (victims.Count < EvictBatch && residentPages - evictingPages > downTo && (Next(cold) ?? Next(hot)) is { } chunk)
+            while (victims.Count < EvictBatch && residentPages - evictingPages > downTo && NextVictim() is { } chunk)
             {
                 victims.Add(chunk);
             }
         }
         return victims;
+
+        long? NextVictim()
+        {
+            if (eviction == Eviction.Fifo)
+            {
+                return Next(cold) ?? Next(hot);
+            }
+            // Cold ones while they hold more than their part, then the oldest hot ones: a workload cycling
+            // over more than the budget keeps the hot part resident instead of missing on every chunk.
+            var coldPages = residentPages - evictingPages - hotPages;
+            return coldPages > ColdTarget ? Next(cold) ?? Next(hot) : Next(hot) ?? Next(cold);
+        }
 
         long? Next(Queue<(long Chunk, long Stamp)> queue)
         {
@@ -266,11 +295,33 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                 if (chunks.TryGetValue(entry.Chunk, out var c) && c.Stamp == entry.Stamp && !c.Evicting)
                 {
                     c.Evicting = true;
-                    evictingPages += BitOperations.PopCount(c.Pages);
+                    var pages = BitOperations.PopCount(c.Pages);
+                    evictingPages += pages;
+                    hotPages -= c.Hot ? pages : 0;
                     return entry.Chunk;
                 }
             }
             return null;
+        }
+    }
+
+    /// <summary>TwoQueue: remembers a chunk evicted cold, forgetting the oldest past the limit (an entry
+    /// whose chunk came back, or was remembered again since, is skipped).</summary>
+    private void Ghost(long chunk)
+    {
+        var stamp = ++stamps;
+        ghosted[chunk] = stamp;
+        ghosts.Enqueue((chunk, stamp));
+        while (ghosted.Count > GhostLimit && ghosts.TryDequeue(out var oldest))
+        {
+            if (ghosted.TryGetValue(oldest.Chunk, out var live) && live == oldest.Stamp)
+            {
+                ghosted.Remove(oldest.Chunk);
+            }
+        }
+        while (ghosts.TryPeek(out var head) && !(ghosted.TryGetValue(head.Chunk, out var live) && live == head.Stamp))
+        {
+            ghosts.Dequeue();
         }
     }
 
@@ -362,10 +413,19 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
                 if (c.ReadWhileEvicting == 0)
                 {
                     chunks.Remove(chunk);
-                    evictedAt[chunk] = now;
+                    if (eviction == Eviction.Fifo)
+                    {
+                        evictedAt[chunk] = now;
+                    }
+                    else if (!c.Hot)
+                    {
+                        Ghost(chunk);
+                    }
                     continue;
                 }
-                (c.Pages, c.ReadWhileEvicting, c.Stamp) = (c.ReadWhileEvicting, 0, ++stamps);
+                // Read while it was being evicted: wanted now, hot.
+                (c.Pages, c.ReadWhileEvicting, c.Stamp, c.Hot) = (c.ReadWhileEvicting, 0, ++stamps, true);
+                hotPages += BitOperations.PopCount(c.Pages);
                 hot.Enqueue((chunk, c.Stamp));
             }
         }
@@ -378,4 +438,21 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         stop.Dispose();
         pressure.Dispose();
     }
+}
+
+/// <summary>Which chunks a main host evicts when a guest's resident pages pass its budget. The pager sees
+/// only misses (the kernel's page cache serves hits), so recency is known only from them.</summary>
+public enum Eviction
+{
+    /// <summary>2Q (Johnson and Shasha, 1994): new chunks are cold; the evictor takes cold ones, oldest
+    /// first, while they hold more than a quarter of the budget; a chunk evicted cold is remembered
+    /// (half the budget's worth) and, read again while remembered, comes back hot; hot ones are evicted
+    /// oldest first once cold ones are within their quarter. Scan-resistant: a pass over more than the
+    /// budget leaves most of the hot part resident.</summary>
+    TwoQueue,
+
+    /// <summary>The earlier policy, kept to compare against: the oldest chunk first; a chunk read again
+    /// within 500 ms of its eviction is hot and goes last. A workload cycling over more than the budget
+    /// misses on every chunk.</summary>
+    Fifo,
 }

@@ -23,11 +23,20 @@ public static class PaperBenchCommand
         var keep = new Option<DirectoryInfo?>("--keep") { Description = "Leave each mode's hosts' state and logs here" };
         var soak = new Option<string?>("--soak") { Description = "Keep each guest running on paging this long after its passes (e.g. 10m, 90s, 1h); every pass is checked" };
         var charts = new Option<DirectoryInfo>("--charts") { Description = "Write the PNG charts here", DefaultValueFactory = _ => new DirectoryInfo("paper-charts") };
-        var command = new Command("paper", "The original paper's experiment: a running guest migrated in each mode, then run on remote paging") { modes, passes, soak, json, keep, charts };
+        var evictions = new Option<string[]>("--eviction")
+        {
+            Description = "The main host's eviction, 2q or fifo (repeatable: each mode runs with each, interleaved; default 2q)",
+        };
+        var rounds = new Option<int>("--rounds") { Description = "Runs of every mode and eviction, interleaved (1 to 10)", DefaultValueFactory = _ => 1 };
+        var command = new Command("paper", "The original paper's experiment: a running guest migrated in each mode, then run on remote paging")
+        {
+            modes, passes, soak, json, keep, charts, evictions, rounds,
+        };
         command.SetAction(async (parse, ct) =>
         {
             MigrationMode[] chosen;
             TimeSpan watch;
+            string[] policies;
             try
             {
                 chosen = parse.GetValue(modes) is { Length: > 0 } m ? [.. m.Select(MigrationModes.Parse).Distinct()] : [MigrationMode.Semigrate, MigrationMode.AllEnc, MigrationMode.NoEnc];
@@ -36,6 +45,15 @@ public static class PaperBenchCommand
                     throw new FormatException("--passes must be from 1 to 1000");
                 }
                 watch = parse.GetValue(soak) is { } text ? Duration(text, "--soak") : TimeSpan.Zero;
+                policies = parse.GetValue(evictions) is { Length: > 0 } e ? [.. e.Select(p => p.ToLowerInvariant()).Distinct()] : ["2q"];
+                if (policies.FirstOrDefault(p => p is not ("2q" or "fifo")) is { } unknown)
+                {
+                    throw new FormatException($"--eviction {unknown}: 2q or fifo");
+                }
+                if (parse.GetValue(rounds) is < 1 or > 10)
+                {
+                    throw new FormatException("--rounds must be from 1 to 10");
+                }
             }
             catch (FormatException e)
             {
@@ -46,11 +64,29 @@ public static class PaperBenchCommand
             Say("starting PostgreSQL and RabbitMQ (installing them if needed)");
             await DemoCommand.ServicesUpAsync(ct);
             var results = new List<RunningGuestTrial.Result>();
-            foreach (var mode in chosen)
+            // Every mode and eviction in turn, round after round: drift on this shared machine hits each alike.
+            for (var round = 1; round <= parse.GetValue(rounds); round++)
             {
-                Say($"{mode.ToWireName()}: a running guest migrated, then {parse.GetValue(passes)} workload passes at the main host");
-                results.Add(await RunningGuestTrial.RunAsync(mode, parse.GetValue(passes), watch, parse.GetValue(keep)?.FullName, Say, ct)
-                    ?? throw new InvalidOperationException("bench paper needs root: the hosts run in mount namespaces and serve RAM over FUSE"));
+                foreach (var mode in chosen)
+                {
+                    foreach (var policy in policies)
+                    {
+                        Say($"{mode.ToWireName()}, eviction {policy}, round {round}: a running guest migrated, then {parse.GetValue(passes)} workload passes at the main host");
+                        results.Add(await RunningGuestTrial.RunAsync(mode, parse.GetValue(passes), watch, parse.GetValue(keep)?.FullName, Say, ct, policy)
+                            ?? throw new InvalidOperationException("bench paper needs root: the hosts run in mount namespaces and serve RAM over FUSE"));
+                    }
+                }
+            }
+            if (parse.GetValue(rounds) > 1 || policies.Length > 1)
+            {
+                // Per mode and eviction, the medians over the rounds.
+                foreach (var g in results.GroupBy(r => (r.Mode, r.Eviction)))
+                {
+                    Say($"{g.Key.Mode}/{g.Key.Eviction} over {g.Count()} rounds: median pass at the source {RunningGuestTrial.Median(g.Select(r => r.SourcePassMs)):0} ms, " +
+                        $"at the main host {RunningGuestTrial.Median(g.Select(r => r.MainPassMs)):0} ms (ratio {RunningGuestTrial.Median(g.Select(r => r.MainPassMs / Math.Max(1, r.SourcePassMs))):0.00}), " +
+                        $"page-ins {RunningGuestTrial.Median(g.Select(r => (double)r.PageIns)):0}, MiB in {RunningGuestTrial.Median(g.Select(r => r.PagedInMiB)):0}, " +
+                        $"CPU s main {RunningGuestTrial.Median(g.Select(r => r.CpuSeconds.Main)):0.0}, pages ever wrong {g.Max(r => r.WrongPages)}");
+                }
             }
             Say($"charts: {string.Join(", ", PaperCharts.Write(results, parse.GetValue(charts)!.FullName))}");
             if (parse.GetValue(json))
@@ -59,7 +95,7 @@ public static class PaperBenchCommand
                 {
                     modes = results.Select(r => new
                     {
-                        r.Mode, r.MigrationSeconds, r.DowntimeSeconds, r.TransferSeconds, r.RunSeconds, r.PassesAtMain, r.WatchedSeconds, r.PageIns, r.PageOuts, ChecksumOk = r.WrongPages == 0 && r.State == "SwitchedOver",
+                        r.Mode, r.Eviction, r.SourcePassMs, r.MainPassMs, r.MigrationSeconds, r.DowntimeSeconds, r.TransferSeconds, r.RunSeconds, r.PassesAtMain, r.WatchedSeconds, r.PageIns, r.PageOuts, ChecksumOk = r.WrongPages == 0 && r.State == "SwitchedOver",
                         r.CpuSeconds, r.PagedInMiB, r.PagedOutMiB, r.FaultedMiB, r.PeakResidentMiB, r.ShareMiB, r.PageInP99Ms,
                     }),
                 }, MigrateCommand.Json));
@@ -68,6 +104,8 @@ public static class PaperBenchCommand
             {
                 string Row(string label, Func<RunningGuestTrial.Result, string> cell) => $"{label,-30}" + string.Concat(results.Select(r => $"{cell(r),14}"));
                 Console.WriteLine(Row("", r => r.Mode));
+                Console.WriteLine(Row("eviction", r => r.Eviction));
+                Console.WriteLine(Row("median pass ms source/main", r => $"{r.SourcePassMs:0}/{r.MainPassMs:0}"));
                 Console.WriteLine(Row("state", r => r.State));
                 Console.WriteLine(Row("workload: pages ever wrong", r => $"{r.WrongPages}"));
                 Console.WriteLine(Row("passes at the main host", r => $"{r.PassesAtMain}"));

@@ -32,17 +32,25 @@ public static class RunningGuestTrial
     public sealed record Result(
         string Mode, string State, string? Reason, long PassAtSource, int PassesAtMain, long WrongPages, double MigrationSeconds, double DowntimeSeconds,
         double TransferSeconds, double WatchedSeconds, double RunSeconds, long PageIns, long PageOuts, double PagedInMiB, double PagedOutMiB, double FaultedMiB, double PeakResidentMiB, double ShareMiB,
-        double PageInP99Ms, Cpu CpuSeconds, string? AuditFailures = null);
+        double PageInP99Ms, Cpu CpuSeconds, string? AuditFailures = null, string Eviction = "2q", double SourcePassMs = 0, double MainPassMs = 0);
 
     public sealed record Cpu(double Source, double Main, double Sub, double Broker);
+
+    /// <summary>The middle value (0 for none): a pass's typical time, which one slow pass does not move.</summary>
+    public static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count == 0 ? 0 : sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+    }
 
     /// <summary>What `semigrate audit` finds wrong with the migration; null when it passes.</summary>
     public static async Task<string?> AuditAsync(IServiceProvider services, Guid migrationId, CancellationToken ct) =>
         await MigrationAudit.RunAsync(services.GetRequiredService<IDocumentStore>(), services.GetRequiredService<Audit.AuditSeal>(), migrationId, ct) is { } audit ? audit.Failures : "no stream";
 
     /// <summary>Migrates in <paramref name="mode"/>, then watches until <paramref name="passes"/> passes ran
-    /// at the main host and at least <paramref name="watch"/> went by.</summary>
-    public static async Task<Result?> RunAsync(MigrationMode mode, int passes, TimeSpan watch, string? keepDir, Action<string> say, CancellationToken ct)
+    /// at the main host and at least <paramref name="watch"/> went by; the main host evicts by
+    /// <paramref name="eviction"/> (MainHost:Eviction).</summary>
+    public static async Task<Result?> RunAsync(MigrationMode mode, int passes, TimeSpan watch, string? keepDir, Action<string> say, CancellationToken ct, string eviction = "2q")
     {
         if (!WorkerFleet.CanIsolate)
         {
@@ -59,6 +67,7 @@ public static class RunningGuestTrial
         say($"running guest: starting workers {source}, {main}, {sub1}, {sub2}, each in a mount namespace of its own");
         using var host = Orchestrator.Build(StepPolicies.Default);
         var workerEnvironment = LocalOperator.WorkerEnvironment(host.Services); // the operator's key first: the auditor checks enrolments with it
+        workerEnvironment["SEMIGRATE__MainHost__Eviction"] = eviction;
         await host.StartAsync(ct);
         using var fleet = await WorkerFleet.StartAsync(
         [
@@ -126,7 +135,8 @@ public static class RunningGuestTrial
             var result = new Result(mode.ToWireName(), outcome.State.ToString(), null, atSource.LastOrDefault()?.Pass ?? 0, atMain.Count, atMain.LastOrDefault()?.Errors ?? -1,
                 seconds, outcome.Downtime?.TotalSeconds ?? seconds, transferSeconds, watched, atMain.Take(passes).Sum(p => p.Milliseconds) / 1000.0, paging?.PagesIn ?? 0, paging?.PagesOut ?? 0,
                 (paging?.BytesIn ?? 0) / 1048576.0, (paging?.BytesOut ?? 0) / 1048576.0, (paging?.FaultedBytes ?? 0) / 1048576.0,
-                (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0, cpu, await AuditAsync(host.Services, request.MigrationId, ct));
+                (paging?.PeakResidentPages ?? 0) / 256.0, (paging?.BudgetPages ?? 0) / 256.0, paging?.LastPageInP99Ms ?? 0, cpu, await AuditAsync(host.Services, request.MigrationId, ct),
+                eviction, Median(atSource.Select(p => (double)p.Milliseconds)), Median(atMain.Take(passes).Select(p => (double)p.Milliseconds)));
             say($"running guest: semigrate audit {request.MigrationId}: {result.AuditFailures ?? "passed"}");
             say($"running guest: at {main}: passes {atMain.FirstOrDefault()?.Pass}..{atMain.LastOrDefault()?.Pass}, {result.WrongPages} pages ever wrong; " +
                 $"{result.PagedInMiB:0} MiB paged in, {result.PagedOutMiB:0} MiB paged out, resident at most {result.PeakResidentMiB:0} MiB of a {result.ShareMiB:0} MiB share");

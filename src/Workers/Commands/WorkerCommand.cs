@@ -78,7 +78,14 @@ public static class WorkerCommand
                 await Console.Error.WriteLineAsync("semigrate: --max-mbps must not be negative");
                 return 2;
             }
-            builder.AddHostRoles(roles, new Activities.HostContext(name, stateDirectory, parse.GetValue(maxMbps), parse.GetValue(guests)?.FullName));
+            var evictionSetting = builder.Configuration["MainHost:Eviction"] ?? "2q";
+            Activities.Eviction? eviction = evictionSetting.ToLowerInvariant() switch { "2q" => Activities.Eviction.TwoQueue, "fifo" => Activities.Eviction.Fifo, _ => null };
+            if (eviction is null)
+            {
+                await Console.Error.WriteLineAsync($"semigrate: MainHost:Eviction is '{evictionSetting}': 2q (the default) or fifo");
+                return 2;
+            }
+            builder.AddHostRoles(roles, new Activities.HostContext(name, stateDirectory, parse.GetValue(maxMbps), parse.GetValue(guests)?.FullName, eviction.Value));
             using var app = builder.Build();
             await app.StartAsync(ct);
             if (app.Services.GetService<MemoryServerWorker>() is { } memoryServer)
