@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Numerics;
 using SEmigrate.Contracts.Paging;
 using SEmigrate.Guest.Fuse;
 using SEmigrate.MemoryServer.MainHost;
@@ -23,66 +22,29 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
 {
     private const int Page = PageRecord.PageSize;
 
-    /// <summary>The unit of residency and eviction, in pages (at most 64: a chunk's pages are a bit mask).</summary>
-    private const int ChunkPages = 16;
+    private const int ChunkPages = ResidentChunks.ChunkPages;
 
     /// <summary>What a page fault reads: the page and the chunk around it.</summary>
     public const uint ReadaheadBytes = ChunkPages * Page;
 
-    /// <summary>Chunks evicted together, their dirty pages paged out in one request per host: 4 MiB.</summary>
-    private const int EvictBatch = 64;
-
-    /// <summary>Fifo: a chunk read again this soon after its eviction counts as hot (kernel text, page
-    /// tables, stacks): hot chunks are evicted only when no other is left.</summary>
-    private static readonly TimeSpan HotWithin = TimeSpan.FromMilliseconds(500);
-
-    /// <summary>TwoQueue: the part of the budget new chunks (cold) may hold before the evictor takes
-    /// from them alone; past it hot ones go too, oldest first.</summary>
-    private long ColdTarget => Math.Max(4L * ChunkPages, budgetPages / 4);
-
-    /// <summary>TwoQueue: how many chunks evicted cold are remembered (half the budget's): a chunk read
-    /// again while remembered comes back hot.</summary>
-    private int GhostLimit => (int)Math.Max(16, budgetPages / ChunkPages / 2);
-
-    private readonly Queue<(long Chunk, long Stamp)> ghosts = new();
-    private readonly Dictionary<long, long> ghosted = []; // chunk -> the stamp of its entry in ghosts
-    private long hotPages; // of residentPages: those of hot chunks not being evicted
+    private readonly ResidentChunks resident = new(budgetPages, eviction);
 
     private readonly ConcurrentDictionary<ulong, byte[]> written = new();
-    private readonly Lock gate = new();
-    private readonly Dictionary<long, Chunk> chunks = []; // resident, or being evicted
-    private readonly Queue<(long Chunk, long Stamp)> cold = new();
-    private readonly Queue<(long Chunk, long Stamp)> hot = new();
-    private readonly Dictionary<long, long> evictedAt = []; // chunk -> when it was evicted (ticks)
     private readonly SemaphoreSlim pressure = new(0);
     private readonly CancellationTokenSource stop = new();
     private Task evictor = Task.CompletedTask;
     private TaskCompletionSource roomFreed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private long residentPages;
-    private long evictingPages; // of residentPages: those of chunks being evicted (the kernel holds them until it is done)
-    private long peak;
-    private long stamps;
-
-    /// <summary>A chunk's pages the kernel holds (a bit each), and those read while it was being evicted.</summary>
-    private sealed class Chunk
-    {
-        public ulong Pages;
-        public ulong ReadWhileEvicting;
-        public bool Evicting;
-        public bool Hot;
-        public long Stamp;
-    }
 
     public long Size => size;
 
-    /// <summary>The most pages the guest may keep resident here: the main host's share.</summary>
-    public long BudgetPages => budgetPages;
-
     /// <summary>Pages of the guest's RAM the kernel holds now (read here and not evicted since).</summary>
-    public long ResidentPages => Interlocked.Read(ref residentPages);
+    public long ResidentPages => resident.ResidentPages;
 
     /// <summary>The most resident pages seen.</summary>
-    public long PeakResidentPages => Interlocked.Read(ref peak);
+    public long PeakResidentPages => resident.PeakResidentPages;
+
+    /// <summary>The most pages the guest may keep resident here: the main host's share.</summary>
+    public long BudgetPages => budgetPages;
 
     /// <summary>Starts keeping the guest within its budget, evicting through <paramref name="fuse"/>.</summary>
     public void StartEviction(FuseRamFile fuse) => evictor = Task.Run(() => EvictAsync(fuse, stop.Token));
@@ -98,7 +60,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         // waits for that room (the guest slows down rather than overrun the host's share).
         var hardLimit = Math.Max(budgetPages + budgetPages / 10, 4L * ChunkPages);
         var reserved = false;
-        for (var tries = 0; !(reserved = TryReserve(first, end, hardLimit, force: false)) && tries < 300; tries++)
+        for (var tries = 0; !(reserved = resident.TryReserve(first, end, hardLimit, force: false)) && tries < 300; tries++)
         {
             pressure.Release();
             try
@@ -112,7 +74,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         if (!reserved)
         {
             log($"no room for a read at 0x{offset:x} within 30 s ({ResidentPages} pages resident, limit {hardLimit}): read anyway");
-            TryReserve(first, end, hardLimit, force: true); // over the limit rather than a failed read
+            resident.TryReserve(first, end, hardLimit, force: true); // over the limit rather than a failed read
         }
         if (ResidentPages > budgetPages)
         {
@@ -195,136 +157,6 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         }
     }
 
-    /// <summary>The pages of [first, end) that fall in each chunk, as that chunk's bit mask.</summary>
-    private static IEnumerable<(long Chunk, ulong Mask)> Masks(ulong first, ulong end)
-    {
-        for (var chunk = (long)(first / ChunkPages); chunk <= (long)((end - 1) / ChunkPages); chunk++)
-        {
-            var (from, to) = (Math.Max(first, (ulong)chunk * ChunkPages), Math.Min(end, (ulong)(chunk + 1) * ChunkPages));
-            var bits = (int)(to - from);
-            yield return (chunk, (bits == 64 ? ulong.MaxValue : (1UL << bits) - 1) << (int)(from - (ulong)chunk * ChunkPages));
-        }
-    }
-
-    /// <summary>Counts the pages of a read as resident if they fit under the limit (or <paramref name="force"/>),
-    /// all at once (reads come concurrently). Pages of a chunk being evicted never wait: their reads are
-    /// the kernel's I/O in flight, which the eviction itself waits on. Its pages still count until the
-    /// eviction is done, and those read meanwhile count from then on, so other reads wait for room
-    /// rather than overrun the limit.</summary>
-    private bool TryReserve(ulong first, ulong end, long limit, bool force)
-    {
-        lock (gate)
-        {
-            long adding = 0, back = 0;
-            foreach (var (chunk, mask) in Masks(first, end))
-            {
-                if (!chunks.TryGetValue(chunk, out var c))
-                {
-                    adding += BitOperations.PopCount(mask);
-                }
-                else if (c.Evicting)
-                {
-                    back += BitOperations.PopCount(mask & ~c.ReadWhileEvicting & ~c.Pages);
-                }
-                else
-                {
-                    adding += BitOperations.PopCount(mask & ~c.Pages);
-                }
-            }
-            if (!force && adding > 0 && residentPages + back + adding > limit)
-            {
-                return false;
-            }
-            foreach (var (chunk, mask) in Masks(first, end))
-            {
-                if (!chunks.TryGetValue(chunk, out var c))
-                {
-                    var wantedAgain = eviction == Eviction.Fifo
-                        ? evictedAt.Remove(chunk, out var gone) && Stopwatch.GetElapsedTime(gone) < HotWithin
-                        : ghosted.Remove(chunk); // its ghost stays queued: skipped when it comes up
-                    chunks[chunk] = c = new Chunk { Stamp = ++stamps, Hot = wantedAgain };
-                    (wantedAgain ? hot : cold).Enqueue((chunk, c.Stamp));
-                }
-                if (c.Evicting)
-                {
-                    c.ReadWhileEvicting |= mask;
-                }
-                else
-                {
-                    hotPages += c.Hot ? BitOperations.PopCount(mask & ~c.Pages) : 0;
-                    c.Pages |= mask;
-                }
-            }
-            residentPages += adding + back;
-            peak = Math.Max(peak, residentPages);
-            return true;
-        }
-    }
-
-    /// <summary>Up to <see cref="EvictBatch"/> chunks to evict until the pages not being evicted are down
-    /// to <paramref name="downTo"/>; they count as resident until the eviction is done (<see cref="Evicted"/>).
-    /// Which: see <see cref="Eviction"/>.</summary>
-    private List<long> TakeVictims(long downTo)
-    {
-        var victims = new List<long>(EvictBatch);
-        lock (gate)
-        {
-            while (victims.Count < EvictBatch && residentPages - evictingPages > downTo && NextVictim() is { } chunk)
-            {
-                victims.Add(chunk);
-            }
-        }
-        return victims;
-
-        long? NextVictim()
-        {
-            if (eviction == Eviction.Fifo)
-            {
-                return Next(cold) ?? Next(hot);
-            }
-            // Cold ones while they hold more than their part, then the oldest hot ones: a workload cycling
-            // over more than the budget keeps the hot part resident instead of missing on every chunk.
-            var coldPages = residentPages - evictingPages - hotPages;
-            return coldPages > ColdTarget ? Next(cold) ?? Next(hot) : Next(hot) ?? Next(cold);
-        }
-
-        long? Next(Queue<(long Chunk, long Stamp)> queue)
-        {
-            while (queue.TryDequeue(out var entry))
-            {
-                if (chunks.TryGetValue(entry.Chunk, out var c) && c.Stamp == entry.Stamp && !c.Evicting)
-                {
-                    c.Evicting = true;
-                    var pages = BitOperations.PopCount(c.Pages);
-                    evictingPages += pages;
-                    hotPages -= c.Hot ? pages : 0;
-                    return entry.Chunk;
-                }
-            }
-            return null;
-        }
-    }
-
-    /// <summary>TwoQueue: remembers a chunk evicted cold, forgetting the oldest past the limit (an entry
-    /// whose chunk came back, or was remembered again since, is skipped).</summary>
-    private void Ghost(long chunk)
-    {
-        var stamp = ++stamps;
-        ghosted[chunk] = stamp;
-        ghosts.Enqueue((chunk, stamp));
-        while (ghosted.Count > GhostLimit && ghosts.TryDequeue(out var oldest))
-        {
-            if (ghosted.TryGetValue(oldest.Chunk, out var live) && live == oldest.Stamp)
-            {
-                ghosted.Remove(oldest.Chunk);
-            }
-        }
-        while (ghosts.TryPeek(out var head) && !(ghosted.TryGetValue(head.Chunk, out var live) && live == head.Stamp))
-        {
-            ghosts.Dequeue();
-        }
-    }
-
     private async Task EvictAsync(FuseRamFile fuse, CancellationToken ct)
     {
         while (!ct.IsCancellationRequested)
@@ -333,7 +165,7 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
             {
                 await pressure.WaitAsync(ct);
                 // Down to nine tenths of the budget: eviction runs in bursts, not a chunk per read.
-                while (TakeVictims(budgetPages * 9 / 10) is { Count: > 0 } victims)
+                while (resident.TakeVictims(budgetPages * 9 / 10) is { Count: > 0 } victims)
                 {
                     await EvictAsync(fuse, victims, ct);
                 }
@@ -392,43 +224,9 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
         }
         finally
         {
-            Evicted(victims);
+            resident.Evicted(victims);
         }
         Interlocked.Exchange(ref roomFreed, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
-    }
-
-    /// <summary>The chunks are gone from the kernel, but for pages read while they were being evicted:
-    /// those stay resident (the kernel may or may not hold them: count them).</summary>
-    private void Evicted(List<long> victims)
-    {
-        lock (gate)
-        {
-            var now = Stopwatch.GetTimestamp();
-            foreach (var chunk in victims)
-            {
-                var c = chunks[chunk];
-                c.Evicting = false;
-                evictingPages -= BitOperations.PopCount(c.Pages);
-                residentPages -= BitOperations.PopCount(c.Pages & ~c.ReadWhileEvicting);
-                if (c.ReadWhileEvicting == 0)
-                {
-                    chunks.Remove(chunk);
-                    if (eviction == Eviction.Fifo)
-                    {
-                        evictedAt[chunk] = now;
-                    }
-                    else if (!c.Hot)
-                    {
-                        Ghost(chunk);
-                    }
-                    continue;
-                }
-                // Read while it was being evicted: wanted now, hot.
-                (c.Pages, c.ReadWhileEvicting, c.Stamp, c.Hot) = (c.ReadWhileEvicting, 0, ++stamps, true);
-                hotPages += BitOperations.PopCount(c.Pages);
-                hot.Enqueue((chunk, c.Stamp));
-            }
-        }
     }
 
     public async ValueTask DisposeAsync()
@@ -440,19 +238,3 @@ public sealed class PagedRam(VmPager pager, ulong pfnLimit, long size, long budg
     }
 }
 
-/// <summary>Which chunks a main host evicts when a guest's resident pages pass its budget. The pager sees
-/// only misses (the kernel's page cache serves hits), so recency is known only from them.</summary>
-public enum Eviction
-{
-    /// <summary>2Q (Johnson and Shasha, 1994): new chunks are cold; the evictor takes cold ones, oldest
-    /// first, while they hold more than a quarter of the budget; a chunk evicted cold is remembered
-    /// (half the budget's worth) and, read again while remembered, comes back hot; hot ones are evicted
-    /// oldest first once cold ones are within their quarter. Scan-resistant: a pass over more than the
-    /// budget leaves most of the hot part resident.</summary>
-    TwoQueue,
-
-    /// <summary>The earlier policy, kept to compare against: the oldest chunk first; a chunk read again
-    /// within 500 ms of its eviction is hot and goes last. A workload cycling over more than the budget
-    /// misses on every chunk.</summary>
-    Fifo,
-}
