@@ -111,8 +111,7 @@ public sealed class PagingActivities(HostContext host, PageClient client, IPageS
     /// <summary>How long a claim holds before its VM is served here (paging starts right after it).</summary>
     private static readonly TimeSpan PendingClaimLasts = TimeSpan.FromMinutes(2);
 
-    private string ClaimPath(MigrationRequest request) => Path.Combine(host.StateDirectory, "drain-claims",
-        $"{Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(request.Order!.Signature))[..32]}-{request.Guest}");
+    private string ClaimPath(MigrationRequest request) => Path.Combine(host.StateDirectory, "drain-claims", SourceActivities.DrainClaimName(request.Order!, request.Guest));
 
     /// <summary>Claims the guest under the order here for <paramref name="migrationId"/>, unless another migration
     /// holds it: its VM is served here for it, or its claim is new (its paging may be starting right now). A

@@ -82,6 +82,11 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
 
     private static readonly Lock Claiming = new();
 
+    /// <summary>The file naming a guest's claim under an order: hashes only (the guest's name comes from an
+    /// unsigned request, and is checked as a name only later), so no name reaches outside the claims folder.</summary>
+    public static string DrainClaimName(DrainOrder order, string guest) =>
+        $"{Convert.ToHexStringLower(SHA256.HashData(order.Signature))[..32]}-{Convert.ToHexStringLower(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(guest)))[..32]}";
+
     /// <summary>How long a guest stays claimed by a migration that measured it and never introspected it.</summary>
     public static readonly TimeSpan MeasuredClaimLasts = TimeSpan.FromMinutes(10);
 
@@ -98,7 +103,7 @@ public sealed class SourceActivities(HostContext host, PageClient client, IBus p
             return; // a request the operator signed names its one migration itself
         }
         var folder = Path.Combine(host.StateDirectory, "drain-claims");
-        var claim = Path.Combine(folder, $"{Convert.ToHexStringLower(SHA256.HashData(order.Signature))[..32]}-{request.Guest}");
+        var claim = Path.Combine(folder, DrainClaimName(order, request.Guest));
         Guid? holder = null;
         lock (Claiming)
         {
