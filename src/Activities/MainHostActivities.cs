@@ -158,12 +158,16 @@ public sealed class MainHostActivities(
         }
         foreach (var kit in Directory.EnumerateDirectories(migrations).Select(m => Path.Combine(m, "vm")).Where(Directory.Exists))
         {
-            foreach (var left in new[] { BootedGuest.KernelIn(kit), Path.Combine(kit, "initrd.gz"), Path.Combine(kit, "device.state") })
-            {
-                File.Delete(left);
-            }
+            var (kernel, initrd, deviceState) = ClearCopiesIn(kit);
+            File.Delete(kernel);
+            File.Delete(initrd);
+            File.Delete(deviceState);
         }
     }
+
+    /// <summary>Where a running guest's start puts its clear copies in its kit (see <see cref="EraseClearCopies"/>).</summary>
+    private static (string Kernel, string Initrd, string DeviceState) ClearCopiesIn(string kit) =>
+        (BootedGuest.KernelIn(kit), Path.Combine(kit, "initrd.gz"), Path.Combine(kit, "device.state"));
 
     /// <summary>A running guest continues here: its kernel, initramfs and device state come out of the
     /// sealed blobs the source handed over; its RAM is a FUSE file served by its pager, kept within
@@ -179,10 +183,8 @@ public sealed class MainHostActivities(
         // only until QEMU has read it (at its start), then kept in this process (to move the guest on;
         // introspection reads the kernel's types from it).
         var kernel = Blob(BlobKind.Kernel);
-        var kernelPath = BootedGuest.KernelIn(folder);
         var initrd = Blob(BlobKind.Initrd);
-        var initrdPath = Path.Combine(folder, "initrd.gz");
-        var deviceState = Path.Combine(folder, "device.state");
+        var (kernelPath, initrdPath, deviceState) = ClearCopiesIn(folder);
         await File.WriteAllBytesAsync(deviceState, Blob(BlobKind.DeviceState));
         var size = (long)pages * PageRecord.PageSize;
         var memory = new PagedRam(pager, pages, size, budgetPages, line => logger.LogError("VM {Vm} RAM: {Problem}", input.Vm, line), host.Eviction);

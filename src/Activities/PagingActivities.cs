@@ -1,3 +1,4 @@
+using System.Security.Cryptography;
 using SEmigrate.Contracts;
 using SEmigrate.Contracts.Migration;
 using SEmigrate.Contracts.Paging;
@@ -95,7 +96,7 @@ public sealed class PagingActivities(HostContext host, PageClient client, IPageS
         {
             shown = [];
         }
-        if (expected is null || !System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(expected, shown))
+        if (expected is null || !CryptographicOperations.FixedTimeEquals(expected, shown))
         {
             return $"the word that {request.Source} measured guest '{request.Guest}' for migration {request.MigrationId} is not its own (made up, or for another migration or host)";
         }
@@ -124,7 +125,7 @@ public sealed class PagingActivities(HostContext host, PageClient client, IPageS
             var held = File.Exists(path) ? File.ReadAllText(path).Split(' ') : [];
             if (held.Length == 2 && Guid.TryParse(held[0], out var holder) && holder != migrationId && Guid.TryParse(held[1], out var holderVm)
                 && (DateTime.UtcNow - File.GetLastWriteTimeUtc(path) < PendingClaimLasts
-                    || store.OwnerOf(holderVm) is { } owner && owner.AsSpan().SequenceEqual(System.Security.Cryptography.SHA256.HashData(capabilities.For(holder, holderVm)))))
+                    || store.OwnerOf(holderVm) is { } owner && owner.AsSpan().SequenceEqual(SHA256.HashData(capabilities.For(holder, holderVm)))))
             {
                 return $"guest '{request.Guest}' is moving here under this drain order already, in migration {holder}: one at a time";
             }
