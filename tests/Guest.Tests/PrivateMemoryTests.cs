@@ -7,6 +7,7 @@ namespace SEmigrate.Guest.Tests;
 /// <summary>A main host's or source's worker locks its memory (mlockall, MCL_FUTURE | MCL_ONFAULT: every
 /// mapping it makes is locked as it is touched); a guest's memory it maps from its file must not be, or
 /// reading a guest as large as the host would pin all of it.</summary>
+[Collection(nameof(PrivateMemoryTests))]
 public sealed class PrivateMemoryTests : IDisposable
 {
     private readonly string dir = Directory.CreateTempSubdirectory("semigrate-lock-").FullName;
@@ -77,3 +78,9 @@ public sealed class PrivateMemoryTests : IDisposable
     [DllImport("libc", EntryPoint = "munlockall", SetLastError = true)]
     private static extern int UnlockAll();
 }
+
+/// <summary>Locking future mappings is process-wide: run alone. Beside the FUSE tests of this process it
+/// deadlocked once (a clean-clone CI: a thread faulting the process's own FUSE file, its server thread
+/// waiting on the same memory map).</summary>
+[CollectionDefinition(nameof(PrivateMemoryTests), DisableParallelization = true)]
+public sealed class PrivateMemoryCollection;
